@@ -1,0 +1,582 @@
+//! Cache keys in the canonical `source:name=value&name=value` form.
+//!
+//! The rendering follows the form users already know from hand-written key
+//! schemes (`audnexus:book:asin=B002V1A0WE`) but is **injective**: two
+//! different `(source, params)` inputs never render to the same key. That
+//! property is what lets a cache be trusted with data; a naive
+//! `join("&")` renders `{a: "1&b=2"}` and `{a: "1", b: "2"}` identically.
+//!
+//! Rules (see also `docs/architecture.md`):
+//! - parameters are a map, sorted by name; a later value for the same name
+//!   replaces an earlier one;
+//! - `None` values are omitted, so `{q: "x", author: None}` equals `{q: "x"}`;
+//!   an empty string is kept (`author=`);
+//! - all text is normalised to Unicode NFC first, so visually equal input from
+//!   different sources (macOS file names are NFD) gives the same key;
+//! - in names and values, `%`, `&`, `=`, `:`, `#` and control characters are
+//!   percent-encoded (`%26`); in the source, the same except `:`, which stays
+//!   readable as the RFC's segment separator (`audnexus:search`). `/` and
+//!   spaces are not escaped, so paths stay readable;
+//! - keys longer than [`MAX_KEY_LEN`] bytes keep a readable prefix and end in
+//!   `#` followed by the 128-bit xxh3 hash of the full key. `#` never appears
+//!   unescaped elsewhere, so a hashed key cannot equal a plain one.
+
+use std::borrow::{Borrow, Cow};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+
+/// Longest canonical key, in bytes. Longer keys are shortened with a hash.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// `#` plus 32 lowercase hex digits of a 128-bit hash.
+const HASH_SUFFIX_LEN: usize = 33;
+
+/// A canonical cache key: cheap to clone (one `Arc`), hashed and compared by
+/// its canonical string.
+#[derive(Clone)]
+pub struct Key {
+    canonical: Arc<str>,
+    /// Byte length of the source part (before the separating `:`).
+    source_len: usize,
+    hashed: bool,
+}
+
+/// Why a string is not a canonical key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key has no `:` separating the source from the parameters.
+    #[error("key has no ':' between source and parameters")]
+    MissingSeparator,
+    /// The key is longer than [`MAX_KEY_LEN`].
+    #[error("key is {len} bytes long, the maximum is {MAX_KEY_LEN}")]
+    TooLong {
+        /// Length of the rejected key.
+        len: usize,
+    },
+    /// A `%` escape is malformed or decodes to invalid UTF-8.
+    #[error("invalid percent escape at byte {at}")]
+    BadEscape {
+        /// Byte offset of the bad escape.
+        at: usize,
+    },
+    /// A parameter has no `=`.
+    #[error("parameter {index} has no '='")]
+    MissingEquals {
+        /// Index of the parameter.
+        index: usize,
+    },
+    /// The hashed tail (`#` + 32 hex digits) is malformed.
+    #[error("malformed hashed key tail")]
+    BadHashTail,
+    /// The string parses, but is not how [`Key::new`] renders its parts
+    /// (unsorted, duplicate names, unescaped reserved characters, not NFC).
+    #[error("key is not in canonical form; canonical form is {canonical:?}")]
+    NotCanonical {
+        /// The canonical rendering of the same parts.
+        canonical: String,
+    },
+}
+
+/// A value that can be a key parameter. `None` omits the parameter.
+pub trait ParamValue {
+    /// The parameter's text, or `None` to leave the parameter out.
+    fn into_param(self) -> Option<Cow<'static, str>>;
+}
+
+impl ParamValue for &str {
+    fn into_param(self) -> Option<Cow<'static, str>> {
+        Some(Cow::Owned(self.to_owned()))
+    }
+}
+
+impl ParamValue for String {
+    fn into_param(self) -> Option<Cow<'static, str>> {
+        Some(Cow::Owned(self))
+    }
+}
+
+impl ParamValue for &String {
+    fn into_param(self) -> Option<Cow<'static, str>> {
+        Some(Cow::Owned(self.clone()))
+    }
+}
+
+impl ParamValue for Cow<'_, str> {
+    fn into_param(self) -> Option<Cow<'static, str>> {
+        Some(Cow::Owned(self.into_owned()))
+    }
+}
+
+/// Paths are rendered with `to_string_lossy`: two non-UTF-8 paths that differ
+/// only in invalid bytes share a key.
+impl ParamValue for &Path {
+    fn into_param(self) -> Option<Cow<'static, str>> {
+        Some(Cow::Owned(self.to_string_lossy().into_owned()))
+    }
+}
+
+/// See the `&Path` implementation.
+impl ParamValue for &PathBuf {
+    fn into_param(self) -> Option<Cow<'static, str>> {
+        self.as_path().into_param()
+    }
+}
+
+impl<T: ParamValue> ParamValue for Option<T> {
+    fn into_param(self) -> Option<Cow<'static, str>> {
+        self.and_then(ParamValue::into_param)
+    }
+}
+
+macro_rules! display_param {
+    ($($t:ty),*) => {$(
+        impl ParamValue for $t {
+            fn into_param(self) -> Option<Cow<'static, str>> {
+                Some(Cow::Owned(self.to_string()))
+            }
+        }
+    )*};
+}
+display_param!(
+    bool, char, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
+);
+
+impl Key {
+    /// Renders a key from a source and its parameters.
+    ///
+    /// ```
+    /// use tierstack_core::Key;
+    /// let key = Key::new("audnexus:search", [("q", Some("dune")), ("author", Some("herbert"))]);
+    /// assert_eq!(key.as_str(), "audnexus:search:author=herbert&q=dune");
+    /// let key = Key::new("audnexus:search", [("q", Some("dune")), ("author", None)]);
+    /// assert_eq!(key.as_str(), "audnexus:search:q=dune");
+    /// ```
+    pub fn new<S, I, N, V>(source: S, params: I) -> Self
+    where
+        S: AsRef<str>,
+        I: IntoIterator<Item = (N, V)>,
+        N: AsRef<str>,
+        V: ParamValue,
+    {
+        let mut map: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in params {
+            if let Some(value) = value.into_param() {
+                map.insert(nfc(name.as_ref()).into_owned(), nfc(&value).into_owned());
+            }
+        }
+        Self::render(&nfc(source.as_ref()), &map)
+    }
+
+    /// A key with a source and no parameters (`source:`).
+    pub fn bare(source: impl AsRef<str>) -> Self {
+        Self::render(&nfc(source.as_ref()), &BTreeMap::new())
+    }
+
+    /// Starts a key with named parameters added one at a time.
+    pub fn builder(source: impl AsRef<str>) -> KeyBuilder {
+        KeyBuilder {
+            source: source.as_ref().to_owned(),
+            params: Vec::new(),
+        }
+    }
+
+    fn render(source: &str, params: &BTreeMap<String, String>) -> Self {
+        let mut out = String::with_capacity(
+            source.len() + params.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>() + 1,
+        );
+        escape_into(source, &mut out, Part::Source);
+        let source_len = out.len();
+        out.push(':');
+        for (i, (name, value)) in params.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            escape_into(name, &mut out, Part::Param);
+            out.push('=');
+            escape_into(value, &mut out, Part::Param);
+        }
+        if out.len() <= MAX_KEY_LEN {
+            return Self {
+                canonical: out.into(),
+                source_len,
+                hashed: false,
+            };
+        }
+        let digest = xxhash_rust::xxh3::xxh3_128(out.as_bytes());
+        let mut cut = MAX_KEY_LEN - HASH_SUFFIX_LEN;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        use fmt::Write as _;
+        let _ = write!(out, "#{digest:032x}");
+        let source_len = hashed_source_len(&out[..cut]);
+        Self {
+            canonical: out.into(),
+            source_len,
+            hashed: true,
+        }
+    }
+
+    /// Parses a canonical key string, as printed by [`Key::as_str`].
+    ///
+    /// Only the canonical form is accepted, so that one logical key has one
+    /// spelling: `Key::parse(k.as_str()) == Ok(k)` for every key.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        if text.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong { len: text.len() });
+        }
+        if let Some(hash_at) = text.find('#') {
+            return Self::parse_hashed(text, hash_at);
+        }
+        let sep = text.rfind(':').ok_or(KeyError::MissingSeparator)?;
+        let source = unescape(&text[..sep], 0)?;
+        let mut params = Vec::new();
+        let rest = &text[sep + 1..];
+        if !rest.is_empty() {
+            let mut offset = sep + 1;
+            for (index, pair) in rest.split('&').enumerate() {
+                let (name, value) = pair
+                    .split_once('=')
+                    .ok_or(KeyError::MissingEquals { index })?;
+                params.push((
+                    unescape(name, offset)?,
+                    unescape(value, offset + name.len() + 1)?,
+                ));
+                offset += pair.len() + 1;
+            }
+        }
+        let key = Self::new(&source, params.iter().map(|(n, v)| (n, v)));
+        if &*key.canonical == text {
+            Ok(key)
+        } else {
+            Err(KeyError::NotCanonical {
+                canonical: key.canonical.to_string(),
+            })
+        }
+    }
+
+    fn parse_hashed(text: &str, hash_at: usize) -> Result<Self, KeyError> {
+        let tail = &text[hash_at + 1..];
+        let well_formed = tail.len() == HASH_SUFFIX_LEN - 1
+            && tail.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            // A hashed key is only ever made from a key that was too long, so
+            // its prefix fills the space up to a char boundary.
+            && text.len() > MAX_KEY_LEN - 4
+            && !text[..hash_at].chars().any(char::is_control);
+        if !well_formed {
+            return Err(KeyError::BadHashTail);
+        }
+        Ok(Self {
+            canonical: text.into(),
+            source_len: hashed_source_len(&text[..hash_at]),
+            hashed: true,
+        })
+    }
+
+    /// The canonical string.
+    pub fn as_str(&self) -> &str {
+        &self.canonical
+    }
+
+    /// The source part (`audnexus:search` of `audnexus:search:q=dune`), in its
+    /// escaped form. Used for per-source statistics, policies and clearing.
+    pub fn source(&self) -> &str {
+        &self.canonical[..self.source_len]
+    }
+
+    /// Whether the key was too long and ends in a hash. Hashed keys cannot
+    /// give back their parameters.
+    pub fn is_hashed(&self) -> bool {
+        self.hashed
+    }
+
+    /// The decoded parameters in canonical order, or `None` for a hashed key.
+    pub fn params(&self) -> Option<Vec<(String, String)>> {
+        if self.hashed {
+            return None;
+        }
+        let rest = &self.canonical[self.source_len + 1..];
+        if rest.is_empty() {
+            return Some(Vec::new());
+        }
+        rest.split('&')
+            .map(|pair| {
+                let (n, v) = pair.split_once('=')?;
+                Some((unescape(n, 0).ok()?, unescape(v, 0).ok()?))
+            })
+            .collect()
+    }
+
+    /// Shares the canonical string without copying it.
+    pub fn as_arc_str(&self) -> &Arc<str> {
+        &self.canonical
+    }
+}
+
+fn hashed_source_len(prefix: &str) -> usize {
+    prefix.rfind(':').unwrap_or(prefix.len())
+}
+
+/// Adds named parameters one at a time; see [`Key::builder`].
+#[derive(Debug, Clone)]
+pub struct KeyBuilder {
+    source: String,
+    params: Vec<(String, Option<Cow<'static, str>>)>,
+}
+
+impl KeyBuilder {
+    /// Adds a parameter; a `None` value is left out of the key.
+    #[must_use]
+    pub fn param(mut self, name: impl Into<String>, value: impl ParamValue) -> Self {
+        self.params.push((name.into(), value.into_param()));
+        self
+    }
+
+    /// Renders the key.
+    pub fn build(self) -> Key {
+        Key::new(self.source, self.params)
+    }
+}
+
+fn nfc(text: &str) -> Cow<'_, str> {
+    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.nfc().collect())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Source,
+    Param,
+}
+
+fn needs_escape(c: char, part: Part) -> bool {
+    match c {
+        '%' | '&' | '=' | '#' => true,
+        ':' => part == Part::Param,
+        c => c.is_control(),
+    }
+}
+
+fn escape_into(text: &str, out: &mut String, part: Part) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for c in text.chars() {
+        if needs_escape(c, part) {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xF)] as char);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+fn unescape(text: &str, offset: usize) -> Result<String, KeyError> {
+    if !text.contains('%') {
+        return Ok(text.to_owned());
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(KeyError::BadEscape { at: offset + i })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| KeyError::BadEscape { at: offset })
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical == other.canonical
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must match `str`'s hash because of `Borrow<str>`.
+        self.canonical.as_ref().hash(state);
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.canonical.cmp(&other.canonical)
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.canonical
+    }
+}
+
+impl AsRef<str> for Key {
+    fn as_ref(&self) -> &str {
+        &self.canonical
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.canonical)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?})", &*self.canonical)
+    }
+}
+
+impl std::str::FromStr for Key {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.canonical)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_examples_render_as_written() {
+        let search = Key::new(
+            "audnexus:search",
+            [("q", Some("dune")), ("author", Some("herbert"))],
+        );
+        assert_eq!(search.as_str(), "audnexus:search:author=herbert&q=dune");
+        assert_eq!(search.source(), "audnexus:search");
+        let book = Key::new("audnexus:book", [("asin", "B002V1A0WE")]);
+        assert_eq!(book.as_str(), "audnexus:book:asin=B002V1A0WE");
+        let path = Key::new("pathinfo", [("path", "/audiobooks/fantasy/dune")]);
+        assert_eq!(path.as_str(), "pathinfo:path=/audiobooks/fantasy/dune");
+        assert_eq!(path.source(), "pathinfo");
+    }
+
+    #[test]
+    fn reserved_characters_do_not_collide() {
+        let a = Key::new("s", [("a", "1&b=2")]);
+        let b = Key::new("s", [("a", "1"), ("b", "2")]);
+        assert_ne!(a, b);
+        assert_eq!(a.as_str(), "s:a=1%26b%3D2");
+        assert_eq!(b.as_str(), "s:a=1&b=2");
+    }
+
+    #[test]
+    fn none_is_omitted_and_empty_is_kept() {
+        let none = Key::new("s", [("q", Some("x")), ("author", None)]);
+        let empty = Key::new("s", [("q", Some("x")), ("author", Some(""))]);
+        assert_eq!(none.as_str(), "s:q=x");
+        assert_eq!(empty.as_str(), "s:author=&q=x");
+    }
+
+    #[test]
+    fn nfc_normalises_equal_text() {
+        let composed = Key::new("s", [("t", "caf\u{e9}")]);
+        let decomposed = Key::new("s", [("t", "cafe\u{301}")]);
+        assert_eq!(composed, decomposed);
+    }
+
+    #[test]
+    fn long_keys_are_hashed_and_still_distinct() {
+        let long_a = "x".repeat(2000);
+        let mut long_b = long_a.clone();
+        long_b.push('y');
+        let a = Key::new("pathinfo", [("path", &long_a)]);
+        let b = Key::new("pathinfo", [("path", &long_b)]);
+        assert!(a.is_hashed());
+        assert!(a.as_str().len() <= MAX_KEY_LEN);
+        assert_ne!(a, b);
+        assert_eq!(a.source(), "pathinfo");
+        assert!(a.as_str().starts_with("pathinfo:path=xxx"));
+        assert_eq!(Key::parse(a.as_str()).unwrap(), a);
+        assert_eq!(Key::parse(a.as_str()).unwrap().source(), "pathinfo");
+        assert_eq!(a.params(), None);
+    }
+
+    #[test]
+    fn parse_rejects_non_canonical_spellings() {
+        assert!(matches!(
+            Key::parse("s:b=1&a=2"),
+            Err(KeyError::NotCanonical { .. })
+        ));
+        assert!(matches!(
+            Key::parse("s:a=1&a=2"),
+            Err(KeyError::NotCanonical { .. })
+        ));
+        assert!(matches!(
+            Key::parse("s:a=%zz"),
+            Err(KeyError::BadEscape { .. })
+        ));
+        assert!(matches!(
+            Key::parse("s:a=%26x%3d"),
+            Err(KeyError::NotCanonical { .. })
+        ));
+        assert_eq!(Key::parse("nosep"), Err(KeyError::MissingSeparator));
+        assert_eq!(
+            Key::parse("s:novalue"),
+            Err(KeyError::MissingEquals { index: 0 })
+        );
+        assert_eq!(Key::parse("s:a=1#abc"), Err(KeyError::BadHashTail));
+        assert!(matches!(
+            Key::parse(&"x".repeat(600)),
+            Err(KeyError::TooLong { len: 600 })
+        ));
+    }
+
+    #[test]
+    fn builder_and_typed_params() {
+        let k = Key::builder("audnexus:search")
+            .param("q", "dune")
+            .param("author", None::<&str>)
+            .param("page", 2u32)
+            .build();
+        assert_eq!(k.as_str(), "audnexus:search:page=2&q=dune");
+        assert_eq!(Key::bare("stats").as_str(), "stats:");
+        assert_eq!(Key::parse("stats:").unwrap(), Key::bare("stats"));
+    }
+}

@@ -1,0 +1,33 @@
+#![doc = include_str!("../README.md")]
+
+pub mod codec;
+pub mod compression;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod key;
+pub mod registry;
+pub mod tier;
+pub mod time;
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use codec::Codec;
+pub use compression::{Compression, CompressionKind, Dictionaries, Dictionary};
+pub use config::{BuildContext, TierConfig};
+pub use envelope::{
+    DecodeError, DecodeLimits, Decoded, EncodeError, Entry, EntryFlags, EntryMeta, Header,
+};
+pub use error::{Error, ErrorKind, Operation, Result};
+pub use key::{Key, KeyBuilder, KeyError, ParamValue};
+pub use registry::{BackendDescriptor, backend, backends};
+pub use tier::{
+    Capabilities, ClearScope, Health, ScanCursor, ScanPage, Tier, TierSize, TierStats,
+};
+pub use time::Timestamp;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use typetag;
+}

@@ -1,0 +1,190 @@
+//! The `Tier` trait every storage backend implements.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::envelope::Entry;
+use crate::error::Result;
+use crate::key::Key;
+
+/// What a backend can do. The cache and the conformance suite use these to
+/// decide which behaviour applies; `tierstack backends` prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct Capabilities {
+    /// Entries survive a restart of the process.
+    pub persistent: bool,
+    /// Several processes on one host can share the store.
+    pub shared_across_processes: bool,
+    /// Several hosts can share the store.
+    pub shared_across_hosts: bool,
+    /// The store expires entries itself.
+    pub native_ttl: bool,
+    /// `get_many` / `set_many` are native batch operations.
+    pub native_batch: bool,
+    /// `scan` can list entries.
+    pub scan: bool,
+    /// The store enforces a size cap with eviction.
+    pub size_limit: bool,
+    /// The tier keeps decoded values, so a hit costs no decode.
+    pub keeps_decoded: bool,
+}
+
+impl Capabilities {
+    /// No capabilities.
+    pub const NONE: Self = Self {
+        persistent: false,
+        shared_across_processes: false,
+        shared_across_hosts: false,
+        native_ttl: false,
+        native_batch: false,
+        scan: false,
+        size_limit: false,
+        keeps_decoded: false,
+    };
+
+    /// The names of the capabilities that are set.
+    pub fn names(&self) -> Vec<&'static str> {
+        let all = [
+            (self.persistent, "persistent"),
+            (self.shared_across_processes, "shared_across_processes"),
+            (self.shared_across_hosts, "shared_across_hosts"),
+            (self.native_ttl, "native_ttl"),
+            (self.native_batch, "native_batch"),
+            (self.scan, "scan"),
+            (self.size_limit, "size_limit"),
+            (self.keeps_decoded, "keeps_decoded"),
+        ];
+        all.into_iter().filter(|(on, _)| *on).map(|(_, n)| n).collect()
+    }
+}
+
+/// Which entries `clear` removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClearScope {
+    /// Every entry of this tier's namespace (never anything outside it).
+    All,
+    /// Entries whose key has this source (as [`Key::source`] returns it).
+    Source(String),
+    /// Entries that are no longer fresh, including those kept for
+    /// stale-if-error.
+    Expired,
+}
+
+/// How many entries and bytes a tier holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct TierSize {
+    /// Number of entries (including expired ones not yet removed).
+    pub entries: u64,
+    /// Bytes used by entries, as the backend measures them.
+    pub bytes: u64,
+}
+
+/// Counters a backend keeps about itself. The cache keeps hits, misses and
+/// errors per tier; these are what only the backend can know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct TierStats {
+    /// Entries removed to respect a size cap.
+    pub evictions: u64,
+    /// Entries removed because they expired.
+    pub expirations: u64,
+}
+
+/// Whether a tier is usable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "detail", rename_all = "snake_case")]
+pub enum Health {
+    /// Working.
+    Healthy,
+    /// Working, with a problem worth reporting.
+    Degraded(String),
+    /// Not working.
+    Unhealthy(String),
+}
+
+/// Opaque position in a [`Tier::scan`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanCursor(pub Vec<u8>);
+
+/// One page of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    /// Entries of this page.
+    pub entries: Vec<(Key, Entry)>,
+    /// Where to continue, `None` when the scan is complete.
+    pub next: Option<ScanCursor>,
+}
+
+/// A storage tier: memory, a file, a server.
+///
+/// Tiers store [`Entry`] values (header + body) under [`Key`]s and know
+/// nothing of value types: encoding, freshness and copy-up are the cache's
+/// job. A tier keeps an entry at least until its header's `stale_until` (or
+/// its own TTL cap, or eviction), and may drop it any time after.
+///
+/// Errors are for the store failing; a missing or undecodable entry is
+/// `Ok(None)` (undecodable bytes may be reported as an error of kind
+/// [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt), which the cache
+/// counts as a decode failure, not as a tier error).
+#[async_trait]
+pub trait Tier: Send + Sync + fmt::Debug {
+    /// Name used in statistics, logs and errors (`memory`, `sqlite`, …).
+    fn name(&self) -> &str;
+
+    /// What the tier can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The longest time this tier keeps an entry fresh; the cache caps each
+    /// write (including copy-up) to it. `None` for no cap.
+    fn max_ttl(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Reads one entry.
+    async fn get(&self, key: &Key) -> Result<Option<Entry>>;
+
+    /// Reads several entries; the result has one slot per key, in order.
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// Stores one entry, replacing any previous one.
+    async fn set(&self, key: &Key, entry: Entry) -> Result<()>;
+
+    /// Stores several entries.
+    async fn set_many(&self, entries: Vec<(Key, Entry)>) -> Result<()> {
+        for (key, entry) in entries {
+            self.set(&key, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes one entry; `true` if it was present.
+    async fn delete(&self, key: &Key) -> Result<bool>;
+
+    /// Removes entries; returns how many.
+    async fn clear(&self, scope: ClearScope) -> Result<u64>;
+
+    /// Entries and bytes held.
+    async fn size(&self) -> Result<TierSize>;
+
+    /// One page of entries, for export. Tiers without the `scan` capability
+    /// return an [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error.
+    async fn scan(&self, cursor: Option<ScanCursor>, limit: usize) -> Result<ScanPage>;
+
+    /// Counters only the backend knows.
+    fn stats(&self) -> TierStats {
+        TierStats::default()
+    }
+
+    /// Whether the tier works right now.
+    async fn health(&self) -> Health;
+}
