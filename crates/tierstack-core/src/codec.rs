@@ -73,7 +73,11 @@ impl Codec {
     }
 
     /// Appends the encoding of `value` to `out`.
-    pub fn encode<V: Serialize + ?Sized>(self, value: &V, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn encode<V: Serialize + ?Sized>(
+        self,
+        value: &V,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let fail = |message: String| EncodeError::Codec {
             codec: self.name(),
             message,
@@ -174,7 +178,10 @@ mod tests {
             let mut out = Vec::new();
             codec.encode(&v, &mut out).unwrap();
             assert_eq!(codec.decode::<V1>(&out).unwrap(), v, "{codec:?}");
-            assert!(codec.decode::<V1>(&out[..out.len() / 2]).is_err(), "{codec:?} truncated");
+            assert!(
+                codec.decode::<V1>(&out[..out.len() / 2]).is_err(),
+                "{codec:?} truncated"
+            );
         }
     }
 

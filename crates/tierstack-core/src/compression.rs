@@ -297,8 +297,14 @@ mod tests {
             dictionary: dictionary.clone(),
         };
         let record = String::from_utf8(samples[5].clone()).unwrap();
-        let e = Entry::encode(&record, Codec::Json, &policy, meta(), DecodeLimits::default())
-            .unwrap();
+        let e = Entry::encode(
+            &record,
+            Codec::Json,
+            &policy,
+            meta(),
+            DecodeLimits::default(),
+        )
+        .unwrap();
         assert_eq!(e.header.compression, CompressionKind::ZstdDict);
         assert_eq!(e.header.dict_id, dictionary.id());
         let mut dicts = Dictionaries::default();

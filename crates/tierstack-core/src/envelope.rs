@@ -318,9 +318,9 @@ impl Header {
             CompressionKind::None | CompressionKind::Zstd if self.dict_id != 0 => Err(
                 DecodeError::Inconsistent("dictionary id without dictionary compression"),
             ),
-            CompressionKind::ZstdDict if self.dict_id == 0 => {
-                Err(DecodeError::Inconsistent("dictionary compression without id"))
-            }
+            CompressionKind::ZstdDict if self.dict_id == 0 => Err(DecodeError::Inconsistent(
+                "dictionary compression without id",
+            )),
             _ => Ok(()),
         }
     }
@@ -526,8 +526,14 @@ mod tests {
             stale_until: Timestamp::from_millis(3_000),
             flags: EntryFlags::empty(),
         };
-        Entry::encode(&value, Codec::Json, &Compression::None, meta, DecodeLimits::default())
-            .unwrap()
+        Entry::encode(
+            &value,
+            Codec::Json,
+            &Compression::None,
+            meta,
+            DecodeLimits::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -546,7 +552,10 @@ mod tests {
     fn truncation_and_trailing_bytes_are_errors() {
         let bytes = sample(10).to_vec();
         for cut in 0..bytes.len() {
-            let r = Entry::from_bytes(Bytes::copy_from_slice(&bytes[..cut]), DecodeLimits::default());
+            let r = Entry::from_bytes(
+                Bytes::copy_from_slice(&bytes[..cut]),
+                DecodeLimits::default(),
+            );
             assert!(r.is_err(), "cut at {cut} decoded");
         }
         let mut longer = bytes.clone();

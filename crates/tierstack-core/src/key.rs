@@ -188,7 +188,12 @@ impl Key {
 
     fn render(source: &str, params: &BTreeMap<String, String>) -> Self {
         let mut out = String::with_capacity(
-            source.len() + params.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>() + 1,
+            source.len()
+                + params
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 2)
+                    .sum::<usize>()
+                + 1,
         );
         escape_into(source, &mut out, Part::Source);
         let source_len = out.len();

@@ -9,6 +9,7 @@ pub mod key;
 pub mod registry;
 pub mod tier;
 pub mod time;
+pub mod units;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
@@ -21,9 +22,7 @@ pub use envelope::{
 pub use error::{Error, ErrorKind, Operation, Result};
 pub use key::{Key, KeyBuilder, KeyError, ParamValue};
 pub use registry::{BackendDescriptor, backend, backends};
-pub use tier::{
-    Capabilities, ClearScope, Health, ScanCursor, ScanPage, Tier, TierSize, TierStats,
-};
+pub use tier::{Capabilities, ClearScope, Health, ScanCursor, ScanPage, Tier, TierSize, TierStats};
 pub use time::Timestamp;
 
 #[doc(hidden)]

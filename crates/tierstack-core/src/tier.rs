@@ -58,7 +58,10 @@ impl Capabilities {
             (self.size_limit, "size_limit"),
             (self.keeps_decoded, "keeps_decoded"),
         ];
-        all.into_iter().filter(|(on, _)| *on).map(|(_, n)| n).collect()
+        all.into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| n)
+            .collect()
     }
 }
 

@@ -1,0 +1,25 @@
+#![doc = include_str!("docs.md")]
+
+mod backend;
+mod config;
+mod error;
+
+pub use backend::MemoryTier;
+pub use config::MemoryConfig;
+
+use tierstack_core::{BackendDescriptor, Capabilities};
+
+/// What the memory tier can do.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    scan: true,
+    size_limit: true,
+    keeps_decoded: true,
+    ..Capabilities::NONE
+};
+
+tierstack_core::register_backend!(BackendDescriptor {
+    name: "memory",
+    description: "In-process cache on moka; fastest, lost when the process exits",
+    capabilities: CAPABILITIES,
+    example_config: "kind: memory\nttl: 1h\nmax_entries: 1000\n",
+});

@@ -1,0 +1,590 @@
+//! The conformance cases. Each takes a [`Harness`] with an empty tier and
+//! panics (fails the test) when the tier misbehaves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tierstack::{
+    Bytes, ClearScope, Codec, Compression, DecodeLimits, Dictionaries, Entry, EntryFlags,
+    EntryMeta, Health, Key, MemoryConfig, MemoryTier, Tier, TieredCache, Timestamp, Ttl,
+};
+
+use crate::Harness;
+
+const SOURCE: &str = "conformance";
+const SCHEMA: u32 = 1;
+
+fn key(name: &str) -> Key {
+    Key::new(SOURCE, [("id", name)])
+}
+
+fn meta(expires_in: Option<Duration>, stale_for: Duration) -> EntryMeta {
+    let now = Timestamp::now();
+    let expires_at = expires_in.map_or(Timestamp::NEVER, |d| now.saturating_add(d));
+    EntryMeta {
+        schema_version: SCHEMA,
+        created_at: now,
+        expires_at,
+        stale_until: if expires_at.is_never() {
+            expires_at
+        } else {
+            expires_at.saturating_add(stale_for)
+        },
+        flags: EntryFlags::empty(),
+    }
+}
+
+/// An entry holding `value` as JSON, expiring in `ttl` (never if `None`).
+pub fn entry(value: &Value, ttl: Option<Duration>) -> Entry {
+    entry_with_meta(value, meta(ttl, Duration::ZERO))
+}
+
+fn entry_with_meta(value: &Value, meta: EntryMeta) -> Entry {
+    Entry::encode(
+        value,
+        Codec::Json,
+        &Compression::None,
+        meta,
+        DecodeLimits::default(),
+    )
+    .unwrap()
+}
+
+/// An entry whose expiry is already past but whose stale window is open.
+fn expired_but_stale(value: &Value) -> Entry {
+    let now = Timestamp::now().as_millis();
+    let mut m = meta(None, Duration::ZERO);
+    m.expires_at = Timestamp::from_millis(now - 1_000);
+    m.stale_until = Timestamp::from_millis(now + 60_000);
+    entry_with_meta(value, m)
+}
+
+fn value_of(entry: &Entry) -> Value {
+    entry
+        .decode_value(DecodeLimits::default(), &Dictionaries::default())
+        .expect("stored entry decodes")
+}
+
+async fn read(tier: &dyn Tier, key: &Key) -> Option<Value> {
+    tier.get(key)
+        .await
+        .expect("get works")
+        .map(|e| value_of(&e))
+}
+
+fn skip(case: &str, capability: &str) {
+    println!("{case}: not applicable, the tier does not declare `{capability}`");
+}
+
+fn cache_over(tier: Arc<dyn Tier>, l1: Option<MemoryTier>) -> TieredCache {
+    let mut builder = TieredCache::builder()
+        .schema_version(SCHEMA)
+        .compression(Compression::None);
+    if let Some(l1) = l1 {
+        builder = builder.tier(l1);
+    }
+    builder.shared_tier(tier).build()
+}
+
+/// Reading a key that was never written gives `None`.
+pub async fn get_of_missing_key_is_none(h: Harness) {
+    assert!(h.tier.get(&key("missing")).await.unwrap().is_none());
+}
+
+/// What was set is what is read: same header, same body.
+pub async fn set_then_get_returns_the_entry(h: Harness) {
+    let e = entry(
+        &json!({"title": "Dune", "year": 1965}),
+        Some(Duration::from_secs(60)),
+    );
+    h.tier.set(&key("a"), e.clone()).await.unwrap();
+    let got = h.tier.get(&key("a")).await.unwrap().expect("present");
+    assert_eq!(got.header, e.header);
+    assert_eq!(got.body, e.body);
+    assert_eq!(value_of(&got), json!({"title": "Dune", "year": 1965}));
+}
+
+/// A second set replaces the first.
+pub async fn set_overwrites_previous_value(h: Harness) {
+    h.tier.set(&key("a"), entry(&json!(1), None)).await.unwrap();
+    h.tier.set(&key("a"), entry(&json!(2), None)).await.unwrap();
+    assert_eq!(read(&*h.tier, &key("a")).await, Some(json!(2)));
+}
+
+/// Delete removes the entry and reports that it was there.
+pub async fn delete_removes_the_entry(h: Harness) {
+    h.tier.set(&key("a"), entry(&json!(1), None)).await.unwrap();
+    h.tier.set(&key("b"), entry(&json!(2), None)).await.unwrap();
+    assert!(h.tier.delete(&key("a")).await.unwrap());
+    assert_eq!(read(&*h.tier, &key("a")).await, None);
+    assert_eq!(read(&*h.tier, &key("b")).await, Some(json!(2)));
+}
+
+/// Deleting a missing key is not an error.
+pub async fn delete_of_missing_key_returns_false(h: Harness) {
+    assert!(!h.tier.delete(&key("never")).await.unwrap());
+}
+
+/// A zero-length body is stored and returned as such.
+pub async fn empty_value_round_trips(h: Harness) {
+    let e = Entry::from_body(
+        meta(None, Duration::ZERO),
+        Codec::Json,
+        tierstack::CompressionKind::None,
+        0,
+        0,
+        Bytes::new(),
+    );
+    h.tier.set(&key("empty"), e.clone()).await.unwrap();
+    let got = h.tier.get(&key("empty")).await.unwrap().expect("present");
+    assert!(got.body.is_empty());
+    assert_eq!(got.header, e.header);
+}
+
+/// A 1 MiB value is stored and returned intact.
+pub async fn one_mib_value_round_trips(h: Harness) {
+    let big: String = (0..1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    h.tier
+        .set(&key("big"), entry(&json!(big), None))
+        .await
+        .unwrap();
+    assert_eq!(read(&*h.tier, &key("big")).await, Some(json!(big)));
+}
+
+/// Once the stale window has ended, the tier no longer returns the entry.
+pub async fn entry_past_its_stale_window_is_not_returned(h: Harness) {
+    let e = entry_with_meta(
+        &json!("short-lived"),
+        meta(Some(Duration::from_millis(150)), Duration::from_millis(150)),
+    );
+    h.tier.set(&key("short"), e).await.unwrap();
+    h.tier
+        .set(&key("long"), entry(&json!("stays"), None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(read(&*h.tier, &key("short")).await, None);
+    assert_eq!(read(&*h.tier, &key("long")).await, Some(json!("stays")));
+}
+
+/// An expired entry is kept while its stale window is open, for
+/// stale-if-error; the cache, not the tier, decides it is not fresh.
+pub async fn expired_entry_within_stale_window_is_kept(h: Harness) {
+    let e = expired_but_stale(&json!("stale"));
+    h.tier.set(&key("s"), e.clone()).await.unwrap();
+    let got = h
+        .tier
+        .get(&key("s"))
+        .await
+        .unwrap()
+        .expect("kept for its stale window");
+    assert!(!got.header.is_fresh(Timestamp::now()));
+    assert_eq!(got.header.stale_until, e.header.stale_until);
+}
+
+/// Created-at, expires-at and stale-until come back exactly as written,
+/// which is what copy-up's remaining TTL is computed from.
+pub async fn header_times_are_preserved(h: Harness) {
+    let e = entry_with_meta(
+        &json!(1),
+        meta(Some(Duration::from_secs(10)), Duration::from_secs(5)),
+    );
+    h.tier.set(&key("t"), e.clone()).await.unwrap();
+    let got = h.tier.get(&key("t")).await.unwrap().unwrap();
+    assert_eq!(got.header.created_at, e.header.created_at);
+    assert_eq!(got.header.expires_at, e.header.expires_at);
+    assert_eq!(got.header.stale_until, e.header.stale_until);
+}
+
+/// `get_many` answers one slot per key, in the order asked, hits and misses
+/// mixed, duplicates included.
+pub async fn get_many_returns_one_slot_per_key_in_order(h: Harness) {
+    h.tier.set(&key("1"), entry(&json!(1), None)).await.unwrap();
+    h.tier.set(&key("3"), entry(&json!(3), None)).await.unwrap();
+    let keys = [key("1"), key("2"), key("3"), key("1")];
+    let got = h.tier.get_many(&keys).await.unwrap();
+    let values: Vec<Option<Value>> = got.iter().map(|e| e.as_ref().map(value_of)).collect();
+    assert_eq!(
+        values,
+        vec![Some(json!(1)), None, Some(json!(3)), Some(json!(1))]
+    );
+}
+
+/// `get_many` of no keys is an empty answer, not an error.
+pub async fn get_many_of_no_keys_is_empty(h: Harness) {
+    assert!(h.tier.get_many(&[]).await.unwrap().is_empty());
+}
+
+/// Entries written by `set_many` are read back by `get_many`.
+pub async fn set_many_then_get_many(h: Harness) {
+    let entries: Vec<(Key, Entry)> = (0..50)
+        .map(|i| (key(&i.to_string()), entry(&json!(i), None)))
+        .collect();
+    let keys: Vec<Key> = entries.iter().map(|(k, _)| k.clone()).collect();
+    h.tier.set_many(entries).await.unwrap();
+    let got = h.tier.get_many(&keys).await.unwrap();
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(e.as_ref().map(value_of), Some(json!(i)), "slot {i}");
+    }
+}
+
+/// `set_many` replaces existing entries.
+pub async fn set_many_overwrites_existing_entries(h: Harness) {
+    h.tier
+        .set(&key("x"), entry(&json!("old"), None))
+        .await
+        .unwrap();
+    h.tier
+        .set_many(vec![
+            (key("x"), entry(&json!("new"), None)),
+            (key("y"), entry(&json!("y"), None)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(read(&*h.tier, &key("x")).await, Some(json!("new")));
+    assert_eq!(read(&*h.tier, &key("y")).await, Some(json!("y")));
+}
+
+/// `clear(All)` removes every entry and says how many.
+pub async fn clear_all_removes_everything(h: Harness) {
+    for i in 0..10 {
+        h.tier
+            .set(&key(&i.to_string()), entry(&json!(i), None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(h.tier.clear(ClearScope::All).await.unwrap(), 10);
+    for i in 0..10 {
+        assert_eq!(read(&*h.tier, &key(&i.to_string())).await, None);
+    }
+    assert_eq!(h.tier.size().await.unwrap().entries, 0);
+}
+
+/// `clear(Source)` removes that source's entries and no others, including
+/// sources that share a prefix.
+pub async fn clear_source_removes_only_that_source(h: Harness) {
+    let search = Key::new("audnexus:search", [("q", "dune")]);
+    let book = Key::new("audnexus:book", [("asin", "B002V1A0WE")]);
+    let book2 = Key::new("audnexus:book", [("asin", "B0000000")]);
+    let longer = Key::new("audnexus:bookx", [("asin", "B002V1A0WE")]);
+    for k in [&search, &book, &book2, &longer] {
+        h.tier
+            .set(k, entry(&json!(k.as_str()), None))
+            .await
+            .unwrap();
+    }
+    let removed = h
+        .tier
+        .clear(ClearScope::Source("audnexus:book".into()))
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(read(&*h.tier, &book).await, None);
+    assert_eq!(read(&*h.tier, &book2).await, None);
+    assert!(read(&*h.tier, &search).await.is_some());
+    assert!(read(&*h.tier, &longer).await.is_some());
+}
+
+/// `clear(Expired)` removes entries past their expiry (also those in a stale
+/// window) and keeps fresh ones.
+pub async fn clear_expired_keeps_fresh_entries(h: Harness) {
+    h.tier
+        .set(&key("old"), expired_but_stale(&json!("old")))
+        .await
+        .unwrap();
+    h.tier
+        .set(
+            &key("fresh"),
+            entry(&json!("fresh"), Some(Duration::from_secs(60))),
+        )
+        .await
+        .unwrap();
+    h.tier
+        .set(&key("forever"), entry(&json!("forever"), None))
+        .await
+        .unwrap();
+    assert_eq!(h.tier.clear(ClearScope::Expired).await.unwrap(), 1);
+    assert_eq!(read(&*h.tier, &key("old")).await, None);
+    assert!(read(&*h.tier, &key("fresh")).await.is_some());
+    assert!(read(&*h.tier, &key("forever")).await.is_some());
+}
+
+/// `size` counts the entries and a plausible number of bytes.
+pub async fn size_counts_entries_and_bytes(h: Harness) {
+    assert_eq!(h.tier.size().await.unwrap().entries, 0);
+    let value = json!("x".repeat(1000));
+    for i in 0..3 {
+        h.tier
+            .set(&key(&i.to_string()), entry(&value, None))
+            .await
+            .unwrap();
+    }
+    let size = h.tier.size().await.unwrap();
+    assert_eq!(size.entries, 3);
+    assert!(
+        size.bytes >= 3000,
+        "{} bytes for 3 entries of 1000+",
+        size.bytes
+    );
+}
+
+/// 32 tasks writing one key at once leave exactly one of their values,
+/// intact.
+pub async fn concurrent_writers_on_one_key_leave_one_intact_value(h: Harness) {
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let tier = Arc::clone(&h.tier);
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"writer": i, "payload": "p".repeat(2000 + i)});
+            tier.set(&key("contended"), entry(&body, None))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = read(&*h.tier, &key("contended"))
+        .await
+        .expect("one value survives");
+    let writer = got["writer"].as_u64().expect("intact value") as usize;
+    assert!(writer < 32);
+    assert_eq!(got["payload"].as_str().unwrap().len(), 2000 + writer);
+}
+
+/// 32 tasks writing their own keys: every write is visible afterwards.
+pub async fn concurrent_writers_on_distinct_keys_are_all_visible(h: Harness) {
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let tier = Arc::clone(&h.tier);
+        tasks.push(tokio::spawn(async move {
+            for j in 0..10 {
+                let name = format!("{i}-{j}");
+                tier.set(&key(&name), entry(&json!(name), None))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..32 {
+        for j in 0..10 {
+            let name = format!("{i}-{j}");
+            assert_eq!(read(&*h.tier, &key(&name)).await, Some(json!(name)));
+        }
+    }
+}
+
+/// Keys that differ only in reserved characters are different entries.
+pub async fn keys_with_reserved_characters_are_distinct(h: Harness) {
+    let keys = [
+        Key::new(SOURCE, [("a", "1&b=2")]),
+        Key::new(SOURCE, [("a", "1"), ("b", "2")]),
+        Key::new(SOURCE, [("a", "%26")]),
+        Key::new(SOURCE, [("a", "&")]),
+        Key::new(SOURCE, [("a", "x:y#z")]),
+        Key::new(SOURCE, [("a", "line\nbreak\u{0}")]),
+        Key::new(SOURCE, [("a", "*"), ("b", "?[]")]),
+        Key::new("con:form:ance", [("a", "1")]),
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        h.tier.set(k, entry(&json!(i), None)).await.unwrap();
+    }
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(read(&*h.tier, k).await, Some(json!(i)), "{k}");
+    }
+}
+
+/// Unicode keys and keys long enough to be hashed work like any other.
+pub async fn unicode_and_hashed_keys_round_trip(h: Harness) {
+    let unicode = Key::new("pathinfo", [("path", "/audiobooks/Ñandú/日本語/😀")]);
+    let long = Key::new("pathinfo", [("path", "/a".repeat(600))]);
+    let long2 = Key::new("pathinfo", [("path", format!("{}b", "/a".repeat(600)))]);
+    assert!(long.is_hashed());
+    for (i, k) in [&unicode, &long, &long2].into_iter().enumerate() {
+        h.tier.set(k, entry(&json!(i), None)).await.unwrap();
+    }
+    assert_eq!(read(&*h.tier, &unicode).await, Some(json!(0)));
+    assert_eq!(read(&*h.tier, &long).await, Some(json!(1)));
+    assert_eq!(read(&*h.tier, &long2).await, Some(json!(2)));
+}
+
+/// Paging through `scan` returns every live entry exactly once.
+pub async fn scan_pages_through_every_entry(h: Harness) {
+    if !h.tier.capabilities().scan {
+        return skip("scan_pages_through_every_entry", "scan");
+    }
+    for i in 0..25 {
+        h.tier
+            .set(&key(&format!("{i:02}")), entry(&json!(i), None))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = h.tier.scan(cursor, 7).await.unwrap();
+        for (k, e) in &page.entries {
+            seen.push((k.clone(), value_of(e)));
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    seen.dedup_by(|a, b| a.0 == b.0);
+    assert_eq!(seen.len(), 25);
+    for (i, (k, v)) in seen.iter().enumerate() {
+        assert_eq!(k, &key(&format!("{i:02}")));
+        assert_eq!(v, &json!(i));
+    }
+}
+
+/// A working tier says so.
+pub async fn health_is_reported(h: Harness) {
+    assert_eq!(h.tier.health().await, Health::Healthy);
+}
+
+/// An entry with 10 s left in the tier lands in an L1 (whose own TTL is 1 h)
+/// with at most 10 s, not the L1 default.
+pub async fn cache_copies_up_with_the_remaining_ttl(h: Harness) {
+    let k = key("copy-up");
+    let e = entry(&json!("from below"), Some(Duration::from_secs(10)));
+    let expires = e.header.expires_at;
+    h.tier.set(&k, e).await.unwrap();
+    let l1 = Arc::new(
+        MemoryTier::new(&MemoryConfig::with_max_entries(100).ttl(Duration::from_secs(3600)))
+            .unwrap(),
+    );
+    let cache = TieredCache::builder()
+        .schema_version(SCHEMA)
+        .shared_tier(l1.clone())
+        .shared_tier(Arc::clone(&h.tier))
+        .build();
+    let v = cache.get::<Value>(&k).await.expect("hit in the lower tier");
+    assert_eq!(*v, json!("from below"));
+    let copied = l1.get(&k).await.unwrap().expect("copied up into L1");
+    assert_eq!(copied.header.expires_at, expires);
+    let left = copied
+        .header
+        .expires_at
+        .remaining_from(Timestamp::now())
+        .unwrap();
+    assert!(left <= Duration::from_secs(10), "{left:?} left in L1");
+    let stats = cache.stats();
+    assert_eq!(stats.layers[1].hits, 1);
+    assert_eq!(stats.layers[0].copy_ups, 1);
+}
+
+/// Copy-up never gives an upper tier more than its own TTL.
+pub async fn cache_caps_copy_up_to_the_upper_tier_ttl(h: Harness) {
+    let k = key("capped");
+    h.tier
+        .set(&k, entry(&json!(1), Some(Duration::from_secs(3600))))
+        .await
+        .unwrap();
+    let l1 = Arc::new(
+        MemoryTier::new(&MemoryConfig::with_max_entries(100).ttl(Duration::from_secs(2))).unwrap(),
+    );
+    let cache = TieredCache::builder()
+        .schema_version(SCHEMA)
+        .shared_tier(l1.clone())
+        .shared_tier(Arc::clone(&h.tier))
+        .build();
+    assert!(cache.get::<Value>(&k).await.is_some());
+    let copied = l1.get(&k).await.unwrap().unwrap();
+    let left = copied
+        .header
+        .expires_at
+        .remaining_from(Timestamp::now())
+        .unwrap();
+    assert!(left <= Duration::from_secs(2), "{left:?} left in L1");
+}
+
+/// `TieredCache::set` stores the value in the tier with the TTL asked for.
+pub async fn cache_writes_through_to_the_tier(h: Harness) {
+    let cache = cache_over(Arc::clone(&h.tier), None);
+    let k = key("through");
+    let before = Timestamp::now();
+    cache
+        .set(&k, json!({"n": 7}), Ttl::For(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let stored = h.tier.get(&k).await.unwrap().expect("written through");
+    assert_eq!(value_of(&stored), json!({"n": 7}));
+    let ttl = stored.header.expires_at.as_millis() - before.as_millis();
+    assert!((29_000..=31_000).contains(&ttl), "ttl {ttl} ms");
+    assert_eq!(cache.stats().layers[0].writes, 1);
+}
+
+/// A body that does not match its checksum is a miss counted as a decode
+/// failure, never an error or a wrong value.
+pub async fn damaged_body_is_a_counted_miss(h: Harness) {
+    let k = key("damaged");
+    let mut e = entry(&json!({"title": "Dune"}), None);
+    let mut body = e.body.to_vec();
+    body[3] ^= 0x20;
+    e.body = Bytes::from(body);
+    h.tier.set(&k, e).await.unwrap();
+    let cache = cache_over(Arc::clone(&h.tier), None);
+    assert!(cache.get::<Value>(&k).await.is_none());
+    let layer = &cache.stats().layers[0];
+    assert_eq!(layer.decode_failures, 1);
+    assert_eq!(layer.hits, 0);
+    assert_eq!(layer.errors, 0);
+}
+
+/// Entries of an older schema are misses and are removed; entries of a
+/// newer schema (a newer tool sharing the store) are misses and stay.
+pub async fn other_schema_versions_are_counted_misses(h: Harness) {
+    let older = key("older");
+    let newer = key("newer");
+    let mut m = meta(None, Duration::ZERO);
+    m.schema_version = 1;
+    h.tier
+        .set(&older, entry_with_meta(&json!("v1"), m))
+        .await
+        .unwrap();
+    m.schema_version = 3;
+    h.tier
+        .set(&newer, entry_with_meta(&json!("v3"), m))
+        .await
+        .unwrap();
+    let cache = TieredCache::builder()
+        .schema_version(2)
+        .shared_tier(Arc::clone(&h.tier))
+        .build();
+    assert!(cache.get::<Value>(&older).await.is_none());
+    assert!(cache.get::<Value>(&newer).await.is_none());
+    assert_eq!(cache.stats().layers[0].decode_failures, 2);
+    assert!(
+        h.tier.get(&older).await.unwrap().is_none(),
+        "older entry removed"
+    );
+    assert!(
+        h.tier.get(&newer).await.unwrap().is_some(),
+        "newer entry kept"
+    );
+}
+
+/// Reading a key as a type its value does not fit is a counted miss.
+pub async fn value_of_another_type_is_a_miss_not_an_error(h: Harness) {
+    let cache = cache_over(Arc::clone(&h.tier), None);
+    let k = key("typed");
+    cache
+        .set(&k, "a string".to_string(), Ttl::TierDefault)
+        .await
+        .unwrap();
+    assert!(cache.get::<u64>(&k).await.is_none());
+    assert_eq!(
+        cache.get::<String>(&k).await.as_deref().map(String::as_str),
+        Some("a string")
+    );
+    assert_eq!(cache.stats().layers[0].decode_failures, 1);
+}

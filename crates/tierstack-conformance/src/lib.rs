@@ -1,0 +1,90 @@
+#![doc = include_str!("../README.md")]
+#![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
+
+pub mod cases;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use tierstack::Tier;
+
+/// A tier under test, plus whatever must live as long as it (a temporary
+/// directory, a server guard).
+pub struct Harness {
+    /// The tier under test; empty when handed to a case.
+    pub tier: Arc<dyn Tier>,
+    guards: Vec<Box<dyn Any + Send + Sync>>,
+}
+
+impl Harness {
+    /// Wraps a freshly built, empty tier.
+    pub fn new(tier: impl Tier + 'static) -> Self {
+        Self::shared(Arc::new(tier))
+    }
+
+    /// Wraps an already shared tier.
+    pub fn shared(tier: Arc<dyn Tier>) -> Self {
+        Self {
+            tier,
+            guards: Vec::new(),
+        }
+    }
+
+    /// Keeps `guard` alive until the case ends.
+    #[must_use]
+    pub fn keep(mut self, guard: impl Any + Send + Sync) -> Self {
+        self.guards.push(Box::new(guard));
+        self
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
+/// function (or closure returning a future) that returns a [`Harness`] with
+/// an empty tier. The calling crate needs `tokio` (with `macros` and
+/// `rt-multi-thread`) as a dev-dependency.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        $crate::conformance_suite!(@cases $make;
+            get_of_missing_key_is_none,
+            set_then_get_returns_the_entry,
+            set_overwrites_previous_value,
+            delete_removes_the_entry,
+            delete_of_missing_key_returns_false,
+            empty_value_round_trips,
+            one_mib_value_round_trips,
+            entry_past_its_stale_window_is_not_returned,
+            expired_entry_within_stale_window_is_kept,
+            header_times_are_preserved,
+            get_many_returns_one_slot_per_key_in_order,
+            get_many_of_no_keys_is_empty,
+            set_many_then_get_many,
+            set_many_overwrites_existing_entries,
+            clear_all_removes_everything,
+            clear_source_removes_only_that_source,
+            clear_expired_keeps_fresh_entries,
+            size_counts_entries_and_bytes,
+            concurrent_writers_on_one_key_leave_one_intact_value,
+            concurrent_writers_on_distinct_keys_are_all_visible,
+            keys_with_reserved_characters_are_distinct,
+            unicode_and_hashed_keys_round_trip,
+            scan_pages_through_every_entry,
+            health_is_reported,
+            cache_copies_up_with_the_remaining_ttl,
+            cache_caps_copy_up_to_the_upper_tier_ttl,
+            cache_writes_through_to_the_tier,
+            damaged_body_is_a_counted_miss,
+            other_schema_versions_are_counted_misses,
+            value_of_another_type_is_a_miss_not_an_error,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness: $crate::Harness = ($make)().await;
+                $crate::cases::$case(harness).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,156 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tierstack_core::{Codec, Compression, DecodeLimits, Dictionaries, Dictionary, Tier};
+
+use crate::cache::{Inner, Layer, TieredCache};
+use crate::flight::Flights;
+use crate::stats::Sources;
+
+/// Builds a [`TieredCache`] in code.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> tierstack::Result<()> {
+/// use std::time::Duration;
+/// use tierstack::{MemoryConfig, MemoryTier, TieredCache, Key, Ttl};
+///
+/// let cache = TieredCache::builder()
+///     .tier(MemoryTier::new(&MemoryConfig::with_max_entries(1000).ttl(Duration::from_secs(3600)))?)
+///     .schema_version(1)
+///     .build();
+/// let key = Key::new("audnexus:book", [("asin", "B002V1A0WE")]);
+/// cache.set(&key, "Dune".to_string(), Ttl::TierDefault).await?;
+/// assert_eq!(cache.get::<String>(&key).await.as_deref().map(String::as_str), Some("Dune"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct TieredCacheBuilder {
+    tiers: Vec<Arc<dyn Tier>>,
+    codec: Codec,
+    compression: Compression,
+    dictionaries: Dictionaries,
+    limits: DecodeLimits,
+    schema_version: u32,
+    default_ttl: Option<Duration>,
+    enabled: bool,
+}
+
+impl Default for TieredCacheBuilder {
+    fn default() -> Self {
+        Self {
+            tiers: Vec::new(),
+            codec: Codec::default(),
+            compression: Compression::default(),
+            dictionaries: Dictionaries::default(),
+            limits: DecodeLimits::default(),
+            schema_version: 1,
+            default_ttl: None,
+            enabled: true,
+        }
+    }
+}
+
+impl TieredCacheBuilder {
+    /// Adds a tier below the ones added so far (the first is L1).
+    #[must_use]
+    pub fn tier(self, tier: impl Tier + 'static) -> Self {
+        self.shared_tier(Arc::new(tier))
+    }
+
+    /// Adds an already shared tier (for example one built from config).
+    #[must_use]
+    pub fn shared_tier(mut self, tier: Arc<dyn Tier>) -> Self {
+        self.tiers.push(tier);
+        self
+    }
+
+    /// The codec new entries are written with (default MessagePack). Entries
+    /// are always read with the codec they were written with.
+    #[must_use]
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// How new entries are compressed (default zstd level 3 from 1 KiB).
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        if let Compression::ZstdDict { dictionary, .. } = &compression {
+            self.dictionaries.insert(dictionary.clone());
+        }
+        self.compression = compression;
+        self
+    }
+
+    /// Makes a dictionary available for reading entries written with it.
+    #[must_use]
+    pub fn dictionary(mut self, dictionary: Dictionary) -> Self {
+        self.dictionaries.insert(dictionary);
+        self
+    }
+
+    /// The application schema version (default 1). Entries of another
+    /// version are misses; bump it whenever the cached types change
+    /// incompatibly.
+    #[must_use]
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
+
+    /// TTL for tiers without their own TTL when writing with
+    /// [`Ttl::TierDefault`](crate::Ttl::TierDefault). Default: no expiry.
+    #[must_use]
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Largest encoded value accepted when writing and reading (default
+    /// 64 MiB). Larger stored entries are misses, never allocated.
+    #[must_use]
+    pub fn max_value_len(mut self, bytes: u32) -> Self {
+        self.limits.max_raw_len = bytes;
+        self
+    }
+
+    /// `false` makes a pass-through cache: every lookup misses, every fetch
+    /// runs, nothing is stored.
+    #[must_use]
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Builds the cache. Tiers with the same name get a `#2`, `#3`… suffix
+    /// in statistics.
+    pub fn build(self) -> TieredCache {
+        let mut layers: Vec<Layer> = Vec::with_capacity(self.tiers.len());
+        for tier in self.tiers {
+            let base = tier.name().to_owned();
+            let mut name = base.clone();
+            let mut n = 1;
+            while layers.iter().any(|l| *l.name == *name) {
+                n += 1;
+                name = format!("{base}#{n}");
+            }
+            layers.push(Layer {
+                tier,
+                name: name.into(),
+                counters: crate::stats::LayerCounters::default(),
+            });
+        }
+        TieredCache::from_inner(Inner {
+            layers,
+            codec: self.codec,
+            compression: self.compression,
+            dictionaries: self.dictionaries,
+            limits: self.limits,
+            schema_version: self.schema_version,
+            default_ttl: self.default_ttl,
+            enabled: self.enabled,
+            flights: Flights::default(),
+            sources: Sources::default(),
+        })
+    }
+}

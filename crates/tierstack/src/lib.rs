@@ -1,0 +1,34 @@
+#![doc = include_str!("../README.md")]
+
+mod builder;
+mod cache;
+mod flight;
+mod stats;
+
+pub use builder::TieredCacheBuilder;
+pub use cache::{TieredCache, Ttl};
+pub use stats::{CacheStats, LayerStats, SourceStats};
+
+pub use tierstack_core::*;
+
+/// The in-process memory tier (feature `memory`).
+#[cfg(feature = "memory")]
+pub use tierstack_memory as memory;
+#[cfg(feature = "memory")]
+pub use tierstack_memory::{MemoryConfig, MemoryTier};
+
+/// Every backend registered in this binary, sorted by name: the backends
+/// compiled in through this crate's features plus any third-party backend
+/// crate that was linked.
+pub fn backends() -> Vec<&'static BackendDescriptor> {
+    link_backends();
+    tierstack_core::backends()
+}
+
+/// Makes sure the linker keeps the registration of each enabled backend: a
+/// crate whose items are never referenced may be dropped from the binary,
+/// and its `inventory` registration with it.
+fn link_backends() {
+    #[cfg(feature = "memory")]
+    std::hint::black_box(&tierstack_memory::CAPABILITIES);
+}
