@@ -1,4 +1,6 @@
 #![doc = include_str!("docs.md")]
+// Library code never unwraps what a user, a file or a server can influence.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod backend;
 mod config;

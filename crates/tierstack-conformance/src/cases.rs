@@ -145,7 +145,7 @@ pub async fn empty_value_round_trips(h: Harness) {
 /// A 1 MiB value is stored and returned intact.
 pub async fn one_mib_value_round_trips(h: Harness) {
     let big: String = (0..1024 * 1024)
-        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .map(|i: u32| char::from(b'a' + (i % 26) as u8))
         .collect();
     h.tier
         .set(&key("big"), entry(&json!(big), None))

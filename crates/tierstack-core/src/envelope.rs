@@ -460,6 +460,7 @@ impl Entry {
     /// Parses a serialised entry without copying the body. The body checksum
     /// is verified later by [`Entry::raw_body`], once the caller decides to
     /// use the body.
+    #[allow(clippy::needless_pass_by_value)] // takes the buffer so the body can share it
     pub fn from_bytes(bytes: Bytes, limits: DecodeLimits) -> Result<Self, DecodeError> {
         let header = Header::parse(&bytes, limits)?;
         let expected = HEADER_LEN + header.body_len as usize;

@@ -24,6 +24,7 @@
 use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -219,7 +220,6 @@ impl Key {
             cut -= 1;
         }
         out.truncate(cut);
-        use fmt::Write as _;
         let _ = write!(out, "#{digest:032x}");
         let source_len = hashed_source_len(&out[..cut]);
         Self {

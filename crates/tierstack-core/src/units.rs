@@ -44,7 +44,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     #[allow(clippy::cast_precision_loss, clippy::cast_sign_loss)]
     let bytes = number * multiplier as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > 18e18 {
+    if !bytes.is_finite() || !(0.0..=18e18).contains(&bytes) {
         return Err(bad());
     }
     #[allow(clippy::cast_sign_loss)]

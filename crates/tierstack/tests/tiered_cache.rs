@@ -93,7 +93,10 @@ async fn a_failed_fetch_is_not_cached_and_every_waiter_gets_the_error() {
     // The next call fetches again: failures are not cached.
     let book = cache
         .get_or_fetch(&book_key("X"), Ttl::TierDefault, || async {
-            Ok::<_, Upstream>(Book { asin: "X".into(), title: "Found".into() })
+            Ok::<_, Upstream>(Book {
+                asin: "X".into(),
+                title: "Found".into(),
+            })
         })
         .await
         .unwrap();
@@ -114,7 +117,10 @@ async fn a_panicking_fetch_does_not_wedge_the_key() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     panic!("fetch bug");
                     #[allow(unreachable_code)]
-                    Ok::<_, Upstream>(Book { asin: String::new(), title: String::new() })
+                    Ok::<_, Upstream>(Book {
+                        asin: String::new(),
+                        title: String::new(),
+                    })
                 })
                 .await
         })
@@ -125,19 +131,28 @@ async fn a_panicking_fetch_does_not_wedge_the_key() {
         tokio::spawn(async move {
             cache
                 .get_or_fetch::<Book, _, _, _>(&book_key("P"), Ttl::TierDefault, || async {
-                    Ok::<_, Upstream>(Book { asin: "P".into(), title: "second".into() })
+                    Ok::<_, Upstream>(Book {
+                        asin: "P".into(),
+                        title: "second".into(),
+                    })
                 })
                 .await
         })
     };
-    assert!(leader.await.unwrap_err().is_panic(), "the panic reaches the caller that ran the fetch");
+    assert!(
+        leader.await.unwrap_err().is_panic(),
+        "the panic reaches the caller that ran the fetch"
+    );
     let waited = waiter.await.unwrap();
     assert_eq!(waited.unwrap_err().kind(), ErrorKind::FetchPanicked);
     // The key is usable again at once.
     let book = tokio::time::timeout(
         Duration::from_secs(2),
         cache.get_or_fetch(&book_key("P"), Ttl::TierDefault, || async {
-            Ok::<_, Upstream>(Book { asin: "P".into(), title: "third".into() })
+            Ok::<_, Upstream>(Book {
+                asin: "P".into(),
+                title: "third".into(),
+            })
         }),
     )
     .await
@@ -155,7 +170,10 @@ async fn a_cancelled_leader_hands_over_to_a_waiter() {
             cache
                 .get_or_fetch::<Book, _, _, _>(&book_key("C"), Ttl::TierDefault, || async {
                     tokio::time::sleep(Duration::from_secs(60)).await;
-                    Ok::<_, Upstream>(Book { asin: "C".into(), title: "never".into() })
+                    Ok::<_, Upstream>(Book {
+                        asin: "C".into(),
+                        title: "never".into(),
+                    })
                 })
                 .await
         })
@@ -166,7 +184,10 @@ async fn a_cancelled_leader_hands_over_to_a_waiter() {
         tokio::spawn(async move {
             cache
                 .get_or_fetch::<Book, _, _, _>(&book_key("C"), Ttl::TierDefault, || async {
-                    Ok::<_, Upstream>(Book { asin: "C".into(), title: "waiter".into() })
+                    Ok::<_, Upstream>(Book {
+                        asin: "C".into(),
+                        title: "waiter".into(),
+                    })
                 })
                 .await
         })
@@ -191,7 +212,10 @@ struct Failing {
 
 impl Failing {
     fn new() -> Self {
-        Self { inner: memory(3600), broken: AtomicBool::new(false) }
+        Self {
+            inner: memory(3600),
+            broken: AtomicBool::new(false),
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -205,7 +229,7 @@ impl Failing {
 
 #[async_trait]
 impl Tier for Failing {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "failing"
     }
     fn capabilities(&self) -> Capabilities {
@@ -251,16 +275,27 @@ async fn a_failing_tier_is_skipped_and_counted() {
         .tier(memory(3600))
         .build();
     let k = book_key("F");
-    cache.set(&k, "v1".to_string(), Ttl::TierDefault).await.unwrap();
+    cache
+        .set(&k, "v1".to_string(), Ttl::TierDefault)
+        .await
+        .unwrap();
     failing.broken.store(true, Ordering::SeqCst);
 
     // Reads fall through to the working tier.
-    assert_eq!(cache.get::<String>(&k).await.as_deref().map(String::as_str), Some("v1"));
+    assert_eq!(
+        cache.get::<String>(&k).await.as_deref().map(String::as_str),
+        Some("v1")
+    );
     // Writes succeed for the caller, and reach the working tier.
-    cache.set(&k, "v2".to_string(), Ttl::TierDefault).await.unwrap();
+    cache
+        .set(&k, "v2".to_string(), Ttl::TierDefault)
+        .await
+        .unwrap();
     // A fetch is never turned into an error by the broken tier.
     let fetched = cache
-        .get_or_fetch(&book_key("G"), Ttl::TierDefault, || async { Ok::<_, Upstream>(7u32) })
+        .get_or_fetch(&book_key("G"), Ttl::TierDefault, || async {
+            Ok::<_, Upstream>(7u32)
+        })
         .await
         .unwrap();
     assert_eq!(*fetched, 7);
@@ -274,7 +309,11 @@ async fn a_failing_tier_is_skipped_and_counted() {
     let err = cache.delete(&k).await.unwrap_err();
     assert_eq!(err.tier(), Some("failing"));
     failing.broken.store(false, Ordering::SeqCst);
-    assert_eq!(cache.get::<String>(&k).await.as_deref().map(String::as_str), Some("v1"), "the failing tier still holds its old copy");
+    assert_eq!(
+        cache.get::<String>(&k).await.as_deref().map(String::as_str),
+        Some("v1"),
+        "the failing tier still holds its old copy"
+    );
     let health = cache.health().await;
     assert_eq!(health[0].1, Health::Healthy);
 }
@@ -283,7 +322,10 @@ async fn a_failing_tier_is_skipped_and_counted() {
 async fn write_through_gives_each_tier_its_own_ttl() {
     let l1 = Arc::new(memory(3600));
     let l2 = Arc::new(memory(7 * 86400));
-    let cache = TieredCache::builder().shared_tier(l1.clone()).shared_tier(l2.clone()).build();
+    let cache = TieredCache::builder()
+        .shared_tier(l1.clone())
+        .shared_tier(l2.clone())
+        .build();
     let k = book_key("T");
     let now = tierstack::Timestamp::now();
     cache.set(&k, 1u8, Ttl::TierDefault).await.unwrap();
@@ -291,23 +333,35 @@ async fn write_through_gives_each_tier_its_own_ttl() {
     let in_l2 = l2.get(&k).await.unwrap().unwrap().header.expires_at;
     let hour = in_l1.remaining_from(now).unwrap();
     let week = in_l2.remaining_from(now).unwrap();
-    assert!(hour <= Duration::from_secs(3601) && hour >= Duration::from_secs(3590), "{hour:?}");
+    assert!(
+        hour <= Duration::from_secs(3601) && hour >= Duration::from_secs(3590),
+        "{hour:?}"
+    );
     assert!(week >= Duration::from_secs(7 * 86400 - 10), "{week:?}");
 
     // An explicit TTL is capped by each tier.
-    cache.set(&k, 2u8, Duration::from_secs(2 * 86400)).await.unwrap();
+    cache
+        .set(&k, 2u8, Duration::from_secs(2 * 86400))
+        .await
+        .unwrap();
     let in_l1 = l1.get(&k).await.unwrap().unwrap().header.expires_at;
     let in_l2 = l2.get(&k).await.unwrap().unwrap().header.expires_at;
     assert!(in_l1.remaining_from(now).unwrap() <= Duration::from_secs(3601));
     let two_days = in_l2.remaining_from(now).unwrap();
-    assert!(two_days <= Duration::from_secs(2 * 86400 + 1) && two_days >= Duration::from_secs(2 * 86400 - 10));
+    assert!(
+        two_days <= Duration::from_secs(2 * 86400 + 1)
+            && two_days >= Duration::from_secs(2 * 86400 - 10)
+    );
 }
 
 #[tokio::test]
 async fn an_l1_hit_returns_the_same_allocation_without_decoding() {
     let cache = TieredCache::builder().tier(memory(3600)).build();
     let k = book_key("A");
-    let book = Book { asin: "A".into(), title: "x".repeat(100_000) };
+    let book = Book {
+        asin: "A".into(),
+        title: "x".repeat(100_000),
+    };
     cache.set(&k, book.clone(), Ttl::TierDefault).await.unwrap();
     let first = cache.get::<Book>(&k).await.unwrap();
     let second = cache.get::<Book>(&k).await.unwrap();
@@ -321,8 +375,14 @@ async fn copy_up_fills_the_upper_tier_so_the_next_read_hits_it() {
     let l2 = Arc::new(memory(86400));
     let writer = TieredCache::builder().shared_tier(l2.clone()).build();
     let k = book_key("U");
-    writer.set(&k, "below".to_string(), Ttl::TierDefault).await.unwrap();
-    let cache = TieredCache::builder().shared_tier(l1.clone()).shared_tier(l2).build();
+    writer
+        .set(&k, "below".to_string(), Ttl::TierDefault)
+        .await
+        .unwrap();
+    let cache = TieredCache::builder()
+        .shared_tier(l1.clone())
+        .shared_tier(l2)
+        .build();
     assert!(cache.get::<String>(&k).await.is_some());
     assert!(cache.get::<String>(&k).await.is_some());
     let stats = cache.stats();
@@ -334,7 +394,10 @@ async fn copy_up_fills_the_upper_tier_so_the_next_read_hits_it() {
 #[tokio::test]
 async fn a_disabled_cache_passes_every_call_through() {
     let tier = Arc::new(memory(3600));
-    let cache = TieredCache::builder().shared_tier(tier.clone()).enabled(false).build();
+    let cache = TieredCache::builder()
+        .shared_tier(tier.clone())
+        .enabled(false)
+        .build();
     let k = book_key("D");
     cache.set(&k, 1u32, Ttl::TierDefault).await.unwrap();
     assert!(tier.get(&k).await.unwrap().is_none(), "nothing written");
@@ -355,10 +418,16 @@ async fn a_disabled_cache_passes_every_call_through() {
 
 #[tokio::test]
 async fn an_unencodable_value_is_an_encode_error() {
-    let cache = TieredCache::builder().tier(memory(3600)).codec(tierstack::Codec::Json).build();
+    let cache = TieredCache::builder()
+        .tier(memory(3600))
+        .codec(tierstack::Codec::Json)
+        .build();
     let mut map = std::collections::HashMap::new();
     map.insert((1u8, 2u8), "tuple keys are not JSON".to_string());
-    let err = cache.set(&book_key("E"), map, Ttl::TierDefault).await.unwrap_err();
+    let err = cache
+        .set(&book_key("E"), map, Ttl::TierDefault)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Encode);
 }
 
