@@ -45,7 +45,9 @@ fn load(counter: &AtomicU64) -> u64 {
 
 /// Per-source counters, created on first use of a source.
 #[derive(Debug, Default)]
-pub(crate) struct Sources(RwLock<HashMap<Arc<str>, Arc<SourceCounters>, foldhash::fast::RandomState>>);
+pub(crate) struct Sources(
+    RwLock<HashMap<Arc<str>, Arc<SourceCounters>, foldhash::fast::RandomState>>,
+);
 
 impl Sources {
     pub(crate) fn get(&self, source: &str) -> Arc<SourceCounters> {
