@@ -8,6 +8,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod key;
+pub mod paths;
 pub mod registry;
 pub mod tier;
 pub mod time;

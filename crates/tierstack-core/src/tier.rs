@@ -183,6 +183,12 @@ pub trait Tier: Send + Sync + fmt::Debug {
     /// return an [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error.
     async fn scan(&self, cursor: Option<ScanCursor>, limit: usize) -> Result<ScanPage>;
 
+    /// Removes dead entries (past their stale window) and gives the space
+    /// back where the store can; returns how many entries were removed.
+    async fn purge(&self) -> Result<u64> {
+        Ok(0)
+    }
+
     /// Counters only the backend knows.
     fn stats(&self) -> TierStats {
         TierStats::default()

@@ -1,0 +1,367 @@
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use tierstack_core::{
+    Capabilities, ClearScope, Entry, Error, ErrorKind, Health, Key, Operation, Result, ScanCursor,
+    ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
+};
+
+use crate::error::sqlite;
+use crate::schema::{self, millis};
+use crate::writer::{self, Command, Counters, Touched, WriteOp, Writer};
+use crate::{CAPABILITIES, SqliteConfig};
+
+/// Read connections kept for reuse; more are opened under load and closed
+/// when returned to a full pool.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The SQLite tier: the RFC's `metadata_cache` table in one database file,
+/// shared safely by every process that opens it.
+///
+/// Reads run inline on the calling task (a point read costs microseconds,
+/// less than a hop to a blocking thread); writes go to a group-commit writer
+/// thread and return once committed.
+#[derive(Debug)]
+pub struct SqliteTier {
+    name: String,
+    path: PathBuf,
+    namespace: u32,
+    max_ttl: Option<Duration>,
+    busy_timeout: Duration,
+    synchronous: &'static str,
+    readers: Mutex<Vec<Connection>>,
+    writer: Sender<Command>,
+    touched: Arc<Touched>,
+    counters: Arc<Counters>,
+}
+
+impl SqliteTier {
+    /// Opens (creating if needed) the database of `config`, for entries of
+    /// application schema `schema_version`. Runs on a blocking thread.
+    pub async fn open(config: &SqliteConfig, schema_version: u32) -> Result<Self> {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&config, schema_version))
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Other, "opening the database panicked").with_source(e)
+            })?
+    }
+
+    /// [`SqliteTier::open`] for callers outside an async context.
+    pub fn open_blocking(config: &SqliteConfig, schema_version: u32) -> Result<Self> {
+        let path = tierstack_core::paths::expand(&config.path).map_err(|e| {
+            Error::config(e)
+                .with_tier(config.name.as_str())
+                .with_operation(Operation::Build)
+        })?;
+        if config.max_batch == 0 {
+            return Err(
+                Error::config("max_batch must be at least 1").with_tier(config.name.as_str())
+            );
+        }
+        let busy_timeout = config.busy_timeout.unwrap_or(Duration::from_secs(5));
+        let synchronous = config.synchronous.pragma();
+        let named = |e: Error| e.with_tier(config.name.as_str());
+        schema::prepare_file(&path).map_err(named)?;
+        let mut conn = schema::connect(&path, busy_timeout, synchronous).map_err(named)?;
+        schema::migrate(&mut conn, &path, schema_version).map_err(named)?;
+
+        let touched = Arc::new(Touched::default());
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Alive from now on, so that `health` right after `open` is right.
+        counters.alive.store(true, Ordering::SeqCst);
+        let writer = Writer {
+            conn,
+            path: path.clone(),
+            namespace: schema_version,
+            max_size: config.max_size,
+            max_batch: config.max_batch,
+            touched: Arc::clone(&touched),
+            counters: Arc::clone(&counters),
+        };
+        std::thread::Builder::new()
+            .name(format!("tierstack-sqlite-{}", config.name))
+            .spawn(move || writer.run(&rx))
+            .map_err(|e| {
+                named(crate::error::io(
+                    e,
+                    &path,
+                    "cannot start the writer thread for",
+                ))
+            })?;
+        Ok(Self {
+            name: config.name.clone(),
+            path,
+            namespace: schema_version,
+            max_ttl: config.ttl,
+            busy_timeout,
+            synchronous,
+            readers: Mutex::new(Vec::new()),
+            writer: tx,
+            touched,
+            counters,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Transactions committed by the writer so far (group commit packs many
+    /// writes into one).
+    pub fn transactions(&self) -> u64 {
+        self.counters.transactions.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, e: rusqlite::Error, op: Operation) -> Error {
+        sqlite(e, &self.path, op).with_tier(self.name.as_str())
+    }
+
+    /// Runs `f` on a pooled read connection.
+    fn read<T>(
+        &self,
+        op: Operation,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let pooled = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = schema::connect(&self.path, self.busy_timeout, self.synchronous)
+                    .map_err(|e| e.with_tier(self.name.as_str()))?;
+                conn.pragma_update(None, "query_only", true)
+                    .map_err(|e| self.fail(e, op))?;
+                conn
+            }
+        };
+        let result = f(&conn).map_err(|e| self.fail(e, op));
+        let mut pool = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    async fn write(
+        &self,
+        op: Operation,
+        make: impl FnOnce(writer::Reply) -> Command,
+    ) -> Result<u64> {
+        writer::call(&self.writer, &self.path, make)
+            .await
+            .map_err(|e| e.with_tier(self.name.as_str()).with_operation(op))
+    }
+
+    fn touch(&self, key: &Key) {
+        if self.touched.record(key) {
+            let _ = self.writer.send(Command::Touch);
+        }
+    }
+
+    fn lookup(
+        &self,
+        conn: &Connection,
+        key: &Key,
+        now: i64,
+    ) -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        conn.prepare_cached(
+            "SELECT header, data FROM metadata_cache \
+             WHERE cache_key = ?1 AND schema_version = ?2 AND stale_until > ?3",
+        )?
+        .query_row(params![key.as_str(), self.namespace, now], |row| {
+            Ok((
+                row.get_ref(0)?.as_bytes()?.to_vec(),
+                row.get_ref(1)?.as_bytes()?.to_vec(),
+            ))
+        })
+        .optional()
+    }
+
+    fn to_entry(&self, key: &Key, header: &[u8], data: &[u8]) -> Result<Entry> {
+        schema::entry_from_row(header, data).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("row {key} in {} is damaged", self.path.display()),
+            )
+            .with_tier(self.name.as_str())
+            .with_operation(Operation::Get)
+            .with_source(e)
+        })
+    }
+}
+
+#[async_trait]
+impl Tier for SqliteTier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn max_ttl(&self) -> Option<Duration> {
+        self.max_ttl
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let now = millis(Timestamp::now());
+        let row = self.read(Operation::Get, |conn| self.lookup(conn, key, now))?;
+        let Some((header, data)) = row else {
+            return Ok(None);
+        };
+        self.touch(key);
+        self.to_entry(key, &header, &data).map(Some)
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+        let now = millis(Timestamp::now());
+        let rows = self.read(Operation::GetMany, |conn| {
+            // One read transaction: every answer comes from the same snapshot.
+            conn.execute_batch("BEGIN")?;
+            let rows: rusqlite::Result<Vec<_>> =
+                keys.iter().map(|k| self.lookup(conn, k, now)).collect();
+            conn.execute_batch("COMMIT")?;
+            rows
+        })?;
+        keys.iter()
+            .zip(rows)
+            .map(|(key, row)| match row {
+                Some((header, data)) => {
+                    self.touch(key);
+                    self.to_entry(key, &header, &data).map(Some)
+                }
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
+        self.write(Operation::Set, |reply| {
+            Command::Write(vec![WriteOp::Put(key.clone(), entry)], reply)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn set_many(&self, entries: Vec<(Key, Entry)>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ops = entries
+            .into_iter()
+            .map(|(k, e)| WriteOp::Put(k, e))
+            .collect();
+        self.write(Operation::SetMany, |reply| Command::Write(ops, reply))
+            .await
+            .map(drop)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        let removed = self
+            .write(Operation::Delete, |reply| {
+                Command::Write(vec![WriteOp::Delete(key.clone())], reply)
+            })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn clear(&self, scope: ClearScope) -> Result<u64> {
+        self.write(Operation::Clear, |reply| Command::Clear(scope, reply))
+            .await
+    }
+
+    async fn purge(&self) -> Result<u64> {
+        self.write(Operation::Clear, Command::Purge).await
+    }
+
+    async fn size(&self) -> Result<TierSize> {
+        let (entries, bytes): (i64, i64) = self.read(Operation::Len, |conn| {
+            conn.prepare_cached(
+                "SELECT count(*), coalesce(sum(size), 0) FROM metadata_cache WHERE schema_version = ?1",
+            )?
+            .query_row(params![self.namespace], |r| Ok((r.get(0)?, r.get(1)?)))
+        })?;
+        Ok(TierSize {
+            entries: u64::try_from(entries).unwrap_or(0),
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        })
+    }
+
+    /// Pages in key order; the cursor is the last key of the previous page,
+    /// so a scan holds no lock between pages and never loads the table.
+    async fn scan(&self, cursor: Option<ScanCursor>, limit: usize) -> Result<ScanPage> {
+        let after = cursor
+            .map(|c| String::from_utf8_lossy(&c.0).into_owned())
+            .unwrap_or_default();
+        let now = millis(Timestamp::now());
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = self.read(Operation::Scan, |conn| {
+            conn.prepare_cached(
+                "SELECT cache_key, header, data FROM metadata_cache \
+                 WHERE schema_version = ?1 AND stale_until > ?2 AND cache_key > ?3 \
+                 ORDER BY cache_key LIMIT ?4",
+            )?
+            .query_map(params![self.namespace, now, after, limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get_ref(1)?.as_bytes()?.to_vec(),
+                    r.get_ref(2)?.as_bytes()?.to_vec(),
+                ))
+            })?
+            .collect()
+        })?;
+        let full = rows.len() as i64 == limit;
+        let next = if full {
+            rows.last()
+                .map(|(k, _, _)| ScanCursor(k.clone().into_bytes()))
+        } else {
+            None
+        };
+        let mut entries = Vec::with_capacity(rows.len());
+        for (text, header, data) in rows {
+            match (Key::parse(&text), schema::entry_from_row(&header, &data)) {
+                (Ok(key), Ok(entry)) => entries.push((key, entry)),
+                (key, entry) => tracing::debug!(
+                    key = text,
+                    key_ok = key.is_ok(),
+                    entry_ok = entry.is_ok(),
+                    "scan skipped an unreadable row"
+                ),
+            }
+        }
+        Ok(ScanPage { entries, next })
+    }
+
+    fn stats(&self) -> TierStats {
+        TierStats {
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+            expirations: self.counters.expirations.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        if !self.counters.alive.load(Ordering::SeqCst) {
+            return Health::Unhealthy(format!("the writer of {} has stopped", self.path.display()));
+        }
+        match self.read(Operation::Health, |conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+        }) {
+            Ok(()) => Health::Healthy,
+            Err(e) => Health::Unhealthy(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Opening the database file safely, and the table's versioned migrations.
+//!
+//! Versions (`PRAGMA user_version`):
+//! - 0 with no tables: a new file; version 2 is created.
+//! - "1": the RFC's table exactly as written (five columns; a prototype of the
+//!   tool creates it and leaves `user_version` at 0). Its rows are carried
+//!   over into version 2.
+//! - 2: the RFC's columns plus the envelope's fields.
+//!
+//! A file that is not SQLite, or a SQLite database holding another
+//! application's tables, is refused and never modified.
+
+use std::fs;
+use std::io::Read as _;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use tierstack_core::{
+    Bytes, Codec, CompressionKind, DecodeLimits, Entry, EntryFlags, EntryMeta, Error, Header, Key,
+    Operation, Timestamp,
+};
+
+use crate::error::{io, refuse, sqlite};
+
+/// The table version this build writes.
+pub(crate) const USER_VERSION: i64 = 2;
+
+const CREATE: &str = "
+CREATE TABLE metadata_cache (
+    cache_key      TEXT NOT NULL,
+    source         TEXT NOT NULL,
+    data           JSON NOT NULL,
+    expires_at     TIMESTAMP NOT NULL,
+    created_at     TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    schema_version INTEGER NOT NULL,
+    stale_until    INTEGER NOT NULL,
+    codec          INTEGER NOT NULL,
+    compression    INTEGER NOT NULL,
+    size           INTEGER NOT NULL,
+    checksum       INTEGER NOT NULL,
+    header         BLOB NOT NULL,
+    last_access    INTEGER NOT NULL,
+    PRIMARY KEY (cache_key, schema_version)
+);
+CREATE INDEX metadata_cache_expires_at ON metadata_cache (expires_at);
+CREATE INDEX metadata_cache_stale_until ON metadata_cache (stale_until);
+CREATE INDEX metadata_cache_source ON metadata_cache (source);
+CREATE INDEX metadata_cache_last_access ON metadata_cache (last_access);
+PRAGMA user_version = 2;
+";
+
+/// The RFC's table, as a prototype creates it.
+pub const RFC_TABLE: &str = "
+CREATE TABLE metadata_cache (
+  cache_key TEXT PRIMARY KEY,
+  source TEXT NOT NULL,
+  data JSON NOT NULL,
+  expires_at TIMESTAMP NOT NULL,
+  created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);";
+
+pub(crate) const UPSERT: &str = "
+INSERT INTO metadata_cache (cache_key, source, data, expires_at, created_at, schema_version,
+    stale_until, codec, compression, size, checksum, header, last_access)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+ON CONFLICT (cache_key, schema_version) DO UPDATE SET
+    source = excluded.source, data = excluded.data, expires_at = excluded.expires_at,
+    created_at = excluded.created_at, stale_until = excluded.stale_until,
+    codec = excluded.codec, compression = excluded.compression, size = excluded.size,
+    checksum = excluded.checksum, header = excluded.header, last_access = excluded.last_access";
+
+/// SQLite stores integers as i64; "never" is the largest one.
+pub(crate) fn millis(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The bytes a stored row's `data` must hold for `entry`, and whether they
+/// go in as TEXT. JSON objects, arrays and strings are stored as TEXT so that
+/// `json_extract` reads them; anything else as a BLOB, because the RFC's
+/// `JSON` column type has numeric affinity and SQLite would turn a TEXT `1.50`
+/// into the number 1.5.
+pub(crate) fn data_as_text(entry: &Entry) -> Option<&str> {
+    if entry.header.codec != Codec::Json || entry.header.compression != CompressionKind::None {
+        return None;
+    }
+    let text = std::str::from_utf8(&entry.body).ok()?;
+    matches!(text.as_bytes().first(), Some(b'{' | b'[' | b'"')).then_some(text)
+}
+
+/// Binds one entry into the upsert statement.
+pub(crate) fn upsert(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    key: &Key,
+    entry: &Entry,
+    namespace: u32,
+    now: Timestamp,
+) -> rusqlite::Result<usize> {
+    let h = &entry.header;
+    let header = h.to_bytes();
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+    let data = ToSqlOutput::Borrowed(match data_as_text(entry) {
+        Some(text) => ValueRef::Text(text.as_bytes()),
+        None => ValueRef::Blob(&entry.body),
+    });
+    stmt.execute(params![
+        key.as_str(),
+        key.source(),
+        data,
+        millis(h.expires_at),
+        millis(h.created_at),
+        namespace,
+        millis(h.stale_until),
+        h.codec.id(),
+        h.compression.id(),
+        entry.encoded_len() as i64,
+        h.body_checksum.cast_signed(),
+        &header[..],
+        millis(now),
+    ])
+}
+
+/// Rebuilds an entry from its stored header and data.
+pub(crate) fn entry_from_row(
+    header: &[u8],
+    data: &[u8],
+) -> Result<Entry, tierstack_core::DecodeError> {
+    // Structure only; the cache applies its own size cap when decoding.
+    let limits = DecodeLimits {
+        max_raw_len: u32::MAX,
+    };
+    let header = Header::parse(header, limits)?;
+    if data.len() != header.body_len as usize {
+        return Err(tierstack_core::DecodeError::Truncated {
+            len: data.len(),
+            expected: header.body_len as usize,
+        });
+    }
+    Ok(Entry {
+        header,
+        body: Bytes::copy_from_slice(data),
+        decoded: None,
+    })
+}
+
+/// Checks the path before SQLite touches it, creating the directory (0700)
+/// and the file (0600) when missing.
+pub(crate) fn prepare_file(path: &Path) -> Result<(), Error> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if meta.file_type().is_symlink() {
+                return Err(refuse(
+                    path,
+                    "it is a symbolic link; point the config at the real file",
+                ));
+            }
+            if !meta.is_file() {
+                return Err(refuse(path, "it is not a regular file"));
+            }
+            let mut head = [0u8; 16];
+            let n = fs::File::open(path)
+                .and_then(|mut f| f.read(&mut head))
+                .map_err(|e| io(e, path, "cannot read"))?;
+            if n > 0 && &head[..n] != &b"SQLite format 3\0"[..n] {
+                return Err(refuse(
+                    path,
+                    "it is not a SQLite database (the file was left untouched)",
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_file(path),
+        Err(e) => Err(io(e, path, "cannot inspect")),
+    }
+}
+
+fn create_file(path: &Path) -> Result<(), Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| io(e, dir, "cannot create the cache directory"))?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        // Another process created it between our look and now.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(e, path, "cannot create the database file")),
+    }
+}
+
+/// Opens a connection with the tier's pragmas.
+pub(crate) fn connect(
+    path: &Path,
+    busy_timeout: Duration,
+    synchronous: &str,
+) -> Result<Connection, Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| sqlite(e, path, Operation::Build))?;
+    let setup = || -> rusqlite::Result<()> {
+        conn.busy_timeout(busy_timeout)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "WAL mode not available");
+        }
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(())
+    };
+    setup().map_err(|e| sqlite(e, path, Operation::Build))?;
+    Ok(conn)
+}
+
+/// Brings the table to [`USER_VERSION`], in one `BEGIN IMMEDIATE`
+/// transaction so that processes opening the file at once do not race.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path, namespace: u32) -> Result<(), Error> {
+    let fail = |e| sqlite(e, path, Operation::Build);
+    let fresh: i64 = conn
+        .pragma_query_value(None, "page_count", |r| r.get(0))
+        .map_err(fail)?;
+    if fresh == 0 {
+        // Only possible before the first table exists.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(fail)?;
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(fail)?;
+    match version {
+        USER_VERSION => return Ok(()),
+        v if v > USER_VERSION => {
+            return Err(refuse(
+                path,
+                &format!(
+                    "its table version {v} was written by a newer tierstack (this one knows {USER_VERSION})"
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let tables: Vec<String> = {
+        let mut stmt = tx
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .map_err(fail)?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(fail)?
+    };
+    if tables.is_empty() {
+        tx.execute_batch(CREATE).map_err(fail)?;
+    } else if tables == ["metadata_cache"] && is_rfc_table(&tx).map_err(fail)? {
+        migrate_from_rfc(&tx, path, namespace)?;
+    } else {
+        return Err(refuse(
+            path,
+            &format!(
+                "it holds tables of another application ({})",
+                tables.join(", ")
+            ),
+        ));
+    }
+    tx.commit().map_err(fail)
+}
+
+fn is_rfc_table(conn: &Connection) -> rusqlite::Result<bool> {
+    let mut stmt =
+        conn.prepare("SELECT name FROM pragma_table_info('metadata_cache') ORDER BY cid")?;
+    let columns: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(columns == ["cache_key", "source", "data", "expires_at", "created_at"])
+}
+
+/// Carries the rows of the RFC's table over into the current one. Their
+/// `data` is JSON; timestamps may be Unix seconds or SQLite date strings.
+fn migrate_from_rfc(conn: &Connection, path: &Path, namespace: u32) -> Result<(), Error> {
+    let fail = |e| sqlite(e, path, Operation::Build);
+    conn.execute_batch("ALTER TABLE metadata_cache RENAME TO metadata_cache_rfc;")
+        .map_err(fail)?;
+    conn.execute_batch(CREATE).map_err(fail)?;
+    let now = Timestamp::now();
+    let mut read = conn
+        .prepare("SELECT cache_key, data, expires_at, created_at FROM metadata_cache_rfc")
+        .map_err(fail)?;
+    let mut write = conn.prepare_cached(UPSERT).map_err(fail)?;
+    let mut rows = read.query([]).map_err(fail)?;
+    let (mut carried, mut skipped) = (0u64, 0u64);
+    while let Some(row) = rows.next().map_err(fail)? {
+        let parsed = (|| {
+            let key = Key::parse(row.get_ref(0).ok()?.as_str().ok()?).ok()?;
+            let data = match row.get_ref(1).ok()? {
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                    t.to_vec()
+                }
+                rusqlite::types::ValueRef::Integer(i) => i.to_string().into_bytes(),
+                rusqlite::types::ValueRef::Real(r) => r.to_string().into_bytes(),
+                rusqlite::types::ValueRef::Null => return None,
+            };
+            let expires_at = rfc_time(row.get_ref(2).ok()?)?;
+            let created_at = rfc_time(row.get_ref(3).ok()?).unwrap_or(now);
+            Some((key, data, expires_at, created_at))
+        })();
+        let Some((key, data, expires_at, created_at)) = parsed else {
+            skipped += 1;
+            continue;
+        };
+        let raw_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let entry = Entry::from_body(
+            EntryMeta {
+                schema_version: namespace,
+                created_at,
+                expires_at,
+                stale_until: expires_at,
+                flags: EntryFlags::empty(),
+            },
+            Codec::Json,
+            CompressionKind::None,
+            0,
+            raw_len,
+            Bytes::from(data),
+        );
+        upsert(&mut write, &key, &entry, namespace, now).map_err(fail)?;
+        carried += 1;
+    }
+    drop(rows);
+    drop(read);
+    drop(write);
+    conn.execute_batch("DROP TABLE metadata_cache_rfc;")
+        .map_err(fail)?;
+    tracing::info!(path = %path.display(), carried, skipped, "migrated the RFC table");
+    Ok(())
+}
+
+fn rfc_time(value: rusqlite::types::ValueRef<'_>) -> Option<Timestamp> {
+    use rusqlite::types::ValueRef;
+    let from_secs = |s: f64| {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        (s.is_finite() && s >= 0.0).then(|| Timestamp::from_millis((s * 1000.0) as u64))
+    };
+    match value {
+        #[allow(clippy::cast_precision_loss)]
+        ValueRef::Integer(i) => from_secs(i as f64),
+        ValueRef::Real(r) => from_secs(r),
+        ValueRef::Text(t) => {
+            let text = std::str::from_utf8(t).ok()?.trim();
+            // SQLite's `CURRENT_TIMESTAMP` form (`2025-09-06 19:14:05`, UTC)
+            // and RFC 3339.
+            let time = humantime::parse_rfc3339_weak(text).ok()?;
+            let ms = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+            Some(Timestamp::from_millis(u64::try_from(ms).ok()?))
+        }
+        ValueRef::Null | ValueRef::Blob(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_times_in_every_form() {
+        let t = rfc_time(rusqlite::types::ValueRef::Text(b"2025-09-06 19:14:05")).unwrap();
+        assert_eq!(t.as_millis(), 1_757_186_045_000);
+        let t = rfc_time(rusqlite::types::ValueRef::Text(b"2025-09-06T19:14:05.250Z")).unwrap();
+        assert_eq!(t.as_millis(), 1_757_186_045_250);
+        let t = rfc_time(rusqlite::types::ValueRef::Integer(1_757_186_045)).unwrap();
+        assert_eq!(t.as_millis(), 1_757_186_045_000);
+        assert!(rfc_time(rusqlite::types::ValueRef::Text(b"next tuesday")).is_none());
+    }
+}

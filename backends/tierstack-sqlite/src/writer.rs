@@ -1,0 +1,363 @@
+//! The group-commit writer: one thread owns the write connection and commits
+//! whatever requests have queued up in one `BEGIN IMMEDIATE` transaction.
+//!
+//! A `set` returns only after the transaction holding it committed, so an
+//! acknowledged write survives a crash of the process. Under load, 1,000
+//! concurrent sets become a handful of transactions instead of 1,000 fsyncs
+//! and lock handovers. If a batch fails for a reason other than lock
+//! contention, each request is retried in its own transaction, so one bad
+//! request cannot fail its neighbours.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use tierstack_core::{ClearScope, Entry, Error, Key, Operation, Timestamp};
+use tokio::sync::oneshot;
+
+use crate::error::{is_busy, sqlite};
+use crate::schema::{UPSERT, millis, upsert};
+
+/// How long a transaction keeps retrying while other processes hold the
+/// write lock, on top of SQLite's own busy timeout.
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(60);
+/// Rows evicted per statement when over the byte cap.
+const EVICT_BATCH: i64 = 256;
+
+pub(crate) enum WriteOp {
+    Put(Key, Entry),
+    Delete(Key),
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<u64, Error>>;
+
+pub(crate) enum Command {
+    /// Writes; the reply carries how many rows the deletes removed.
+    Write(Vec<WriteOp>, Reply),
+    Clear(ClearScope, Reply),
+    Purge(Reply),
+    /// Apply recorded reads to `last_access` now.
+    Touch,
+}
+
+/// Keys read since the last commit, for least-recently-used eviction. Kept
+/// approximately: when the buffer is full, further reads are not recorded.
+#[derive(Debug, Default)]
+pub(crate) struct Touched(std::sync::Mutex<Vec<String>>);
+
+pub(crate) const TOUCH_BUFFER: usize = 4096;
+
+impl Touched {
+    /// Records a read; returns true when the buffer just became full.
+    pub(crate) fn record(&self, key: &Key) -> bool {
+        let mut keys = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.len() >= TOUCH_BUFFER {
+            return false;
+        }
+        keys.push(key.as_str().to_owned());
+        keys.len() == TOUCH_BUFFER
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) evictions: AtomicU64,
+    pub(crate) expirations: AtomicU64,
+    pub(crate) transactions: AtomicU64,
+    pub(crate) alive: AtomicBool,
+}
+
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+    pub(crate) namespace: u32,
+    pub(crate) max_size: Option<u64>,
+    pub(crate) max_batch: usize,
+    pub(crate) touched: Arc<Touched>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Writer {
+    pub(crate) fn run(mut self, rx: &Receiver<Command>) {
+        while let Ok(first) = rx.recv() {
+            let mut writes: Vec<(Vec<WriteOp>, Reply)> = Vec::new();
+            let mut queue = vec![first];
+            while queue.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(cmd) => queue.push(cmd),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            for cmd in queue {
+                match cmd {
+                    Command::Write(ops, reply) => writes.push((ops, reply)),
+                    Command::Touch => {}
+                    other => {
+                        self.commit(std::mem::take(&mut writes));
+                        self.handle(other);
+                    }
+                }
+            }
+            self.commit(writes);
+        }
+        self.counters.alive.store(false, Ordering::SeqCst);
+    }
+
+    fn fail(&self, e: rusqlite::Error, op: Operation) -> Error {
+        sqlite(e, &self.path, op)
+    }
+
+    /// Commits a group of write requests in one transaction and answers each.
+    fn commit(&mut self, group: Vec<(Vec<WriteOp>, Reply)>) {
+        let touched = self.touched.take();
+        if group.is_empty() && touched.is_empty() {
+            return;
+        }
+        let ops: Vec<&[WriteOp]> = group.iter().map(|(ops, _)| ops.as_slice()).collect();
+        match self.transaction(&ops, &touched) {
+            Ok(counts) => {
+                for ((_, reply), n) in group.into_iter().zip(counts) {
+                    let _ = reply.send(Ok(n));
+                }
+            }
+            Err(e) if group.len() > 1 && !is_busy(&e) => {
+                // Isolate the request that failed the batch.
+                for (ops, reply) in group {
+                    let result = self
+                        .transaction(&[ops.as_slice()], &[])
+                        .map(|c| c[0])
+                        .map_err(|e| self.fail(e, Operation::Set));
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let error = self.fail(e, Operation::Set);
+                for (_, reply) in group {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+        self.enforce_cap();
+    }
+
+    /// Runs the write requests in one IMMEDIATE transaction, retrying while
+    /// another process holds the lock. Returns the delete count per request.
+    fn transaction(
+        &mut self,
+        requests: &[&[WriteOp]],
+        touched: &[String],
+    ) -> rusqlite::Result<Vec<u64>> {
+        let namespace = self.namespace;
+        let result = retry_busy(|| {
+            let now = Timestamp::now();
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut counts = Vec::with_capacity(requests.len());
+            {
+                let mut put = tx.prepare_cached(UPSERT)?;
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM metadata_cache WHERE cache_key = ?1 AND schema_version = ?2",
+                )?;
+                for ops in requests {
+                    let mut removed = 0u64;
+                    for op in *ops {
+                        match op {
+                            WriteOp::Put(key, entry) => {
+                                upsert(&mut put, key, entry, namespace, now)?;
+                            }
+                            WriteOp::Delete(key) => {
+                                removed += delete.execute(params![key.as_str(), namespace])? as u64;
+                            }
+                        }
+                    }
+                    counts.push(removed);
+                }
+                if !touched.is_empty() {
+                    let mut touch = tx.prepare_cached(
+                        "UPDATE metadata_cache SET last_access = ?1 WHERE cache_key = ?2 AND schema_version = ?3",
+                    )?;
+                    for key in touched {
+                        touch.execute(params![millis(now), key, namespace])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(counts)
+        });
+        if result.is_ok() {
+            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Clear(scope, reply) => {
+                let result = self
+                    .clear(&scope)
+                    .map_err(|e| self.fail(e, Operation::Clear));
+                let _ = reply.send(result);
+            }
+            Command::Purge(reply) => {
+                let result = self.purge().map_err(|e| self.fail(e, Operation::Clear));
+                let _ = reply.send(result);
+            }
+            Command::Write(..) | Command::Touch => {}
+        }
+    }
+
+    fn clear(&mut self, scope: &ClearScope) -> rusqlite::Result<u64> {
+        let namespace = self.namespace;
+        let now = millis(Timestamp::now());
+        let removed = retry_busy(|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = match scope {
+                ClearScope::Source(source) => tx.execute(
+                    "DELETE FROM metadata_cache WHERE schema_version = ?1 AND source = ?2",
+                    params![namespace, source],
+                )?,
+                ClearScope::Expired => tx.execute(
+                    "DELETE FROM metadata_cache WHERE schema_version = ?1 AND expires_at <= ?2",
+                    params![namespace, now],
+                )?,
+                // `ClearScope::All` and any scope added later: the whole namespace.
+                _ => tx.execute(
+                    "DELETE FROM metadata_cache WHERE schema_version = ?1",
+                    params![namespace],
+                )?,
+            };
+            tx.commit()?;
+            Ok(n as u64)
+        })?;
+        self.vacuum();
+        Ok(removed)
+    }
+
+    /// Removes dead rows of every namespace (past their stale window: no
+    /// reader can use them), returns space to the file system and truncates
+    /// the WAL.
+    fn purge(&mut self) -> rusqlite::Result<u64> {
+        let now = millis(Timestamp::now());
+        let removed = retry_busy(|| {
+            self.conn.execute(
+                "DELETE FROM metadata_cache WHERE stale_until <= ?1",
+                params![now],
+            )
+        })? as u64;
+        self.counters
+            .expirations
+            .fetch_add(removed, Ordering::Relaxed);
+        self.vacuum();
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::debug!(path = %self.path.display(), error = %e, "checkpoint skipped");
+        }
+        Ok(removed)
+    }
+
+    fn vacuum(&self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum;") {
+            tracing::debug!(path = %self.path.display(), error = %e, "incremental vacuum skipped");
+        }
+    }
+
+    fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let pages: i64 = self
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+        let size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))?;
+        Ok(u64::try_from((pages - free) * size).unwrap_or(0))
+    }
+
+    /// Past the cap: drop dead rows, then the least recently used, down to
+    /// 90% of the cap so that eviction does not run on every write.
+    fn enforce_cap(&mut self) {
+        let Some(cap) = self.max_size else { return };
+        let result = (|| -> rusqlite::Result<()> {
+            if self.used_bytes()? <= cap {
+                return Ok(());
+            }
+            let now = millis(Timestamp::now());
+            let dead = retry_busy(|| {
+                self.conn.execute(
+                    "DELETE FROM metadata_cache WHERE stale_until <= ?1",
+                    params![now],
+                )
+            })?;
+            self.counters
+                .expirations
+                .fetch_add(dead as u64, Ordering::Relaxed);
+            while self.used_bytes()? > cap / 10 * 9 {
+                let evicted = retry_busy(|| {
+                    self.conn.execute(
+                        "DELETE FROM metadata_cache WHERE rowid IN \
+                         (SELECT rowid FROM metadata_cache ORDER BY last_access LIMIT ?1)",
+                        params![EVICT_BATCH],
+                    )
+                })?;
+                if evicted == 0 {
+                    break;
+                }
+                self.counters
+                    .evictions
+                    .fetch_add(evicted as u64, Ordering::Relaxed);
+            }
+            self.vacuum();
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not enforce the size cap");
+        }
+    }
+}
+
+fn retry_busy<T>(mut attempt: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = Instant::now() + BUSY_RETRY_FOR;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match attempt() {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Sends a command and waits for the writer's answer.
+pub(crate) async fn call(
+    tx: &std::sync::mpsc::Sender<Command>,
+    path: &std::path::Path,
+    make: impl FnOnce(Reply) -> Command,
+) -> Result<u64, Error> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(make(reply))
+        .map_err(|_| crate::error::closed(path))?;
+    answer.await.map_err(|_| crate::error::closed(path))?
+}
