@@ -67,6 +67,7 @@ impl SqliteTier {
         let synchronous = config.synchronous.pragma();
         let named = |e: Error| e.with_tier(config.name.as_str());
         schema::prepare_file(&path).map_err(named)?;
+        schema::check_owner(&path).map_err(named)?;
         let mut conn = schema::connect(&path, busy_timeout, synchronous).map_err(named)?;
         schema::migrate(&mut conn, &path, schema_version).map_err(named)?;
 

@@ -196,6 +196,56 @@ fn create_file(path: &Path) -> Result<(), Error> {
     }
 }
 
+/// Refuses, before anything is written to it, a database that belongs to
+/// another application or to a newer tierstack. (Switching to WAL mode alone
+/// rewrites the file header, so this runs on a read-only connection first.)
+pub(crate) fn check_owner(path: &Path) -> Result<(), Error> {
+    let fail = |e| sqlite(e, path, Operation::Build);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(fail)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(fail)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(fail)?;
+    if version > USER_VERSION {
+        return Err(newer(path, version));
+    }
+    let tables = tables(&conn).map_err(fail)?;
+    if tables.is_empty() || tables == ["metadata_cache"] {
+        return Ok(());
+    }
+    Err(foreign(path, &tables))
+}
+
+fn newer(path: &Path, version: i64) -> Error {
+    refuse(
+        path,
+        &format!(
+            "its table version {version} was written by a newer tierstack (this one knows {USER_VERSION})"
+        ),
+    )
+}
+
+fn foreign(path: &Path, tables: &[String]) -> Error {
+    refuse(
+        path,
+        &format!(
+            "it holds tables of another application ({})",
+            tables.join(", ")
+        ),
+    )
+}
+
+fn tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    stmt.query_map([], |r| r.get(0))?.collect()
+}
+
 /// Opens a connection with the tier's pragmas.
 pub(crate) fn connect(
     path: &Path,

@@ -24,8 +24,9 @@ use crate::schema::{UPSERT, millis, upsert};
 /// How long a transaction keeps retrying while other processes hold the
 /// write lock, on top of SQLite's own busy timeout.
 const BUSY_RETRY_FOR: Duration = Duration::from_secs(60);
-/// Rows evicted per statement when over the byte cap.
-const EVICT_BATCH: i64 = 256;
+/// Rows evicted per statement when over the byte cap: small, so that a
+/// small table is not emptied in one step and recently read rows survive.
+const EVICT_BATCH: i64 = 32;
 
 pub(crate) enum WriteOp {
     Put(Key, Entry),
