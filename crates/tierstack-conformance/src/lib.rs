@@ -2,6 +2,7 @@
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
 pub mod cases;
+pub mod processes;
 
 use std::any::Any;
 use std::sync::Arc;

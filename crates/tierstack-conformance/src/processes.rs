@@ -1,0 +1,352 @@
+//! Tests with real operating-system processes: several processes on one
+//! store, and `kill -9` while writing.
+//!
+//! A backend's test file declares `harness = false` and calls [`main`]; the
+//! same binary then serves as parent (running the checks) and as child
+//! (`--child writer|reader …`). Figures can be scaled with environment
+//! variables: `TIERSTACK_CRASH_CYCLES` (default 100) and
+//! `TIERSTACK_MULTIPROCESS_SECS` (default 60).
+
+use std::future::Future;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tierstack::{Key, Result, Tier, TieredCache, Ttl};
+
+/// Opens the store at a path.
+pub type Open = fn(PathBuf) -> Pin<Box<dyn Future<Output = Result<Arc<dyn Tier>>> + Send>>;
+
+/// What a backend's process tests need.
+pub struct ProcessSuite {
+    /// Backend name, for messages.
+    pub name: &'static str,
+    /// Opens the store; called in parent and children.
+    pub open: Open,
+    /// Checks the store's own integrity after a crash (e.g. SQLite's
+    /// `integrity_check`); runs before the store is opened again.
+    pub integrity: fn(&Path) -> std::result::Result<(), String>,
+    /// Whether several processes may open the store at once. Stores with an
+    /// exclusive lock instead check that a second process gets a clear
+    /// "locked" error.
+    pub multi_process: bool,
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn key(writer: &str, n: u64) -> Key {
+    Key::new("proc", [("w", writer.to_owned()), ("n", n.to_string())])
+}
+
+fn value(writer: &str, n: u64) -> String {
+    format!("{writer}:{n}:{}", "v".repeat((n % 200) as usize))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Entry point of a `harness = false` test binary.
+pub fn main(suite: &ProcessSuite) {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        let code = runtime().block_on(child(suite, &args[2..]));
+        std::process::exit(code);
+    }
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut run = |name: &str, test: &dyn Fn() -> std::result::Result<String, String>| {
+        let started = Instant::now();
+        match test() {
+            Ok(figures) => {
+                passed += 1;
+                println!("test {name} ... ok ({figures}; {:.1?})", started.elapsed());
+            }
+            Err(why) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {why}");
+            }
+        }
+    };
+    run(
+        &format!("{}::kill_9_loses_no_acknowledged_write", suite.name),
+        &|| crash_cycles(suite),
+    );
+    if suite.multi_process {
+        run(
+            &format!("{}::writers_and_readers_in_separate_processes", suite.name),
+            &|| multi_process(suite),
+        );
+    } else {
+        run(
+            &format!("{}::a_second_process_gets_a_clear_lock_error", suite.name),
+            &|| second_process_is_refused(suite),
+        );
+    }
+    println!("\n{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// Children: `writer PATH NAME SECS` prints `ack KEY-N` after each write
+/// returned; `reader PATH SECS` checks every value it finds; `open PATH`
+/// reports whether the store opened.
+async fn child(suite: &ProcessSuite, args: &[String]) -> i32 {
+    let path = PathBuf::from(&args[1]);
+    let tier = match (suite.open)(path).await {
+        Ok(t) => t,
+        Err(e) => {
+            println!("open-error {e}");
+            return 3;
+        }
+    };
+    if args[0] == "open" {
+        println!("opened");
+        return 0;
+    }
+    let secs: u64 = args.last().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let cache = TieredCache::builder().shared_tier(tier).build();
+    let stdout = std::io::stdout();
+    match args[0].as_str() {
+        "writer" => {
+            let name = &args[2];
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if let Err(e) = cache
+                    .set(&key(name, n), value(name, n), Ttl::TierDefault)
+                    .await
+                {
+                    println!("error {e}");
+                    return 2;
+                }
+                let stats = cache.stats();
+                if stats.layers[0].write_errors > 0 {
+                    println!("error write failed (see log)");
+                    return 2;
+                }
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "ack {n}");
+                let _ = out.flush();
+                n += 1;
+            }
+            0
+        }
+        "reader" => {
+            let mut reads = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                for writer in ["w0", "w1", "w2", "w3"] {
+                    if let Some(v) = cache.get::<String>(&key(writer, n % 500)).await {
+                        if *v != value(writer, n % 500) {
+                            println!("wrong value for {writer}/{}", n % 500);
+                            return 2;
+                        }
+                    }
+                    reads += 1;
+                }
+                n += 1;
+            }
+            let stats = cache.stats();
+            let layer = &stats.layers[0];
+            if layer.errors > 0 || layer.decode_failures > 0 {
+                println!(
+                    "error {} tier errors, {} decode failures",
+                    layer.errors, layer.decode_failures
+                );
+                return 2;
+            }
+            println!("reads {reads}");
+            0
+        }
+        other => {
+            println!("unknown child role {other}");
+            2
+        }
+    }
+}
+
+fn spawn(args: &[&str]) -> std::result::Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(exe)
+        .arg("--child")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start child: {e}"))
+}
+
+/// Collects a child's complete output lines on a thread.
+fn collect(child: &mut Child) -> std::thread::JoinHandle<Vec<String>> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+            .collect()
+    })
+}
+
+fn acked(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ack ").and_then(|n| n.parse().ok()))
+        .collect()
+}
+
+fn verify(
+    suite: &ProcessSuite,
+    path: &Path,
+    writer: &str,
+    acks: &[u64],
+) -> std::result::Result<(), String> {
+    runtime().block_on(async {
+        let tier = (suite.open)(path.to_path_buf())
+            .await
+            .map_err(|e| format!("reopen failed: {e}"))?;
+        let cache = TieredCache::builder().shared_tier(tier).build();
+        for &n in acks {
+            match cache.get::<String>(&key(writer, n)).await {
+                Some(v) if *v == value(writer, n) => {}
+                Some(_) => return Err(format!("{writer}/{n}: wrong value after crash")),
+                None => return Err(format!("{writer}/{n}: acknowledged write lost")),
+            }
+        }
+        Ok(())
+    })
+}
+
+fn crash_cycles(suite: &ProcessSuite) -> std::result::Result<String, String> {
+    let cycles = env_or("TIERSTACK_CRASH_CYCLES", 100);
+    let dir = tempfile_dir()?;
+    let path = dir.join("store");
+    let mut total_acks = 0usize;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for cycle in 0..cycles {
+        let writer = format!("c{cycle}");
+        let mut child = spawn(&["writer", &path.to_string_lossy(), &writer, "30"])?;
+        let lines = collect(&mut child);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(50 + seed % 250));
+        child.kill().map_err(|e| format!("kill: {e}"))?;
+        let _ = child.wait();
+        let lines = lines
+            .join()
+            .map_err(|_| "reader thread panicked".to_string())?;
+        if let Some(err) = lines
+            .iter()
+            .find(|l| l.starts_with("error") || l.starts_with("open-error"))
+        {
+            return Err(format!("cycle {cycle}: child reported {err}"));
+        }
+        let acks = acked(&lines);
+        (suite.integrity)(&path).map_err(|e| format!("cycle {cycle}: integrity check: {e}"))?;
+        verify(suite, &path, &writer, &acks).map_err(|e| format!("cycle {cycle}: {e}"))?;
+        total_acks += acks.len();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(format!(
+        "{cycles} cycles, {total_acks} acknowledged writes checked, 0 lost"
+    ))
+}
+
+fn multi_process(suite: &ProcessSuite) -> std::result::Result<String, String> {
+    let secs = env_or("TIERSTACK_MULTIPROCESS_SECS", 60).to_string();
+    let dir = tempfile_dir()?;
+    let path = dir.join("store");
+    let path_text = path.to_string_lossy().into_owned();
+    // Create the store once so that eight processes do not race to create it.
+    runtime()
+        .block_on(async { (suite.open)(path.clone()).await.map(drop) })
+        .map_err(|e| e.to_string())?;
+    let writers: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
+    let mut children = Vec::new();
+    for w in &writers {
+        let mut c = spawn(&["writer", &path_text, w, &secs])?;
+        let out = collect(&mut c);
+        children.push((w.clone(), c, out));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let mut c = spawn(&["reader", &path_text, &secs])?;
+        let out = collect(&mut c);
+        readers.push((c, out));
+    }
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let mut total_acks = 0;
+    for (w, mut c, out) in children {
+        let status = c.wait().map_err(|e| e.to_string())?;
+        let lines = out.join().map_err(|_| "thread panicked".to_string())?;
+        if !status.success() {
+            return Err(format!("writer {w} failed: {:?}", lines.last()));
+        }
+        let acks = acked(&lines);
+        total_acks += acks.len();
+        results.lock().expect("lock").push((w, acks));
+    }
+    let mut total_reads = 0u64;
+    for (mut c, out) in readers {
+        let status = c.wait().map_err(|e| e.to_string())?;
+        let lines = out.join().map_err(|_| "thread panicked".to_string())?;
+        if !status.success() {
+            return Err(format!("reader failed: {:?}", lines.last()));
+        }
+        total_reads += lines
+            .iter()
+            .find_map(|l| l.strip_prefix("reads ").and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0);
+    }
+    for (w, acks) in results.lock().expect("lock").iter() {
+        verify(suite, &path, w, acks)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(format!(
+        "4 writers + 4 readers for {secs} s: {total_acks} acknowledged writes all present, {total_reads} reads, 0 errors"
+    ))
+}
+
+fn second_process_is_refused(suite: &ProcessSuite) -> std::result::Result<String, String> {
+    let dir = tempfile_dir()?;
+    let path = dir.join("store");
+    runtime().block_on(async {
+        let _held = (suite.open)(path.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let output = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(["--child", "open", &path.to_string_lossy()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            return Err("a second process opened the store while the first held it".to_string());
+        }
+        if !text.contains("locked by another process") {
+            return Err(format!("unclear error for the second process: {text}"));
+        }
+        Ok(format!("second process told: {}", text.trim()))
+    })
+}
+
+fn tempfile_dir() -> std::result::Result<PathBuf, String> {
+    tempfile::Builder::new()
+        .prefix("tierstack-proc-")
+        .tempdir()
+        .map(tempfile::TempDir::keep)
+        .map_err(|e| e.to_string())
+}
