@@ -34,7 +34,9 @@ pub struct SqliteTier {
     busy_timeout: Duration,
     synchronous: &'static str,
     readers: Mutex<Vec<Connection>>,
-    writer: Sender<Command>,
+    /// `None` only while dropping.
+    writer: Option<Sender<Command>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     touched: Arc<Touched>,
     counters: Arc<Counters>,
 }
@@ -85,7 +87,7 @@ impl SqliteTier {
             touched: Arc::clone(&touched),
             counters: Arc::clone(&counters),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("tierstack-sqlite-{}", config.name))
             .spawn(move || writer.run(&rx))
             .map_err(|e| {
@@ -103,7 +105,8 @@ impl SqliteTier {
             busy_timeout,
             synchronous,
             readers: Mutex::new(Vec::new()),
-            writer: tx,
+            writer: Some(tx),
+            thread: Some(thread),
             touched,
             counters,
         })
@@ -161,14 +164,20 @@ impl SqliteTier {
         op: Operation,
         make: impl FnOnce(writer::Reply) -> Command,
     ) -> Result<u64> {
-        writer::call(&self.writer, &self.path, make)
+        let tx = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| crate::error::closed(&self.path))?;
+        writer::call(tx, &self.path, make)
             .await
             .map_err(|e| e.with_tier(self.name.as_str()).with_operation(op))
     }
 
     fn touch(&self, key: &Key) {
         if self.touched.record(key) {
-            let _ = self.writer.send(Command::Touch);
+            if let Some(tx) = &self.writer {
+                let _ = tx.send(Command::Touch);
+            }
         }
     }
 
@@ -201,6 +210,22 @@ impl SqliteTier {
             .with_operation(Operation::Get)
             .with_source(e)
         })
+    }
+}
+
+/// Closes the database before returning: read connections first, then the
+/// writer, which finishes queued writes and checkpoints. Whoever opens or
+/// moves the file next sees it complete and closed.
+impl Drop for SqliteTier {
+    fn drop(&mut self) {
+        self.readers
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        drop(self.writer.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

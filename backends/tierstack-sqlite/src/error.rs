@@ -29,26 +29,7 @@ pub(crate) fn sqlite(error: rusqlite::Error, path: &Path, op: Operation) -> Erro
         .with_source(error)
 }
 
-pub(crate) fn io(error: std::io::Error, path: &Path, what: &str) -> Error {
-    let kind = match error.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            ErrorKind::PermissionDenied
-        }
-        std::io::ErrorKind::StorageFull => ErrorKind::Full,
-        _ => ErrorKind::Io,
-    };
-    Error::new(kind, format!("{what} {}", path.display()))
-        .with_operation(Operation::Build)
-        .with_source(error)
-}
-
-pub(crate) fn refuse(path: &Path, why: &str) -> Error {
-    Error::new(
-        ErrorKind::Config,
-        format!("refusing to use {}: {why}", path.display()),
-    )
-    .with_operation(Operation::Build)
-}
+pub(crate) use tierstack_core::paths::io_error as io;
 
 pub(crate) fn closed(path: &Path) -> Error {
     Error::new(

@@ -10,8 +10,6 @@
 //! A file that is not SQLite, or a SQLite database holding another
 //! application's tables, is refused and never modified.
 
-use std::fs;
-use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,7 +19,8 @@ use tierstack_core::{
     Operation, Timestamp,
 };
 
-use crate::error::{io, refuse, sqlite};
+use crate::error::sqlite;
+use tierstack_core::paths::refuse;
 
 /// The table version this build writes.
 pub(crate) const USER_VERSION: i64 = 2;
@@ -146,54 +145,7 @@ pub(crate) fn entry_from_row(
 /// Checks the path before SQLite touches it, creating the directory (0700)
 /// and the file (0600) when missing.
 pub(crate) fn prepare_file(path: &Path) -> Result<(), Error> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) => {
-            if meta.file_type().is_symlink() {
-                return Err(refuse(
-                    path,
-                    "it is a symbolic link; point the config at the real file",
-                ));
-            }
-            if !meta.is_file() {
-                return Err(refuse(path, "it is not a regular file"));
-            }
-            let mut head = [0u8; 16];
-            let n = fs::File::open(path)
-                .and_then(|mut f| f.read(&mut head))
-                .map_err(|e| io(e, path, "cannot read"))?;
-            if n > 0 && &head[..n] != &b"SQLite format 3\0"[..n] {
-                return Err(refuse(
-                    path,
-                    "it is not a SQLite database (the file was left untouched)",
-                ));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_file(path),
-        Err(e) => Err(io(e, path, "cannot inspect")),
-    }
-}
-
-fn create_file(path: &Path) -> Result<(), Error> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let mut builder = fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
-            .map_err(|e| io(e, dir, "cannot create the cache directory"))?;
-    }
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        // Another process created it between our look and now.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io(e, path, "cannot create the database file")),
-    }
+    tierstack_core::paths::prepare_file(path, b"SQLite format 3\0", "SQLite")
 }
 
 /// Refuses, before anything is written to it, a database that belongs to

@@ -1,6 +1,10 @@
 //! Path expansion for config files: `~` and `$VAR` / `${VAR}`.
 
-use std::path::PathBuf;
+use std::fs;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, Operation};
 
 /// Expands a leading `~` (the user's home) and `$VAR` / `${VAR}` anywhere.
 /// An unset variable is an error naming it, so a typo does not silently
@@ -49,6 +53,94 @@ pub fn expand(path: &str) -> Result<PathBuf, String> {
         out.push_str(&value);
     }
     Ok(PathBuf::from(out))
+}
+
+/// An I/O error on `path`, with a kind the caller can act on.
+pub fn io_error(error: std::io::Error, path: &Path, what: &str) -> Error {
+    let kind = match error.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ErrorKind::PermissionDenied
+        }
+        std::io::ErrorKind::StorageFull => ErrorKind::Full,
+        _ => ErrorKind::Io,
+    };
+    Error::new(kind, format!("{what} {}", path.display()))
+        .with_operation(Operation::Build)
+        .with_source(error)
+}
+
+/// A refusal to touch `path`, saying why.
+pub fn refuse(path: &Path, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!("refusing to use {}: {why}", path.display()),
+    )
+    .with_operation(Operation::Build)
+}
+
+/// Creates a directory and its missing parents with mode 0700 (owner only).
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| io_error(e, dir, "cannot create the cache directory"))
+}
+
+/// Checks a store's file before its engine touches it: an existing file must
+/// be a regular file (not a symbolic link) whose first bytes are `magic`
+/// (`kind` names the format in the error); a missing file is created empty
+/// with mode 0600 in a 0700 directory. A foreign file is refused and never
+/// modified.
+pub fn prepare_file(path: &Path, magic: &[u8], kind: &str) -> Result<(), Error> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if meta.file_type().is_symlink() {
+                return Err(refuse(
+                    path,
+                    "it is a symbolic link; point the config at the real file",
+                ));
+            }
+            if !meta.is_file() {
+                return Err(refuse(path, "it is not a regular file"));
+            }
+            let mut head = vec![0u8; magic.len()];
+            let mut file = fs::File::open(path).map_err(|e| io_error(e, path, "cannot read"))?;
+            let mut n = 0;
+            while n < head.len() {
+                match file.read(&mut head[n..]) {
+                    Ok(0) => break,
+                    Ok(read) => n += read,
+                    Err(e) => return Err(io_error(e, path, "cannot read")),
+                }
+            }
+            if n > 0 && head[..n] != magic[..n] {
+                return Err(refuse(
+                    path,
+                    &format!("it is not a {kind} database (the file was left untouched)"),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_private_dir(dir)?;
+            }
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(path) {
+                // Another process may have created it since we looked.
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(io_error(e, path, "cannot create the database file")),
+            }
+        }
+        Err(e) => Err(io_error(e, path, "cannot inspect")),
+    }
 }
 
 #[cfg(test)]
