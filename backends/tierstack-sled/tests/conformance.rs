@@ -1,0 +1,15 @@
+//! The shared behaviour suite, run against the sled tier on a real directory.
+// The suite takes an async factory; opening sled is synchronous.
+#![allow(clippy::unused_async)]
+
+use tierstack_conformance::{Harness, conformance_suite};
+use tierstack_sled::{SledConfig, SledTier};
+
+async fn make() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = SledConfig::new(dir.path().join("sled")).ttl(None);
+    let tier = SledTier::open(&config, 1).expect("opens");
+    Harness::new(tier).keep(dir)
+}
+
+conformance_suite!(make);
