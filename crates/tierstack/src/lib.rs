@@ -19,6 +19,24 @@ pub use tierstack_memory as memory;
 #[cfg(feature = "memory")]
 pub use tierstack_memory::{MemoryConfig, MemoryTier};
 
+/// The SQLite file tier (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub use tierstack_sqlite as sqlite;
+#[cfg(feature = "sqlite")]
+pub use tierstack_sqlite::{SqliteConfig, SqliteTier};
+
+/// The redb file tier (feature `redb`).
+#[cfg(feature = "redb")]
+pub use tierstack_redb as redb;
+#[cfg(feature = "redb")]
+pub use tierstack_redb::{RedbConfig, RedbTier};
+
+/// The sled directory tier (feature `sled`).
+#[cfg(feature = "sled")]
+pub use tierstack_sled as sled;
+#[cfg(feature = "sled")]
+pub use tierstack_sled::{SledConfig, SledTier};
+
 /// Every backend registered in this binary, sorted by name: the backends
 /// compiled in through this crate's features plus any third-party backend
 /// crate that was linked.
@@ -33,4 +51,10 @@ pub fn backends() -> Vec<&'static BackendDescriptor> {
 fn link_backends() {
     #[cfg(feature = "memory")]
     std::hint::black_box(&tierstack_memory::CAPABILITIES);
+    #[cfg(feature = "sqlite")]
+    std::hint::black_box(&tierstack_sqlite::CAPABILITIES);
+    #[cfg(feature = "redb")]
+    std::hint::black_box(&tierstack_redb::CAPABILITIES);
+    #[cfg(feature = "sled")]
+    std::hint::black_box(&tierstack_sled::CAPABILITIES);
 }

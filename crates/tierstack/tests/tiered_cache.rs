@@ -430,13 +430,3 @@ async fn an_unencodable_value_is_an_encode_error() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Encode);
 }
-
-#[tokio::test]
-async fn backends_lists_the_compiled_in_backends() {
-    let names: Vec<&str> = tierstack::backends().iter().map(|d| d.name).collect();
-    let mut expected = Vec::new();
-    if cfg!(feature = "memory") {
-        expected.push("memory");
-    }
-    assert_eq!(names, expected);
-}
