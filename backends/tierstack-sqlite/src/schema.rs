@@ -43,9 +43,7 @@ CREATE TABLE metadata_cache (
     PRIMARY KEY (cache_key, schema_version)
 );
 CREATE INDEX metadata_cache_expires_at ON metadata_cache (expires_at);
-CREATE INDEX metadata_cache_stale_until ON metadata_cache (stale_until);
 CREATE INDEX metadata_cache_source ON metadata_cache (source);
-CREATE INDEX metadata_cache_last_access ON metadata_cache (last_access);
 PRAGMA user_version = 2;
 ";
 

@@ -24,9 +24,8 @@ use crate::schema::{UPSERT, millis, upsert};
 /// How long a transaction keeps retrying while other processes hold the
 /// write lock, on top of SQLite's own busy timeout.
 const BUSY_RETRY_FOR: Duration = Duration::from_secs(60);
-/// Rows evicted per statement when over the byte cap: small, so that a
-/// small table is not emptied in one step and recently read rows survive.
-const EVICT_BATCH: i64 = 32;
+/// Fewest rows evicted at once when over the byte cap.
+const MIN_EVICT: i64 = 8;
 
 pub(crate) enum WriteOp {
     Put(Key, Entry),
@@ -313,17 +312,33 @@ impl Writer {
             self.counters
                 .expirations
                 .fetch_add(dead as u64, Ordering::Relaxed);
-            while self.used_bytes()? > cap / 10 * 9 {
+            // Rows to evict, sized from the average row so that one sorted
+            // pass (there is no index on last_access, to keep writes cheap)
+            // usually suffices; repeated while pages are still over.
+            let target = cap / 10 * 9;
+            for _ in 0..8 {
+                let used = self.used_bytes()?;
+                if used <= target {
+                    break;
+                }
+                let (rows, bytes): (i64, i64) = self.conn.query_row(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM metadata_cache",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if rows == 0 {
+                    break;
+                }
+                let average = (bytes / rows).max(1);
+                let excess = i64::try_from(used - target).unwrap_or(i64::MAX);
+                let n = (excess / average + 1).clamp(MIN_EVICT, rows);
                 let evicted = retry_busy(|| {
                     self.conn.execute(
                         "DELETE FROM metadata_cache WHERE rowid IN \
                          (SELECT rowid FROM metadata_cache ORDER BY last_access LIMIT ?1)",
-                        params![EVICT_BATCH],
+                        params![n],
                     )
                 })?;
-                if evicted == 0 {
-                    break;
-                }
                 self.counters
                     .evictions
                     .fetch_add(evicted as u64, Ordering::Relaxed);
