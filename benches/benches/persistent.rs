@@ -9,6 +9,8 @@
 //! - set_many(1000): 1000 pre-encoded values in one transaction vs
 //!   `Tier::set_many` of 1000 entries.
 #![allow(missing_docs)]
+// Bench bodies are long lists of measured closures, named as criterion's examples name them.
+#![allow(clippy::too_many_lines, clippy::many_single_char_names)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,7 +161,7 @@ fn sqlite(c: &mut Criterion) {
                 cache
                     .set(&key(i), book(i), Ttl::TierDefault)
                     .await
-                    .expect("set")
+                    .expect("set");
             }
         });
     });
@@ -270,7 +272,7 @@ fn redb(c: &mut Criterion) {
                 cache
                     .set(&key(i), book(i), Ttl::TierDefault)
                     .await
-                    .expect("set")
+                    .expect("set");
             }
         });
     });

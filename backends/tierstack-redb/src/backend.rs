@@ -1,7 +1,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTableMetadata};
@@ -11,8 +10,9 @@ use tierstack_core::{
 };
 
 use crate::error::redb as fail;
-use crate::writer::{self, Command, Counters, META, STRUCTURE_ONLY, Tables, WriteOp, Writer};
+use crate::writer::{Counters, META, STRUCTURE_ONLY, Tables, Writer};
 use crate::{CAPABILITIES, RedbConfig, RedbDurability};
+use tierstack_core::group_commit::GroupCommit;
 
 /// The redb tier: entries in one crash-safe file, with an index by end of
 /// life for purging and the byte cap.
@@ -27,8 +27,7 @@ pub struct RedbTier {
     db: Arc<Database>,
     tables: Tables,
     max_ttl: Option<Duration>,
-    writer: Option<Sender<Command>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    writer: GroupCommit,
     counters: Arc<Counters>,
 }
 
@@ -73,7 +72,6 @@ impl RedbTier {
         create().map_err(|e| named(fail(e, &path, Operation::Build)))?;
 
         let counters = Arc::new(Counters::default());
-        let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
             db: Arc::clone(&db),
             path: path.clone(),
@@ -83,27 +81,28 @@ impl RedbTier {
                 RedbDurability::None => Durability::None,
             },
             max_size: config.max_size,
-            max_batch: config.max_batch,
             counters: Arc::clone(&counters),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("tierstack-redb-{}", config.name))
-            .spawn(move || writer.run(&rx))
-            .map_err(|e| {
-                named(tierstack_core::paths::io_error(
-                    e,
-                    &path,
-                    "cannot start the writer thread for",
-                ))
-            })?;
+        let writer = GroupCommit::spawn(
+            &config.name,
+            path.display().to_string(),
+            writer,
+            config.max_batch,
+        )
+        .map_err(|e| {
+            named(tierstack_core::paths::io_error(
+                e,
+                &path,
+                "cannot start the writer thread for",
+            ))
+        })?;
         Ok(Self {
             name: config.name.clone(),
             path,
             db,
             tables,
             max_ttl: config.ttl,
-            writer: Some(tx),
-            thread: Some(thread),
+            writer,
             counters,
         })
     }
@@ -120,21 +119,6 @@ impl RedbTier {
 
     fn failed(&self, e: impl Into<redb::Error>, op: Operation) -> Error {
         fail(e, &self.path, op).with_tier(self.name.as_str())
-    }
-
-    async fn write(
-        &self,
-        op: Operation,
-        make: impl FnOnce(writer::Reply) -> Command,
-    ) -> Result<u64> {
-        let closed = || crate::error::closed(&self.path).with_tier(self.name.as_str());
-        let tx = self.writer.as_ref().ok_or_else(closed)?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        tx.send(make(reply)).map_err(|_| closed())?;
-        answer
-            .await
-            .map_err(|_| closed())?
-            .map_err(|e| e.with_tier(self.name.as_str()).with_operation(op))
     }
 
     fn decode(&self, key: &str, bytes: &[u8], now: Timestamp) -> Result<Option<Entry>> {
@@ -170,17 +154,6 @@ impl RedbTier {
     }
 }
 
-/// Closes the database before returning: the writer finishes queued writes
-/// and exits, then the file lock is released.
-impl Drop for RedbTier {
-    fn drop(&mut self) {
-        drop(self.writer.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 #[async_trait]
 impl Tier for RedbTier {
     fn name(&self) -> &str {
@@ -205,42 +178,23 @@ impl Tier for RedbTier {
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
-        self.write(Operation::Set, |reply| {
-            Command::Write(vec![WriteOp::Put(key.clone(), entry)], reply)
-        })
-        .await
-        .map(drop)
+        self.writer.set(key, entry).await
     }
 
     async fn set_many(&self, entries: Vec<(Key, Entry)>) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let ops = entries
-            .into_iter()
-            .map(|(k, e)| WriteOp::Put(k, e))
-            .collect();
-        self.write(Operation::SetMany, |reply| Command::Write(ops, reply))
-            .await
-            .map(drop)
+        self.writer.set_many(entries).await
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {
-        let removed = self
-            .write(Operation::Delete, |reply| {
-                Command::Write(vec![WriteOp::Delete(key.clone())], reply)
-            })
-            .await?;
-        Ok(removed > 0)
+        self.writer.delete(key).await
     }
 
     async fn clear(&self, scope: ClearScope) -> Result<u64> {
-        self.write(Operation::Clear, |reply| Command::Clear(scope, reply))
-            .await
+        self.writer.clear(scope).await
     }
 
     async fn purge(&self) -> Result<u64> {
-        self.write(Operation::Clear, Command::Purge).await
+        self.writer.purge().await
     }
 
     async fn size(&self) -> Result<TierSize> {
@@ -307,11 +261,7 @@ impl Tier for RedbTier {
     }
 
     async fn health(&self) -> Health {
-        if self
-            .thread
-            .as_ref()
-            .is_none_or(std::thread::JoinHandle::is_finished)
-        {
+        if !self.writer.is_running() {
             return Health::Unhealthy(format!("the writer of {} has stopped", self.path.display()));
         }
         match self.db.begin_read() {

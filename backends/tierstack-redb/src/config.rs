@@ -55,13 +55,7 @@ pub enum RedbDurability {
 
 impl Default for RedbConfig {
     fn default() -> Self {
-        let path = std::env::var("XDG_CACHE_HOME")
-            .ok()
-            .filter(|d| !d.is_empty())
-            .map_or_else(
-                || "~/.cache/tierstack/cache.redb".to_owned(),
-                |d| format!("{d}/tierstack/cache.redb"),
-            );
+        let path = tierstack_core::paths::default_cache_path("cache.redb");
         Self {
             name: "redb".to_owned(),
             path,

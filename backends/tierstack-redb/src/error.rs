@@ -38,10 +38,3 @@ pub(crate) fn redb(error: impl Into<redb::Error>, path: &Path, op: Operation) ->
         .with_operation(op)
         .with_source(error)
 }
-
-pub(crate) fn closed(path: &Path) -> Error {
-    Error::new(
-        ErrorKind::Unavailable,
-        format!("the writer of {} has stopped", path.display()),
-    )
-}

@@ -1,30 +1,17 @@
-//! The group-commit writer: one thread commits every queued request in one
-//! redb write transaction (one fsync with `durability: immediate`), then
-//! answers each. A `set` returns only after its commit.
+//! The redb side of group commit (see `tierstack_core::group_commit`): every
+//! queued request is applied in one redb write transaction (one fsync with
+//! `durability: immediate`), with the expiry index, byte count and cap kept
+//! in the same transaction.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tierstack_core::{ClearScope, DecodeLimits, Entry, Error, Header, Key, Operation, Timestamp};
-use tokio::sync::oneshot;
 
 use crate::error::redb;
-
-pub(crate) type Reply = oneshot::Sender<Result<u64, Error>>;
-
-pub(crate) enum WriteOp {
-    Put(Key, Entry),
-    Delete(Key),
-}
-
-pub(crate) enum Command {
-    Write(Vec<WriteOp>, Reply),
-    Clear(ClearScope, Reply),
-    Purge(Reply),
-}
+use tierstack_core::group_commit::{CommitStore, WriteOp};
 
 /// Table names of one schema-version namespace.
 #[derive(Debug, Clone)]
@@ -72,7 +59,6 @@ pub(crate) struct Writer {
     pub(crate) tables: Tables,
     pub(crate) durability: Durability,
     pub(crate) max_size: Option<u64>,
-    pub(crate) max_batch: usize,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -135,75 +121,8 @@ impl Open<'_> {
 }
 
 impl Writer {
-    pub(crate) fn run(self, rx: &Receiver<Command>) {
-        while let Ok(first) = rx.recv() {
-            let mut queue = vec![first];
-            while queue.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(cmd) => queue.push(cmd),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
-            let mut writes = Vec::new();
-            for cmd in queue {
-                match cmd {
-                    Command::Write(ops, reply) => writes.push((ops, reply)),
-                    Command::Clear(scope, reply) => {
-                        self.commit(std::mem::take(&mut writes));
-                        let result = self
-                            .transaction(|open| clear(open, &scope))
-                            .map_err(|e| self.fail(e, Operation::Clear));
-                        let _ = reply.send(result);
-                    }
-                    Command::Purge(reply) => {
-                        self.commit(std::mem::take(&mut writes));
-                        let result = self
-                            .transaction(purge)
-                            .map_err(|e| self.fail(e, Operation::Clear));
-                        if let Ok(n) = &result {
-                            self.counters.expirations.fetch_add(*n, Ordering::Relaxed);
-                        }
-                        let _ = reply.send(result);
-                    }
-                }
-            }
-            self.commit(writes);
-        }
-    }
-
     fn fail(&self, e: redb::Error, op: Operation) -> Error {
         redb(e, &self.path, op)
-    }
-
-    fn commit(&self, group: Vec<(Vec<WriteOp>, Reply)>) {
-        if group.is_empty() {
-            return;
-        }
-        let result =
-            self.transaction(|open| apply(open, group.iter().map(|(ops, _)| ops.as_slice())));
-        match result {
-            Ok(counts) => {
-                for ((_, reply), removed) in group.into_iter().zip(counts) {
-                    let _ = reply.send(Ok(removed));
-                }
-            }
-            Err(_) if group.len() > 1 => {
-                // Isolate the request that failed the batch.
-                for (ops, reply) in group {
-                    let result = self
-                        .transaction(|open| apply(open, std::iter::once(ops.as_slice())))
-                        .map(|counts| counts.first().copied().unwrap_or(0))
-                        .map_err(|e| self.fail(e, Operation::Set));
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                let error = self.fail(e, Operation::Set);
-                for (_, reply) in group {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
     }
 
     /// Runs `f` in one write transaction, keeps the byte count, enforces the
@@ -321,4 +240,26 @@ fn purge(open: &mut Open<'_>) -> Result<u64, redb::Error> {
         }
     }
     Ok(removed)
+}
+
+impl CommitStore for Writer {
+    fn commit(&mut self, requests: &[&[WriteOp]]) -> tierstack_core::Result<Vec<u64>> {
+        self.transaction(|open| apply(open, requests.iter().copied()))
+            .map_err(|e| self.fail(e, Operation::Set))
+    }
+
+    fn clear(&mut self, scope: &ClearScope) -> tierstack_core::Result<u64> {
+        self.transaction(|open| clear(open, scope))
+            .map_err(|e| self.fail(e, Operation::Clear))
+    }
+
+    fn purge(&mut self) -> tierstack_core::Result<u64> {
+        let removed = self
+            .transaction(purge)
+            .map_err(|e| self.fail(e, Operation::Clear))?;
+        self.counters
+            .expirations
+            .fetch_add(removed, Ordering::Relaxed);
+        Ok(removed)
+    }
 }

@@ -57,13 +57,7 @@ pub enum Flush {
 
 impl Default for SledConfig {
     fn default() -> Self {
-        let path = std::env::var("XDG_CACHE_HOME")
-            .ok()
-            .filter(|d| !d.is_empty())
-            .map_or_else(
-                || "~/.cache/tierstack/sled".to_owned(),
-                |d| format!("{d}/tierstack/sled"),
-            );
+        let path = tierstack_core::paths::default_cache_path("sled");
         Self {
             name: "sled".to_owned(),
             path,

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Sender;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +12,9 @@ use tierstack_core::{
 
 use crate::error::sqlite;
 use crate::schema::{self, millis};
-use crate::writer::{self, Command, Counters, Touched, WriteOp, Writer};
+use crate::writer::{Counters, Touched, Writer};
 use crate::{CAPABILITIES, SqliteConfig};
+use tierstack_core::group_commit::GroupCommit;
 
 /// Read connections kept for reuse; more are opened under load and closed
 /// when returned to a full pool.
@@ -34,9 +35,9 @@ pub struct SqliteTier {
     busy_timeout: Duration,
     synchronous: &'static str,
     readers: Mutex<Vec<Connection>>,
-    /// `None` only while dropping.
-    writer: Option<Sender<Command>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Declared after `readers`, so it is dropped last: the writer closes
+    /// (and checkpoints) when no reader holds the file any more.
+    writer: GroupCommit,
     touched: Arc<Touched>,
     counters: Arc<Counters>,
 }
@@ -75,28 +76,27 @@ impl SqliteTier {
 
         let touched = Arc::new(Touched::default());
         let counters = Arc::new(Counters::default());
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Alive from now on, so that `health` right after `open` is right.
-        counters.alive.store(true, Ordering::SeqCst);
         let writer = Writer {
             conn,
             path: path.clone(),
             namespace: schema_version,
             max_size: config.max_size,
-            max_batch: config.max_batch,
             touched: Arc::clone(&touched),
             counters: Arc::clone(&counters),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("tierstack-sqlite-{}", config.name))
-            .spawn(move || writer.run(&rx))
-            .map_err(|e| {
-                named(crate::error::io(
-                    e,
-                    &path,
-                    "cannot start the writer thread for",
-                ))
-            })?;
+        let writer = GroupCommit::spawn(
+            &config.name,
+            path.display().to_string(),
+            writer,
+            config.max_batch,
+        )
+        .map_err(|e| {
+            named(crate::error::io(
+                e,
+                &path,
+                "cannot start the writer thread for",
+            ))
+        })?;
         Ok(Self {
             name: config.name.clone(),
             path,
@@ -105,8 +105,7 @@ impl SqliteTier {
             busy_timeout,
             synchronous,
             readers: Mutex::new(Vec::new()),
-            writer: Some(tx),
-            thread: Some(thread),
+            writer,
             touched,
             counters,
         })
@@ -138,15 +137,14 @@ impl SqliteTier {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => {
-                let conn = schema::connect(&self.path, self.busy_timeout, self.synchronous)
-                    .map_err(|e| e.with_tier(self.name.as_str()))?;
-                conn.pragma_update(None, "query_only", true)
-                    .map_err(|e| self.fail(e, op))?;
-                conn
-            }
+        let conn = if let Some(conn) = pooled {
+            conn
+        } else {
+            let conn = schema::connect(&self.path, self.busy_timeout, self.synchronous)
+                .map_err(|e| e.with_tier(self.name.as_str()))?;
+            conn.pragma_update(None, "query_only", true)
+                .map_err(|e| self.fail(e, op))?;
+            conn
         };
         let result = f(&conn).map_err(|e| self.fail(e, op));
         let mut pool = self
@@ -159,25 +157,9 @@ impl SqliteTier {
         result
     }
 
-    async fn write(
-        &self,
-        op: Operation,
-        make: impl FnOnce(writer::Reply) -> Command,
-    ) -> Result<u64> {
-        let tx = self
-            .writer
-            .as_ref()
-            .ok_or_else(|| crate::error::closed(&self.path))?;
-        writer::call(tx, &self.path, make)
-            .await
-            .map_err(|e| e.with_tier(self.name.as_str()).with_operation(op))
-    }
-
     fn touch(&self, key: &Key) {
         if self.touched.record(key) {
-            if let Some(tx) = &self.writer {
-                let _ = tx.send(Command::Touch);
-            }
+            self.writer.wake();
         }
     }
 
@@ -210,22 +192,6 @@ impl SqliteTier {
             .with_operation(Operation::Get)
             .with_source(e)
         })
-    }
-}
-
-/// Closes the database before returning: read connections first, then the
-/// writer, which finishes queued writes and checkpoints. Whoever opens or
-/// moves the file next sees it complete and closed.
-impl Drop for SqliteTier {
-    fn drop(&mut self) {
-        self.readers
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        drop(self.writer.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -276,42 +242,23 @@ impl Tier for SqliteTier {
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
-        self.write(Operation::Set, |reply| {
-            Command::Write(vec![WriteOp::Put(key.clone(), entry)], reply)
-        })
-        .await
-        .map(drop)
+        self.writer.set(key, entry).await
     }
 
     async fn set_many(&self, entries: Vec<(Key, Entry)>) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let ops = entries
-            .into_iter()
-            .map(|(k, e)| WriteOp::Put(k, e))
-            .collect();
-        self.write(Operation::SetMany, |reply| Command::Write(ops, reply))
-            .await
-            .map(drop)
+        self.writer.set_many(entries).await
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {
-        let removed = self
-            .write(Operation::Delete, |reply| {
-                Command::Write(vec![WriteOp::Delete(key.clone())], reply)
-            })
-            .await?;
-        Ok(removed > 0)
+        self.writer.delete(key).await
     }
 
     async fn clear(&self, scope: ClearScope) -> Result<u64> {
-        self.write(Operation::Clear, |reply| Command::Clear(scope, reply))
-            .await
+        self.writer.clear(scope).await
     }
 
     async fn purge(&self) -> Result<u64> {
-        self.write(Operation::Clear, Command::Purge).await
+        self.writer.purge().await
     }
 
     async fn size(&self) -> Result<TierSize> {
@@ -380,7 +327,7 @@ impl Tier for SqliteTier {
     }
 
     async fn health(&self) -> Health {
-        if !self.counters.alive.load(Ordering::SeqCst) {
+        if !self.writer.is_running() {
             return Health::Unhealthy(format!("the writer of {} has stopped", self.path.display()));
         }
         match self.read(Operation::Health, |conn| {

@@ -82,13 +82,7 @@ impl Default for SqliteConfig {
 }
 
 fn default_path() -> String {
-    std::env::var("XDG_CACHE_HOME")
-        .ok()
-        .filter(|d| !d.is_empty())
-        .map_or_else(
-            || "~/.cache/tierstack/cache.db".to_owned(),
-            |d| format!("{d}/tierstack/cache.db"),
-        )
+    tierstack_core::paths::default_cache_path("cache.db")
 }
 
 impl SqliteConfig {

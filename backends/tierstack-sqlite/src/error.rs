@@ -31,13 +31,6 @@ pub(crate) fn sqlite(error: rusqlite::Error, path: &Path, op: Operation) -> Erro
 
 pub(crate) use tierstack_core::paths::io_error as io;
 
-pub(crate) fn closed(path: &Path) -> Error {
-    Error::new(
-        ErrorKind::Unavailable,
-        format!("the writer of {} has stopped", path.display()),
-    )
-}
-
 /// Whether a failed transaction is worth retrying: another process holds the
 /// write lock longer than the busy timeout.
 pub(crate) fn is_busy(error: &rusqlite::Error) -> bool {

@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tierstack_core::{
     Bytes, Codec, CompressionKind, DecodeLimits, Entry, EntryFlags, EntryMeta, Error, Header, Key,
@@ -95,7 +96,6 @@ pub(crate) fn upsert(
 ) -> rusqlite::Result<usize> {
     let h = &entry.header;
     let header = h.to_bytes();
-    use rusqlite::types::{ToSqlOutput, ValueRef};
     let data = ToSqlOutput::Borrowed(match data_as_text(entry) {
         Some(text) => ValueRef::Text(text.as_bytes()),
         None => ValueRef::Blob(&entry.body),
@@ -111,7 +111,7 @@ pub(crate) fn upsert(
         h.codec.id(),
         h.compression.id(),
         entry.encoded_len() as i64,
-        h.body_checksum.cast_signed(),
+        i64::from_ne_bytes(h.body_checksum.to_ne_bytes()),
         &header[..],
         millis(now),
     ])

@@ -1,22 +1,16 @@
-//! The group-commit writer: one thread owns the write connection and commits
-//! whatever requests have queued up in one `BEGIN IMMEDIATE` transaction.
-//!
-//! A `set` returns only after the transaction holding it committed, so an
-//! acknowledged write survives a crash of the process. Under load, 1,000
-//! concurrent sets become a handful of transactions instead of 1,000 fsyncs
-//! and lock handovers. If a batch fails for a reason other than lock
-//! contention, each request is retried in its own transaction, so one bad
-//! request cannot fail its neighbours.
+//! The SQLite side of group commit: the write connection, applying queued
+//! requests in one `BEGIN IMMEDIATE` transaction (see
+//! `tierstack_core::group_commit`), retrying while other processes hold the
+//! write lock, and keeping the byte cap.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
-use tierstack_core::{ClearScope, Entry, Error, Key, Operation, Timestamp};
-use tokio::sync::oneshot;
+use tierstack_core::group_commit::{CommitStore, WriteOp};
+use tierstack_core::{ClearScope, Error, Key, Operation, Timestamp};
 
 use crate::error::{is_busy, sqlite};
 use crate::schema::{UPSERT, millis, upsert};
@@ -26,22 +20,6 @@ use crate::schema::{UPSERT, millis, upsert};
 const BUSY_RETRY_FOR: Duration = Duration::from_secs(60);
 /// Fewest rows evicted at once when over the byte cap.
 const MIN_EVICT: i64 = 8;
-
-pub(crate) enum WriteOp {
-    Put(Key, Entry),
-    Delete(Key),
-}
-
-pub(crate) type Reply = oneshot::Sender<Result<u64, Error>>;
-
-pub(crate) enum Command {
-    /// Writes; the reply carries how many rows the deletes removed.
-    Write(Vec<WriteOp>, Reply),
-    Clear(ClearScope, Reply),
-    Purge(Reply),
-    /// Apply recorded reads to `last_access` now.
-    Touch,
-}
 
 /// Keys read since the last commit, for least-recently-used eviction. Kept
 /// approximately: when the buffer is full, further reads are not recorded.
@@ -79,7 +57,6 @@ pub(crate) struct Counters {
     pub(crate) evictions: AtomicU64,
     pub(crate) expirations: AtomicU64,
     pub(crate) transactions: AtomicU64,
-    pub(crate) alive: AtomicBool,
 }
 
 pub(crate) struct Writer {
@@ -87,72 +64,13 @@ pub(crate) struct Writer {
     pub(crate) path: PathBuf,
     pub(crate) namespace: u32,
     pub(crate) max_size: Option<u64>,
-    pub(crate) max_batch: usize,
     pub(crate) touched: Arc<Touched>,
     pub(crate) counters: Arc<Counters>,
 }
 
 impl Writer {
-    pub(crate) fn run(mut self, rx: &Receiver<Command>) {
-        while let Ok(first) = rx.recv() {
-            let mut writes: Vec<(Vec<WriteOp>, Reply)> = Vec::new();
-            let mut queue = vec![first];
-            while queue.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(cmd) => queue.push(cmd),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
-            for cmd in queue {
-                match cmd {
-                    Command::Write(ops, reply) => writes.push((ops, reply)),
-                    Command::Touch => {}
-                    other => {
-                        self.commit(std::mem::take(&mut writes));
-                        self.handle(other);
-                    }
-                }
-            }
-            self.commit(writes);
-        }
-        self.counters.alive.store(false, Ordering::SeqCst);
-    }
-
     fn fail(&self, e: rusqlite::Error, op: Operation) -> Error {
         sqlite(e, &self.path, op)
-    }
-
-    /// Commits a group of write requests in one transaction and answers each.
-    fn commit(&mut self, group: Vec<(Vec<WriteOp>, Reply)>) {
-        let touched = self.touched.take();
-        if group.is_empty() && touched.is_empty() {
-            return;
-        }
-        let ops: Vec<&[WriteOp]> = group.iter().map(|(ops, _)| ops.as_slice()).collect();
-        match self.transaction(&ops, &touched) {
-            Ok(counts) => {
-                for ((_, reply), n) in group.into_iter().zip(counts) {
-                    let _ = reply.send(Ok(n));
-                }
-            }
-            Err(e) if group.len() > 1 && !is_busy(&e) => {
-                // Isolate the request that failed the batch.
-                for (ops, reply) in group {
-                    let result = self
-                        .transaction(&[ops.as_slice()], &[])
-                        .map(|c| c[0])
-                        .map_err(|e| self.fail(e, Operation::Set));
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                let error = self.fail(e, Operation::Set);
-                for (_, reply) in group {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
-        self.enforce_cap();
     }
 
     /// Runs the write requests in one IMMEDIATE transaction, retrying while
@@ -206,23 +124,7 @@ impl Writer {
         result
     }
 
-    fn handle(&mut self, cmd: Command) {
-        match cmd {
-            Command::Clear(scope, reply) => {
-                let result = self
-                    .clear(&scope)
-                    .map_err(|e| self.fail(e, Operation::Clear));
-                let _ = reply.send(result);
-            }
-            Command::Purge(reply) => {
-                let result = self.purge().map_err(|e| self.fail(e, Operation::Clear));
-                let _ = reply.send(result);
-            }
-            Command::Write(..) | Command::Touch => {}
-        }
-    }
-
-    fn clear(&mut self, scope: &ClearScope) -> rusqlite::Result<u64> {
+    fn clear_scope(&mut self, scope: &ClearScope) -> rusqlite::Result<u64> {
         let namespace = self.namespace;
         let now = millis(Timestamp::now());
         let removed = retry_busy(|| {
@@ -254,7 +156,7 @@ impl Writer {
     /// Removes dead rows of every namespace (past their stale window: no
     /// reader can use them), returns space to the file system and truncates
     /// the WAL.
-    fn purge(&mut self) -> rusqlite::Result<u64> {
+    fn purge_dead(&mut self) -> rusqlite::Result<u64> {
         let now = millis(Timestamp::now());
         let removed = retry_busy(|| {
             self.conn.execute(
@@ -366,14 +268,27 @@ fn retry_busy<T>(mut attempt: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::
     }
 }
 
-/// Sends a command and waits for the writer's answer.
-pub(crate) async fn call(
-    tx: &std::sync::mpsc::Sender<Command>,
-    path: &std::path::Path,
-    make: impl FnOnce(Reply) -> Command,
-) -> Result<u64, Error> {
-    let (reply, answer) = oneshot::channel();
-    tx.send(make(reply))
-        .map_err(|_| crate::error::closed(path))?;
-    answer.await.map_err(|_| crate::error::closed(path))?
+impl CommitStore for Writer {
+    fn commit(&mut self, requests: &[&[WriteOp]]) -> tierstack_core::Result<Vec<u64>> {
+        let touched = self.touched.take();
+        if requests.is_empty() && touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.transaction(requests, &touched)
+            .map_err(|e| self.fail(e, Operation::Set))
+    }
+
+    fn clear(&mut self, scope: &ClearScope) -> tierstack_core::Result<u64> {
+        self.clear_scope(scope)
+            .map_err(|e| self.fail(e, Operation::Clear))
+    }
+
+    fn purge(&mut self) -> tierstack_core::Result<u64> {
+        self.purge_dead()
+            .map_err(|e| self.fail(e, Operation::Clear))
+    }
+
+    fn after_batch(&mut self) {
+        self.enforce_cap();
+    }
 }

@@ -7,6 +7,7 @@ pub mod compression;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod group_commit;
 pub mod key;
 pub mod paths;
 pub mod registry;

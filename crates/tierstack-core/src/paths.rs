@@ -55,6 +55,19 @@ pub fn expand(path: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(out))
 }
 
+/// The default location of a store file or directory named `name`:
+/// `$XDG_CACHE_HOME/tierstack/NAME` when set, else `~/.cache/tierstack/NAME`
+/// (expanded when the tier opens).
+pub fn default_cache_path(name: &str) -> String {
+    std::env::var("XDG_CACHE_HOME")
+        .ok()
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(
+            || format!("~/.cache/tierstack/{name}"),
+            |dir| format!("{dir}/tierstack/{name}"),
+        )
+}
+
 /// An I/O error on `path`, with a kind the caller can act on.
 pub fn io_error(error: std::io::Error, path: &Path, what: &str) -> Error {
     let kind = match error.kind() {

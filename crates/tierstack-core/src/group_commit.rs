@@ -1,0 +1,235 @@
+//! Group commit for stores with a single writer (SQLite, redb).
+//!
+//! One thread owns the store's write handle. Callers queue requests and wait;
+//! the thread takes everything queued meanwhile and commits it in one
+//! transaction, then answers each caller. A `set` therefore returns only
+//! after its transaction committed, and 1,000 concurrent sets become a
+//! handful of transactions instead of 1,000 commits and lock handovers.
+//!
+//! If a batch fails with a lasting error (not a temporary one such as a lock
+//! held by another process), each request is retried in its own transaction,
+//! so one bad request cannot fail its neighbours.
+
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::envelope::Entry;
+use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::key::Key;
+use crate::tier::ClearScope;
+
+/// One change to the store.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Store an entry, replacing any previous one.
+    Put(Key, Entry),
+    /// Remove an entry.
+    Delete(Key),
+}
+
+/// What the writer thread does with the store. Runs on that thread only.
+pub trait CommitStore: Send + 'static {
+    /// Applies the requests in one transaction. Returns, per request, how
+    /// many entries its deletes removed. Called with no requests when the
+    /// store asked to be woken ([`GroupCommit::wake`]).
+    fn commit(&mut self, requests: &[&[WriteOp]]) -> Result<Vec<u64>>;
+
+    /// Removes the entries of `scope`; returns how many.
+    fn clear(&mut self, scope: &ClearScope) -> Result<u64>;
+
+    /// Removes dead entries and gives space back; returns how many.
+    fn purge(&mut self) -> Result<u64>;
+
+    /// Runs after each batch of commands (for example to enforce a size cap).
+    fn after_batch(&mut self) {}
+}
+
+type Reply = oneshot::Sender<Result<u64>>;
+
+enum Command {
+    Write(Vec<WriteOp>, Reply),
+    Clear(ClearScope, Reply),
+    Purge(Reply),
+    Wake,
+}
+
+/// The handle to a group-commit writer thread. Dropping it lets the thread
+/// finish what is queued and waits for it to close the store.
+#[derive(Debug)]
+pub struct GroupCommit {
+    tier: String,
+    what: String,
+    tx: Option<Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GroupCommit {
+    /// Starts the writer thread for `store` of the tier named `tier`. `what`
+    /// names the store in errors (usually its path); at most `max_batch`
+    /// commands are taken per batch.
+    pub fn spawn(
+        tier: &str,
+        what: String,
+        store: impl CommitStore,
+        max_batch: usize,
+    ) -> std::io::Result<Self> {
+        let thread_name = format!("tierstack-{tier}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let max_batch = max_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || run(store, &rx, max_batch))?;
+        Ok(Self {
+            tier: tier.to_owned(),
+            what,
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stores one entry; returns after its commit.
+    pub async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
+        let ops = vec![WriteOp::Put(key.clone(), entry)];
+        self.call(Operation::Set, |reply| Command::Write(ops, reply))
+            .await
+            .map(drop)
+    }
+
+    /// Stores several entries in one transaction; returns after its commit.
+    pub async fn set_many(&self, entries: Vec<(Key, Entry)>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ops = entries
+            .into_iter()
+            .map(|(k, e)| WriteOp::Put(k, e))
+            .collect();
+        self.call(Operation::SetMany, |reply| Command::Write(ops, reply))
+            .await
+            .map(drop)
+    }
+
+    /// Removes one entry; `true` if it was there.
+    pub async fn delete(&self, key: &Key) -> Result<bool> {
+        let ops = vec![WriteOp::Delete(key.clone())];
+        let removed = self
+            .call(Operation::Delete, |reply| Command::Write(ops, reply))
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// Clears `scope`, after everything queued before.
+    pub async fn clear(&self, scope: ClearScope) -> Result<u64> {
+        self.call(Operation::Clear, |reply| Command::Clear(scope, reply))
+            .await
+    }
+
+    /// Purges dead entries, after everything queued before.
+    pub async fn purge(&self) -> Result<u64> {
+        self.call(Operation::Clear, Command::Purge).await
+    }
+
+    /// Asks the writer to run an empty commit soon (the store may have
+    /// buffered work of its own, such as access times).
+    pub fn wake(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Command::Wake);
+        }
+    }
+
+    /// Whether the writer thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    async fn call(&self, op: Operation, make: impl FnOnce(Reply) -> Command) -> Result<u64> {
+        let stopped = || {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("the writer of {} has stopped", self.what),
+            )
+        };
+        let answer = async {
+            let tx = self.tx.as_ref().ok_or_else(stopped)?;
+            let (reply, answer) = oneshot::channel();
+            tx.send(make(reply)).map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        };
+        answer
+            .await
+            .map_err(|e| e.with_tier(self.tier.as_str()).with_operation(op))
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(mut store: impl CommitStore, rx: &Receiver<Command>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut queue = vec![first];
+        while queue.len() < max_batch {
+            match rx.try_recv() {
+                Ok(cmd) => queue.push(cmd),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let mut writes: Vec<(Vec<WriteOp>, Reply)> = Vec::new();
+        let mut woken = false;
+        for cmd in queue {
+            match cmd {
+                Command::Write(ops, reply) => writes.push((ops, reply)),
+                Command::Wake => woken = true,
+                Command::Clear(scope, reply) => {
+                    commit(&mut store, std::mem::take(&mut writes));
+                    let _ = reply.send(store.clear(&scope));
+                }
+                Command::Purge(reply) => {
+                    commit(&mut store, std::mem::take(&mut writes));
+                    let _ = reply.send(store.purge());
+                }
+            }
+        }
+        if writes.is_empty() && woken {
+            if let Err(e) = store.commit(&[]) {
+                tracing::debug!(error = %e, "empty commit failed");
+            }
+        }
+        commit(&mut store, writes);
+        store.after_batch();
+    }
+}
+
+fn commit(store: &mut impl CommitStore, group: Vec<(Vec<WriteOp>, Reply)>) {
+    if group.is_empty() {
+        return;
+    }
+    let requests: Vec<&[WriteOp]> = group.iter().map(|(ops, _)| ops.as_slice()).collect();
+    match store.commit(&requests) {
+        Ok(counts) => {
+            for ((_, reply), removed) in group.into_iter().zip(counts) {
+                let _ = reply.send(Ok(removed));
+            }
+        }
+        Err(e) if group.len() > 1 && !e.is_temporary() => {
+            for (ops, reply) in group {
+                let result = store
+                    .commit(&[ops.as_slice()])
+                    .map(|counts| counts.first().copied().unwrap_or(0));
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for (_, reply) in group {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
