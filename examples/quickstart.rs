@@ -1,7 +1,10 @@
-//! Quickstart: a two-tier stack in front of a slow, rate-limited lookup.
+//! Quickstart: the RFC's embedded stack — memory (L1, 1 h, 1000 entries) over
+//! SQLite (L2, 7 days) — in front of a slow, rate-limited lookup.
 //!
-//! A small, short-lived L1 holds the hot set; a larger L2 with a longer TTL
-//! holds everything seen recently. Run with:
+//! 1. 200 concurrent lookups of 20 books: single-flight makes that 20
+//!    upstream calls.
+//! 2. A "restart": a new cache on the same SQLite file answers every lookup
+//!    from disk, with no upstream call, copying each hit up into its L1.
 //!
 //! ```sh
 //! cargo run --release --example quickstart
@@ -12,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tierstack::{Key, MemoryConfig, MemoryTier, TieredCache, Ttl};
+use tierstack::{Key, MemoryConfig, MemoryTier, SqliteConfig, SqliteTier, TieredCache, Ttl};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Book {
@@ -41,27 +44,28 @@ async fn fetch_book(asin: &str, calls: &AtomicUsize) -> Result<Book, Upstream> {
     })
 }
 
+async fn stack(db: &std::path::Path) -> tierstack::Result<TieredCache> {
+    Ok(TieredCache::builder()
+        .tier(MemoryTier::new(
+            &MemoryConfig::with_max_entries(1000).ttl(Duration::from_secs(3600)),
+        )?)
+        .tier(SqliteTier::open(&SqliteConfig::new(db), 1).await?)
+        .schema_version(1)
+        .build())
+}
+
+fn key(asin: &str) -> Key {
+    Key::new("audnexus:book", [("asin", asin)])
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cache = TieredCache::builder()
-        .tier(MemoryTier::new(
-            &MemoryConfig::with_max_entries(100)
-                .name("hot")
-                .ttl(Duration::from_secs(3600)),
-        )?)
-        .tier(MemoryTier::new(
-            &MemoryConfig::with_max_bytes(64 << 20)
-                .name("warm")
-                .ttl(Duration::from_secs(7 * 86400)),
-        )?)
-        .schema_version(1)
-        .build();
-
+    let dir = std::env::temp_dir().join(format!("tierstack-quickstart-{}", std::process::id()));
+    let db = dir.join("metadata.db");
     let calls = Arc::new(AtomicUsize::new(0));
     let asins: Vec<String> = (0..20).map(|i| format!("B00000{i:04}")).collect();
 
-    // 200 concurrent lookups of 20 distinct books: single-flight makes that
-    // 20 upstream calls, however the requests interleave.
+    let cache = stack(&db).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -69,9 +73,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let calls = Arc::clone(&calls);
         let asin = asins[i % asins.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let key = Key::new("audnexus:book", [("asin", asin.as_str())]);
             cache
-                .get_or_fetch(&key, Ttl::TierDefault, || fetch_book(&asin, &calls))
+                .get_or_fetch(&key(&asin), Ttl::TierDefault, || fetch_book(&asin, &calls))
                 .await
         }));
     }
@@ -80,28 +83,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert!(book.title.ends_with(&book.asin));
     }
     let cold = started.elapsed();
+    let cold_calls = calls.load(Ordering::SeqCst);
+    drop(cache);
 
+    // A new process would do exactly this: open the same file.
+    let restarted = stack(&db).await?;
     let started = Instant::now();
     for asin in &asins {
-        let key = Key::new("audnexus:book", [("asin", asin.as_str())]);
-        let book = cache
-            .get_or_fetch(&key, Ttl::TierDefault, || fetch_book(asin, &calls))
+        let book = restarted
+            .get_or_fetch(&key(asin), Ttl::TierDefault, || fetch_book(asin, &calls))
             .await?;
         assert_eq!(&book.asin, asin);
     }
     let warm = started.elapsed();
+    let warm_calls = calls.load(Ordering::SeqCst) - cold_calls;
 
-    let upstream = calls.load(Ordering::SeqCst);
-    println!("cold: 200 lookups in {cold:?}, warm: 20 lookups in {warm:?}");
-    println!("upstream calls: {upstream} (one per distinct book)");
-    for layer in cache.stats().layers {
+    println!("cold run:  200 lookups in {cold:>10.1?}, {cold_calls} upstream calls");
+    println!(
+        "restarted:  20 lookups in {warm:>10.1?}, {warm_calls} upstream calls (answered from {})",
+        db.display()
+    );
+    for layer in restarted.stats().layers {
         println!(
-            "tier {:<5} hits {:>4}  misses {:>4}  writes {:>4}",
-            layer.name, layer.hits, layer.misses, layer.writes
+            "  tier {:<7} hits {:>3}  misses {:>3}  copy-ups {:>3}",
+            layer.name, layer.hits, layer.misses, layer.copy_ups
         );
     }
-    if upstream != asins.len() {
-        return Err(format!("expected {} upstream calls, saw {upstream}", asins.len()).into());
+    drop(restarted);
+    std::fs::remove_dir_all(&dir)?;
+    if cold_calls != asins.len() || warm_calls != 0 {
+        return Err(format!(
+            "expected {} cold and 0 warm upstream calls, saw {cold_calls} and {warm_calls}",
+            asins.len()
+        )
+        .into());
     }
     Ok(())
 }
