@@ -29,14 +29,16 @@ pub fn expand(path: &str) -> Result<PathBuf, String> {
         if braced {
             chars.next();
         }
+        // A name starts with a letter or `_` (as in a shell), so `$5` stays text.
         let mut name = String::new();
         while let Some(&(_, c)) = chars.peek() {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                name.push(c);
-                chars.next();
-            } else {
+            let fits =
+                c == '_' || c.is_ascii_alphabetic() || (!name.is_empty() && c.is_ascii_digit());
+            if !fits {
                 break;
             }
+            name.push(c);
+            chars.next();
         }
         if braced {
             match chars.next() {
