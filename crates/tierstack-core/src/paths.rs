@@ -47,6 +47,11 @@ pub fn expand(path: &str) -> Result<PathBuf, String> {
             }
         }
         if name.is_empty() {
+            if braced {
+                return Err(format!(
+                    "invalid ${{...}} in {path:?}: expected a variable name"
+                ));
+            }
             out.push('$');
             continue;
         }
@@ -185,5 +190,6 @@ mod tests {
                 .contains("TIERSTACK_SURELY_UNSET_VAR")
         );
         assert!(expand("${HOME").is_err());
+        assert!(expand("${5}").is_err());
     }
 }
