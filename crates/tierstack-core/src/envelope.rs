@@ -349,6 +349,29 @@ impl Header {
     }
 }
 
+impl Header {
+    /// A copy expiring at `expires_at`, servable as stale for `window` after.
+    #[must_use]
+    pub fn with_expiry_and_window(
+        mut self,
+        expires_at: Timestamp,
+        window: std::time::Duration,
+    ) -> Self {
+        self.expires_at = expires_at;
+        self.stale_until = if expires_at.is_never() {
+            expires_at
+        } else {
+            expires_at.saturating_add(window)
+        };
+        self
+    }
+
+    /// Whether the entry records that the source answered "not found".
+    pub fn is_negative(&self) -> bool {
+        self.flags.contains(EntryFlags::NEGATIVE)
+    }
+}
+
 fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(slice);

@@ -5,6 +5,7 @@ use tierstack_core::{Codec, Compression, DecodeLimits, Dictionaries, Dictionary,
 
 use crate::cache::{Inner, Layer, TieredCache};
 use crate::flight::Flights;
+use crate::policy::{Policies, SourcePolicy};
 use crate::stats::Sources;
 
 /// Builds a [`TieredCache`] in code.
@@ -33,6 +34,10 @@ pub struct TieredCacheBuilder {
     schema_version: u32,
     default_ttl: Option<Duration>,
     enabled: bool,
+    policies: Policies,
+    stale_for: Duration,
+    negative_ttl: Duration,
+    offline: bool,
 }
 
 impl Default for TieredCacheBuilder {
@@ -46,6 +51,10 @@ impl Default for TieredCacheBuilder {
             schema_version: 1,
             default_ttl: None,
             enabled: true,
+            policies: Policies::default(),
+            stale_for: Duration::ZERO,
+            negative_ttl: Duration::from_secs(300),
+            offline: false,
         }
     }
 }
@@ -122,6 +131,40 @@ impl TieredCacheBuilder {
         self
     }
 
+    /// Sets the policy (TTL, stale window, negative TTL) for the keys of a
+    /// source: an exact source (`pathinfo`) or a prefix ending in `*`
+    /// (`audnexus:*`). The exact match wins, then the longest prefix.
+    #[must_use]
+    pub fn source_policy(mut self, pattern: &str, policy: SourcePolicy) -> Self {
+        self.policies.insert(pattern, policy);
+        self
+    }
+
+    /// How long after expiry values may be served when a fetch fails or is
+    /// too slow, unless a source policy says otherwise. Default: zero (no
+    /// stale serving).
+    #[must_use]
+    pub fn stale_for(mut self, window: Duration) -> Self {
+        self.stale_for = window;
+        self
+    }
+
+    /// How long "not found" answers are cached, unless a source policy says
+    /// otherwise. Default 5 minutes.
+    #[must_use]
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// Starts offline: fetches never run, only cached values are served
+    /// (see [`TieredCache::set_offline`]).
+    #[must_use]
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.offline = offline;
+        self
+    }
+
     /// Builds the cache. Tiers with the same name get a `#2`, `#3`… suffix
     /// in statistics.
     pub fn build(self) -> TieredCache {
@@ -151,6 +194,10 @@ impl TieredCacheBuilder {
             enabled: self.enabled,
             flights: Flights::default(),
             sources: Sources::default(),
+            policies: self.policies,
+            default_stale_for: self.stale_for,
+            default_negative_ttl: self.negative_ttl,
+            offline: std::sync::atomic::AtomicBool::new(self.offline),
         })
     }
 }

@@ -1,6 +1,5 @@
 //! `TieredCache`: a stack of tiers behind one typed API.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -11,13 +10,14 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tierstack_core::{
-    ClearScope, Codec, Compression, DecodeError, DecodeLimits, Decoded, Dictionaries, Entry,
-    EntryFlags, EntryMeta, Error, ErrorKind, Header, Health, Key, Operation, Result, Tier,
-    TierSize, Timestamp,
+    Bytes, ClearScope, Codec, Compression, CompressionKind, DecodeError, DecodeLimits, Decoded,
+    Dictionaries, Entry, EntryFlags, EntryMeta, Error, ErrorKind, Header, Health, Key, Operation,
+    Result, Tier, TierSize, Timestamp,
 };
 use tracing::Instrument as _;
 
-use crate::flight::{self, Flights, Joined};
+use crate::flight::{self, Answer, Flights, Joined};
+use crate::policy::{Policies, SourcePolicy};
 use crate::stats::{CacheStats, LayerCounters, LayerStats, Sources, add, bump};
 
 /// How long a written entry stays fresh.
@@ -36,6 +36,100 @@ impl From<Duration> for Ttl {
         Self::For(ttl)
     }
 }
+
+/// How one `get_or_fetch` call fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct FetchOptions {
+    /// Freshness of the fetched value.
+    pub ttl: Ttl,
+    /// When a stale value is at hand and the fetch has not answered after
+    /// this long, the stale value is returned (and the fetch dropped).
+    pub soft_timeout: Option<Duration>,
+    /// The longest wait for the fetch; past it the call returns the stale
+    /// value if there is one, else an error of kind [`ErrorKind::Timeout`].
+    pub hard_timeout: Option<Duration>,
+    /// Overrides the stale window of the source's policy for this write.
+    pub stale_for: Option<Duration>,
+}
+
+impl FetchOptions {
+    /// Options with a TTL.
+    pub fn ttl(ttl: impl Into<Ttl>) -> Self {
+        Self {
+            ttl: ttl.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the soft timeout.
+    #[must_use]
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the hard timeout.
+    #[must_use]
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the stale window of the written value.
+    #[must_use]
+    pub fn stale_for(mut self, window: Duration) -> Self {
+        self.stale_for = Some(window);
+        self
+    }
+}
+
+impl From<Ttl> for FetchOptions {
+    fn from(ttl: Ttl) -> Self {
+        Self::ttl(ttl)
+    }
+}
+
+impl From<Duration> for FetchOptions {
+    fn from(ttl: Duration) -> Self {
+        Self::ttl(ttl)
+    }
+}
+
+/// Where a value returned by [`TieredCache::get_or_fetch_with`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched<V> {
+    /// A fresh entry of some tier.
+    Cached(Arc<V>),
+    /// The fetch, just now (or a concurrent caller's fetch).
+    Fetched(Arc<V>),
+    /// An expired entry inside its stale window, because the fetch failed,
+    /// was too slow, or the cache is offline.
+    Stale(Arc<V>),
+}
+
+impl<V> Fetched<V> {
+    /// The value, wherever it came from.
+    pub fn value(&self) -> &Arc<V> {
+        match self {
+            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) => v,
+        }
+    }
+
+    /// The value, wherever it came from.
+    pub fn into_value(self) -> Arc<V> {
+        match self {
+            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) => v,
+        }
+    }
+
+    /// Whether the value is a stale fallback.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Self::Stale(_))
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A stack of tiers (L1 first) with a typed API.
 ///
@@ -69,6 +163,10 @@ pub(crate) struct Inner {
     pub(crate) enabled: bool,
     pub(crate) flights: Flights,
     pub(crate) sources: Sources,
+    pub(crate) policies: Policies,
+    pub(crate) default_stale_for: Duration,
+    pub(crate) default_negative_ttl: Duration,
+    pub(crate) offline: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -95,9 +193,22 @@ impl std::fmt::Debug for TieredCache {
 pub trait CacheValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
 
+/// What the tiers hold for a key.
 enum Lookup<V> {
+    /// A fresh value.
     Found(Arc<V>),
-    Missing,
+    /// A fresh "not found" answer.
+    Absent,
+    /// Nothing fresh; `stale` is the first entry found inside its stale
+    /// window (`Some(None)`: a stale "not found").
+    Missing { stale: Option<Option<Arc<V>>> },
+}
+
+/// The outcome of the shared fetch path; `None` values are "not found".
+enum Outcome<V> {
+    Cached(Option<Arc<V>>),
+    Fetched(Option<Arc<V>>),
+    Stale(Option<Arc<V>>),
 }
 
 impl TieredCache {
@@ -112,12 +223,12 @@ impl TieredCache {
         }
     }
 
-    /// Reads a fresh value. A miss, an expired or undecodable entry and a
-    /// failing tier all give `None` (and are counted); reads never fail.
+    /// Reads a fresh value. A miss, an expired, negative or undecodable entry
+    /// and a failing tier all give `None` (and are counted); reads never fail.
     pub async fn get<V: CacheValue>(&self, key: &Key) -> Option<Arc<V>> {
         match self.lookup(key).await {
             Lookup::Found(v) => Some(v),
-            Lookup::Missing => None,
+            Lookup::Absent | Lookup::Missing { .. } => None,
         }
     }
 
@@ -130,7 +241,8 @@ impl TieredCache {
         }
         let value = Arc::new(value);
         let entry = self.encode(&*value)?;
-        self.write_through(key, &entry, Some(value as Decoded), ttl.into())
+        let options = FetchOptions::ttl(ttl);
+        self.write_through(key, &entry, Some(value as Decoded), options, false)
             .await;
         Ok(())
     }
@@ -138,54 +250,164 @@ impl TieredCache {
     /// Returns the cached value, or runs `fetch` once, caches its result and
     /// returns it.
     ///
-    /// Concurrent callers of the same cold key share one `fetch` call. If it
-    /// fails, nothing is cached and every waiting caller gets the error (of
-    /// kind [`ErrorKind::Fetch`], with the fetch error as its source). If it
-    /// panics, waiting callers get an [`ErrorKind::FetchPanicked`] error and
-    /// the panic continues in the caller that ran it. If that caller is
-    /// cancelled, a waiting caller takes over.
-    ///
-    /// A tier that fails while caching the value does not turn the fetched
-    /// value into an error.
+    /// - Concurrent callers of the same cold key share one `fetch` call. If it
+    ///   fails, nothing is cached and every waiting caller gets the error (of
+    ///   kind [`ErrorKind::Fetch`], with the fetch error as its source). If it
+    ///   panics, waiting callers get an [`ErrorKind::FetchPanicked`] error and
+    ///   the panic continues in the caller that ran it. If that caller is
+    ///   cancelled, a waiting caller takes over.
+    /// - Stale-if-error: when the fetch fails or times out and an expired
+    ///   entry is inside its stale window, that value is returned (and
+    ///   counted as stale served). [`TieredCache::get_or_fetch_with`] says
+    ///   which it was.
+    /// - Offline ([`TieredCache::set_offline`]): `fetch` is never called;
+    ///   fresh or stale cached values are returned, anything else is an
+    ///   [`ErrorKind::Unavailable`] error.
+    /// - A tier that fails while caching the value does not turn the fetched
+    ///   value into an error.
     pub async fn get_or_fetch<V, F, Fut, E>(
         &self,
         key: &Key,
-        ttl: impl Into<Ttl>,
+        options: impl Into<FetchOptions>,
         fetch: F,
     ) -> Result<Arc<V>>
     where
         V: CacheValue,
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<V, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        E: Into<BoxError>,
     {
-        let ttl = ttl.into();
+        self.get_or_fetch_with(key, options, fetch)
+            .await
+            .map(Fetched::into_value)
+    }
+
+    /// [`TieredCache::get_or_fetch`], saying whether the value was cached,
+    /// fetched, or a stale fallback.
+    pub async fn get_or_fetch_with<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        fetch: F,
+    ) -> Result<Fetched<V>>
+    where
+        V: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<BoxError>,
+    {
+        let fetch = || async { fetch().await.map(Some) };
+        let outcome = self.resolve(key, options.into(), false, fetch).await?;
+        let missing = || {
+            Error::new(ErrorKind::Other, format!("{key}: no value"))
+                .with_operation(Operation::Fetch)
+        };
+        match outcome {
+            Outcome::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
+            Outcome::Fetched(v) => v.map(Fetched::Fetched).ok_or_else(missing),
+            Outcome::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
+        }
+    }
+
+    /// Like [`TieredCache::get_or_fetch`] for sources that can answer "not
+    /// found": `fetch` returns `Ok(None)` for that, and the answer is cached
+    /// as a negative entry for the source's negative TTL (default 5 minutes),
+    /// so a missing item is not asked for again on every call.
+    pub async fn get_or_fetch_optional<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        fetch: F,
+    ) -> Result<Option<Arc<V>>>
+    where
+        V: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: Into<BoxError>,
+    {
+        match self.resolve(key, options.into(), true, fetch).await? {
+            Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Stale(v) => Ok(v),
+        }
+    }
+
+    /// Turns offline mode on or off: while offline, no fetch runs and only
+    /// cached values (fresh or stale) are served.
+    pub fn set_offline(&self, offline: bool) {
+        self.inner
+            .offline
+            .store(offline, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the cache is offline.
+    pub fn is_offline(&self) -> bool {
+        self.inner.offline.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The policy that applies to `source`.
+    pub fn policy(&self, source: &str) -> SourcePolicy {
+        self.inner.policies.get(source)
+    }
+
+    /// The shared path of every `get_or_fetch` flavour. `negatives`: whether
+    /// cached "not found" answers count (callers that cannot return one
+    /// fetch again instead).
+    async fn resolve<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: FetchOptions,
+        negatives: bool,
+        fetch: F,
+    ) -> Result<Outcome<V>>
+    where
+        V: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: Into<BoxError>,
+    {
+        let source = self.inner.sources.get(key.source());
         if !self.inner.enabled {
-            let source = self.inner.sources.get(key.source());
             bump(&source.fetches);
             return match fetch().await {
-                Ok(v) => Ok(Arc::new(v)),
+                Ok(v) => Ok(Outcome::Fetched(v.map(Arc::new))),
                 Err(e) => {
                     bump(&source.fetch_errors);
                     Err(fetch_error(key, e.into()))
                 }
             };
         }
-        if let Lookup::Found(v) = self.lookup(key).await {
-            return Ok(v);
+        let mut stale = match self.lookup(key).await {
+            Lookup::Found(v) => return Ok(Outcome::Cached(Some(v))),
+            Lookup::Absent if negatives => return Ok(Outcome::Cached(None)),
+            Lookup::Absent => None,
+            Lookup::Missing { stale } => stale,
+        };
+        if self.is_offline() {
+            return match stale {
+                Some(v) => {
+                    bump(&source.stale_served);
+                    Ok(Outcome::Stale(v))
+                }
+                None => Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("offline, and {key} is not cached"),
+                )
+                .with_operation(Operation::Fetch)),
+            };
         }
-        let source = self.inner.sources.get(key.source());
         let leader = loop {
             match self.inner.flights.join(key) {
                 Joined::Leader(guard) => break guard,
                 Joined::Waiter(rx) => {
                     bump(&source.coalesced);
                     match flight::wait(rx).await {
-                        Some(Ok(decoded)) => match decoded.downcast::<V>() {
-                            Ok(v) => return Ok(v),
+                        Some(Ok(answer)) => match typed::<V>(&answer) {
+                            Some(value) if answer.stale => return Ok(Outcome::Stale(value)),
+                            Some(value) if value.is_some() || negatives => {
+                                return Ok(Outcome::Fetched(value));
+                            }
                             // Another caller fetched the key as a different
-                            // type: fetch our own.
-                            Err(_) => tokio::task::yield_now().await,
+                            // type, or as "not found" that we cannot return.
+                            _ => tokio::task::yield_now().await,
                         },
                         Some(Err(e)) => return Err(e),
                         None => {}
@@ -195,32 +417,29 @@ impl TieredCache {
         };
         // A leader that finished just before we joined has already written
         // the value: look again before fetching.
-        if let Lookup::Found(v) = self.lookup_quietly(key).await {
-            leader.publish(Ok(Arc::clone(&v) as Decoded));
-            return Ok(v);
+        match self.lookup_quietly::<V>(key).await {
+            Lookup::Found(v) => {
+                leader.publish(Ok(answer(Some(&v), false)));
+                return Ok(Outcome::Cached(Some(v)));
+            }
+            Lookup::Absent if negatives => {
+                leader.publish(Ok(answer::<V>(None, false)));
+                return Ok(Outcome::Cached(None));
+            }
+            Lookup::Absent => {}
+            Lookup::Missing { stale: again } => stale = stale.or(again),
         }
         bump(&source.fetches);
-        let outcome = AssertUnwindSafe(fetch()).catch_unwind().await;
-        match outcome {
-            Ok(Ok(value)) => {
-                let value = Arc::new(value);
-                match self.encode(&*value) {
-                    Ok(entry) => {
-                        self.write_through(key, &entry, Some(Arc::clone(&value) as Decoded), ttl)
-                            .await;
-                    }
-                    Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
-                }
-                leader.publish(Ok(Arc::clone(&value) as Decoded));
-                Ok(value)
+        let run = AssertUnwindSafe(fetch()).catch_unwind();
+        let error = match self.within_timeouts(run, &options, stale.is_some()).await {
+            Some(Ok(Ok(value))) => {
+                let value = value.map(Arc::new);
+                self.store_fetched(key, value.as_ref(), options).await;
+                leader.publish(Ok(answer(value.as_ref(), false)));
+                return Ok(Outcome::Fetched(value));
             }
-            Ok(Err(e)) => {
-                bump(&source.fetch_errors);
-                let error = fetch_error(key, e.into());
-                leader.publish(Err(error.clone()));
-                Err(error)
-            }
-            Err(panic) => {
+            Some(Ok(Err(e))) => fetch_error(key, e.into()),
+            Some(Err(panic)) => {
                 bump(&source.fetch_errors);
                 leader.publish(Err(Error::new(
                     ErrorKind::FetchPanicked,
@@ -228,6 +447,65 @@ impl TieredCache {
                 )
                 .with_operation(Operation::Fetch)));
                 std::panic::resume_unwind(panic)
+            }
+            None => Error::new(
+                ErrorKind::Timeout,
+                format!("fetch for {key} did not answer in time"),
+            )
+            .with_operation(Operation::Fetch),
+        };
+        bump(&source.fetch_errors);
+        if let Some(value) = stale {
+            bump(&source.stale_served);
+            tracing::info!(key = %key, error = %error, "serving a stale value");
+            leader.publish(Ok(answer(value.as_ref(), true)));
+            return Ok(Outcome::Stale(value));
+        }
+        leader.publish(Err(error.clone()));
+        Err(error)
+    }
+
+    /// Waits for `run`: up to the soft timeout when a stale fallback exists,
+    /// and never past the hard timeout. `None` when a timeout fired.
+    async fn within_timeouts<T>(
+        &self,
+        run: impl Future<Output = T>,
+        options: &FetchOptions,
+        has_stale: bool,
+    ) -> Option<T> {
+        let limit = match (
+            options.soft_timeout.filter(|_| has_stale),
+            options.hard_timeout,
+        ) {
+            (Some(soft), Some(hard)) => Some(soft.min(hard)),
+            (Some(t), None) | (None, Some(t)) => Some(t),
+            (None, None) => None,
+        };
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+            None => Some(run.await),
+        }
+    }
+
+    /// Writes a fetched value, or a negative entry for "not found".
+    async fn store_fetched<V: CacheValue>(
+        &self,
+        key: &Key,
+        value: Option<&Arc<V>>,
+        options: FetchOptions,
+    ) {
+        match value {
+            Some(value) => match self.encode(&**value) {
+                Ok(entry) => {
+                    let decoded = Some(Arc::clone(value) as Decoded);
+                    self.write_through(key, &entry, decoded, options, false)
+                        .await;
+                }
+                Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
+            },
+            None => {
+                let entry = self.negative_entry();
+                self.write_through(key, &entry, None, options, true).await;
             }
         }
     }
@@ -362,22 +640,68 @@ impl TieredCache {
         )?)
     }
 
-    /// When a write with `ttl` expires in `layer`.
-    fn expiry_for(&self, layer: &Layer, ttl: Ttl, now: Timestamp) -> Timestamp {
+    /// An entry recording that the source answered "not found".
+    fn negative_entry(&self) -> Entry {
+        let now = Timestamp::now();
+        let meta = EntryMeta {
+            schema_version: self.inner.schema_version,
+            created_at: now,
+            expires_at: Timestamp::NEVER,
+            stale_until: Timestamp::NEVER,
+            flags: EntryFlags::NEGATIVE,
+        };
+        Entry::from_body(meta, Codec::Json, CompressionKind::None, 0, 0, Bytes::new())
+    }
+
+    /// When a write expires in `layer`: the call's TTL, else the source's
+    /// policy, else the tier's own TTL, else the cache's default; always
+    /// capped by the tier's TTL. Negative entries use the negative TTL.
+    fn expiry_for(
+        &self,
+        layer: &Layer,
+        ttl: Ttl,
+        policy: &SourcePolicy,
+        negative: bool,
+        now: Timestamp,
+    ) -> Timestamp {
         let cap = layer.tier.max_ttl();
-        let ttl = match ttl {
-            Ttl::For(d) => Some(cap.map_or(d, |c| c.min(d))),
-            Ttl::TierDefault => cap.or(self.inner.default_ttl),
+        let wanted = if negative {
+            Some(
+                policy
+                    .negative_ttl
+                    .unwrap_or(self.inner.default_negative_ttl),
+            )
+        } else {
+            match ttl {
+                Ttl::For(d) => Some(d),
+                Ttl::TierDefault => policy.ttl.or(cap).or(self.inner.default_ttl),
+            }
+        };
+        let ttl = match (wanted, cap) {
+            (Some(w), Some(c)) => Some(w.min(c)),
+            (w, c) => w.or(c),
         };
         ttl.map_or(Timestamp::NEVER, |d| now.saturating_add(d))
     }
 
-    async fn write_through(&self, key: &Key, entry: &Entry, decoded: Option<Decoded>, ttl: Ttl) {
+    async fn write_through(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        decoded: Option<Decoded>,
+        options: FetchOptions,
+        negative: bool,
+    ) {
         let now = Timestamp::now();
+        let policy = self.inner.policies.get(key.source());
+        let window = options
+            .stale_for
+            .or(policy.stale_for)
+            .unwrap_or(self.inner.default_stale_for);
         let writes = self.inner.layers.iter().map(|layer| {
-            let header = entry.header.with_expiry(self.expiry_for(layer, ttl, now));
+            let expiry = self.expiry_for(layer, options.ttl, &policy, negative, now);
             let copy = Entry {
-                header,
+                header: entry.header.with_expiry_and_window(expiry, window),
                 body: entry.body.clone(),
                 decoded: decoded.clone(),
             };
@@ -410,7 +734,8 @@ impl TieredCache {
         let source = self.inner.sources.get(key.source());
         match found {
             Lookup::Found(_) => bump(&source.hits),
-            Lookup::Missing => bump(&source.misses),
+            Lookup::Absent => bump(&source.negative_hits),
+            Lookup::Missing { .. } => bump(&source.misses),
         }
         found
     }
@@ -418,9 +743,10 @@ impl TieredCache {
     /// Looks through the tiers without counting a per-source hit or miss.
     async fn lookup_quietly<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
         if !self.inner.enabled {
-            return Lookup::Missing;
+            return Lookup::Missing { stale: None };
         }
         let now = Timestamp::now();
+        let mut stale: Option<Option<Arc<V>>> = None;
         for (index, layer) in self.inner.layers.iter().enumerate() {
             let result = layer
                 .tier
@@ -446,28 +772,52 @@ impl TieredCache {
                 }
             };
             add(&layer.counters.bytes_read, entry.encoded_len() as u64);
-            if !entry.header.is_fresh(now) {
+            let fresh = entry.header.is_fresh(now);
+            if !fresh {
                 bump(&layer.counters.expired);
                 bump(&layer.counters.misses);
-                continue;
+                // A lower tier may hold a fresher copy; keep the first stale
+                // one as the fallback.
+                if stale.is_some() || !entry.header.is_servable_stale(now) {
+                    continue;
+                }
+            }
+            if entry.header.is_negative() {
+                if entry.header.schema_version != self.inner.schema_version {
+                    bump(&layer.counters.decode_failures);
+                    continue;
+                }
+                if !fresh {
+                    stale = Some(None);
+                    continue;
+                }
+                bump(&layer.counters.hits);
+                if index > 0 {
+                    self.copy_up(key, &entry, None, index, now).await;
+                }
+                return Lookup::Absent;
             }
             match self.decode::<V>(&entry) {
-                Ok(value) => {
+                Ok(value) if fresh => {
                     bump(&layer.counters.hits);
                     if index > 0 {
-                        self.copy_up(key, &entry, &value, index, now).await;
+                        let decoded = Arc::clone(&value) as Decoded;
+                        self.copy_up(key, &entry, Some(decoded), index, now).await;
                     }
                     return Lookup::Found(value);
                 }
+                Ok(value) => stale = Some(Some(value)),
                 Err(e) => {
                     bump(&layer.counters.decode_failures);
-                    bump(&layer.counters.misses);
+                    if fresh {
+                        bump(&layer.counters.misses);
+                    }
                     tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), error = %e, "entry is a miss");
                     self.discard_if_outdated(layer, key, &e).await;
                 }
             }
         }
-        Lookup::Missing
+        Lookup::Missing { stale }
     }
 
     fn decode<V: CacheValue>(&self, entry: &Entry) -> std::result::Result<Arc<V>, DecodeError> {
@@ -501,15 +851,14 @@ impl TieredCache {
 
     /// Copies a hit from tier `index` into the tiers above it, keeping the
     /// entry's remaining TTL, capped by each tier's own.
-    async fn copy_up<V: Any + Send + Sync>(
+    async fn copy_up(
         &self,
         key: &Key,
         entry: &Entry,
-        value: &Arc<V>,
+        decoded: Option<Decoded>,
         index: usize,
         now: Timestamp,
     ) {
-        let decoded: Decoded = Arc::clone(value) as Decoded;
         let writes = self.inner.layers[..index].iter().map(|layer| {
             let capped = layer
                 .tier
@@ -525,11 +874,28 @@ impl TieredCache {
                 Entry {
                     header,
                     body: entry.body.clone(),
-                    decoded: Some(Arc::clone(&decoded)),
+                    decoded: decoded.clone(),
                 },
             )
         });
         join_all(writes).await;
+    }
+}
+
+/// A flight answer from a value (`None`: "not found").
+fn answer<V: CacheValue>(value: Option<&Arc<V>>, stale: bool) -> Answer {
+    Answer {
+        value: value.map(|v| Arc::clone(v) as Decoded),
+        stale,
+    }
+}
+
+/// The typed value of a flight answer: `Some(None)` for "not found", `None`
+/// when the leader fetched another type.
+fn typed<V: CacheValue>(answer: &Answer) -> Option<Option<Arc<V>>> {
+    match &answer.value {
+        None => Some(None),
+        Some(decoded) => Arc::clone(decoded).downcast::<V>().ok().map(Some),
     }
 }
 

@@ -12,7 +12,15 @@ use std::sync::Mutex;
 use tierstack_core::{Decoded, Error, Key};
 use tokio::sync::watch;
 
-pub(crate) type FlightResult = Result<Decoded, Error>;
+/// What a leader hands its waiters: the value (`None`: the source said
+/// "not found") and whether it is a stale fallback.
+#[derive(Clone, Debug)]
+pub(crate) struct Answer {
+    pub(crate) value: Option<Decoded>,
+    pub(crate) stale: bool,
+}
+
+pub(crate) type FlightResult = Result<Answer, Error>;
 type Slot = watch::Sender<Option<FlightResult>>;
 
 #[derive(Debug, Default)]

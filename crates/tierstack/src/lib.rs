@@ -5,10 +5,12 @@
 mod builder;
 mod cache;
 mod flight;
+mod policy;
 mod stats;
 
 pub use builder::TieredCacheBuilder;
-pub use cache::{TieredCache, Ttl};
+pub use cache::{CacheValue, FetchOptions, Fetched, TieredCache, Ttl};
+pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
 
 pub use tierstack_core::*;

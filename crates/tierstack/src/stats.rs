@@ -29,6 +29,8 @@ pub(crate) struct SourceCounters {
     pub(crate) fetches: AtomicU64,
     pub(crate) fetch_errors: AtomicU64,
     pub(crate) coalesced: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) negative_hits: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -80,6 +82,8 @@ impl Sources {
                         fetches: load(&c.fetches),
                         fetch_errors: load(&c.fetch_errors),
                         coalesced: load(&c.coalesced),
+                        stale_served: load(&c.stale_served),
+                        negative_hits: load(&c.negative_hits),
                     },
                 )
             })
@@ -163,6 +167,11 @@ pub struct SourceStats {
     /// Callers that waited for another caller's fetch of the same key
     /// instead of fetching themselves.
     pub coalesced: u64,
+    /// Stale values served because a fetch failed, timed out, or the cache
+    /// was offline.
+    pub stale_served: u64,
+    /// Lookups answered by a cached "not found".
+    pub negative_hits: u64,
 }
 
 /// A snapshot of the cache's counters.
@@ -191,6 +200,8 @@ impl CacheStats {
                 fetches: a.fetches + s.fetches,
                 fetch_errors: a.fetch_errors + s.fetch_errors,
                 coalesced: a.coalesced + s.coalesced,
+                stale_served: a.stale_served + s.stale_served,
+                negative_hits: a.negative_hits + s.negative_hits,
             })
     }
 }
