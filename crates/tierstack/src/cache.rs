@@ -201,6 +201,7 @@ enum Lookup<V> {
     Absent,
     /// Nothing fresh; `stale` is the first entry found inside its stale
     /// window (`Some(None)`: a stale "not found").
+    #[allow(clippy::option_option)] // the inner `None` is a cached "not found"
     Missing { stale: Option<Option<Arc<V>>> },
 }
 
@@ -328,6 +329,226 @@ impl TieredCache {
         match self.resolve(key, options.into(), true, fetch).await? {
             Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Stale(v) => Ok(v),
         }
+    }
+
+    /// Looks up many keys with one batched read per tier, then calls
+    /// `fetch_missing` once with only the keys no tier could answer (the
+    /// partial hit case), and writes its answers through with one batched
+    /// write per tier.
+    ///
+    /// - The result has one slot per input key, in order; duplicate keys
+    ///   share one lookup and one fetch slot.
+    /// - `fetch_missing` answers `(key, Some(value))`, or `(key, None)` for
+    ///   "not found" (cached as a negative entry); keys it leaves out are
+    ///   `None` and not cached.
+    /// - If `fetch_missing` fails, keys with a stale value get it; if any
+    ///   missing key has none, the call fails with the fetch error.
+    /// - Offline, `fetch_missing` is not called: missing keys are `None`.
+    /// - Batch fetches do not join the single-flight of `get_or_fetch`.
+    pub async fn get_or_fetch_many<V, F, Fut, E>(
+        &self,
+        keys: &[Key],
+        options: impl Into<FetchOptions>,
+        fetch_missing: F,
+    ) -> Result<Vec<Option<Arc<V>>>>
+    where
+        V: CacheValue,
+        F: FnOnce(Vec<Key>) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<(Key, Option<V>)>, E>>,
+        E: Into<BoxError>,
+    {
+        let options = options.into();
+        let mut unique: Vec<Key> = Vec::with_capacity(keys.len());
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        for key in keys {
+            if seen.insert(key.clone()) {
+                unique.push(key.clone());
+            }
+        }
+        let mut answers: std::collections::HashMap<Key, Option<Arc<V>>> =
+            std::collections::HashMap::with_capacity(unique.len());
+        let mut stale: std::collections::HashMap<Key, Option<Arc<V>>> =
+            std::collections::HashMap::new();
+        if !self.inner.enabled {
+            return self
+                .fetch_batch(keys, unique, fetch_missing, options, answers, stale)
+                .await;
+        }
+        let mut pending = unique;
+        let now = Timestamp::now();
+        for (index, layer) in self.inner.layers.iter().enumerate() {
+            if pending.is_empty() {
+                break;
+            }
+            let found = match layer
+                .tier
+                .get_many(&pending)
+                .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "get_many"))
+                .await
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    bump(&layer.counters.errors);
+                    tracing::warn!(tier = %layer.name, error = %e, "tier skipped");
+                    continue;
+                }
+            };
+            let mut still = Vec::with_capacity(pending.len());
+            for (key, entry) in pending.into_iter().zip(found) {
+                match self.classify::<V>(layer, index, &key, entry, now).await {
+                    Some(Lookup::Found(v)) => {
+                        answers.insert(key, Some(v));
+                    }
+                    Some(Lookup::Absent) => {
+                        answers.insert(key, None);
+                    }
+                    Some(Lookup::Missing { stale: Some(s) }) => {
+                        stale.entry(key.clone()).or_insert(s);
+                        still.push(key);
+                    }
+                    Some(Lookup::Missing { stale: None }) | None => still.push(key),
+                }
+            }
+            pending = still;
+        }
+        for key in answers.keys().chain(pending.iter()) {
+            let source = self.inner.sources.get(key.source());
+            if answers.contains_key(key) {
+                bump(&source.hits);
+            } else {
+                bump(&source.misses);
+            }
+        }
+        if pending.is_empty() || self.is_offline() {
+            for key in pending {
+                if let Some(value) = stale.remove(&key) {
+                    bump(&self.inner.sources.get(key.source()).stale_served);
+                    answers.insert(key, value);
+                }
+            }
+            return Ok(keys
+                .iter()
+                .map(|k| answers.get(k).cloned().flatten())
+                .collect());
+        }
+        self.fetch_batch(keys, pending, fetch_missing, options, answers, stale)
+            .await
+    }
+
+    /// The fetch half of [`TieredCache::get_or_fetch_many`].
+    async fn fetch_batch<V, F, Fut, E>(
+        &self,
+        keys: &[Key],
+        pending: Vec<Key>,
+        fetch_missing: F,
+        options: FetchOptions,
+        mut answers: std::collections::HashMap<Key, Option<Arc<V>>>,
+        mut stale: std::collections::HashMap<Key, Option<Arc<V>>>,
+    ) -> Result<Vec<Option<Arc<V>>>>
+    where
+        V: CacheValue,
+        F: FnOnce(Vec<Key>) -> Fut,
+        Fut: Future<Output = std::result::Result<Vec<(Key, Option<V>)>, E>>,
+        E: Into<BoxError>,
+    {
+        let mut sources: Vec<&str> = pending.iter().map(Key::source).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        for source in &sources {
+            bump(&self.inner.sources.get(source).fetches);
+        }
+        let asked: std::collections::HashSet<Key> = pending.iter().cloned().collect();
+        let fetched = self
+            .within_timeouts(fetch_missing(pending.clone()), &options, false)
+            .await;
+        let error = match fetched {
+            Some(Ok(list)) => {
+                let mut writes = Vec::with_capacity(list.len());
+                for (key, value) in list {
+                    if !asked.contains(&key) || answers.contains_key(&key) {
+                        continue;
+                    }
+                    let value = value.map(Arc::new);
+                    writes.push((key.clone(), value.clone()));
+                    answers.insert(key, value);
+                }
+                if self.inner.enabled {
+                    self.store_many(writes, options).await;
+                }
+                return Ok(keys
+                    .iter()
+                    .map(|k| answers.get(k).cloned().flatten())
+                    .collect());
+            }
+            Some(Err(e)) => fetch_error(&pending[0], e.into()),
+            None => Error::new(ErrorKind::Timeout, "batch fetch did not answer in time")
+                .with_operation(Operation::Fetch),
+        };
+        for source in &sources {
+            bump(&self.inner.sources.get(source).fetch_errors);
+        }
+        for key in &pending {
+            match stale.remove(key) {
+                Some(value) => {
+                    bump(&self.inner.sources.get(key.source()).stale_served);
+                    answers.insert(key.clone(), value);
+                }
+                None => return Err(error),
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|k| answers.get(k).cloned().flatten())
+            .collect())
+    }
+
+    /// Writes fetched values and "not found" answers, one batch per tier.
+    async fn store_many<V: CacheValue>(
+        &self,
+        items: Vec<(Key, Option<Arc<V>>)>,
+        options: FetchOptions,
+    ) {
+        let now = Timestamp::now();
+        let mut encoded = Vec::with_capacity(items.len());
+        for (key, value) in items {
+            match &value {
+                Some(v) => match self.encode(&**v) {
+                    Ok(entry) => encoded.push((key, entry, Some(Arc::clone(v) as Decoded), false)),
+                    Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
+                },
+                None => encoded.push((key, self.negative_entry(), None, true)),
+            }
+        }
+        if encoded.is_empty() {
+            return;
+        }
+        let writes = self.inner.layers.iter().map(|layer| {
+            let batch: Vec<(Key, Entry)> = encoded
+                .iter()
+                .map(|(key, entry, decoded, negative)| {
+                    let entry =
+                        self.entry_for(layer, key, entry, decoded.clone(), options, *negative, now);
+                    (key.clone(), entry)
+                })
+                .collect();
+            async move {
+                let (count, len) = (
+                    batch.len() as u64,
+                    batch.iter().map(|(_, e)| e.encoded_len() as u64).sum(),
+                );
+                match layer.tier.set_many(batch).await {
+                    Ok(()) => {
+                        add(&layer.counters.writes, count);
+                        add(&layer.counters.bytes_written, len);
+                    }
+                    Err(e) => {
+                        add(&layer.counters.write_errors, count);
+                        tracing::warn!(tier = %layer.name, error = %e, "batch write skipped");
+                    }
+                }
+            }
+        });
+        join_all(writes).await;
     }
 
     /// Turns offline mode on or off: while offline, no fetch runs and only
@@ -494,19 +715,18 @@ impl TieredCache {
         value: Option<&Arc<V>>,
         options: FetchOptions,
     ) {
-        match value {
-            Some(value) => match self.encode(&**value) {
-                Ok(entry) => {
-                    let decoded = Some(Arc::clone(value) as Decoded);
-                    self.write_through(key, &entry, decoded, options, false)
-                        .await;
-                }
-                Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
-            },
-            None => {
-                let entry = self.negative_entry();
-                self.write_through(key, &entry, None, options, true).await;
+        let Some(value) = value else {
+            let entry = self.negative_entry();
+            self.write_through(key, &entry, None, options, true).await;
+            return;
+        };
+        match self.encode(&**value) {
+            Ok(entry) => {
+                let decoded = Some(Arc::clone(value) as Decoded);
+                self.write_through(key, &entry, decoded, options, false)
+                    .await;
             }
+            Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
         }
     }
 
@@ -684,6 +904,31 @@ impl TieredCache {
         ttl.map_or(Timestamp::NEVER, |d| now.saturating_add(d))
     }
 
+    /// The copy of `entry` that `layer` stores: its expiry and stale window.
+    #[allow(clippy::too_many_arguments)]
+    fn entry_for(
+        &self,
+        layer: &Layer,
+        key: &Key,
+        entry: &Entry,
+        decoded: Option<Decoded>,
+        options: FetchOptions,
+        negative: bool,
+        now: Timestamp,
+    ) -> Entry {
+        let policy = self.inner.policies.get(key.source());
+        let window = options
+            .stale_for
+            .or(policy.stale_for)
+            .unwrap_or(self.inner.default_stale_for);
+        let expiry = self.expiry_for(layer, options.ttl, &policy, negative, now);
+        Entry {
+            header: entry.header.with_expiry_and_window(expiry, window),
+            body: entry.body.clone(),
+            decoded,
+        }
+    }
+
     async fn write_through(
         &self,
         key: &Key,
@@ -693,18 +938,8 @@ impl TieredCache {
         negative: bool,
     ) {
         let now = Timestamp::now();
-        let policy = self.inner.policies.get(key.source());
-        let window = options
-            .stale_for
-            .or(policy.stale_for)
-            .unwrap_or(self.inner.default_stale_for);
         let writes = self.inner.layers.iter().map(|layer| {
-            let expiry = self.expiry_for(layer, options.ttl, &policy, negative, now);
-            let copy = Entry {
-                header: entry.header.with_expiry_and_window(expiry, window),
-                body: entry.body.clone(),
-                decoded: decoded.clone(),
-            };
+            let copy = self.entry_for(layer, key, entry, decoded.clone(), options, negative, now);
             self.write_one(layer, key, copy)
         });
         join_all(writes).await;
@@ -754,11 +989,7 @@ impl TieredCache {
                 .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "get"))
                 .await;
             let entry = match result {
-                Ok(Some(entry)) => entry,
-                Ok(None) => {
-                    bump(&layer.counters.misses);
-                    continue;
-                }
+                Ok(entry) => entry,
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
                     bump(&layer.counters.decode_failures);
                     bump(&layer.counters.misses);
@@ -771,53 +1002,79 @@ impl TieredCache {
                     continue;
                 }
             };
-            add(&layer.counters.bytes_read, entry.encoded_len() as u64);
-            let fresh = entry.header.is_fresh(now);
-            if !fresh {
-                bump(&layer.counters.expired);
-                bump(&layer.counters.misses);
-                // A lower tier may hold a fresher copy; keep the first stale
-                // one as the fallback.
-                if stale.is_some() || !entry.header.is_servable_stale(now) {
-                    continue;
+            match self.classify::<V>(layer, index, key, entry, now).await {
+                Some(Lookup::Missing { stale: Some(s) }) => {
+                    // A lower tier may hold a fresher copy; keep the first
+                    // stale one as the fallback.
+                    stale.get_or_insert(s);
                 }
-            }
-            if entry.header.is_negative() {
-                if entry.header.schema_version != self.inner.schema_version {
-                    bump(&layer.counters.decode_failures);
-                    continue;
-                }
-                if !fresh {
-                    stale = Some(None);
-                    continue;
-                }
-                bump(&layer.counters.hits);
-                if index > 0 {
-                    self.copy_up(key, &entry, None, index, now).await;
-                }
-                return Lookup::Absent;
-            }
-            match self.decode::<V>(&entry) {
-                Ok(value) if fresh => {
-                    bump(&layer.counters.hits);
-                    if index > 0 {
-                        let decoded = Arc::clone(&value) as Decoded;
-                        self.copy_up(key, &entry, Some(decoded), index, now).await;
-                    }
-                    return Lookup::Found(value);
-                }
-                Ok(value) => stale = Some(Some(value)),
-                Err(e) => {
-                    bump(&layer.counters.decode_failures);
-                    if fresh {
-                        bump(&layer.counters.misses);
-                    }
-                    tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), error = %e, "entry is a miss");
-                    self.discard_if_outdated(layer, key, &e).await;
-                }
+                Some(Lookup::Missing { stale: None }) | None => {}
+                Some(found) => return found,
             }
         }
         Lookup::Missing { stale }
+    }
+
+    /// What one tier's answer for `key` means: a fresh value or "not found"
+    /// (copied up into the tiers above), a stale fallback, or nothing
+    /// (`None`: missing, dead or undecodable; counted).
+    async fn classify<V: CacheValue>(
+        &self,
+        layer: &Layer,
+        index: usize,
+        key: &Key,
+        entry: Option<Entry>,
+        now: Timestamp,
+    ) -> Option<Lookup<V>> {
+        let Some(entry) = entry else {
+            bump(&layer.counters.misses);
+            return None;
+        };
+        add(&layer.counters.bytes_read, entry.encoded_len() as u64);
+        let fresh = entry.header.is_fresh(now);
+        if !fresh {
+            bump(&layer.counters.expired);
+            bump(&layer.counters.misses);
+            if !entry.header.is_servable_stale(now) {
+                return None;
+            }
+        }
+        if entry.header.is_negative() {
+            if entry.header.schema_version != self.inner.schema_version {
+                bump(&layer.counters.decode_failures);
+                return None;
+            }
+            if !fresh {
+                return Some(Lookup::Missing { stale: Some(None) });
+            }
+            bump(&layer.counters.hits);
+            if index > 0 {
+                self.copy_up(key, &entry, None, index, now).await;
+            }
+            return Some(Lookup::Absent);
+        }
+        match self.decode::<V>(&entry) {
+            Ok(value) if fresh => {
+                bump(&layer.counters.hits);
+                if index > 0 {
+                    let decoded = Arc::clone(&value) as Decoded;
+                    self.copy_up(key, &entry, Some(decoded), index, now).await;
+                }
+                Some(Lookup::Found(value))
+            }
+            Ok(value) => Some(Lookup::Missing {
+                stale: Some(Some(value)),
+            }),
+            Err(e) => {
+                bump(&layer.counters.decode_failures);
+                if fresh {
+                    bump(&layer.counters.misses);
+                }
+                tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), error = %e, "entry is a miss");
+                self.discard_if_outdated(layer, key, &e).await;
+                None
+            }
+        }
     }
 
     fn decode<V: CacheValue>(&self, entry: &Entry) -> std::result::Result<Arc<V>, DecodeError> {
@@ -892,6 +1149,7 @@ fn answer<V: CacheValue>(value: Option<&Arc<V>>, stale: bool) -> Answer {
 
 /// The typed value of a flight answer: `Some(None)` for "not found", `None`
 /// when the leader fetched another type.
+#[allow(clippy::option_option)] // the inner `None` is a "not found" answer
 fn typed<V: CacheValue>(answer: &Answer) -> Option<Option<Arc<V>>> {
     match &answer.value {
         None => Some(None),

@@ -57,7 +57,8 @@ impl Policies {
             self.prefixes.retain(|(p, _)| p != prefix);
             self.prefixes.push((prefix.to_owned(), policy));
             // Longest prefix first.
-            self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.prefixes
+                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         } else {
             self.exact.retain(|(p, _)| p != pattern);
             self.exact.push((pattern.to_owned(), policy));

@@ -1,0 +1,338 @@
+//! Fetch semantics over real tiers (memory over SQLite): stale-if-error,
+//! timeouts, offline mode, negative caching, per-source policies and partial
+//! batch hits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tierstack::{
+    ErrorKind, FetchOptions, Fetched, Key, MemoryConfig, MemoryTier, SourcePolicy, SqliteConfig,
+    SqliteTier, TieredCache, Ttl,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream answered 503")]
+struct Upstream;
+
+fn key(asin: &str) -> Key {
+    Key::new("audnexus:book", [("asin", asin)])
+}
+
+async fn stack(
+    dir: &std::path::Path,
+    builder: impl FnOnce(tierstack::TieredCacheBuilder) -> tierstack::TieredCacheBuilder,
+) -> TieredCache {
+    let l1 =
+        MemoryTier::new(&MemoryConfig::with_max_entries(10_000).ttl(Duration::from_secs(3600)))
+            .unwrap();
+    let l2 = SqliteTier::open(&SqliteConfig::new(dir.join("cache.db")), 1)
+        .await
+        .unwrap();
+    builder(TieredCache::builder().tier(l1).tier(l2)).build()
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_expired_value_when_the_fetch_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b.stale_for(Duration::from_secs(60))).await;
+    let k = key("S");
+    cache
+        .set(&k, "old".to_string(), Duration::from_millis(50))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(
+        cache.get::<String>(&k).await.is_none(),
+        "expired values are not plain hits"
+    );
+    let got = cache
+        .get_or_fetch_with::<String, _, _, _>(&k, Ttl::TierDefault, || async { Err(Upstream) })
+        .await
+        .unwrap();
+    assert_eq!(got, Fetched::Stale(Arc::new("old".to_string())));
+    assert_eq!(cache.stats().sources["audnexus:book"].stale_served, 1);
+    // Without a stale value the error reaches the caller.
+    let err = cache
+        .get_or_fetch::<String, _, _, _>(&key("none"), Ttl::TierDefault, || async { Err(Upstream) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fetch);
+    // A successful fetch replaces the stale value.
+    let fresh = cache
+        .get_or_fetch_with(&k, Ttl::TierDefault, || async {
+            Ok::<_, Upstream>("new".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(fresh, Fetched::Fetched(Arc::new("new".to_string())));
+    assert_eq!(
+        cache.get::<String>(&k).await.as_deref().map(String::as_str),
+        Some("new")
+    );
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_expired_value_when_the_fetch_is_too_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b.stale_for(Duration::from_secs(60))).await;
+    let k = key("T");
+    cache
+        .set(&k, "old".to_string(), Duration::from_millis(50))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let started = std::time::Instant::now();
+    let got = cache
+        .get_or_fetch_with(
+            &k,
+            FetchOptions::ttl(Ttl::TierDefault).soft_timeout(Duration::from_millis(100)),
+            || async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, Upstream>("late".to_string())
+            },
+        )
+        .await
+        .unwrap();
+    assert!(got.is_stale());
+    assert_eq!(**got.value(), "old");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited {:?}",
+        started.elapsed()
+    );
+    // The hard timeout bounds the wait when there is nothing stale.
+    let err = cache
+        .get_or_fetch::<String, _, _, _>(
+            &key("cold"),
+            FetchOptions::ttl(Ttl::TierDefault).hard_timeout(Duration::from_millis(100)),
+            || async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, Upstream>("late".to_string())
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn offline_mode_never_calls_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| {
+        b.stale_for(Duration::from_secs(60)).offline(true)
+    })
+    .await;
+    cache
+        .set(&key("fresh"), 1u32, Ttl::TierDefault)
+        .await
+        .unwrap();
+    cache
+        .set(&key("stale"), 2u32, Duration::from_millis(30))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let calls = AtomicUsize::new(0);
+    let fetch = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Upstream>(99u32)
+    };
+    assert_eq!(
+        *cache
+            .get_or_fetch(&key("fresh"), Ttl::TierDefault, fetch)
+            .await
+            .unwrap(),
+        1
+    );
+    let stale = cache
+        .get_or_fetch_with(&key("stale"), Ttl::TierDefault, fetch)
+        .await
+        .unwrap();
+    assert!(stale.is_stale());
+    assert_eq!(**stale.value(), 2);
+    let err = cache
+        .get_or_fetch(&key("unknown"), Ttl::TierDefault, fetch)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let batch = cache
+        .get_or_fetch_many(
+            &[key("fresh"), key("unknown")],
+            Ttl::TierDefault,
+            |_| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Upstream>(Vec::new())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch[0].as_deref(), Some(&1));
+    assert_eq!(batch[1], None);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "offline mode called fetch");
+    cache.set_offline(false);
+    assert_eq!(
+        *cache
+            .get_or_fetch(&key("unknown"), Ttl::TierDefault, fetch)
+            .await
+            .unwrap(),
+        99
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn not_found_is_cached_for_the_negative_ttl_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b.negative_ttl(Duration::from_millis(200))).await;
+    let k = key("B000UNKNOWN");
+    let calls = AtomicUsize::new(0);
+    let fetch = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<Option<String>, Upstream>(None)
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            cache
+                .get_or_fetch_optional(&k, Ttl::TierDefault, fetch)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the negative answer was cached"
+    );
+    assert_eq!(cache.stats().sources["audnexus:book"].negative_hits, 4);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        cache
+            .get_or_fetch_optional(&k, Ttl::TierDefault, fetch)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the negative entry expired on its own TTL"
+    );
+    // A negative entry never satisfies a caller that needs a value.
+    let v = cache
+        .get_or_fetch(&k, Ttl::TierDefault, || async {
+            Ok::<_, Upstream>("found later".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(*v, "found later");
+}
+
+#[tokio::test]
+async fn source_policies_set_ttls_by_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| {
+        b.source_policy(
+            "audnexus:*",
+            SourcePolicy::ttl(Duration::from_secs(7 * 86400)),
+        )
+        .source_policy("pathinfo", SourcePolicy::ttl(Duration::from_secs(3600)))
+    })
+    .await;
+    let now = tierstack::Timestamp::now();
+    let book = key("P");
+    let path = Key::new("pathinfo", [("path", "/audiobooks/fantasy/dune")]);
+    cache.set(&book, 1u8, Ttl::TierDefault).await.unwrap();
+    cache.set(&path, 2u8, Ttl::TierDefault).await.unwrap();
+    let sqlite = cache.tiers().nth(1).unwrap();
+    let left = |h: tierstack::Header| h.expires_at.remaining_from(now).unwrap();
+    let book_l2 = left(sqlite.get(&book).await.unwrap().unwrap().header);
+    let path_l2 = left(sqlite.get(&path).await.unwrap().unwrap().header);
+    assert!(book_l2 > Duration::from_secs(7 * 86400 - 60), "{book_l2:?}");
+    assert!(
+        path_l2 <= Duration::from_secs(3600) && path_l2 > Duration::from_secs(3500),
+        "{path_l2:?}"
+    );
+    // L1 caps both at its own hour.
+    let l1 = cache.tiers().next().unwrap();
+    assert!(left(l1.get(&book).await.unwrap().unwrap().header) <= Duration::from_secs(3600));
+}
+
+#[tokio::test]
+async fn a_partial_batch_fetches_exactly_the_missing_keys_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b).await;
+    let keys: Vec<Key> = (0..100).map(|i| key(&format!("B{i:03}"))).collect();
+    for (i, k) in keys.iter().enumerate().filter(|(i, _)| i % 5 < 3) {
+        cache
+            .set(k, format!("cached {i}"), Ttl::TierDefault)
+            .await
+            .unwrap();
+    }
+    let mut asked_with_duplicates = keys.clone();
+    asked_with_duplicates.push(keys[1].clone());
+    asked_with_duplicates.push(keys[4].clone());
+    let calls = AtomicUsize::new(0);
+    let got = cache
+        .get_or_fetch_many(
+            &asked_with_duplicates,
+            Ttl::TierDefault,
+            |missing: Vec<Key>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let answer: Vec<(Key, Option<String>)> = missing
+                    .iter()
+                    .map(|k| {
+                        (
+                            k.clone(),
+                            Some(format!("fetched {}", k.params().unwrap()[0].1)),
+                        )
+                    })
+                    .collect();
+                let count = missing.len();
+                async move {
+                    assert_eq!(
+                        count, 40,
+                        "fetch_missing must receive exactly the 40 missing keys"
+                    );
+                    Ok::<_, Upstream>(answer)
+                }
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(got.len(), 102);
+    for (i, value) in got.iter().take(100).enumerate() {
+        let expected = if i % 5 < 3 {
+            format!("cached {i}")
+        } else {
+            format!("fetched B{i:03}")
+        };
+        assert_eq!(value.as_deref(), Some(&expected));
+    }
+    assert_eq!(got[100].as_deref().map(String::as_str), Some("cached 1"));
+    assert_eq!(
+        got[101].as_deref().map(String::as_str),
+        Some("fetched B004")
+    );
+    // The fetched 40 were written through: a second call fetches nothing.
+    let again = cache
+        .get_or_fetch_many(&keys, Ttl::TierDefault, |missing: Vec<Key>| async move {
+            assert!(missing.is_empty(), "{missing:?}");
+            Ok::<Vec<(Key, Option<String>)>, Upstream>(Vec::new())
+        })
+        .await
+        .unwrap();
+    assert!(again.iter().all(Option::is_some));
+    // And they reached SQLite: a fresh cache on the same file sees them.
+    drop(cache);
+    let reopened = stack(dir.path(), |b| b).await;
+    assert_eq!(
+        reopened
+            .get::<String>(&keys[4])
+            .await
+            .as_deref()
+            .map(String::as_str),
+        Some("fetched B004")
+    );
+}
