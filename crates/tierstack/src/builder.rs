@@ -198,6 +198,7 @@ impl TieredCacheBuilder {
             default_stale_for: self.stale_for,
             default_negative_ttl: self.negative_ttl,
             offline: std::sync::atomic::AtomicBool::new(self.offline),
+            refreshing: std::sync::Mutex::default(),
         })
     }
 }

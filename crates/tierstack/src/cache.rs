@@ -129,7 +129,7 @@ impl<V> Fetched<V> {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A stack of tiers (L1 first) with a typed API.
 ///
@@ -143,7 +143,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Cloning is cheap and clones share everything.
 #[derive(Clone)]
 pub struct TieredCache {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Layer {
@@ -167,6 +167,8 @@ pub(crate) struct Inner {
     pub(crate) default_stale_for: Duration,
     pub(crate) default_negative_ttl: Duration,
     pub(crate) offline: std::sync::atomic::AtomicBool,
+    /// Keys with a background refresh under way (one per key at a time).
+    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<Key>>,
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -195,8 +197,8 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {
 
 /// What the tiers hold for a key.
 enum Lookup<V> {
-    /// A fresh value.
-    Found(Arc<V>),
+    /// A fresh value and its header (for its age).
+    Found(Arc<V>, Header),
     /// A fresh "not found" answer.
     Absent,
     /// Nothing fresh; `stale` is the first entry found inside its stale
@@ -206,7 +208,7 @@ enum Lookup<V> {
 }
 
 /// The outcome of the shared fetch path; `None` values are "not found".
-enum Outcome<V> {
+pub(crate) enum Outcome<V> {
     Cached(Option<Arc<V>>),
     Fetched(Option<Arc<V>>),
     Stale(Option<Arc<V>>),
@@ -228,7 +230,7 @@ impl TieredCache {
     /// and a failing tier all give `None` (and are counted); reads never fail.
     pub async fn get<V: CacheValue>(&self, key: &Key) -> Option<Arc<V>> {
         match self.lookup(key).await {
-            Lookup::Found(v) => Some(v),
+            Lookup::Found(v, _) => Some(v),
             Lookup::Absent | Lookup::Missing { .. } => None,
         }
     }
@@ -298,7 +300,9 @@ impl TieredCache {
         E: Into<BoxError>,
     {
         let fetch = || async { fetch().await.map(Some) };
-        let outcome = self.resolve(key, options.into(), false, fetch).await?;
+        let outcome = self
+            .resolve(key, options.into(), false, &mut None, fetch)
+            .await?;
         let missing = || {
             Error::new(ErrorKind::Other, format!("{key}: no value"))
                 .with_operation(Operation::Fetch)
@@ -326,7 +330,10 @@ impl TieredCache {
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
-        match self.resolve(key, options.into(), true, fetch).await? {
+        match self
+            .resolve(key, options.into(), true, &mut None, fetch)
+            .await?
+        {
             Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Stale(v) => Ok(v),
         }
     }
@@ -396,7 +403,7 @@ impl TieredCache {
             let mut still = Vec::with_capacity(pending.len());
             for (key, entry) in pending.into_iter().zip(found) {
                 match self.classify::<V>(layer, index, &key, entry, now).await {
-                    Some(Lookup::Found(v)) => {
+                    Some(Lookup::Found(v, _)) => {
                         answers.insert(key, Some(v));
                     }
                     Some(Lookup::Absent) => {
@@ -572,11 +579,12 @@ impl TieredCache {
     /// The shared path of every `get_or_fetch` flavour. `negatives`: whether
     /// cached "not found" answers count (callers that cannot return one
     /// fetch again instead).
-    async fn resolve<V, F, Fut, E>(
+    pub(crate) async fn resolve<V, F, Fut, E>(
         &self,
         key: &Key,
         options: FetchOptions,
         negatives: bool,
+        cached_header: &mut Option<Header>,
         fetch: F,
     ) -> Result<Outcome<V>>
     where
@@ -597,7 +605,10 @@ impl TieredCache {
             };
         }
         let mut stale = match self.lookup(key).await {
-            Lookup::Found(v) => return Ok(Outcome::Cached(Some(v))),
+            Lookup::Found(v, header) => {
+                *cached_header = Some(header);
+                return Ok(Outcome::Cached(Some(v)));
+            }
             Lookup::Absent if negatives => return Ok(Outcome::Cached(None)),
             Lookup::Absent => None,
             Lookup::Missing { stale } => stale,
@@ -639,7 +650,7 @@ impl TieredCache {
         // A leader that finished just before we joined has already written
         // the value: look again before fetching.
         match self.lookup_quietly::<V>(key).await {
-            Lookup::Found(v) => {
+            Lookup::Found(v, _) => {
                 leader.publish(Ok(answer(Some(&v), false)));
                 return Ok(Outcome::Cached(Some(v)));
             }
@@ -709,7 +720,7 @@ impl TieredCache {
     }
 
     /// Writes a fetched value, or a negative entry for "not found".
-    async fn store_fetched<V: CacheValue>(
+    pub(crate) async fn store_fetched<V: CacheValue>(
         &self,
         key: &Key,
         value: Option<&Arc<V>>,
@@ -968,7 +979,7 @@ impl TieredCache {
         let found = self.lookup_quietly(key).await;
         let source = self.inner.sources.get(key.source());
         match found {
-            Lookup::Found(_) => bump(&source.hits),
+            Lookup::Found(..) => bump(&source.hits),
             Lookup::Absent => bump(&source.negative_hits),
             Lookup::Missing { .. } => bump(&source.misses),
         }
@@ -1060,7 +1071,7 @@ impl TieredCache {
                     let decoded = Arc::clone(&value) as Decoded;
                     self.copy_up(key, &entry, Some(decoded), index, now).await;
                 }
-                Some(Lookup::Found(value))
+                Some(Lookup::Found(value, entry.header))
             }
             Ok(value) => Some(Lookup::Missing {
                 stale: Some(Some(value)),

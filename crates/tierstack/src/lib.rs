@@ -4,12 +4,14 @@
 
 mod builder;
 mod cache;
+mod cached_fn;
 mod flight;
 mod policy;
 mod stats;
 
 pub use builder::TieredCacheBuilder;
 pub use cache::{CacheValue, FetchOptions, Fetched, TieredCache, Ttl};
+pub use cached_fn::CachedFn;
 pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
 

@@ -31,6 +31,7 @@ pub(crate) struct SourceCounters {
     pub(crate) coalesced: AtomicU64,
     pub(crate) stale_served: AtomicU64,
     pub(crate) negative_hits: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -84,6 +85,7 @@ impl Sources {
                         coalesced: load(&c.coalesced),
                         stale_served: load(&c.stale_served),
                         negative_hits: load(&c.negative_hits),
+                        refreshes: load(&c.refreshes),
                     },
                 )
             })
@@ -172,6 +174,8 @@ pub struct SourceStats {
     pub stale_served: u64,
     /// Lookups answered by a cached "not found".
     pub negative_hits: u64,
+    /// Background refreshes started by refresh-ahead.
+    pub refreshes: u64,
 }
 
 /// A snapshot of the cache's counters.
@@ -202,6 +206,7 @@ impl CacheStats {
                 coalesced: a.coalesced + s.coalesced,
                 stale_served: a.stale_served + s.stale_served,
                 negative_hits: a.negative_hits + s.negative_hits,
+                refreshes: a.refreshes + s.refreshes,
             })
     }
 }

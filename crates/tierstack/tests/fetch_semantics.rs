@@ -336,3 +336,86 @@ async fn a_partial_batch_fetches_exactly_the_missing_keys_once() {
         Some("fetched B004")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_fetches_once_for_a_hundred_concurrent_late_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let book = cache
+        .cached_fn(
+            |asin: &String| key(asin),
+            move |asin: String| {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, Upstream>(format!("{asin} v{n}"))
+                }
+            },
+        )
+        .ttl(Duration::from_secs(3))
+        .refresh_ahead(0.3);
+    assert_eq!(*book.call("B1".into()).await.unwrap(), "B1 v1");
+    // Past 30% of the TTL (due at 900 ms), far from expiry (3 s).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let book = book.clone();
+        tasks.push(tokio::spawn(async move {
+            book.call_with("B1".to_string()).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        // Every caller gets the current value at once, not the refresh.
+        assert_eq!(
+            t.await.unwrap(),
+            Fetched::Cached(Arc::new("B1 v1".to_string()))
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one background refresh for 100 late hits"
+    );
+    assert_eq!(cache.stats().sources["audnexus:book"].refreshes, 1);
+    assert_eq!(*book.call("B1".into()).await.unwrap(), "B1 v2");
+}
+
+#[tokio::test]
+async fn cached_functions_are_one_line_for_the_rfc_integration_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let search_books = cache.cached_fn(
+        |(q, author): &(String, Option<String>)| {
+            Key::new(
+                "audnexus:search",
+                [("q", Some(q.as_str())), ("author", author.as_deref())],
+            )
+        },
+        move |(q, author): (String, Option<String>)| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, Upstream>(vec![format!("{q}/{}", author.unwrap_or_default())]) }
+        },
+    );
+    let args = ("dune".to_string(), Some("herbert".to_string()));
+    assert_eq!(
+        search_books.key(&args).as_str(),
+        "audnexus:search:author=herbert&q=dune"
+    );
+    assert_eq!(
+        search_books.call(args.clone()).await.unwrap()[0],
+        "dune/herbert"
+    );
+    assert_eq!(search_books.call(args).await.unwrap()[0], "dune/herbert");
+    let no_author = ("dune".to_string(), None);
+    assert_eq!(
+        search_books.key(&no_author).as_str(),
+        "audnexus:search:q=dune"
+    );
+    assert_eq!(search_books.call(no_author).await.unwrap()[0], "dune/");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

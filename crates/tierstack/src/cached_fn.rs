@@ -1,0 +1,212 @@
+//! `CachedFn`: caching a function is one line.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> tierstack::Result<()> {
+//! use std::time::Duration;
+//! use tierstack::{Key, MemoryConfig, MemoryTier, TieredCache};
+//!
+//! # #[derive(Debug)] struct ApiError;
+//! # impl std::fmt::Display for ApiError { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("api") } }
+//! # impl std::error::Error for ApiError {}
+//! async fn search_books(query: String, author: Option<String>) -> Result<Vec<String>, ApiError> {
+//!     Ok(vec![format!("{query} by {}", author.unwrap_or_default())])
+//! }
+//!
+//! let cache = TieredCache::builder().tier(MemoryTier::new(&MemoryConfig::with_max_entries(100))?).build();
+//! let search = cache
+//!     .cached_fn(
+//!         |(q, author): &(String, Option<String>)| {
+//!             Key::new("audnexus:search", [("q", Some(q.as_str())), ("author", author.as_deref())])
+//!         },
+//!         |(q, author): (String, Option<String>)| search_books(q, author),
+//!     )
+//!     .ttl(Duration::from_secs(3600));
+//!
+//! let books = search.call(("dune".into(), Some("herbert".into()))).await?;
+//! assert_eq!(books[0], "dune by herbert");
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use tierstack_core::{Header, Key, Result, Timestamp};
+
+use crate::cache::{BoxError, CacheValue, FetchOptions, Fetched, Outcome, TieredCache, Ttl};
+use crate::stats::bump;
+
+type Loader<A, V> = dyn Fn(A) -> BoxFuture<'static, std::result::Result<V, BoxError>> + Send + Sync;
+
+/// A function whose results go through a [`TieredCache`]: the key is built
+/// from the arguments, the function runs only on a miss (once per key at a
+/// time), and with [`CachedFn::refresh_ahead`] a hit late in its life
+/// refreshes the entry in the background while the caller gets the current
+/// value at once.
+pub struct CachedFn<A, V> {
+    cache: TieredCache,
+    key: Arc<dyn Fn(&A) -> Key + Send + Sync>,
+    load: Arc<Loader<A, V>>,
+    options: FetchOptions,
+    refresh_ahead: Option<f64>,
+}
+
+impl<A, V> Clone for CachedFn<A, V> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            key: Arc::clone(&self.key),
+            load: Arc::clone(&self.load),
+            options: self.options,
+            refresh_ahead: self.refresh_ahead,
+        }
+    }
+}
+
+impl<A, V> std::fmt::Debug for CachedFn<A, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedFn")
+            .field("options", &self.options)
+            .field("refresh_ahead", &self.refresh_ahead)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TieredCache {
+    /// Wraps `load` so that its results are cached under the key `key`
+    /// builds from the arguments. Arguments are one value (use a tuple for
+    /// several).
+    pub fn cached_fn<A, V, K, L, Fut, E>(&self, key: K, load: L) -> CachedFn<A, V>
+    where
+        A: Send + 'static,
+        V: CacheValue,
+        K: Fn(&A) -> Key + Send + Sync + 'static,
+        L: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let load = move |args: A| load(args).map(|r| r.map_err(Into::into)).boxed();
+        CachedFn {
+            cache: self.clone(),
+            key: Arc::new(key),
+            load: Arc::new(load),
+            options: FetchOptions::default(),
+            refresh_ahead: None,
+        }
+    }
+}
+
+impl<A, V> CachedFn<A, V>
+where
+    A: Clone + Send + 'static,
+    V: CacheValue,
+{
+    /// Sets the TTL of cached results (default: each tier's own).
+    #[must_use]
+    pub fn ttl(mut self, ttl: impl Into<Ttl>) -> Self {
+        self.options.ttl = ttl.into();
+        self
+    }
+
+    /// Sets all fetch options (TTL, timeouts, stale window).
+    #[must_use]
+    pub fn options(mut self, options: FetchOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Refreshes an entry in the background once a hit finds it past this
+    /// fraction of its TTL (`0.8`: in its last fifth). One refresh per key at
+    /// a time; callers never wait for it.
+    #[must_use]
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.refresh_ahead = Some(fraction.clamp(0.0, 1.0));
+        self
+    }
+
+    /// The key the arguments map to.
+    pub fn key(&self, args: &A) -> Key {
+        (self.key)(args)
+    }
+
+    /// Calls the function through the cache.
+    pub async fn call(&self, args: A) -> Result<Arc<V>> {
+        self.call_with(args).await.map(Fetched::into_value)
+    }
+
+    /// Calls the function through the cache, saying where the value came from.
+    pub async fn call_with(&self, args: A) -> Result<Fetched<V>> {
+        let key = (self.key)(&args);
+        let load = Arc::clone(&self.load);
+        let fetch_args = args.clone();
+        let fetch = move || async move { load(fetch_args).await.map(Some) };
+        let mut header = None;
+        let outcome = self
+            .cache
+            .resolve(&key, self.options, false, &mut header, fetch)
+            .await?;
+        if let (Some(fraction), Some(header)) = (self.refresh_ahead, header) {
+            if refresh_due(&header, fraction, Timestamp::now()) {
+                self.refresh_in_background(key.clone(), args);
+            }
+        }
+        let missing = || {
+            tierstack_core::Error::new(tierstack_core::ErrorKind::Other, format!("{key}: no value"))
+        };
+        match outcome {
+            Outcome::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
+            Outcome::Fetched(v) => v.map(Fetched::Fetched).ok_or_else(missing),
+            Outcome::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
+        }
+    }
+
+    fn refresh_in_background(&self, key: Key, args: A) {
+        let inner = &self.cache.inner;
+        let started = inner
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone());
+        if !started {
+            return;
+        }
+        bump(&inner.sources.get(key.source()).refreshes);
+        let (cache, load, options) = (self.cache.clone(), Arc::clone(&self.load), self.options);
+        tokio::spawn(async move {
+            match load(args).await {
+                Ok(value) => {
+                    cache
+                        .store_fetched(&key, Some(&Arc::new(value)), options)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "background refresh failed; the current value stays");
+                }
+            }
+            cache
+                .inner
+                .refreshing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&key);
+        });
+    }
+}
+
+/// Whether an entry has lived past `fraction` of its TTL.
+fn refresh_due(header: &Header, fraction: f64, now: Timestamp) -> bool {
+    if header.expires_at.is_never() {
+        return false;
+    }
+    let lifetime = header
+        .expires_at
+        .as_millis()
+        .saturating_sub(header.created_at.as_millis());
+    let age = now
+        .as_millis()
+        .saturating_sub(header.created_at.as_millis());
+    #[allow(clippy::cast_precision_loss)]
+    let due = age as f64 >= lifetime as f64 * fraction;
+    due
+}
