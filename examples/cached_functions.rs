@@ -54,7 +54,7 @@ async fn search_books(
 }
 
 /// Parses `/audiobooks/{genre}/{title}`.
-async fn extract_path_info(path: PathBuf, calls: Arc<AtomicUsize>) -> Result<PathInfo, ApiError> {
+fn extract_path_info(path: &std::path::Path, calls: &AtomicUsize) -> Result<PathInfo, ApiError> {
     calls.fetch_add(1, Ordering::SeqCst);
     let parts: Vec<String> = path
         .iter()
@@ -100,7 +100,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path_info = cache
         .cached_fn(
             |path: &PathBuf| Key::new("pathinfo", [("path", path)]),
-            move |path| extract_path_info(path, Arc::clone(&calls)),
+            move |path: PathBuf| {
+                let result = extract_path_info(&path, &calls);
+                async move { result }
+            },
         )
         .ttl(Duration::from_secs(3600));
 
