@@ -8,12 +8,14 @@ mod cached_fn;
 mod flight;
 mod policy;
 mod stats;
+mod warm;
 
 pub use builder::TieredCacheBuilder;
 pub use cache::{CacheValue, FetchOptions, Fetched, TieredCache, Ttl};
 pub use cached_fn::CachedFn;
 pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
+pub use warm::{WarmOptions, WarmReport};
 
 pub use tierstack_core::*;
 

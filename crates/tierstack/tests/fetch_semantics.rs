@@ -419,3 +419,61 @@ async fn cached_functions_are_one_line_for_the_rfc_integration_points() {
     assert_eq!(search_books.call(no_author).await.unwrap()[0], "dune/");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_skips_fresh_keys_and_respects_the_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b).await;
+    let keys: Vec<Key> = (0..50).map(|i| key(&format!("W{i:02}"))).collect();
+    for k in &keys[..10] {
+        cache
+            .set(k, "already here".to_string(), Ttl::TierDefault)
+            .await
+            .unwrap();
+    }
+    let calls = AtomicUsize::new(0);
+    let progress_calls = AtomicUsize::new(0);
+    let started = std::time::Instant::now();
+    let report = cache
+        .warm(
+            keys.clone(),
+            tierstack::WarmOptions::default()
+                .concurrency(8)
+                .rate_per_sec(20),
+            |k: Key| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if k.as_str().ends_with("W49") {
+                        Ok::<_, Upstream>(None)
+                    } else if n == 5 {
+                        Err(Upstream)
+                    } else {
+                        Ok(Some(format!("warmed {k}")))
+                    }
+                }
+            },
+            |_| {
+                progress_calls.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        40,
+        "only the 40 missing keys were fetched"
+    );
+    assert_eq!(report.done, 50);
+    assert_eq!(report.fresh, 10);
+    assert_eq!(report.not_found, 1);
+    assert_eq!(report.failed, 1);
+    assert_eq!(report.fetched, 38);
+    assert_eq!(progress_calls.load(Ordering::SeqCst), 50);
+    // 40 fetches at 20/s with a one-second burst cannot finish before the
+    // second batch of 20 tokens refills: a lower bound, robust on slow machines.
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "rate limit not applied: {elapsed:?}"
+    );
+    assert!(cache.get::<String>(&keys[20]).await.is_some());
+}
