@@ -214,6 +214,22 @@ pub(crate) enum Outcome<V> {
     Stale(Option<Arc<V>>),
 }
 
+impl<V> Outcome<V> {
+    /// For callers that need a value: where it came from. Never sees
+    /// "not found" (such callers resolve with `negatives: false`).
+    pub(crate) fn into_fetched(self, key: &Key) -> Result<Fetched<V>> {
+        let missing = || {
+            Error::new(ErrorKind::Other, format!("{key}: no value"))
+                .with_operation(Operation::Fetch)
+        };
+        match self {
+            Self::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
+            Self::Fetched(v) => v.map(Fetched::Fetched).ok_or_else(missing),
+            Self::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
+        }
+    }
+}
+
 impl TieredCache {
     /// Starts a builder.
     pub fn builder() -> crate::TieredCacheBuilder {
@@ -303,15 +319,7 @@ impl TieredCache {
         let outcome = self
             .resolve(key, options.into(), false, &mut None, fetch)
             .await?;
-        let missing = || {
-            Error::new(ErrorKind::Other, format!("{key}: no value"))
-                .with_operation(Operation::Fetch)
-        };
-        match outcome {
-            Outcome::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
-            Outcome::Fetched(v) => v.map(Fetched::Fetched).ok_or_else(missing),
-            Outcome::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
-        }
+        outcome.into_fetched(key)
     }
 
     /// Like [`TieredCache::get_or_fetch`] for sources that can answer "not

@@ -34,7 +34,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tierstack_core::{Header, Key, Result, Timestamp};
 
-use crate::cache::{BoxError, CacheValue, FetchOptions, Fetched, Outcome, TieredCache, Ttl};
+use crate::cache::{BoxError, CacheValue, FetchOptions, Fetched, TieredCache, Ttl};
 use crate::stats::bump;
 
 type Loader<A, V> = dyn Fn(A) -> BoxFuture<'static, std::result::Result<V, BoxError>> + Send + Sync;
@@ -151,14 +151,7 @@ where
                 self.refresh_in_background(key.clone(), args);
             }
         }
-        let missing = || {
-            tierstack_core::Error::new(tierstack_core::ErrorKind::Other, format!("{key}: no value"))
-        };
-        match outcome {
-            Outcome::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
-            Outcome::Fetched(v) => v.map(Fetched::Fetched).ok_or_else(missing),
-            Outcome::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
-        }
+        outcome.into_fetched(&key)
     }
 
     fn refresh_in_background(&self, key: Key, args: A) {
