@@ -77,7 +77,8 @@ async fn a_failed_fetch_is_not_cached_and_every_waiter_gets_the_error() {
             cache
                 .get_or_fetch::<Book, _, _, _>(&book_key("X"), Ttl::TierDefault, || async move {
                     fetches.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Long enough for all 50 callers to join, even on a busy machine.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     Err(Upstream)
                 })
                 .await
@@ -114,7 +115,8 @@ async fn a_panicking_fetch_does_not_wedge_the_key() {
             cache
                 .get_or_fetch::<Book, _, _, _>(&book_key("P"), Ttl::TierDefault, || async move {
                     started.notify_one();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Long enough for the waiter to join, even on a busy machine.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     panic!("fetch bug");
                     #[allow(unreachable_code)]
                     Ok::<_, Upstream>(Book {
