@@ -5,6 +5,7 @@
 mod builder;
 mod cache;
 mod cached_fn;
+mod config_file;
 mod flight;
 mod policy;
 mod stats;
@@ -13,6 +14,7 @@ mod warm;
 pub use builder::TieredCacheBuilder;
 pub use cache::{CacheValue, FetchOptions, Fetched, TieredCache, Ttl};
 pub use cached_fn::CachedFn;
+pub use config_file::{CacheConfig, CompressionChoice, Config, SourceConfig};
 pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
 pub use warm::{WarmOptions, WarmReport};
