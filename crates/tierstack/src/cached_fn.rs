@@ -167,6 +167,11 @@ where
         bump(&inner.sources.get(key.source()).refreshes);
         let (cache, load, options) = (self.cache.clone(), Arc::clone(&self.load), self.options);
         tokio::spawn(async move {
+            // Clears the key even if `load` panics, so the key can refresh again.
+            let _done = Refreshing {
+                cache: cache.clone(),
+                key: key.clone(),
+            };
             match load(args).await {
                 Ok(value) => {
                     cache
@@ -177,13 +182,24 @@ where
                     tracing::warn!(key = %key, error = %e, "background refresh failed; the current value stays");
                 }
             }
-            cache
-                .inner
-                .refreshing
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&key);
         });
+    }
+}
+
+/// Marks a key's background refresh as finished when dropped.
+struct Refreshing {
+    cache: TieredCache,
+    key: Key,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.cache
+            .inner
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
     }
 }
 

@@ -478,3 +478,42 @@ async fn warming_skips_fresh_keys_and_respects_the_rate_limit() {
     );
     assert!(cache.get::<String>(&keys[20]).await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_background_refresh_does_not_block_later_refreshes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let book = cache
+        .cached_fn(
+            |asin: &String| key(asin),
+            move |asin: String| {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    assert!(n != 2, "the first background refresh panics");
+                    Ok::<_, Upstream>(format!("{asin} v{n}"))
+                }
+            },
+        )
+        .ttl(Duration::from_secs(3))
+        .refresh_ahead(0.3);
+    assert_eq!(*book.call("B2".into()).await.unwrap(), "B2 v1");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    book.call("B2".into()).await.unwrap(); // starts refresh 2, which panics
+    // Once the panicked refresh is cleared (after the panic hook has printed,
+    // which can take a while), a later hit starts refresh 3.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = book.call("B2".into()).await.unwrap();
+        if *value == "B2 v3" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refresh after the panicked one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
