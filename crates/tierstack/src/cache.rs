@@ -1,11 +1,8 @@
 //! `TieredCache`: a stack of tiers behind one typed API.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use futures_util::future::join_all;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,7 +13,8 @@ use tierstack_core::{
 };
 use tracing::Instrument as _;
 
-use crate::flight::{self, Answer, Flights, Joined};
+use crate::fetch::FetchOptions;
+use crate::flight::Flights;
 use crate::policy::{Policies, SourcePolicy};
 use crate::stats::{CacheStats, LayerCounters, LayerStats, Sources, add, bump};
 
@@ -36,100 +34,6 @@ impl From<Duration> for Ttl {
         Self::For(ttl)
     }
 }
-
-/// How one `get_or_fetch` call fetches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct FetchOptions {
-    /// Freshness of the fetched value.
-    pub ttl: Ttl,
-    /// When a stale value is at hand and the fetch has not answered after
-    /// this long, the stale value is returned (and the fetch dropped).
-    pub soft_timeout: Option<Duration>,
-    /// The longest wait for the fetch; past it the call returns the stale
-    /// value if there is one, else an error of kind [`ErrorKind::Timeout`].
-    pub hard_timeout: Option<Duration>,
-    /// Overrides the stale window of the source's policy for this write.
-    pub stale_for: Option<Duration>,
-}
-
-impl FetchOptions {
-    /// Options with a TTL.
-    pub fn ttl(ttl: impl Into<Ttl>) -> Self {
-        Self {
-            ttl: ttl.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Sets the soft timeout.
-    #[must_use]
-    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
-        self.soft_timeout = Some(timeout);
-        self
-    }
-
-    /// Sets the hard timeout.
-    #[must_use]
-    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
-        self.hard_timeout = Some(timeout);
-        self
-    }
-
-    /// Sets the stale window of the written value.
-    #[must_use]
-    pub fn stale_for(mut self, window: Duration) -> Self {
-        self.stale_for = Some(window);
-        self
-    }
-}
-
-impl From<Ttl> for FetchOptions {
-    fn from(ttl: Ttl) -> Self {
-        Self::ttl(ttl)
-    }
-}
-
-impl From<Duration> for FetchOptions {
-    fn from(ttl: Duration) -> Self {
-        Self::ttl(ttl)
-    }
-}
-
-/// Where a value returned by [`TieredCache::get_or_fetch_with`] came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetched<V> {
-    /// A fresh entry of some tier.
-    Cached(Arc<V>),
-    /// The fetch, just now (or a concurrent caller's fetch).
-    Fetched(Arc<V>),
-    /// An expired entry inside its stale window, because the fetch failed,
-    /// was too slow, or the cache is offline.
-    Stale(Arc<V>),
-}
-
-impl<V> Fetched<V> {
-    /// The value, wherever it came from.
-    pub fn value(&self) -> &Arc<V> {
-        match self {
-            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) => v,
-        }
-    }
-
-    /// The value, wherever it came from.
-    pub fn into_value(self) -> Arc<V> {
-        match self {
-            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) => v,
-        }
-    }
-
-    /// Whether the value is a stale fallback.
-    pub fn is_stale(&self) -> bool {
-        matches!(self, Self::Stale(_))
-    }
-}
-
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A stack of tiers (L1 first) with a typed API.
 ///
@@ -196,7 +100,7 @@ pub trait CacheValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
 
 /// What the tiers hold for a key.
-enum Lookup<V> {
+pub(crate) enum Lookup<V> {
     /// A fresh value and its header (for its age).
     Found(Arc<V>, Header),
     /// A fresh "not found" answer.
@@ -205,29 +109,6 @@ enum Lookup<V> {
     /// window (`Some(None)`: a stale "not found").
     #[allow(clippy::option_option)] // the inner `None` is a cached "not found"
     Missing { stale: Option<Option<Arc<V>>> },
-}
-
-/// The outcome of the shared fetch path; `None` values are "not found".
-pub(crate) enum Outcome<V> {
-    Cached(Option<Arc<V>>),
-    Fetched(Option<Arc<V>>),
-    Stale(Option<Arc<V>>),
-}
-
-impl<V> Outcome<V> {
-    /// For callers that need a value: where it came from. Never sees
-    /// "not found" (such callers resolve with `negatives: false`).
-    pub(crate) fn into_fetched(self, key: &Key) -> Result<Fetched<V>> {
-        let missing = || {
-            Error::new(ErrorKind::Other, format!("{key}: no value"))
-                .with_operation(Operation::Fetch)
-        };
-        match self {
-            Self::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
-            Self::Fetched(v) => v.map(Fetched::Fetched).ok_or_else(missing),
-            Self::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
-        }
-    }
 }
 
 impl TieredCache {
@@ -264,489 +145,6 @@ impl TieredCache {
         self.write_through(key, &entry, Some(value as Decoded), options, false)
             .await;
         Ok(())
-    }
-
-    /// Returns the cached value, or runs `fetch` once, caches its result and
-    /// returns it.
-    ///
-    /// - Concurrent callers of the same cold key share one `fetch` call. If it
-    ///   fails, nothing is cached and every waiting caller gets the error (of
-    ///   kind [`ErrorKind::Fetch`], with the fetch error as its source). If it
-    ///   panics, waiting callers get an [`ErrorKind::FetchPanicked`] error and
-    ///   the panic continues in the caller that ran it. If that caller is
-    ///   cancelled, a waiting caller takes over.
-    /// - Stale-if-error: when the fetch fails or times out and an expired
-    ///   entry is inside its stale window, that value is returned (and
-    ///   counted as stale served). [`TieredCache::get_or_fetch_with`] says
-    ///   which it was.
-    /// - Offline ([`TieredCache::set_offline`]): `fetch` is never called;
-    ///   fresh or stale cached values are returned, anything else is an
-    ///   [`ErrorKind::Unavailable`] error.
-    /// - A tier that fails while caching the value does not turn the fetched
-    ///   value into an error.
-    pub async fn get_or_fetch<V, F, Fut, E>(
-        &self,
-        key: &Key,
-        options: impl Into<FetchOptions>,
-        fetch: F,
-    ) -> Result<Arc<V>>
-    where
-        V: CacheValue,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<V, E>>,
-        E: Into<BoxError>,
-    {
-        self.get_or_fetch_with(key, options, fetch)
-            .await
-            .map(Fetched::into_value)
-    }
-
-    /// [`TieredCache::get_or_fetch`], saying whether the value was cached,
-    /// fetched, or a stale fallback.
-    pub async fn get_or_fetch_with<V, F, Fut, E>(
-        &self,
-        key: &Key,
-        options: impl Into<FetchOptions>,
-        fetch: F,
-    ) -> Result<Fetched<V>>
-    where
-        V: CacheValue,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<V, E>>,
-        E: Into<BoxError>,
-    {
-        let fetch = || async { fetch().await.map(Some) };
-        let outcome = self
-            .resolve(key, options.into(), false, &mut None, fetch)
-            .await?;
-        outcome.into_fetched(key)
-    }
-
-    /// Like [`TieredCache::get_or_fetch`] for sources that can answer "not
-    /// found": `fetch` returns `Ok(None)` for that, and the answer is cached
-    /// as a negative entry for the source's negative TTL (default 5 minutes),
-    /// so a missing item is not asked for again on every call.
-    pub async fn get_or_fetch_optional<V, F, Fut, E>(
-        &self,
-        key: &Key,
-        options: impl Into<FetchOptions>,
-        fetch: F,
-    ) -> Result<Option<Arc<V>>>
-    where
-        V: CacheValue,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: Into<BoxError>,
-    {
-        match self
-            .resolve(key, options.into(), true, &mut None, fetch)
-            .await?
-        {
-            Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Stale(v) => Ok(v),
-        }
-    }
-
-    /// Looks up many keys with one batched read per tier, then calls
-    /// `fetch_missing` once with only the keys no tier could answer (the
-    /// partial hit case), and writes its answers through with one batched
-    /// write per tier.
-    ///
-    /// - The result has one slot per input key, in order; duplicate keys
-    ///   share one lookup and one fetch slot.
-    /// - `fetch_missing` answers `(key, Some(value))`, or `(key, None)` for
-    ///   "not found" (cached as a negative entry); keys it leaves out are
-    ///   `None` and not cached.
-    /// - If `fetch_missing` fails, keys with a stale value get it; if any
-    ///   missing key has none, the call fails with the fetch error.
-    /// - Offline, `fetch_missing` is not called: missing keys are `None`.
-    /// - Batch fetches do not join the single-flight of `get_or_fetch`.
-    pub async fn get_or_fetch_many<V, F, Fut, E>(
-        &self,
-        keys: &[Key],
-        options: impl Into<FetchOptions>,
-        fetch_missing: F,
-    ) -> Result<Vec<Option<Arc<V>>>>
-    where
-        V: CacheValue,
-        F: FnOnce(Vec<Key>) -> Fut,
-        Fut: Future<Output = std::result::Result<Vec<(Key, Option<V>)>, E>>,
-        E: Into<BoxError>,
-    {
-        let options = options.into();
-        let mut unique: Vec<Key> = Vec::with_capacity(keys.len());
-        let mut seen = std::collections::HashSet::with_capacity(keys.len());
-        for key in keys {
-            if seen.insert(key.clone()) {
-                unique.push(key.clone());
-            }
-        }
-        let mut answers: std::collections::HashMap<Key, Option<Arc<V>>> =
-            std::collections::HashMap::with_capacity(unique.len());
-        let mut stale: std::collections::HashMap<Key, Option<Arc<V>>> =
-            std::collections::HashMap::new();
-        if !self.inner.enabled {
-            return self
-                .fetch_batch(keys, unique, fetch_missing, options, answers, stale)
-                .await;
-        }
-        let mut pending = unique;
-        let now = Timestamp::now();
-        for (index, layer) in self.inner.layers.iter().enumerate() {
-            if pending.is_empty() {
-                break;
-            }
-            let found = match layer
-                .tier
-                .get_many(&pending)
-                .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "get_many"))
-                .await
-            {
-                Ok(found) => found,
-                Err(e) => {
-                    bump(&layer.counters.errors);
-                    tracing::warn!(tier = %layer.name, error = %e, "tier skipped");
-                    continue;
-                }
-            };
-            let mut still = Vec::with_capacity(pending.len());
-            for (key, entry) in pending.into_iter().zip(found) {
-                match self.classify::<V>(layer, index, &key, entry, now).await {
-                    Some(Lookup::Found(v, _)) => {
-                        answers.insert(key, Some(v));
-                    }
-                    Some(Lookup::Absent) => {
-                        answers.insert(key, None);
-                    }
-                    Some(Lookup::Missing { stale: Some(s) }) => {
-                        stale.entry(key.clone()).or_insert(s);
-                        still.push(key);
-                    }
-                    Some(Lookup::Missing { stale: None }) | None => still.push(key),
-                }
-            }
-            pending = still;
-        }
-        for key in answers.keys().chain(pending.iter()) {
-            let source = self.inner.sources.get(key.source());
-            if answers.contains_key(key) {
-                bump(&source.hits);
-            } else {
-                bump(&source.misses);
-            }
-        }
-        if pending.is_empty() || self.is_offline() {
-            for key in pending {
-                if let Some(value) = stale.remove(&key) {
-                    bump(&self.inner.sources.get(key.source()).stale_served);
-                    answers.insert(key, value);
-                }
-            }
-            return Ok(keys
-                .iter()
-                .map(|k| answers.get(k).cloned().flatten())
-                .collect());
-        }
-        self.fetch_batch(keys, pending, fetch_missing, options, answers, stale)
-            .await
-    }
-
-    /// The fetch half of [`TieredCache::get_or_fetch_many`].
-    async fn fetch_batch<V, F, Fut, E>(
-        &self,
-        keys: &[Key],
-        pending: Vec<Key>,
-        fetch_missing: F,
-        options: FetchOptions,
-        mut answers: std::collections::HashMap<Key, Option<Arc<V>>>,
-        mut stale: std::collections::HashMap<Key, Option<Arc<V>>>,
-    ) -> Result<Vec<Option<Arc<V>>>>
-    where
-        V: CacheValue,
-        F: FnOnce(Vec<Key>) -> Fut,
-        Fut: Future<Output = std::result::Result<Vec<(Key, Option<V>)>, E>>,
-        E: Into<BoxError>,
-    {
-        let mut sources: Vec<&str> = pending.iter().map(Key::source).collect();
-        sources.sort_unstable();
-        sources.dedup();
-        for source in &sources {
-            bump(&self.inner.sources.get(source).fetches);
-        }
-        let asked: std::collections::HashSet<Key> = pending.iter().cloned().collect();
-        let fetched = self
-            .within_timeouts(fetch_missing(pending.clone()), &options, false)
-            .await;
-        let error = match fetched {
-            Some(Ok(list)) => {
-                let mut writes = Vec::with_capacity(list.len());
-                for (key, value) in list {
-                    if !asked.contains(&key) || answers.contains_key(&key) {
-                        continue;
-                    }
-                    let value = value.map(Arc::new);
-                    writes.push((key.clone(), value.clone()));
-                    answers.insert(key, value);
-                }
-                if self.inner.enabled {
-                    self.store_many(writes, options).await;
-                }
-                return Ok(keys
-                    .iter()
-                    .map(|k| answers.get(k).cloned().flatten())
-                    .collect());
-            }
-            Some(Err(e)) => fetch_error(&pending[0], e.into()),
-            None => Error::new(ErrorKind::Timeout, "batch fetch did not answer in time")
-                .with_operation(Operation::Fetch),
-        };
-        for source in &sources {
-            bump(&self.inner.sources.get(source).fetch_errors);
-        }
-        for key in &pending {
-            match stale.remove(key) {
-                Some(value) => {
-                    bump(&self.inner.sources.get(key.source()).stale_served);
-                    answers.insert(key.clone(), value);
-                }
-                None => return Err(error),
-            }
-        }
-        Ok(keys
-            .iter()
-            .map(|k| answers.get(k).cloned().flatten())
-            .collect())
-    }
-
-    /// Writes fetched values and "not found" answers, one batch per tier.
-    async fn store_many<V: CacheValue>(
-        &self,
-        items: Vec<(Key, Option<Arc<V>>)>,
-        options: FetchOptions,
-    ) {
-        let now = Timestamp::now();
-        let mut encoded = Vec::with_capacity(items.len());
-        for (key, value) in items {
-            match &value {
-                Some(v) => match self.encode(&**v) {
-                    Ok(entry) => encoded.push((key, entry, Some(Arc::clone(v) as Decoded), false)),
-                    Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
-                },
-                None => encoded.push((key, self.negative_entry(), None, true)),
-            }
-        }
-        if encoded.is_empty() {
-            return;
-        }
-        let writes = self.inner.layers.iter().map(|layer| {
-            let batch: Vec<(Key, Entry)> = encoded
-                .iter()
-                .map(|(key, entry, decoded, negative)| {
-                    let entry =
-                        self.entry_for(layer, key, entry, decoded.clone(), options, *negative, now);
-                    (key.clone(), entry)
-                })
-                .collect();
-            async move {
-                let (count, len) = (
-                    batch.len() as u64,
-                    batch.iter().map(|(_, e)| e.encoded_len() as u64).sum(),
-                );
-                match layer.tier.set_many(batch).await {
-                    Ok(()) => {
-                        add(&layer.counters.writes, count);
-                        add(&layer.counters.bytes_written, len);
-                    }
-                    Err(e) => {
-                        add(&layer.counters.write_errors, count);
-                        tracing::warn!(tier = %layer.name, error = %e, "batch write skipped");
-                    }
-                }
-            }
-        });
-        join_all(writes).await;
-    }
-
-    /// Turns offline mode on or off: while offline, no fetch runs and only
-    /// cached values (fresh or stale) are served.
-    pub fn set_offline(&self, offline: bool) {
-        self.inner
-            .offline
-            .store(offline, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Whether the cache is offline.
-    pub fn is_offline(&self) -> bool {
-        self.inner.offline.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// The policy that applies to `source`.
-    pub fn policy(&self, source: &str) -> SourcePolicy {
-        self.inner.policies.get(source)
-    }
-
-    /// The shared path of every `get_or_fetch` flavour. `negatives`: whether
-    /// cached "not found" answers count (callers that cannot return one
-    /// fetch again instead).
-    pub(crate) async fn resolve<V, F, Fut, E>(
-        &self,
-        key: &Key,
-        options: FetchOptions,
-        negatives: bool,
-        cached_header: &mut Option<Header>,
-        fetch: F,
-    ) -> Result<Outcome<V>>
-    where
-        V: CacheValue,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
-        E: Into<BoxError>,
-    {
-        let source = self.inner.sources.get(key.source());
-        if !self.inner.enabled {
-            bump(&source.fetches);
-            return match fetch().await {
-                Ok(v) => Ok(Outcome::Fetched(v.map(Arc::new))),
-                Err(e) => {
-                    bump(&source.fetch_errors);
-                    Err(fetch_error(key, e.into()))
-                }
-            };
-        }
-        let mut stale = match self.lookup(key).await {
-            Lookup::Found(v, header) => {
-                *cached_header = Some(header);
-                return Ok(Outcome::Cached(Some(v)));
-            }
-            Lookup::Absent if negatives => return Ok(Outcome::Cached(None)),
-            Lookup::Absent => None,
-            Lookup::Missing { stale } => stale,
-        };
-        if self.is_offline() {
-            return match stale {
-                Some(v) => {
-                    bump(&source.stale_served);
-                    Ok(Outcome::Stale(v))
-                }
-                None => Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!("offline, and {key} is not cached"),
-                )
-                .with_operation(Operation::Fetch)),
-            };
-        }
-        let leader = loop {
-            match self.inner.flights.join(key) {
-                Joined::Leader(guard) => break guard,
-                Joined::Waiter(rx) => {
-                    bump(&source.coalesced);
-                    match flight::wait(rx).await {
-                        Some(Ok(answer)) => match typed::<V>(&answer) {
-                            Some(value) if answer.stale => return Ok(Outcome::Stale(value)),
-                            Some(value) if value.is_some() || negatives => {
-                                return Ok(Outcome::Fetched(value));
-                            }
-                            // Another caller fetched the key as a different
-                            // type, or as "not found" that we cannot return.
-                            _ => tokio::task::yield_now().await,
-                        },
-                        Some(Err(e)) => return Err(e),
-                        None => {}
-                    }
-                }
-            }
-        };
-        // A leader that finished just before we joined has already written
-        // the value: look again before fetching.
-        match self.lookup_quietly::<V>(key).await {
-            Lookup::Found(v, _) => {
-                leader.publish(Ok(answer(Some(&v), false)));
-                return Ok(Outcome::Cached(Some(v)));
-            }
-            Lookup::Absent if negatives => {
-                leader.publish(Ok(answer::<V>(None, false)));
-                return Ok(Outcome::Cached(None));
-            }
-            Lookup::Absent => {}
-            Lookup::Missing { stale: again } => stale = stale.or(again),
-        }
-        bump(&source.fetches);
-        let run = AssertUnwindSafe(fetch()).catch_unwind();
-        let error = match self.within_timeouts(run, &options, stale.is_some()).await {
-            Some(Ok(Ok(value))) => {
-                let value = value.map(Arc::new);
-                self.store_fetched(key, value.as_ref(), options).await;
-                leader.publish(Ok(answer(value.as_ref(), false)));
-                return Ok(Outcome::Fetched(value));
-            }
-            Some(Ok(Err(e))) => fetch_error(key, e.into()),
-            Some(Err(panic)) => {
-                bump(&source.fetch_errors);
-                leader.publish(Err(Error::new(
-                    ErrorKind::FetchPanicked,
-                    format!("fetch for {key} panicked"),
-                )
-                .with_operation(Operation::Fetch)));
-                std::panic::resume_unwind(panic)
-            }
-            None => Error::new(
-                ErrorKind::Timeout,
-                format!("fetch for {key} did not answer in time"),
-            )
-            .with_operation(Operation::Fetch),
-        };
-        bump(&source.fetch_errors);
-        if let Some(value) = stale {
-            bump(&source.stale_served);
-            tracing::info!(key = %key, error = %error, "serving a stale value");
-            leader.publish(Ok(answer(value.as_ref(), true)));
-            return Ok(Outcome::Stale(value));
-        }
-        leader.publish(Err(error.clone()));
-        Err(error)
-    }
-
-    /// Waits for `run`: up to the soft timeout when a stale fallback exists,
-    /// and never past the hard timeout. `None` when a timeout fired.
-    async fn within_timeouts<T>(
-        &self,
-        run: impl Future<Output = T>,
-        options: &FetchOptions,
-        has_stale: bool,
-    ) -> Option<T> {
-        let limit = match (
-            options.soft_timeout.filter(|_| has_stale),
-            options.hard_timeout,
-        ) {
-            (Some(soft), Some(hard)) => Some(soft.min(hard)),
-            (Some(t), None) | (None, Some(t)) => Some(t),
-            (None, None) => None,
-        };
-        match limit {
-            Some(limit) => tokio::time::timeout(limit, run).await.ok(),
-            None => Some(run.await),
-        }
-    }
-
-    /// Writes a fetched value, or a negative entry for "not found".
-    pub(crate) async fn store_fetched<V: CacheValue>(
-        &self,
-        key: &Key,
-        value: Option<&Arc<V>>,
-        options: FetchOptions,
-    ) {
-        let Some(value) = value else {
-            let entry = self.negative_entry();
-            self.write_through(key, &entry, None, options, true).await;
-            return;
-        };
-        match self.encode(&**value) {
-            Ok(entry) => {
-                let decoded = Some(Arc::clone(value) as Decoded);
-                self.write_through(key, &entry, decoded, options, false)
-                    .await;
-            }
-            Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
-        }
     }
 
     /// Removes a key from every tier. Every tier is tried; the first failure
@@ -861,7 +259,7 @@ impl TieredCache {
         first.map_or(Ok(out), Err)
     }
 
-    fn encode<V: Serialize>(&self, value: &V) -> Result<Entry> {
+    pub(crate) fn encode<V: Serialize>(&self, value: &V) -> Result<Entry> {
         let now = Timestamp::now();
         let meta = EntryMeta {
             schema_version: self.inner.schema_version,
@@ -880,7 +278,7 @@ impl TieredCache {
     }
 
     /// An entry recording that the source answered "not found".
-    fn negative_entry(&self) -> Entry {
+    pub(crate) fn negative_entry(&self) -> Entry {
         let now = Timestamp::now();
         let meta = EntryMeta {
             schema_version: self.inner.schema_version,
@@ -925,7 +323,7 @@ impl TieredCache {
 
     /// The copy of `entry` that `layer` stores: its expiry and stale window.
     #[allow(clippy::too_many_arguments)]
-    fn entry_for(
+    pub(crate) fn entry_for(
         &self,
         layer: &Layer,
         key: &Key,
@@ -948,7 +346,7 @@ impl TieredCache {
         }
     }
 
-    async fn write_through(
+    pub(crate) async fn write_through(
         &self,
         key: &Key,
         entry: &Entry,
@@ -964,7 +362,7 @@ impl TieredCache {
         join_all(writes).await;
     }
 
-    async fn write_one(&self, layer: &Layer, key: &Key, entry: Entry) {
+    pub(crate) async fn write_one(&self, layer: &Layer, key: &Key, entry: Entry) {
         let len = entry.encoded_len() as u64;
         let result = layer
             .tier
@@ -983,7 +381,7 @@ impl TieredCache {
         }
     }
 
-    async fn lookup<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
+    pub(crate) async fn lookup<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
         let found = self.lookup_quietly(key).await;
         let source = self.inner.sources.get(key.source());
         match found {
@@ -995,7 +393,7 @@ impl TieredCache {
     }
 
     /// Looks through the tiers without counting a per-source hit or miss.
-    async fn lookup_quietly<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
+    pub(crate) async fn lookup_quietly<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
         if !self.inner.enabled {
             return Lookup::Missing { stale: None };
         }
@@ -1037,7 +435,7 @@ impl TieredCache {
     /// What one tier's answer for `key` means: a fresh value or "not found"
     /// (copied up into the tiers above), a stale fallback, or nothing
     /// (`None`: missing, dead or undecodable; counted).
-    async fn classify<V: CacheValue>(
+    pub(crate) async fn classify<V: CacheValue>(
         &self,
         layer: &Layer,
         index: usize,
@@ -1156,30 +554,6 @@ impl TieredCache {
         });
         join_all(writes).await;
     }
-}
-
-/// A flight answer from a value (`None`: "not found").
-fn answer<V: CacheValue>(value: Option<&Arc<V>>, stale: bool) -> Answer {
-    Answer {
-        value: value.map(|v| Arc::clone(v) as Decoded),
-        stale,
-    }
-}
-
-/// The typed value of a flight answer: `Some(None)` for "not found", `None`
-/// when the leader fetched another type.
-#[allow(clippy::option_option)] // the inner `None` is a "not found" answer
-fn typed<V: CacheValue>(answer: &Answer) -> Option<Option<Arc<V>>> {
-    match &answer.value {
-        None => Some(None),
-        Some(decoded) => Arc::clone(decoded).downcast::<V>().ok().map(Some),
-    }
-}
-
-fn fetch_error(key: &Key, error: Box<dyn std::error::Error + Send + Sync>) -> Error {
-    Error::new(ErrorKind::Fetch, format!("fetch for {key} failed"))
-        .with_operation(Operation::Fetch)
-        .with_shared_source(Arc::from(error))
 }
 
 fn tier_error(error: Error, tier: &str, op: Operation) -> Error {

@@ -34,7 +34,8 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tierstack_core::{Header, Key, Result, Timestamp};
 
-use crate::cache::{BoxError, CacheValue, FetchOptions, Fetched, TieredCache, Ttl};
+use crate::cache::{CacheValue, TieredCache, Ttl};
+use crate::fetch::{BoxError, FetchOptions, Fetched};
 use crate::stats::bump;
 
 type Loader<A, V> = dyn Fn(A) -> BoxFuture<'static, std::result::Result<V, BoxError>> + Send + Sync;

@@ -2,19 +2,22 @@
 // Library code never unwraps what a user, a file or a server can influence.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod batch;
 mod builder;
 mod cache;
 mod cached_fn;
 mod config_file;
+mod fetch;
 mod flight;
 mod policy;
 mod stats;
 mod warm;
 
 pub use builder::TieredCacheBuilder;
-pub use cache::{CacheValue, FetchOptions, Fetched, TieredCache, Ttl};
+pub use cache::{CacheValue, TieredCache, Ttl};
 pub use cached_fn::CachedFn;
 pub use config_file::{CacheConfig, CompressionChoice, Config, SourceConfig};
+pub use fetch::{FetchOptions, Fetched};
 pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
 pub use warm::{WarmOptions, WarmReport};

@@ -8,7 +8,8 @@ use futures_util::StreamExt as _;
 use governor::{Quota, RateLimiter};
 use tierstack_core::Key;
 
-use crate::cache::{BoxError, CacheValue, FetchOptions, Outcome, TieredCache};
+use crate::cache::{CacheValue, TieredCache};
+use crate::fetch::{BoxError, FetchOptions, Outcome};
 
 /// How [`TieredCache::warm`] fetches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,421 @@
+//! The `get_or_fetch` family: single-flight, stale-if-error, timeouts,
+//! offline mode and negative caching, on one shared path (`resolve`).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tierstack_core::{Decoded, Error, ErrorKind, Header, Key, Operation, Result};
+
+use crate::cache::{CacheValue, Lookup, TieredCache, Ttl};
+use crate::flight::{self, Answer, Joined};
+use crate::policy::SourcePolicy;
+use crate::stats::bump;
+
+/// How one `get_or_fetch` call fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct FetchOptions {
+    /// Freshness of the fetched value.
+    pub ttl: Ttl,
+    /// When a stale value is at hand and the fetch has not answered after
+    /// this long, the stale value is returned (and the fetch dropped).
+    pub soft_timeout: Option<Duration>,
+    /// The longest wait for the fetch; past it the call returns the stale
+    /// value if there is one, else an error of kind [`ErrorKind::Timeout`].
+    pub hard_timeout: Option<Duration>,
+    /// Overrides the stale window of the source's policy for this write.
+    pub stale_for: Option<Duration>,
+}
+
+impl FetchOptions {
+    /// Options with a TTL.
+    pub fn ttl(ttl: impl Into<Ttl>) -> Self {
+        Self {
+            ttl: ttl.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the soft timeout.
+    #[must_use]
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the hard timeout.
+    #[must_use]
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the stale window of the written value.
+    #[must_use]
+    pub fn stale_for(mut self, window: Duration) -> Self {
+        self.stale_for = Some(window);
+        self
+    }
+}
+
+impl From<Ttl> for FetchOptions {
+    fn from(ttl: Ttl) -> Self {
+        Self::ttl(ttl)
+    }
+}
+
+impl From<Duration> for FetchOptions {
+    fn from(ttl: Duration) -> Self {
+        Self::ttl(ttl)
+    }
+}
+
+/// Where a value returned by [`TieredCache::get_or_fetch_with`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched<V> {
+    /// A fresh entry of some tier.
+    Cached(Arc<V>),
+    /// The fetch, just now (or a concurrent caller's fetch).
+    Fetched(Arc<V>),
+    /// An expired entry inside its stale window, because the fetch failed,
+    /// was too slow, or the cache is offline.
+    Stale(Arc<V>),
+}
+
+impl<V> Fetched<V> {
+    /// The value, wherever it came from.
+    pub fn value(&self) -> &Arc<V> {
+        match self {
+            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) => v,
+        }
+    }
+
+    /// The value, wherever it came from.
+    pub fn into_value(self) -> Arc<V> {
+        match self {
+            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) => v,
+        }
+    }
+
+    /// Whether the value is a stale fallback.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Self::Stale(_))
+    }
+}
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The outcome of the shared fetch path; `None` values are "not found".
+pub(crate) enum Outcome<V> {
+    Cached(Option<Arc<V>>),
+    Fetched(Option<Arc<V>>),
+    Stale(Option<Arc<V>>),
+}
+
+impl<V> Outcome<V> {
+    /// For callers that need a value: where it came from. Never sees
+    /// "not found" (such callers resolve with `negatives: false`).
+    pub(crate) fn into_fetched(self, key: &Key) -> Result<Fetched<V>> {
+        let missing = || {
+            Error::new(ErrorKind::Other, format!("{key}: no value"))
+                .with_operation(Operation::Fetch)
+        };
+        match self {
+            Self::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
+            Self::Fetched(v) => v.map(Fetched::Fetched).ok_or_else(missing),
+            Self::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
+        }
+    }
+}
+
+impl TieredCache {
+    /// Returns the cached value, or runs `fetch` once, caches its result and
+    /// returns it.
+    ///
+    /// - Concurrent callers of the same cold key share one `fetch` call. If it
+    ///   fails, nothing is cached and every waiting caller gets the error (of
+    ///   kind [`ErrorKind::Fetch`], with the fetch error as its source). If it
+    ///   panics, waiting callers get an [`ErrorKind::FetchPanicked`] error and
+    ///   the panic continues in the caller that ran it. If that caller is
+    ///   cancelled, a waiting caller takes over.
+    /// - Stale-if-error: when the fetch fails or times out and an expired
+    ///   entry is inside its stale window, that value is returned (and
+    ///   counted as stale served). [`TieredCache::get_or_fetch_with`] says
+    ///   which it was.
+    /// - Offline ([`TieredCache::set_offline`]): `fetch` is never called;
+    ///   fresh or stale cached values are returned, anything else is an
+    ///   [`ErrorKind::Unavailable`] error.
+    /// - A tier that fails while caching the value does not turn the fetched
+    ///   value into an error.
+    pub async fn get_or_fetch<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        fetch: F,
+    ) -> Result<Arc<V>>
+    where
+        V: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<BoxError>,
+    {
+        self.get_or_fetch_with(key, options, fetch)
+            .await
+            .map(Fetched::into_value)
+    }
+
+    /// [`TieredCache::get_or_fetch`], saying whether the value was cached,
+    /// fetched, or a stale fallback.
+    pub async fn get_or_fetch_with<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        fetch: F,
+    ) -> Result<Fetched<V>>
+    where
+        V: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<BoxError>,
+    {
+        let fetch = || async { fetch().await.map(Some) };
+        let outcome = self
+            .resolve(key, options.into(), false, &mut None, fetch)
+            .await?;
+        outcome.into_fetched(key)
+    }
+
+    /// Like [`TieredCache::get_or_fetch`] for sources that can answer "not
+    /// found": `fetch` returns `Ok(None)` for that, and the answer is cached
+    /// as a negative entry for the source's negative TTL (default 5 minutes),
+    /// so a missing item is not asked for again on every call.
+    pub async fn get_or_fetch_optional<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        fetch: F,
+    ) -> Result<Option<Arc<V>>>
+    where
+        V: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: Into<BoxError>,
+    {
+        match self
+            .resolve(key, options.into(), true, &mut None, fetch)
+            .await?
+        {
+            Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Stale(v) => Ok(v),
+        }
+    }
+
+    /// Turns offline mode on or off: while offline, no fetch runs and only
+    /// cached values (fresh or stale) are served.
+    pub fn set_offline(&self, offline: bool) {
+        self.inner
+            .offline
+            .store(offline, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the cache is offline.
+    pub fn is_offline(&self) -> bool {
+        self.inner.offline.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The policy that applies to `source`.
+    pub fn policy(&self, source: &str) -> SourcePolicy {
+        self.inner.policies.get(source)
+    }
+
+    /// The shared path of every `get_or_fetch` flavour. `negatives`: whether
+    /// cached "not found" answers count (callers that cannot return one
+    /// fetch again instead).
+    pub(crate) async fn resolve<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: FetchOptions,
+        negatives: bool,
+        cached_header: &mut Option<Header>,
+        fetch: F,
+    ) -> Result<Outcome<V>>
+    where
+        V: CacheValue,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: Into<BoxError>,
+    {
+        let source = self.inner.sources.get(key.source());
+        if !self.inner.enabled {
+            bump(&source.fetches);
+            return match fetch().await {
+                Ok(v) => Ok(Outcome::Fetched(v.map(Arc::new))),
+                Err(e) => {
+                    bump(&source.fetch_errors);
+                    Err(fetch_error(key, e.into()))
+                }
+            };
+        }
+        let mut stale = match self.lookup(key).await {
+            Lookup::Found(v, header) => {
+                *cached_header = Some(header);
+                return Ok(Outcome::Cached(Some(v)));
+            }
+            Lookup::Absent if negatives => return Ok(Outcome::Cached(None)),
+            Lookup::Absent => None,
+            Lookup::Missing { stale } => stale,
+        };
+        if self.is_offline() {
+            return match stale {
+                Some(v) => {
+                    bump(&source.stale_served);
+                    Ok(Outcome::Stale(v))
+                }
+                None => Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("offline, and {key} is not cached"),
+                )
+                .with_operation(Operation::Fetch)),
+            };
+        }
+        let leader = loop {
+            match self.inner.flights.join(key) {
+                Joined::Leader(guard) => break guard,
+                Joined::Waiter(rx) => {
+                    bump(&source.coalesced);
+                    match flight::wait(rx).await {
+                        Some(Ok(answer)) => match typed::<V>(&answer) {
+                            Some(value) if answer.stale => return Ok(Outcome::Stale(value)),
+                            Some(value) if value.is_some() || negatives => {
+                                return Ok(Outcome::Fetched(value));
+                            }
+                            // Another caller fetched the key as a different
+                            // type, or as "not found" that we cannot return.
+                            _ => tokio::task::yield_now().await,
+                        },
+                        Some(Err(e)) => return Err(e),
+                        None => {}
+                    }
+                }
+            }
+        };
+        // A leader that finished just before we joined has already written
+        // the value: look again before fetching.
+        match self.lookup_quietly::<V>(key).await {
+            Lookup::Found(v, _) => {
+                leader.publish(Ok(answer(Some(&v), false)));
+                return Ok(Outcome::Cached(Some(v)));
+            }
+            Lookup::Absent if negatives => {
+                leader.publish(Ok(answer::<V>(None, false)));
+                return Ok(Outcome::Cached(None));
+            }
+            Lookup::Absent => {}
+            Lookup::Missing { stale: again } => stale = stale.or(again),
+        }
+        bump(&source.fetches);
+        let run = AssertUnwindSafe(fetch()).catch_unwind();
+        let error = match self.within_timeouts(run, &options, stale.is_some()).await {
+            Some(Ok(Ok(value))) => {
+                let value = value.map(Arc::new);
+                self.store_fetched(key, value.as_ref(), options).await;
+                leader.publish(Ok(answer(value.as_ref(), false)));
+                return Ok(Outcome::Fetched(value));
+            }
+            Some(Ok(Err(e))) => fetch_error(key, e.into()),
+            Some(Err(panic)) => {
+                bump(&source.fetch_errors);
+                leader.publish(Err(Error::new(
+                    ErrorKind::FetchPanicked,
+                    format!("fetch for {key} panicked"),
+                )
+                .with_operation(Operation::Fetch)));
+                std::panic::resume_unwind(panic)
+            }
+            None => Error::new(
+                ErrorKind::Timeout,
+                format!("fetch for {key} did not answer in time"),
+            )
+            .with_operation(Operation::Fetch),
+        };
+        bump(&source.fetch_errors);
+        if let Some(value) = stale {
+            bump(&source.stale_served);
+            tracing::info!(key = %key, error = %error, "serving a stale value");
+            leader.publish(Ok(answer(value.as_ref(), true)));
+            return Ok(Outcome::Stale(value));
+        }
+        leader.publish(Err(error.clone()));
+        Err(error)
+    }
+
+    /// Waits for `run`: up to the soft timeout when a stale fallback exists,
+    /// and never past the hard timeout. `None` when a timeout fired.
+    pub(crate) async fn within_timeouts<T>(
+        &self,
+        run: impl Future<Output = T>,
+        options: &FetchOptions,
+        has_stale: bool,
+    ) -> Option<T> {
+        let limit = match (
+            options.soft_timeout.filter(|_| has_stale),
+            options.hard_timeout,
+        ) {
+            (Some(soft), Some(hard)) => Some(soft.min(hard)),
+            (Some(t), None) | (None, Some(t)) => Some(t),
+            (None, None) => None,
+        };
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+            None => Some(run.await),
+        }
+    }
+
+    /// Writes a fetched value, or a negative entry for "not found".
+    pub(crate) async fn store_fetched<V: CacheValue>(
+        &self,
+        key: &Key,
+        value: Option<&Arc<V>>,
+        options: FetchOptions,
+    ) {
+        let Some(value) = value else {
+            let entry = self.negative_entry();
+            self.write_through(key, &entry, None, options, true).await;
+            return;
+        };
+        match self.encode(&**value) {
+            Ok(entry) => {
+                let decoded = Some(Arc::clone(value) as Decoded);
+                self.write_through(key, &entry, decoded, options, false)
+                    .await;
+            }
+            Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
+        }
+    }
+}
+
+/// A flight answer from a value (`None`: "not found").
+fn answer<V: CacheValue>(value: Option<&Arc<V>>, stale: bool) -> Answer {
+    Answer {
+        value: value.map(|v| Arc::clone(v) as Decoded),
+        stale,
+    }
+}
+
+/// The typed value of a flight answer: `Some(None)` for "not found", `None`
+/// when the leader fetched another type.
+#[allow(clippy::option_option)] // the inner `None` is a "not found" answer
+fn typed<V: CacheValue>(answer: &Answer) -> Option<Option<Arc<V>>> {
+    match &answer.value {
+        None => Some(None),
+        Some(decoded) => Arc::clone(decoded).downcast::<V>().ok().map(Some),
+    }
+}
+
+pub(crate) fn fetch_error(key: &Key, error: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::new(ErrorKind::Fetch, format!("fetch for {key} failed"))
+        .with_operation(Operation::Fetch)
+        .with_shared_source(Arc::from(error))
+}
