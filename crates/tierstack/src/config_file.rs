@@ -35,7 +35,8 @@
 //! and errors name the file and the line.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +54,86 @@ use crate::{SourcePolicy, TieredCache};
 pub struct Config {
     /// The cache section.
     pub cache: CacheConfig,
+    /// Where the config came from.
+    #[serde(skip)]
+    pub origin: ConfigOrigin,
+    /// The `TIERSTACK_…` variables that changed it.
+    #[serde(skip)]
+    pub overrides: Vec<String>,
+    /// `TIERSTACK_…` variables that name no config field (left alone, but
+    /// shown by `tierstack config check` in case one is a typo).
+    #[serde(skip)]
+    pub ignored_variables: Vec<String>,
 }
+
+/// Where a [`Config`] came from, in the order [`Config::discover`] looks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ConfigOrigin {
+    /// Parsed from text handed to [`Config::parse`].
+    #[default]
+    Text,
+    /// A file named by the caller (`--config FILE`, [`Config::load`]).
+    Explicit(PathBuf),
+    /// The file named by `TIERSTACK_CONFIG`.
+    EnvVar(PathBuf),
+    /// `./tierstack.yaml`, `.yml`, `.toml` or `.json` in the working directory.
+    WorkingDir(PathBuf),
+    /// `~/.config/tierstack/config.yaml` (the platform's config directory).
+    UserConfig(PathBuf),
+    /// No file: the embedded default (memory + SQLite in the user cache
+    /// directory).
+    Embedded,
+}
+
+impl fmt::Display for ConfigOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text => f.write_str("text"),
+            Self::Explicit(p) => write!(f, "{}", p.display()),
+            Self::EnvVar(p) => write!(f, "{} (from TIERSTACK_CONFIG)", p.display()),
+            Self::WorkingDir(p) => write!(f, "{} (working directory)", p.display()),
+            Self::UserConfig(p) => write!(f, "{} (user config)", p.display()),
+            Self::Embedded => f.write_str("embedded default (memory + SQLite)"),
+        }
+    }
+}
+
+/// The config used when no file is found: memory (1 h, 1000 entries) over
+/// SQLite (7 days) in the user cache directory.
+pub const EMBEDDED_DEFAULT: &str = "\
+cache:
+  tiers:
+    - kind: memory
+      ttl: 1h
+      max_entries: 1000
+    - kind: sqlite
+      ttl: 7d
+";
+
+/// Fields of `cache:`; a `TIERSTACK_…` variable whose first segment is not
+/// one of them is ignored. A test keeps this list equal to the struct.
+pub const CACHE_FIELDS: &[&str] = &[
+    "enabled",
+    "schema_version",
+    "codec",
+    "compression",
+    "compression_level",
+    "compression_min_size",
+    "default_ttl",
+    "stale_for",
+    "negative_ttl",
+    "offline",
+    "sources",
+    "tiers",
+    "file_ttl_days",
+    "memory_ttl_seconds",
+    "max_memory_entries",
+    "location",
+];
+
+/// Variables of the `TIERSTACK_` family that are not config overrides.
+const NOT_OVERRIDES: &[&str] = &["TIERSTACK_CONFIG"];
 
 /// Compression of new entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -150,33 +230,200 @@ fn three() -> i32 {
 }
 
 impl Config {
+    /// Reads a config file, then applies the process's `TIERSTACK_…`
+    /// environment overrides (see [`Config::load_with_env`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
     /// Reads a config file; the format follows the extension (`.yaml`/`.yml`,
     /// `.toml`, `.json`). Errors name the file and, where the parser knows
     /// it, the line and column.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+    ///
+    /// Then each `TIERSTACK_NAME=value` in `vars` overrides a field of
+    /// `cache:`: the name is split on `__` into a path, lower-cased, and a
+    /// number indexes a list, so `TIERSTACK_TIERS__1__PATH=/tmp/c.db` sets
+    /// `cache.tiers[1].path` and `TIERSTACK_ENABLED=false` turns caching
+    /// off. Values are read as JSON when they parse as JSON (`false`, `3`,
+    /// `"007"`), else as text (`7d`, `/tmp/c.db`). Variables whose first
+    /// segment is not a field of `cache:` are left alone and listed in
+    /// [`Config::ignored_variables`].
+    pub fn load_with_env(
+        path: impl AsRef<Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(format!("cannot read config file {}", path.display())).with_source(e)
         })?;
         let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        Self::parse(&text, extension).map_err(|e| {
+        let mut config = Self::parse_with_env(&text, extension, vars).map_err(|e| {
             Error::config(format!("{}: {}", path.display(), e.message()))
                 .with_operation(Operation::Build)
-        })
+        })?;
+        config.origin = ConfigOrigin::Explicit(path.to_owned());
+        Ok(config)
     }
 
-    /// Parses config text in `format` (`yaml`, `yml`, `toml` or `json`).
+    /// Parses config text in `format` (`yaml`, `yml`, `toml` or `json`),
+    /// without environment overrides.
     pub fn parse(text: &str, format: &str) -> Result<Self> {
         let parsed = match format.to_ascii_lowercase().as_str() {
             "yaml" | "yml" => serde_saphyr::from_str(text).map_err(|e| e.to_string()),
             "toml" => toml::from_str(text).map_err(|e| e.to_string()),
             "json" => serde_json::from_str(text).map_err(|e| e.to_string()),
-            other => Err(format!(
-                "unknown config format {other:?}; use .yaml, .toml or .json"
-            )),
+            other => Err(unknown_format(other)),
         };
         parsed.map_err(Error::config)
     }
+
+    /// Parses config text, then applies the `TIERSTACK_…` overrides among
+    /// `vars` (see [`Config::load_with_env`]).
+    pub fn parse_with_env(
+        text: &str,
+        format: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let (overrides, ignored): (Vec<_>, Vec<_>) = vars
+            .into_iter()
+            .filter(|(name, _)| {
+                name.starts_with("TIERSTACK_") && !NOT_OVERRIDES.contains(&name.as_str())
+            })
+            .partition(|(name, _)| {
+                let first = name["TIERSTACK_".len()..]
+                    .split("__")
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                CACHE_FIELDS.contains(&first.as_str())
+            });
+        let ignored = ignored.into_iter().map(|(name, _)| name).collect();
+        if overrides.is_empty() {
+            // Straight from the text, so errors keep their line and column.
+            let mut config = Self::parse(text, format)?;
+            config.ignored_variables = ignored;
+            return Ok(config);
+        }
+        let mut tree = match format.to_ascii_lowercase().as_str() {
+            "yaml" | "yml" => {
+                serde_saphyr::from_str::<serde_json::Value>(text).map_err(|e| e.to_string())
+            }
+            "toml" => toml::from_str::<serde_json::Value>(text).map_err(|e| e.to_string()),
+            "json" => serde_json::from_str::<serde_json::Value>(text).map_err(|e| e.to_string()),
+            other => Err(unknown_format(other)),
+        }
+        .map_err(Error::config)?;
+        let mut names = Vec::with_capacity(overrides.len());
+        let mut sorted = overrides;
+        // Sorted, so that the outcome does not depend on the environment's order.
+        sorted.sort();
+        for (name, value) in sorted {
+            apply_override(&mut tree, &name, &value).map_err(Error::config)?;
+            names.push(name);
+        }
+        let mut config: Self = serde_json::from_value(tree).map_err(|e| {
+            Error::config(format!("{e} (after the overrides {})", names.join(", ")))
+        })?;
+        config.overrides = names;
+        config.ignored_variables = ignored;
+        Ok(config)
+    }
+
+    /// Finds the config the way the `tierstack` CLI does: `explicit` (its
+    /// `--config FILE`), else the file named by `TIERSTACK_CONFIG`, else
+    /// `./tierstack.yaml` (`.yml`, `.toml`, `.json`), else
+    /// `~/.config/tierstack/config.yaml` (the platform's config directory),
+    /// else [`EMBEDDED_DEFAULT`]. Environment overrides apply to whichever
+    /// is found; [`Config::origin`] says which it was.
+    pub fn discover(explicit: Option<&Path>) -> Result<Self> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let with_origin = |path: PathBuf, origin: fn(PathBuf) -> ConfigOrigin| {
+            let mut config = Self::load_with_env(&path, vars.clone())?;
+            config.origin = origin(path);
+            Ok(config)
+        };
+        if let Some(path) = explicit {
+            return with_origin(path.to_owned(), ConfigOrigin::Explicit);
+        }
+        if let Some((_, path)) = vars
+            .iter()
+            .find(|(n, v)| n == "TIERSTACK_CONFIG" && !v.is_empty())
+        {
+            return with_origin(PathBuf::from(path), ConfigOrigin::EnvVar);
+        }
+        for name in [
+            "tierstack.yaml",
+            "tierstack.yml",
+            "tierstack.toml",
+            "tierstack.json",
+        ] {
+            let path = PathBuf::from(name);
+            if path.is_file() {
+                return with_origin(path, ConfigOrigin::WorkingDir);
+            }
+        }
+        if let Some(dirs) = directories::BaseDirs::new() {
+            let path = dirs.config_dir().join("tierstack").join("config.yaml");
+            if path.is_file() {
+                return with_origin(path, ConfigOrigin::UserConfig);
+            }
+        }
+        let mut config = Self::parse_with_env(EMBEDDED_DEFAULT, "yaml", vars)?;
+        config.origin = ConfigOrigin::Embedded;
+        Ok(config)
+    }
+}
+
+fn unknown_format(format: &str) -> String {
+    format!("unknown config format {format:?}; use .yaml, .toml or .json")
+}
+
+/// Sets the field `name` (`TIERSTACK_TIERS__1__PATH`) names inside `tree`'s
+/// `cache:` section.
+fn apply_override(
+    tree: &mut serde_json::Value,
+    name: &str,
+    value: &str,
+) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    let path: Vec<String> = name["TIERSTACK_".len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(format!("{name}: empty segment in the variable name"));
+    }
+    if !tree.is_object() {
+        return Err("the config file is not a table".to_owned());
+    }
+    let mut node = tree
+        .as_object_mut()
+        .map(|root| {
+            root.entry("cache")
+                .or_insert_with(|| Value::Object(serde_json::Map::default()))
+        })
+        .ok_or_else(|| "the config file is not a table".to_owned())?;
+    let mut walked = String::from("cache");
+    for segment in &path {
+        node = match node {
+            Value::Object(map) => map
+                .entry(segment.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::default())),
+            Value::Array(items) => {
+                let len = items.len();
+                let index: usize = segment.parse().map_err(|_| {
+                    format!("{name}: {walked} is a list, so {segment:?} must be an index")
+                })?;
+                items.get_mut(index).ok_or_else(|| {
+                    format!("{name}: {walked} has {len} entries, there is no index {index}")
+                })?
+            }
+            _ => return Err(format!("{name}: {walked} is a value, not a table or list")),
+        };
+        walked = format!("{walked}.{segment}");
+    }
+    *node = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok(())
 }
 
 impl TieredCache {
@@ -232,9 +479,11 @@ impl TieredCache {
             (Some(tiers), false) => {
                 let mut built = Vec::with_capacity(tiers.len());
                 for (i, tier) in tiers.iter().enumerate() {
+                    // The kind is kept: a read-only directory is not a
+                    // config mistake, and the CLI's exit code tells them apart.
                     built.push(tier.build(&ctx).await.map_err(|e| {
-                        Error::config(format!("cache.tiers[{i}]: {e}"))
-                            .with_shared_source(Arc::new(e))
+                        Error::new(e.kind(), format!("cache.tiers[{i}]: {e}"))
+                            .with_operation(Operation::Build)
                     })?);
                 }
                 built

@@ -11,15 +11,23 @@ mod fetch;
 mod flight;
 mod policy;
 mod stats;
+mod transfer;
 mod warm;
 
 pub use builder::TieredCacheBuilder;
 pub use cache::{CacheValue, TieredCache, Ttl};
 pub use cached_fn::CachedFn;
-pub use config_file::{CacheConfig, CompressionChoice, Config, SourceConfig};
+pub use config_file::{
+    CACHE_FIELDS, CacheConfig, CompressionChoice, Config, ConfigOrigin, EMBEDDED_DEFAULT,
+    SourceConfig,
+};
 pub use fetch::{FetchOptions, Fetched};
 pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
+pub use transfer::{
+    EXPORT_FORMAT, EXPORT_VERSION, ExportHeader, ExportOptions, ExportReport, ImportOptions,
+    ImportReport,
+};
 pub use warm::{WarmOptions, WarmReport};
 
 pub use tierstack_core::*;

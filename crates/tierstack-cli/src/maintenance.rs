@@ -1,0 +1,276 @@
+//! `stats`, `clear` and `purge`: commands on the whole cache.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+
+use serde::Serialize;
+use tierstack::{ClearScope, Health, ScanCursor, Tier, TieredCache, Timestamp, units};
+
+use crate::info::health_text;
+use crate::output::{Failure, Outcome, emit, print_json, print_table, progress};
+
+#[derive(Serialize)]
+struct TierView {
+    tier: String,
+    entries: u64,
+    bytes: u64,
+    health: Health,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize, Default, Clone)]
+struct SourceView {
+    tier: String,
+    source: String,
+    entries: u64,
+    bytes: u64,
+    fresh: u64,
+    expired: u64,
+    not_found_answers: u64,
+}
+
+/// Counts the entries of one tier by source.
+async fn scan_sources(
+    tier: &dyn Tier,
+    bar: &indicatif::ProgressBar,
+) -> tierstack::Result<Vec<SourceView>> {
+    let mut by_source: BTreeMap<String, SourceView> = BTreeMap::new();
+    let mut cursor: Option<ScanCursor> = None;
+    let now = Timestamp::now();
+    loop {
+        let page = tier.scan(cursor.take(), 1024).await?;
+        for (key, entry) in &page.entries {
+            let view = by_source
+                .entry(key.source().to_owned())
+                .or_insert_with(|| SourceView {
+                    tier: tier.name().to_owned(),
+                    source: key.source().to_owned(),
+                    ..SourceView::default()
+                });
+            view.entries += 1;
+            view.bytes += entry.encoded_len() as u64;
+            if entry.header.is_fresh(now) {
+                view.fresh += 1;
+            } else {
+                view.expired += 1;
+            }
+            if entry.header.is_negative() {
+                view.not_found_answers += 1;
+            }
+        }
+        bar.inc(page.entries.len() as u64);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(by_source.into_values().collect()),
+        }
+    }
+}
+
+pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
+    let sizes = cache.sizes().await;
+    let health = cache.health().await;
+    let tiers: Vec<TierView> = sizes
+        .into_iter()
+        .zip(health)
+        .map(|((tier, size), (_, health))| match size {
+            Ok(size) => TierView {
+                tier,
+                entries: size.entries,
+                bytes: size.bytes,
+                health,
+                error: None,
+            },
+            Err(e) => TierView {
+                tier,
+                entries: 0,
+                bytes: 0,
+                health,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    let total = tiers.iter().map(|t| t.entries).sum();
+    let bar = progress(json, Some(total), "scanning");
+    let mut sources = Vec::new();
+    let mut problems = Vec::new();
+    for tier in cache.tiers() {
+        if !tier.capabilities().scan {
+            continue;
+        }
+        match scan_sources(tier.as_ref(), &bar).await {
+            Ok(found) => sources.extend(found),
+            Err(e) => problems.push(format!("{}: {e}", tier.name())),
+        }
+    }
+    bar.finish_and_clear();
+    if json {
+        print_json(&serde_json::json!({ "tiers": tiers, "sources": sources }))?;
+    } else {
+        let rows: Vec<Vec<String>> = tiers
+            .iter()
+            .map(|t| {
+                vec![
+                    t.tier.clone(),
+                    t.entries.to_string(),
+                    units::format_size(t.bytes),
+                    t.error.clone().unwrap_or_else(|| health_text(&t.health)),
+                ]
+            })
+            .collect();
+        print_table(&["tier", "entries", "bytes", "health"], &rows);
+        if !sources.is_empty() {
+            emit("");
+            let rows: Vec<Vec<String>> = sources
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.tier.clone(),
+                        s.source.clone(),
+                        s.entries.to_string(),
+                        units::format_size(s.bytes),
+                        s.fresh.to_string(),
+                        s.expired.to_string(),
+                        s.not_found_answers.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "tier",
+                    "source",
+                    "entries",
+                    "bytes",
+                    "fresh",
+                    "expired",
+                    "not found",
+                ],
+                &rows,
+            );
+        }
+    }
+    let failed: Vec<String> = tiers
+        .iter()
+        .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.tier)))
+        .chain(problems)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::unavailable(failed.join("; ")))
+    }
+}
+
+/// What `tierstack clear` was asked to remove.
+pub(crate) struct ClearRequest {
+    pub(crate) tier: Option<String>,
+    pub(crate) source: Option<String>,
+    pub(crate) expired: bool,
+    pub(crate) yes: bool,
+}
+
+fn confirm(question: &str) -> Result<bool, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::usage(format!(
+            "{question}: stdin is not a terminal, so nothing was removed; pass --yes to confirm"
+        )));
+    }
+    eprint!("{question}? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::usage(format!("cannot read the answer: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// The tiers a command applies to: all, or the one named.
+fn chosen_tiers<'a>(
+    cache: &'a TieredCache,
+    name: Option<&str>,
+) -> Result<Vec<&'a std::sync::Arc<dyn Tier>>, Failure> {
+    let all: Vec<_> = cache.tiers().collect();
+    let Some(name) = name else {
+        return Ok(all);
+    };
+    let chosen: Vec<_> = all.iter().copied().filter(|t| t.name() == name).collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = all.iter().map(|t| t.name()).collect();
+        return Err(Failure::usage(format!(
+            "no tier named {name:?}; the tiers are: {}",
+            names.join(", ")
+        )));
+    }
+    Ok(chosen)
+}
+
+pub(crate) async fn clear(cache: &TieredCache, request: ClearRequest, json: bool) -> Outcome {
+    let tiers = chosen_tiers(cache, request.tier.as_deref())?;
+    let (scope, what) = match (&request.source, request.expired) {
+        (Some(source), _) => (
+            ClearScope::Source(source.clone()),
+            format!("every entry of source {source:?}"),
+        ),
+        (None, true) => (ClearScope::Expired, "every expired entry".to_owned()),
+        (None, false) => (ClearScope::All, "every entry".to_owned()),
+    };
+    let names: Vec<&str> = tiers.iter().map(|t| t.name()).collect();
+    // Expired entries are dead weight; everything else needs a yes.
+    if !request.expired && !request.yes {
+        let question = format!("remove {what} from {}", names.join(", "));
+        if !confirm(&question)? {
+            return Err(Failure::usage("cancelled; nothing was removed"));
+        }
+    }
+    let bar = progress(json, None, "clearing");
+    let mut removed = Vec::with_capacity(tiers.len());
+    let mut failures = Vec::new();
+    for tier in &tiers {
+        match tier.clear(scope.clone()).await {
+            Ok(n) => removed.push((tier.name().to_owned(), n)),
+            Err(e) => failures.push(format!("{}: {e}", tier.name())),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    report_removed(&removed, json)?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::unavailable(failures.join("; ")))
+    }
+}
+
+fn report_removed(removed: &[(String, u64)], json: bool) -> Outcome {
+    let total: u64 = removed.iter().map(|(_, n)| n).sum();
+    if json {
+        let tiers: BTreeMap<&str, u64> = removed.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        return print_json(&serde_json::json!({ "removed": total, "tiers": tiers }));
+    }
+    for (tier, n) in removed {
+        emit(&format!("{tier}: removed {n}"));
+    }
+    emit(&format!("removed {total} entries"));
+    Ok(())
+}
+
+pub(crate) async fn purge(cache: &TieredCache, json: bool) -> Outcome {
+    let bar = progress(json, None, "purging");
+    let mut removed = Vec::new();
+    let mut failures = Vec::new();
+    for tier in cache.tiers() {
+        match tier.purge().await {
+            Ok(n) => removed.push((tier.name().to_owned(), n)),
+            Err(e) => failures.push(format!("{}: {e}", tier.name())),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    report_removed(&removed, json)?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::unavailable(failures.join("; ")))
+    }
+}

@@ -1,0 +1,493 @@
+//! Export and import: a cache as a stream of lines, to carry a warm cache
+//! from one machine (or backend) to another.
+//!
+//! The format (specified in `docs/cli.md`) is JSON lines. The first line
+//! describes the stream:
+//!
+//! ```json
+//! {"format":"tierstack-export","version":1,"schema_version":1,"exported_at":"2026-11-25T17:00:00.000Z"}
+//! ```
+//!
+//! Each following line is one entry: its key, its expiry (for people and
+//! tools; the entry's own header is what counts) and the entry's bytes
+//! (header + body, exactly as tiers store them) in base64:
+//!
+//! ```json
+//! {"key":"audnexus:asin=B0","expires_at":1764090000000,"entry":"VFNUSwEB..."}
+//! ```
+//!
+//! A file whose name ends in `.zst` is zstd-compressed. Import streams the
+//! file (it never holds more than one batch), skips expired records, counts
+//! malformed ones and goes on, and refuses a newer format or another schema
+//! version with a clear error.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use tierstack_core::{
+    Bytes, Entry, Error, ErrorKind, Key, Operation, Result, ScanCursor, Timestamp,
+};
+
+use crate::TieredCache;
+
+/// The `format` of the header line.
+pub const EXPORT_FORMAT: &str = "tierstack-export";
+/// The version of the stream format this build writes and reads.
+pub const EXPORT_VERSION: u32 = 1;
+
+/// Entries read from tiers per scan page.
+const SCAN_PAGE: usize = 512;
+/// Records written to tiers per batch on import.
+const IMPORT_BATCH: usize = 512;
+/// Malformed lines whose reason is kept in an [`ImportReport`].
+const KEPT_PROBLEMS: usize = 20;
+
+/// The first line of an export stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportHeader {
+    /// Always [`EXPORT_FORMAT`].
+    pub format: String,
+    /// The stream format version ([`EXPORT_VERSION`] when written by this build).
+    pub version: u32,
+    /// The application schema version of the entries.
+    pub schema_version: u32,
+    /// When the export was written (RFC 3339).
+    #[serde(default)]
+    pub exported_at: String,
+}
+
+/// One entry line.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    key: String,
+    /// Milliseconds since the epoch; `null` for no expiry. Informative.
+    expires_at: Option<u64>,
+    /// The entry (header + body), base64.
+    entry: String,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ExportReport {
+    /// Entries written.
+    pub exported: u64,
+    /// Entries left out because they were expired.
+    pub expired: u64,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ImportReport {
+    /// Records stored.
+    pub imported: u64,
+    /// Records skipped because they had expired.
+    pub expired: u64,
+    /// Records skipped because the cache already held them fresh (only when
+    /// importing with `skip_fresh`, as `tierstack warm` does).
+    pub already_fresh: u64,
+    /// Lines that were not a valid record (bad JSON, bad base64, damaged
+    /// entry, another schema version).
+    pub malformed: u64,
+    /// Bytes of the (decompressed) stream read so far.
+    pub bytes_read: u64,
+    /// The first malformed lines: `line N: reason`.
+    pub problems: Vec<String>,
+}
+
+/// Which entries an export writes.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ExportOptions {
+    /// Only keys of this source (as [`Key::source`] returns it).
+    pub source: Option<String>,
+}
+
+impl ExportOptions {
+    /// Only keys of `source`.
+    #[must_use]
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+}
+
+/// How an import writes.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct ImportOptions {
+    /// Leave keys alone that some tier already holds fresh.
+    pub skip_fresh: bool,
+}
+
+impl ImportOptions {
+    /// Leave keys alone that some tier already holds fresh.
+    #[must_use]
+    pub fn skip_fresh(mut self, skip: bool) -> Self {
+        self.skip_fresh = skip;
+        self
+    }
+}
+
+fn transfer_error(message: impl Into<String>, op: Operation) -> Error {
+    Error::new(ErrorKind::Io, message.into()).with_operation(op)
+}
+
+fn is_zstd(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("zst"))
+}
+
+impl TieredCache {
+    /// Writes every fresh entry of every scannable tier to `out` (a key held
+    /// by several tiers is written once, from the topmost). `progress` is
+    /// called with the number written so far.
+    pub async fn export(
+        &self,
+        out: impl Write,
+        options: &ExportOptions,
+        mut progress: impl FnMut(u64),
+    ) -> Result<ExportReport> {
+        let mut out = BufWriter::new(out);
+        let io = |e: std::io::Error| {
+            transfer_error("cannot write the export", Operation::Scan).with_source(e)
+        };
+        let header = ExportHeader {
+            format: EXPORT_FORMAT.to_owned(),
+            version: EXPORT_VERSION,
+            schema_version: self.schema_version(),
+            exported_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        };
+        write_json_line(&mut out, &header).map_err(io)?;
+        let mut report = ExportReport::default();
+        let mut seen: HashSet<Key> = HashSet::new();
+        for tier in self.tiers() {
+            if !tier.capabilities().scan {
+                continue;
+            }
+            let mut cursor: Option<ScanCursor> = None;
+            loop {
+                let page = tier.scan(cursor.take(), SCAN_PAGE).await.map_err(|e| {
+                    Error::new(e.kind(), format!("cannot scan tier {}", tier.name()))
+                        .with_operation(Operation::Scan)
+                        .with_shared_source(std::sync::Arc::new(e))
+                })?;
+                let now = Timestamp::now();
+                for (key, entry) in page.entries {
+                    if options.source.as_deref().is_some_and(|s| s != key.source())
+                        || entry.header.schema_version != self.schema_version()
+                        || seen.contains(&key)
+                    {
+                        continue;
+                    }
+                    if !entry.header.is_fresh(now) {
+                        report.expired += 1;
+                        continue;
+                    }
+                    let expires = entry.header.expires_at;
+                    let record = Record {
+                        key: key.as_str().to_owned(),
+                        expires_at: (!expires.is_never()).then(|| expires.as_millis()),
+                        entry: BASE64.encode(entry.to_vec()),
+                    };
+                    write_json_line(&mut out, &record).map_err(io)?;
+                    seen.insert(key);
+                    report.exported += 1;
+                    progress(report.exported);
+                }
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+        out.flush().map_err(io)?;
+        Ok(report)
+    }
+
+    /// Exports to a file; a name ending in `.zst` compresses it. The file is
+    /// written next to its final name and renamed when complete, so an
+    /// interrupted export never leaves a truncated file behind.
+    pub async fn export_file(
+        &self,
+        path: impl AsRef<Path>,
+        options: &ExportOptions,
+        progress: impl FnMut(u64),
+    ) -> Result<ExportReport> {
+        let path = path.as_ref();
+        let io = |e: std::io::Error, what: &str| {
+            transfer_error(format!("{what} {}", path.display()), Operation::Scan).with_source(e)
+        };
+        let partial = path.with_file_name(format!(
+            ".{}.partial",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("export")
+        ));
+        let file = File::create(&partial).map_err(|e| io(e, "cannot create"))?;
+        let result = if is_zstd(path) {
+            let mut encoder = zstd::Encoder::new(file, 3).map_err(|e| io(e, "cannot compress"))?;
+            let report = self.export(&mut encoder, options, progress).await;
+            let finished = encoder.finish().map_err(|e| io(e, "cannot write"));
+            report.and_then(|r| {
+                finished
+                    .and_then(|f| f.sync_all().map_err(|e| io(e, "cannot write")))
+                    .map(|()| r)
+            })
+        } else {
+            let mut file = file;
+            let report = self.export(&mut file, options, progress).await;
+            report.and_then(|r| {
+                file.sync_all()
+                    .map_err(|e| io(e, "cannot write"))
+                    .map(|()| r)
+            })
+        };
+        match result {
+            Ok(report) => {
+                std::fs::rename(&partial, path).map_err(|e| io(e, "cannot write"))?;
+                Ok(report)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads an export stream and stores its fresh records in every tier,
+    /// each keeping its own expiry (capped by each tier's TTL). Malformed
+    /// lines are counted and skipped; a stream of another format, a newer
+    /// version or another schema version is refused before anything is
+    /// written. `progress` is called after each batch.
+    pub async fn import(
+        &self,
+        input: impl Read,
+        options: ImportOptions,
+        mut progress: impl FnMut(&ImportReport),
+    ) -> Result<ImportReport> {
+        let mut input = BufReader::new(input);
+        let mut report = ImportReport::default();
+        let mut line = String::new();
+        let refuse = |message: String| {
+            Error::new(ErrorKind::Config, message).with_operation(Operation::SetMany)
+        };
+        let read = |input: &mut BufReader<_>, line: &mut String| {
+            line.clear();
+            input.read_line(line).map_err(|e| {
+                transfer_error("cannot read the import stream", Operation::SetMany).with_source(e)
+            })
+        };
+        report.bytes_read += read(&mut input, &mut line)? as u64;
+        let header: ExportHeader = serde_json::from_str(line.trim_end()).map_err(|e| {
+            refuse(format!(
+                "not a tierstack export: the first line is not its header ({e})"
+            ))
+        })?;
+        if header.format != EXPORT_FORMAT {
+            return Err(refuse(format!(
+                "not a tierstack export: format {:?}, expected {EXPORT_FORMAT:?}",
+                header.format
+            )));
+        }
+        if header.version > EXPORT_VERSION {
+            return Err(refuse(format!(
+                "the export has format version {}, written by a newer tierstack; this build reads version {EXPORT_VERSION} and older",
+                header.version
+            )));
+        }
+        if header.schema_version != self.schema_version() {
+            return Err(refuse(format!(
+                "the export holds entries of schema version {}, this cache reads schema version {}",
+                header.schema_version,
+                self.schema_version()
+            )));
+        }
+        let mut batch = Vec::with_capacity(IMPORT_BATCH);
+        let mut number = 1_u64;
+        loop {
+            let n = read(&mut input, &mut line)?;
+            if n == 0 {
+                break;
+            }
+            number += 1;
+            report.bytes_read += n as u64;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match self.parse_record(line.trim_end()) {
+                Ok((key, entry)) => {
+                    if entry.header.is_fresh(Timestamp::now()) {
+                        batch.push((key, entry));
+                    } else {
+                        report.expired += 1;
+                    }
+                }
+                Err(reason) => {
+                    report.malformed += 1;
+                    if report.problems.len() < KEPT_PROBLEMS {
+                        report.problems.push(format!("line {number}: {reason}"));
+                    }
+                }
+            }
+            if batch.len() >= IMPORT_BATCH {
+                self.store_batch(&mut batch, options, &mut report).await?;
+                progress(&report);
+            }
+        }
+        self.store_batch(&mut batch, options, &mut report).await?;
+        progress(&report);
+        Ok(report)
+    }
+
+    /// Imports a file written by [`TieredCache::export_file`] (`.zst`
+    /// decompressed on the fly).
+    pub async fn import_file(
+        &self,
+        path: impl AsRef<Path>,
+        options: ImportOptions,
+        progress: impl FnMut(&ImportReport),
+    ) -> Result<ImportReport> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| {
+            transfer_error(
+                format!("cannot open {}", path.display()),
+                Operation::SetMany,
+            )
+            .with_source(e)
+        })?;
+        if is_zstd(path) {
+            let decoder = zstd::Decoder::new(file).map_err(|e| {
+                transfer_error(
+                    format!("cannot decompress {}", path.display()),
+                    Operation::SetMany,
+                )
+                .with_source(e)
+            })?;
+            self.import(decoder, options, progress).await
+        } else {
+            self.import(file, options, progress).await
+        }
+    }
+
+    fn parse_record(&self, line: &str) -> std::result::Result<(Key, Entry), String> {
+        let record: Record =
+            serde_json::from_str(line).map_err(|e| format!("not a record: {e}"))?;
+        let key = Key::parse(&record.key).map_err(|e| format!("bad key: {e}"))?;
+        let bytes = BASE64
+            .decode(record.entry.as_bytes())
+            .map_err(|e| format!("bad base64: {e}"))?;
+        let entry = Entry::from_bytes(Bytes::from(bytes), self.inner.limits)
+            .map_err(|e| format!("damaged entry: {e}"))?;
+        // The body too, so that a damaged record never reaches a tier.
+        entry
+            .raw_body(self.inner.limits, &self.inner.dictionaries)
+            .map_err(|e| format!("damaged entry: {e}"))?;
+        if entry.header.schema_version != self.schema_version() {
+            return Err(format!(
+                "schema version {} (this cache reads {})",
+                entry.header.schema_version,
+                self.schema_version()
+            ));
+        }
+        Ok((key, entry))
+    }
+
+    async fn store_batch(
+        &self,
+        batch: &mut Vec<(Key, Entry)>,
+        options: ImportOptions,
+        report: &mut ImportReport,
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut entries = std::mem::take(batch);
+        if options.skip_fresh {
+            let keys: Vec<Key> = entries.iter().map(|(k, _)| k.clone()).collect();
+            let fresh = self.fresh_keys(&keys).await;
+            let before = entries.len();
+            entries.retain(|(k, _)| !fresh.contains(k));
+            report.already_fresh += (before - entries.len()) as u64;
+        }
+        let count = entries.len() as u64;
+        self.set_entries(entries).await?;
+        report.imported += count;
+        Ok(())
+    }
+
+    /// The keys among `keys` that some tier holds fresh.
+    async fn fresh_keys(&self, keys: &[Key]) -> HashSet<Key> {
+        let now = Timestamp::now();
+        let mut fresh = HashSet::new();
+        for tier in self.tiers() {
+            if let Ok(found) = tier.get_many(keys).await {
+                for (key, entry) in keys.iter().zip(found) {
+                    if entry.is_some_and(|e| e.header.is_fresh(now)) {
+                        fresh.insert(key.clone());
+                    }
+                }
+            }
+        }
+        fresh
+    }
+
+    /// Stores entries as they are (their headers, expiry included) in every
+    /// tier, capping the expiry by each tier's own TTL. Unlike
+    /// [`TieredCache::set`], a tier that fails is an error: an import must
+    /// not report entries as stored that are not.
+    pub async fn set_entries(&self, entries: Vec<(Key, Entry)>) -> Result<()> {
+        if !self.is_enabled() || entries.is_empty() {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        let writes = self.inner.layers.iter().map(|layer| {
+            let capped = layer
+                .tier
+                .max_ttl()
+                .map_or(Timestamp::NEVER, |cap: Duration| now.saturating_add(cap));
+            let copies: Vec<(Key, Entry)> = entries
+                .iter()
+                .map(|(key, entry)| {
+                    let header = if entry.header.expires_at > capped {
+                        entry.header.with_expiry(capped)
+                    } else {
+                        entry.header
+                    };
+                    let copy = Entry {
+                        header,
+                        body: entry.body.clone(),
+                        decoded: None,
+                    };
+                    (key.clone(), copy)
+                })
+                .collect();
+            async move {
+                layer.tier.set_many(copies).await.map_err(|e| {
+                    Error::new(e.kind(), format!("tier {} refused the entries", layer.name))
+                        .with_tier(&*layer.name)
+                        .with_operation(Operation::SetMany)
+                        .with_shared_source(std::sync::Arc::new(e))
+                })
+            }
+        });
+        join_all(writes)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>>>()?;
+        Ok(())
+    }
+}
+
+fn write_json_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
