@@ -252,10 +252,13 @@ impl TieredCache {
             })
         };
         match result {
-            Ok(report) => {
-                std::fs::rename(&partial, path).map_err(|e| io(e, "cannot write"))?;
-                Ok(report)
-            }
+            Ok(report) => match std::fs::rename(&partial, path) {
+                Ok(()) => Ok(report),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    Err(io(e, "cannot write"))
+                }
+            },
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
                 Err(e)
