@@ -173,12 +173,15 @@ pub struct CacheConfig {
     /// The application's schema version (default 1).
     #[serde(default = "one")]
     pub schema_version: u32,
-    /// Codec of new entries (`msgpack`, `json`, `bincode`).
+    /// Codec of new entries (`msgpack`, `json`, `bincode`). Default:
+    /// `msgpack`, except in the RFC's flat form, where it is `json` so that
+    /// the `data JSON` column of its table holds JSON.
     #[serde(default)]
-    pub codec: Codec,
-    /// `zstd` (default) or `none`.
+    pub codec: Option<Codec>,
+    /// `zstd` or `none`. Default: `zstd`, except in the RFC's flat form,
+    /// where it is `none` (readable `data` column).
     #[serde(default)]
-    pub compression: CompressionChoice,
+    pub compression: Option<CompressionChoice>,
     /// zstd level (default 3).
     #[serde(default = "three")]
     pub compression_level: i32,
@@ -430,7 +433,17 @@ impl TieredCache {
     /// Builds the cache a config describes, opening every tier.
     pub async fn from_config(config: &Config) -> Result<Self> {
         let c = &config.cache;
-        let compression = match c.compression {
+        let flat = c.file_ttl_days.is_some()
+            || c.memory_ttl_seconds.is_some()
+            || c.max_memory_entries.is_some()
+            || c.location.is_some();
+        let (default_codec, default_compression) = if flat {
+            (Codec::Json, CompressionChoice::None)
+        } else {
+            (Codec::MsgPack, CompressionChoice::Zstd)
+        };
+        let codec = c.codec.unwrap_or(default_codec);
+        let compression = match c.compression.unwrap_or(default_compression) {
             CompressionChoice::None => Compression::None,
             CompressionChoice::Zstd => Compression::Zstd {
                 level: c.compression_level,
@@ -441,7 +454,7 @@ impl TieredCache {
         let mut builder = TieredCache::builder()
             .enabled(c.enabled)
             .schema_version(c.schema_version)
-            .codec(c.codec)
+            .codec(codec)
             .compression(compression)
             .offline(c.offline);
         if let Some(ttl) = c.default_ttl {
@@ -466,10 +479,6 @@ impl TieredCache {
             return Ok(builder.build());
         }
         let ctx = BuildContext::new(c.schema_version);
-        let flat = c.file_ttl_days.is_some()
-            || c.memory_ttl_seconds.is_some()
-            || c.max_memory_entries.is_some()
-            || c.location.is_some();
         let tiers = match (&c.tiers, flat) {
             (Some(_), true) => {
                 return Err(Error::config(

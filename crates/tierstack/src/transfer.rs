@@ -137,8 +137,18 @@ impl ImportOptions {
     }
 }
 
-fn transfer_error(message: impl Into<String>, op: Operation) -> Error {
-    Error::new(ErrorKind::Io, message.into()).with_operation(op)
+/// An error of the export or import file itself (not of a tier). A file
+/// that does not exist is the caller's mistake, not a failing store.
+fn file_error(message: impl Into<String>, error: std::io::Error) -> Error {
+    let kind = match error.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::Config,
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            ErrorKind::PermissionDenied
+        }
+        std::io::ErrorKind::StorageFull => ErrorKind::Full,
+        _ => ErrorKind::Io,
+    };
+    Error::new(kind, message.into()).with_source(error)
 }
 
 fn is_zstd(path: &Path) -> bool {
@@ -157,9 +167,7 @@ impl TieredCache {
         mut progress: impl FnMut(u64),
     ) -> Result<ExportReport> {
         let mut out = BufWriter::new(out);
-        let io = |e: std::io::Error| {
-            transfer_error("cannot write the export", Operation::Scan).with_source(e)
-        };
+        let io = |e: std::io::Error| file_error("cannot write the export", e);
         let header = ExportHeader {
             format: EXPORT_FORMAT.to_owned(),
             version: EXPORT_VERSION,
@@ -223,9 +231,8 @@ impl TieredCache {
         progress: impl FnMut(u64),
     ) -> Result<ExportReport> {
         let path = path.as_ref();
-        let io = |e: std::io::Error, what: &str| {
-            transfer_error(format!("{what} {}", path.display()), Operation::Scan).with_source(e)
-        };
+        let io =
+            |e: std::io::Error, what: &str| file_error(format!("{what} {}", path.display()), e);
         let partial = path.with_file_name(format!(
             ".{}.partial",
             path.file_name()
@@ -285,9 +292,9 @@ impl TieredCache {
         };
         let read = |input: &mut BufReader<_>, line: &mut String| {
             line.clear();
-            input.read_line(line).map_err(|e| {
-                transfer_error("cannot read the import stream", Operation::SetMany).with_source(e)
-            })
+            input
+                .read_line(line)
+                .map_err(|e| file_error("cannot read the import stream", e))
         };
         report.bytes_read += read(&mut input, &mut line)? as u64;
         let header: ExportHeader = serde_json::from_str(line.trim_end()).map_err(|e| {
@@ -360,21 +367,11 @@ impl TieredCache {
         progress: impl FnMut(&ImportReport),
     ) -> Result<ImportReport> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| {
-            transfer_error(
-                format!("cannot open {}", path.display()),
-                Operation::SetMany,
-            )
-            .with_source(e)
-        })?;
+        let file = File::open(path)
+            .map_err(|e| file_error(format!("cannot open {}", path.display()), e))?;
         if is_zstd(path) {
-            let decoder = zstd::Decoder::new(file).map_err(|e| {
-                transfer_error(
-                    format!("cannot decompress {}", path.display()),
-                    Operation::SetMany,
-                )
-                .with_source(e)
-            })?;
+            let decoder = zstd::Decoder::new(file)
+                .map_err(|e| file_error(format!("cannot decompress {}", path.display()), e))?;
             self.import(decoder, options, progress).await
         } else {
             self.import(file, options, progress).await

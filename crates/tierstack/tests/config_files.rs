@@ -69,19 +69,22 @@ cache:
 }
 
 fn rusqlite_table(db: &std::path::Path) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(db)
-        .arg(".schema metadata_cache")
-        .output();
-    match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        // Without the shell, check the file's header instead.
-        _ => {
-            let head = std::fs::read(db).unwrap();
-            assert!(head.starts_with(b"SQLite format 3\0"));
-            "cache_key TEXT data JSON".to_owned()
-        }
-    }
+    let conn = rusqlite::Connection::open(db).unwrap();
+    // The RFC's `data JSON` column holds JSON that SQLite's JSON functions read.
+    let title: String = conn
+        .query_row(
+            "SELECT json_extract(data, '$') FROM metadata_cache WHERE source = 'audnexus:book'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(title, "Dune");
+    conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE name = 'metadata_cache'",
+        [],
+        |row| row.get(0),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -141,7 +144,7 @@ max_bytes = "64MiB"
         Config::parse(json, "json").unwrap(),
     ] {
         assert_eq!(config.cache.schema_version, 2);
-        assert_eq!(config.cache.codec, tierstack::Codec::Json);
+        assert_eq!(config.cache.codec, Some(tierstack::Codec::Json));
         assert_eq!(config.cache.tiers.as_ref().unwrap().len(), 1);
     }
 }

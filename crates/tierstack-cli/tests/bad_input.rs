@@ -1,0 +1,267 @@
+//! Bad arguments, missing or broken configs, unusable stores and damaged
+//! files: each gets a clear message and its exit code, never a panic (the
+//! sandbox fails any run whose stderr mentions a panic).
+
+mod support;
+
+use support::{Sandbox, stack_config};
+
+#[test]
+fn bad_arguments_are_usage_errors_for_every_subcommand() {
+    let sandbox = Sandbox::new();
+    let cases: &[&[&str]] = &[
+        &[],
+        &["nosuchcommand"],
+        &["stats", "--nope"],
+        &["config"],
+        &["config", "frobnicate"],
+        &["key"],
+        &["key", "src", "no-equals-sign"],
+        &["key", "src", "=value"],
+        &["key", "src", "a=1", "a=2"],
+        &["get"],
+        &["get", "no separator"],
+        &["get", "src:bad%zzescape=1"],
+        &["set", "a:k=1"],
+        &["set", "a:k=1", "{not json"],
+        &["set", "a:k=1", "1", "--ttl", "forever"],
+        &["inspect"],
+        &["inspect", "no separator"],
+        &["delete"],
+        &["delete", "no separator"],
+        &["clear", "--source", "x", "--expired"],
+        &["clear", "--tier"],
+        &["export"],
+        &["import"],
+        &["warm"],
+        &["warm", "--from"],
+        &["warm", "--from", "x", "--concurrency", "many"],
+        &["purge", "extra"],
+        &["backends", "extra"],
+    ];
+    for args in cases {
+        let run = sandbox.run(args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(!run.stderr.trim().is_empty(), "{args:?} says why");
+        assert!(
+            run.stdout.is_empty(),
+            "{args:?} prints nothing on stdout: {run:?}"
+        );
+    }
+    // Help is not an error.
+    assert!(
+        sandbox
+            .run(&["--help"])
+            .expect(0)
+            .stdout
+            .contains("Exit codes")
+    );
+    sandbox.run(&["get", "--help"]).expect(0);
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let mut sandbox = Sandbox::new();
+    let run = sandbox
+        .run(&["--config", "/nonexistent/tierstack.yaml", "get", "a:k=1"])
+        .expect(2);
+    assert!(
+        run.stderr.contains("/nonexistent/tierstack.yaml"),
+        "{run:?}"
+    );
+    sandbox.env("TIERSTACK_CONFIG", "/nonexistent/from-env.toml");
+    let run = sandbox.run(&["stats"]).expect(2);
+    assert!(run.stderr.contains("/nonexistent/from-env.toml"), "{run:?}");
+}
+
+#[test]
+fn broken_configs_are_usage_errors_that_say_where() {
+    let sandbox = Sandbox::new();
+    let cases = [
+        ("syntax.yaml", "cache:\n  tiers: [\n", "syntax.yaml"),
+        (
+            "kind.yaml",
+            "cache:\n  tiers:\n    - kind: memcached\n",
+            "memory, redb, sled, sqlite",
+        ),
+        (
+            "field.yaml",
+            "cache:\n  tiers:\n    - kind: memory\n      max_entires: 5\n",
+            "max_entires",
+        ),
+        (
+            "duration.toml",
+            "[cache]\ndefault_ttl = \"forever\"\n",
+            "duration.toml",
+        ),
+        ("empty.json", "", "empty.json"),
+        ("top.yaml", "- just\n- a list\n", "top.yaml"),
+        ("format.ini", "[cache]\n", "unknown config format"),
+        (
+            "both.yaml",
+            "cache:\n  location: /tmp/x\n  tiers:\n    - kind: memory\n",
+            "not both",
+        ),
+        (
+            "days.yaml",
+            "cache:\n  file_ttl_days: -1\n  location: /tmp/x\n",
+            "file_ttl_days",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = sandbox.write(name, text);
+        for args in [&["get", "a:k=1"][..], &["config", "check"], &["stats"]] {
+            let mut all = vec!["--config", path.to_str().unwrap()];
+            all.extend_from_slice(args);
+            let run = sandbox.run(&all);
+            assert_eq!(run.code, 2, "{name} {args:?}: {run:?}");
+            assert!(run.stderr.contains(expected), "{name}: {run:?}");
+        }
+    }
+    // Bytes that are not text at all.
+    let garbage = sandbox.path("garbage.yaml");
+    std::fs::write(&garbage, [0xff_u8, 0xfe, 0x00, 0x9c, 0x12]).unwrap();
+    let run = sandbox
+        .run(&["--config", garbage.to_str().unwrap(), "get", "a:k=1"])
+        .expect(2);
+    assert!(run.stderr.contains("garbage.yaml"), "{run:?}");
+    // A bad override is a config error too, naming the variable.
+    let mut sandbox = Sandbox::new();
+    sandbox.env("TIERSTACK_TIERS__7__PATH", "/tmp/x.db");
+    let run = sandbox.run(&["stats"]).expect(2);
+    assert!(run.stderr.contains("TIERSTACK_TIERS__7__PATH"), "{run:?}");
+}
+
+#[test]
+fn an_unwritable_cache_location_is_backend_unavailable() {
+    let sandbox = Sandbox::new();
+    // /proc refuses new files even to root.
+    let mut locations = vec![std::path::PathBuf::from("/proc/tierstack-cli-test/c.db")];
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = sandbox.path("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        if std::fs::write(locked.join("probe"), b"x").is_ok() {
+            println!("running as root: the read-only directory case is checked through /proc only");
+        } else {
+            locations.push(locked.join("c.db"));
+        }
+    }
+    for kind in ["sqlite", "redb", "sled"] {
+        for location in &locations {
+            let config = sandbox.write("ro.yaml", &stack_config(kind, location));
+            for args in [
+                &["get", "a:k=1"][..],
+                &["set", "a:k=1", "1"],
+                &["stats"],
+                &["config", "check"],
+            ] {
+                let mut all = vec!["--config", config.to_str().unwrap()];
+                all.extend_from_slice(args);
+                let run = sandbox.run(&all);
+                assert_eq!(
+                    run.code,
+                    3,
+                    "{kind} {} {args:?}: {run:?}",
+                    location.display()
+                );
+                let parent = location.parent().unwrap().to_str().unwrap();
+                assert!(run.stderr.contains(parent), "{kind}: {run:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_foreign_file_is_refused_and_left_alone() {
+    let sandbox = Sandbox::new();
+    let foreign = sandbox.write("notes.txt", "my notes, not a database\n");
+    for kind in ["sqlite", "redb"] {
+        let config = sandbox.write("f.yaml", &stack_config(kind, &foreign));
+        let run = sandbox.run(&["--config", config.to_str().unwrap(), "set", "a:k=1", "1"]);
+        assert!(run.code == 2 || run.code == 3, "{kind}: {run:?}");
+        assert!(run.stderr.contains("refusing"), "{kind}: {run:?}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&foreign).unwrap(),
+        "my notes, not a database\n"
+    );
+}
+
+#[test]
+fn a_redis_tier_that_is_not_compiled_in_is_named_with_the_choices() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "redis.yaml",
+        "cache:\n  tiers:\n    - kind: redis\n      url: redis://127.0.0.1:1\n",
+    );
+    let run = sandbox
+        .run(&["--config", config.to_str().unwrap(), "get", "a:k=1"])
+        .expect(2);
+    assert!(
+        run.stderr.contains("redis") && run.stderr.contains("sqlite"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn damaged_entries_are_misses_not_crashes() {
+    let sandbox = Sandbox::new();
+    let db = sandbox.path("d.db");
+    let config = sandbox.write("d.yaml", &stack_config("sqlite", &db));
+    let config = config.to_str().unwrap();
+    sandbox
+        .run(&["--config", config, "set", "a:k=1", r#"{"v":1}"#])
+        .expect(0);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let changed = conn
+        .execute("UPDATE metadata_cache SET data = x'00ff00ff'", [])
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let run = sandbox.run(&["--config", config, "get", "a:k=1"]).expect(1);
+    assert!(run.stderr.contains("not found"), "{run:?}");
+    // inspect still shows what is there, stats and export still work.
+    sandbox.run(&["--config", config, "stats"]).expect(0);
+    let out = sandbox.path("d.jsonl");
+    sandbox
+        .run(&["--config", config, "export", out.to_str().unwrap()])
+        .expect(0);
+}
+
+#[test]
+fn bad_import_files_are_refused_or_counted() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .run(&["import", "/nonexistent/export.jsonl"])
+        .expect(2);
+    let notes = sandbox.write("notes.jsonl", "hello\nworld\n");
+    let run = sandbox.run(&["import", notes.to_str().unwrap()]).expect(2);
+    assert!(run.stderr.contains("not a tierstack export"), "{run:?}");
+    let newer = sandbox.write(
+        "newer.jsonl",
+        "{\"format\":\"tierstack-export\",\"version\":99,\"schema_version\":1}\n",
+    );
+    let run = sandbox.run(&["import", newer.to_str().unwrap()]).expect(2);
+    assert!(run.stderr.contains("newer tierstack"), "{run:?}");
+    let damaged = sandbox.write(
+        "damaged.jsonl",
+        "{\"format\":\"tierstack-export\",\"version\":1,\"schema_version\":1}\nnot json\n{\"key\":\"a:k=1\",\"expires_at\":null,\"entry\":\"VFNUSw==\"}\n",
+    );
+    let report = sandbox
+        .run(&["--json", "import", damaged.to_str().unwrap()])
+        .expect(0)
+        .json();
+    assert_eq!(report["malformed"], 2);
+    assert_eq!(report["imported"], 0);
+    // A truncated zstd file.
+    let zst = sandbox.path("cut.jsonl.zst");
+    std::fs::write(&zst, [0x28, 0xb5, 0x2f, 0xfd, 0x00]).unwrap();
+    let run = sandbox.run(&["import", zst.to_str().unwrap()]);
+    assert!(run.code == 2 || run.code == 3, "{run:?}");
+    // Exporting into a directory that does not exist.
+    let run = sandbox.run(&["export", "/proc/nope/export.jsonl"]).expect(2);
+    assert!(run.stderr.contains("/proc/nope"), "{run:?}");
+}

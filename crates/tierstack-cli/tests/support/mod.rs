@@ -1,0 +1,136 @@
+//! Runs the real `tierstack` binary in a sandbox: its own HOME, cache and
+//! config directories and working directory, and no `TIERSTACK_…`
+//! variables from the environment of the test run.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A sandbox to run `tierstack` in.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+/// What one run printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: &Output) -> Self {
+        let run = Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        assert!(
+            !run.stderr.contains("panicked") && !run.stderr.contains("RUST_BACKTRACE"),
+            "tierstack panicked: {run:?}"
+        );
+        run
+    }
+
+    /// Asserts the exit code and returns the run.
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "unexpected exit code: {self:?}");
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["home", "cache", "config", "work"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        Self {
+            dir,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The working directory of every run.
+    pub fn work(&self) -> PathBuf {
+        self.path("work")
+    }
+
+    /// Sets a variable for later runs.
+    pub fn env(&mut self, name: &str, value: impl AsRef<str>) -> &mut Self {
+        self.env.push((name.to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Writes a file under the sandbox and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tierstack"));
+        command
+            .args(args)
+            .current_dir(self.work())
+            .env("HOME", self.path("home"))
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("TIERSTACK_") {
+                command.env_remove(name);
+            }
+        }
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(&self.command(args).output().unwrap())
+    }
+
+    /// Runs with `input` on stdin.
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write as _;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        Run::from(&child.wait_with_output().unwrap())
+    }
+}
+
+/// A config file of memory over `kind` at `path`.
+pub fn stack_config(kind: &str, path: &Path) -> String {
+    format!(
+        "cache:\n  tiers:\n    - kind: memory\n      ttl: 1h\n    - kind: {kind}\n      path: \"{}\"\n      ttl: 7d\n",
+        path.display()
+    )
+}
