@@ -262,6 +262,8 @@ fn bad_import_files_are_refused_or_counted() {
     let run = sandbox.run(&["import", zst.to_str().unwrap()]);
     assert!(run.code == 2 || run.code == 3, "{run:?}");
     // Exporting into a directory that does not exist.
-    let run = sandbox.run(&["export", "/proc/nope/export.jsonl"]).expect(2);
+    let run = sandbox
+        .run(&["export", "/proc/nope/export.jsonl"])
+        .expect(2);
     assert!(run.stderr.contains("/proc/nope"), "{run:?}");
 }
