@@ -223,3 +223,46 @@ async fn mixing_both_forms_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("either"), "{err}");
 }
+
+#[tokio::test]
+async fn offline_and_source_policies_come_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "cache:\n  offline: true\n  stale_for: 1h\n  sources:\n    \"audnexus:*\": {{ ttl: 7d }}\n    pathinfo: {{ ttl: 90s, negative_ttl: 10s }}\n  tiers:\n    - kind: sqlite\n      path: \"{}\"\n      ttl: 30d\n",
+        dir.path().join("p.db").display()
+    );
+    let config = Config::parse(&yaml, "yaml").unwrap();
+    let cache = TieredCache::from_config(&config).await.unwrap();
+
+    // Offline: a miss never reaches the source.
+    let called = std::sync::atomic::AtomicBool::new(false);
+    let result = cache
+        .get_or_fetch::<String, _, _, std::io::Error>(&key(), Ttl::TierDefault, || async {
+            called.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok("fetched".to_owned())
+        })
+        .await;
+    assert!(result.is_err());
+    assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
+
+    // Each source's TTL applies to writes without an explicit TTL.
+    let now = tierstack::Timestamp::now().as_millis();
+    let path = Key::new("pathinfo", [("path", "/a")]);
+    cache.set(&path, 1_u32, Ttl::TierDefault).await.unwrap();
+    cache.set(&key(), 2_u32, Ttl::TierDefault).await.unwrap();
+    let expires = |key: Key| {
+        let cache = cache.clone();
+        async move {
+            let inspected = cache.inspect(&key).await;
+            let header = inspected[0].1.as_ref().unwrap().unwrap();
+            header.expires_at.as_millis() - now
+        }
+    };
+    let path_ttl = expires(path).await;
+    assert!((89_000..=91_000).contains(&path_ttl), "{path_ttl}");
+    let book_ttl = expires(key()).await;
+    assert!(
+        (7 * 86_400_000 - 1_000..=7 * 86_400_000 + 1_000).contains(&book_ttl),
+        "{book_ttl}"
+    );
+}
