@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tierstack::{ClearScope, Health, ScanCursor, Tier, TieredCache, Timestamp, units};
@@ -189,7 +190,7 @@ fn confirm(question: &str) -> Result<bool, Failure> {
 fn chosen_tiers<'a>(
     cache: &'a TieredCache,
     name: Option<&str>,
-) -> Result<Vec<&'a std::sync::Arc<dyn Tier>>, Failure> {
+) -> Result<Vec<&'a Arc<dyn Tier>>, Failure> {
     let all: Vec<_> = cache.tiers().collect();
     let Some(name) = name else {
         return Ok(all);
@@ -223,11 +224,30 @@ pub(crate) async fn clear(cache: &TieredCache, request: ClearRequest, json: bool
             return Err(Failure::usage("cancelled; nothing was removed"));
         }
     }
-    let bar = progress(json, None, "clearing");
+    remove_from(&tiers, json, "clearing", |tier| {
+        let scope = scope.clone();
+        async move { tier.clear(scope).await }
+    })
+    .await
+}
+
+/// Runs a removing operation on each tier in turn, reports the counts, and
+/// fails (exit 3) if any tier failed; the other tiers are still done.
+async fn remove_from<F, Fut>(
+    tiers: &[&Arc<dyn Tier>],
+    json: bool,
+    message: &'static str,
+    remove: F,
+) -> Outcome
+where
+    F: Fn(Arc<dyn Tier>) -> Fut,
+    Fut: Future<Output = tierstack::Result<u64>>,
+{
+    let bar = progress(json, Some(tiers.len() as u64), message);
     let mut removed = Vec::with_capacity(tiers.len());
     let mut failures = Vec::new();
-    for tier in &tiers {
-        match tier.clear(scope.clone()).await {
+    for tier in tiers {
+        match remove(Arc::clone(tier)).await {
             Ok(n) => removed.push((tier.name().to_owned(), n)),
             Err(e) => failures.push(format!("{}: {e}", tier.name())),
         }
@@ -256,21 +276,12 @@ fn report_removed(removed: &[(String, u64)], json: bool) -> Outcome {
 }
 
 pub(crate) async fn purge(cache: &TieredCache, json: bool) -> Outcome {
-    let bar = progress(json, None, "purging");
-    let mut removed = Vec::new();
-    let mut failures = Vec::new();
-    for tier in cache.tiers() {
-        match tier.purge().await {
-            Ok(n) => removed.push((tier.name().to_owned(), n)),
-            Err(e) => failures.push(format!("{}: {e}", tier.name())),
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    report_removed(&removed, json)?;
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::unavailable(failures.join("; ")))
-    }
+    let tiers: Vec<_> = cache.tiers().collect();
+    remove_from(
+        &tiers,
+        json,
+        "purging",
+        |tier| async move { tier.purge().await },
+    )
+    .await
 }
