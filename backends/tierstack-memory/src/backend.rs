@@ -200,6 +200,7 @@ impl Tier for MemoryTier {
         TierStats {
             evictions: self.counters.evictions.load(Ordering::Relaxed),
             expirations: self.counters.expirations.load(Ordering::Relaxed),
+            ..TierStats::default()
         }
     }
 

@@ -257,6 +257,7 @@ impl Tier for RedbTier {
         TierStats {
             evictions: self.counters.evictions.load(Ordering::Relaxed),
             expirations: self.counters.expirations.load(Ordering::Relaxed),
+            ..TierStats::default()
         }
     }
 

@@ -342,6 +342,7 @@ impl Tier for SledTier {
         TierStats {
             evictions: 0,
             expirations: self.expirations.load(Ordering::Relaxed),
+            ..TierStats::default()
         }
     }
 

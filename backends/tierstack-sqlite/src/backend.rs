@@ -323,6 +323,7 @@ impl Tier for SqliteTier {
         TierStats {
             evictions: self.counters.evictions.load(Ordering::Relaxed),
             expirations: self.counters.expirations.load(Ordering::Relaxed),
+            ..TierStats::default()
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod cases;
 pub mod processes;
+pub mod redis_server;
 
 use std::any::Any;
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 // Library code never unwraps what a user, a file or a server can influence.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod backplane;
 pub mod codec;
 pub mod compression;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod time;
 pub mod units;
 
 pub use async_trait::async_trait;
+pub use backplane::{Backplane, BackplaneEvent, Invalidation};
 pub use bytes::Bytes;
 pub use codec::Codec;
 pub use compression::{Compression, CompressionKind, Dictionaries, Dictionary};

@@ -10,6 +10,12 @@ use crate::error::{Error, ErrorKind, Operation};
 /// An unset variable is an error naming it, so a typo does not silently
 /// become a relative path.
 pub fn expand(path: &str) -> Result<PathBuf, String> {
+    expand_text(path).map(PathBuf::from)
+}
+
+/// Expands `$VAR` / `${VAR}` (and a leading `~`) in any config text, such
+/// as a server URL or a password taken from the environment.
+pub fn expand_text(path: &str) -> Result<String, String> {
     let mut out = String::with_capacity(path.len());
     let rest = if path == "~" || path.starts_with("~/") {
         let home = std::env::var("HOME")
@@ -59,7 +65,7 @@ pub fn expand(path: &str) -> Result<PathBuf, String> {
             .map_err(|_| format!("environment variable {name} in {path:?} is not set"))?;
         out.push_str(&value);
     }
-    Ok(PathBuf::from(out))
+    Ok(out)
 }
 
 /// The default location of a store file or directory named `name`:

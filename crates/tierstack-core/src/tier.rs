@@ -95,6 +95,9 @@ pub struct TierStats {
     pub evictions: u64,
     /// Entries removed because they expired.
     pub expirations: u64,
+    /// Operations not attempted because the store was known to be down (an
+    /// open circuit breaker): reads answered as misses, writes dropped.
+    pub unavailable: u64,
 }
 
 /// Whether a tier is usable.
@@ -196,4 +199,13 @@ pub trait Tier: Send + Sync + fmt::Debug {
 
     /// Whether the tier works right now.
     async fn health(&self) -> Health;
+
+    /// The channel on which this tier's store tells the processes sharing
+    /// it about deletes and clears, if it has one and it was enabled
+    /// (`backplane: true` on the Redis tier). The cache publishes its own
+    /// deletes and clears there and drops what others delete from its tiers
+    /// that are not shared across hosts.
+    fn backplane(&self) -> Option<std::sync::Arc<dyn crate::backplane::Backplane>> {
+        None
+    }
 }

@@ -1,0 +1,33 @@
+#![doc = include_str!("docs.md")]
+// Library code never unwraps what a user, a file or a server can influence.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod backend;
+mod backplane;
+mod breaker;
+mod config;
+mod connection;
+mod error;
+
+pub use backend::RedisTier;
+pub use config::{RedisConfig, SentinelConfig};
+
+use tierstack_core::{BackendDescriptor, Capabilities};
+
+/// What the Redis tier can do.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    persistent: true,
+    shared_across_processes: true,
+    shared_across_hosts: true,
+    native_ttl: true,
+    native_batch: true,
+    scan: true,
+    ..Capabilities::NONE
+};
+
+tierstack_core::register_backend!(BackendDescriptor {
+    name: "redis",
+    description: "Redis (single server, Sentinel or Cluster): shared by a team and CI; fails open behind a circuit breaker",
+    capabilities: CAPABILITIES,
+    example_config: "kind: redis\nurl: redis://127.0.0.1:6379\nprefix: mk_torrent\nttl: 30d\n",
+});
