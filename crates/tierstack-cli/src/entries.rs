@@ -65,9 +65,10 @@ pub(crate) async fn get(cache: &TieredCache, text: &str, json: bool) -> Outcome 
         };
     }
     let failed = failed_tiers(cache, &before);
-    if !failed.is_empty() && failed.len() == cache.tiers().count() {
+    if !failed.is_empty() {
+        // The tiers that failed may hold it: "not found" would be a guess.
         return Err(Failure::unavailable(format!(
-            "{key}: every tier failed ({}); see `tierstack stats`",
+            "{key}: not found in the tiers that answered; {} failed (see `tierstack config check`)",
             failed.join(", ")
         )));
     }

@@ -224,6 +224,13 @@ pub(crate) async fn clear(cache: &TieredCache, request: ClearRequest, json: bool
             return Err(Failure::usage("cancelled; nothing was removed"));
         }
     }
+    if request.tier.is_none() {
+        // Through the cache, so that a backplane tells other processes.
+        let bar = progress(json, None, "clearing");
+        let removed = cache.clear(scope).await;
+        bar.finish_and_clear();
+        return report_removed(&removed?, json);
+    }
     remove_from(&tiers, json, "clearing", |tier| {
         let scope = scope.clone();
         async move { tier.clear(scope).await }

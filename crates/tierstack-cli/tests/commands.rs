@@ -476,8 +476,8 @@ fn backends_lists_every_compiled_backend() {
         .iter()
         .map(|b| b["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["memory", "redb", "sled", "sqlite"]);
-    let sqlite = &list[3];
+    assert_eq!(names, ["memory", "redb", "redis", "sled", "sqlite"]);
+    let sqlite = &list[4];
     let caps: Vec<&str> = sqlite["capabilities"]
         .as_array()
         .unwrap()

@@ -183,7 +183,10 @@ impl TieredCacheBuilder {
                 counters: crate::stats::LayerCounters::default(),
             });
         }
+        let backplane = crate::invalidation::find(&layers);
         TieredCache::from_inner(Inner {
+            backplane,
+            backplane_counters: crate::invalidation::BackplaneCounters::default(),
             layers,
             codec: self.codec,
             compression: self.compression,

@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     pub(crate) offline: std::sync::atomic::AtomicBool,
     /// Keys with a background refresh under way (one per key at a time).
     pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<Key>>,
+    /// Where deletes and clears are announced to other processes.
+    pub(crate) backplane: Option<Arc<dyn tierstack_core::Backplane>>,
+    pub(crate) backplane_counters: crate::invalidation::BackplaneCounters,
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -118,9 +121,9 @@ impl TieredCache {
     }
 
     pub(crate) fn from_inner(inner: Inner) -> Self {
-        Self {
-            inner: Arc::new(inner),
-        }
+        let inner = Arc::new(inner);
+        crate::invalidation::start(&inner);
+        Self { inner }
     }
 
     /// Reads a fresh value. A miss, an expired, negative or undecodable entry
@@ -149,6 +152,8 @@ impl TieredCache {
 
     /// Removes a key from every tier. Every tier is tried; the first failure
     /// is returned after all were tried. `true` if any tier held the key.
+    /// With a backplane (the Redis tier's `backplane: true`), other processes
+    /// drop the key from their private tiers too.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
         let results = join_all(self.inner.layers.iter().map(|layer| {
             layer
@@ -157,12 +162,15 @@ impl TieredCache {
                 .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "delete"))
         }))
         .await;
+        crate::invalidation::announce(&self.inner, tierstack_core::Invalidation::Key(key.clone()))
+            .await;
         self.first_error(results, Operation::Delete)
             .map(|found| found.into_iter().any(|f| f))
     }
 
     /// Clears `scope` in every tier; returns the number removed per tier,
     /// top first. Every tier is tried; the first failure is returned after.
+    /// With a backplane, other processes clear their private tiers too.
     pub async fn clear(&self, scope: ClearScope) -> Result<Vec<(String, u64)>> {
         let results = join_all(self.inner.layers.iter().map(|layer| {
             layer
@@ -171,6 +179,8 @@ impl TieredCache {
                 .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "clear"))
         }))
         .await;
+        crate::invalidation::announce(&self.inner, tierstack_core::Invalidation::Clear(scope))
+            .await;
         let counts = self.first_error(results, Operation::Clear)?;
         Ok(self
             .inner
@@ -224,6 +234,7 @@ impl TieredCache {
                 .map(|l| LayerStats::from_counters(&l.name, &l.counters, l.tier.stats()))
                 .collect(),
             sources: self.inner.sources.snapshot(),
+            backplane: self.inner.backplane_counters.snapshot(),
         }
     }
 

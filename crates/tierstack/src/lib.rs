@@ -9,6 +9,7 @@ mod cached_fn;
 mod config_file;
 mod fetch;
 mod flight;
+mod invalidation;
 mod policy;
 mod stats;
 mod transfer;
@@ -22,6 +23,7 @@ pub use config_file::{
     SourceConfig,
 };
 pub use fetch::{FetchOptions, Fetched};
+pub use invalidation::BackplaneStats;
 pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
 pub use transfer::{
@@ -50,6 +52,12 @@ pub use tierstack_redb as redb;
 #[cfg(feature = "redb")]
 pub use tierstack_redb::{RedbConfig, RedbTier};
 
+/// The Redis tier (feature `redis`).
+#[cfg(feature = "redis")]
+pub use tierstack_redis as redis;
+#[cfg(feature = "redis")]
+pub use tierstack_redis::{RedisConfig, RedisTier, SentinelConfig};
+
 /// The sled directory tier (feature `sled`).
 #[cfg(feature = "sled")]
 pub use tierstack_sled as sled;
@@ -76,4 +84,6 @@ fn link_backends() {
     std::hint::black_box(&tierstack_redb::CAPABILITIES);
     #[cfg(feature = "sled")]
     std::hint::black_box(&tierstack_sled::CAPABILITIES);
+    #[cfg(feature = "redis")]
+    std::hint::black_box(&tierstack_redis::CAPABILITIES);
 }

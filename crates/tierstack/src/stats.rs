@@ -186,6 +186,8 @@ pub struct CacheStats {
     pub layers: Vec<LayerStats>,
     /// Per key source.
     pub sources: BTreeMap<String, SourceStats>,
+    /// Cross-host invalidation (all zero without a backplane).
+    pub backplane: crate::BackplaneStats,
 }
 
 impl CacheStats {

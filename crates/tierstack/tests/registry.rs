@@ -7,6 +7,7 @@ fn backends_lists_the_compiled_in_backends() {
     for (enabled, name) in [
         (cfg!(feature = "memory"), "memory"),
         (cfg!(feature = "redb"), "redb"),
+        (cfg!(feature = "redis"), "redis"),
         (cfg!(feature = "sled"), "sled"),
         (cfg!(feature = "sqlite"), "sqlite"),
     ] {
