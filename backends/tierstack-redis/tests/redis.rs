@@ -73,7 +73,10 @@ async fn a_password_and_an_acl_user_restricted_to_the_namespace() {
         .prefix(unique_prefix("admin"))
         .credentials(None, Some("$TIERSTACK_TEST_NO_SUCH_VAR".to_owned()));
     let err = RedisTier::open(&admin, 1).await.unwrap_err();
-    assert!(err.to_string().contains("TIERSTACK_TEST_NO_SUCH_VAR"), "{err}");
+    assert!(
+        err.to_string().contains("TIERSTACK_TEST_NO_SUCH_VAR"),
+        "{err}"
+    );
     let admin = RedisConfig::new(server.url())
         .prefix(unique_prefix("admin"))
         .credentials(None, Some("adminpw".to_owned()));
@@ -110,6 +113,16 @@ async fn tls_with_a_private_certificate_authority() {
     assert!(tier.get(&key("x")).await.is_err());
 }
 
+/// Kills a helper process when the test ends.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn a_master_found_through_sentinel() {
     let master = RedisServer::start();
@@ -130,13 +143,6 @@ async fn a_master_found_through_sentinel() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server --sentinel");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", sentinel_port)).is_err() {
         assert!(Instant::now() < deadline, "sentinel did not start");
@@ -180,7 +186,9 @@ async fn foreign_values_in_the_namespace_are_counted_misses() {
         .unwrap();
     assert!(many.iter().all(Option::is_none));
 
-    let cache = TieredCache::builder().shared_tier(Arc::clone(&tier)).build();
+    let cache = TieredCache::builder()
+        .shared_tier(Arc::clone(&tier))
+        .build();
     assert!(cache.get::<String>(&key("list")).await.is_none());
     assert!(cache.get::<String>(&key("text")).await.is_none());
     let layer = &cache.stats().layers[0];
@@ -215,7 +223,9 @@ async fn clear_touches_only_its_own_namespace() {
             2 => format!("team:2:audnexus:book:asin={i}"),
             _ => format!("team*:1:audnexus:book:asin={i}"),
         };
-        script.push_str(&format!("SET \"{name}\" v\n"));
+        script.push_str("SET \"");
+        script.push_str(&name);
+        script.push_str("\" v\n");
     }
     let mut child = std::process::Command::new("redis-cli")
         .args(["-p", &port.to_string()])
@@ -258,9 +268,11 @@ async fn a_server_that_is_down_makes_misses_not_errors_and_is_used_again_when_ba
     // Every read is answered (from the fetch), never an error.
     for i in 0..20 {
         let value = cache
-            .get_or_fetch::<String, _, _, std::io::Error>(&key(&format!("k{i}")), Ttl::TierDefault, || async {
-                Ok("fetched".to_owned())
-            })
+            .get_or_fetch::<String, _, _, std::io::Error>(
+                &key(&format!("k{i}")),
+                Ttl::TierDefault,
+                || async { Ok("fetched".to_owned()) },
+            )
             .await
             .unwrap();
         assert_eq!(*value, "fetched");
@@ -333,7 +345,10 @@ async fn the_config_file_form_builds_the_tier() {
         .set(&key("f"), "Dune".to_owned(), Ttl::TierDefault)
         .await
         .unwrap();
-    let keys = redis_cli(server.port(), &["--scan", "--pattern", &format!("{prefix}:1:*")]);
+    let keys = redis_cli(
+        server.port(),
+        &["--scan", "--pattern", &format!("{prefix}:1:*")],
+    );
     assert!(keys.contains("audnexus:book:asin=f"), "{keys}");
     let bad = "cache:\n  tiers:\n    - kind: redis\n      url: redis://a:1\n      cluster: [redis://b:2]\n";
     let config = tierstack::Config::parse(bad, "yaml").unwrap();
