@@ -6,6 +6,22 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "redis-server and redis-cli (the Redis tier's tests start their own servers)"
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server
+    elif command -v brew >/dev/null 2>&1; then
+        brew install redis
+    else
+        echo "install redis-server and redis-cli, then run this again" >&2
+        exit 1
+    fi
+fi
+redis-server --version
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
