@@ -19,7 +19,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use tierstack::{
     Codec, Compression, DecodeLimits, Entry, EntryFlags, EntryMeta, Key, RedisConfig, RedisTier,
-    Tier, TieredCache, Timestamp, Ttl,
+    Tier, TieredCache, Timestamp,
 };
 use tierstack_conformance::redis_server::{RedisServer, unique_prefix};
 
