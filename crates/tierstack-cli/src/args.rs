@@ -125,6 +125,29 @@ pub(crate) enum Command {
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
     },
+    /// Measure the stack in the config: latency percentiles and throughput
+    /// of get and set under a workload you choose. Uses its own keys
+    /// (source `tierstack:bench`) and removes them at the end.
+    Bench {
+        /// How long to measure.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Tasks issuing requests at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Size of each value (`100`, `3KiB`, `100KiB`).
+        #[arg(long, default_value = "3KiB", value_parser = parse_size)]
+        value_size: u64,
+        /// Share of reads, in percent (the rest are writes).
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
+        reads: u8,
+        /// Which keys are asked for: `zipf` (a few hot keys) or `uniform`.
+        #[arg(long, default_value = "zipf", value_parser = ["zipf", "uniform"])]
+        distribution: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,4 +158,8 @@ pub(crate) enum ConfigAction {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     tierstack::units::parse_duration(text)
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    tierstack::units::parse_size(text)
 }

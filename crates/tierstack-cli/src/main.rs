@@ -3,6 +3,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod args;
+mod bench;
 mod entries;
 mod info;
 mod maintenance;
@@ -101,6 +102,25 @@ async fn run(cli: Cli) -> Outcome {
                 ttl,
             };
             transfer::warm(&open(config_path).await?, request, json).await
+        }
+        Command::Bench {
+            duration,
+            concurrency,
+            keys,
+            value_size,
+            reads,
+            distribution,
+        } => {
+            let workload = bench::Workload {
+                duration,
+                concurrency,
+                keys,
+                value_size: usize::try_from(value_size)
+                    .map_err(|_| Failure::usage("--value-size is too large"))?,
+                read_percent: reads,
+                zipf: distribution == "zipf",
+            };
+            bench::bench(&open(config_path).await?, workload, json).await
         }
     }
 }

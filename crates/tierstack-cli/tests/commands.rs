@@ -509,3 +509,46 @@ fn a_disabled_cache_stores_nothing_and_says_so() {
         .expect(0);
     assert!(check.stdout.contains("disabled"), "{check:?}");
 }
+
+#[test]
+fn bench_measures_the_configured_stack_and_cleans_up() {
+    let sandbox = Sandbox::new();
+    sandbox.run(&["set", BOOK, "1"]).expect(0);
+    let report = sandbox
+        .run(&[
+            "--json",
+            "bench",
+            "--duration",
+            "300ms",
+            "--keys",
+            "50",
+            "--value-size",
+            "1KiB",
+            "--reads",
+            "80",
+            "--concurrency",
+            "4",
+        ])
+        .expect(0)
+        .json();
+    assert_eq!(report["tiers"], serde_json::json!(["memory", "sqlite"]));
+    let ops = report["operations"].as_array().unwrap();
+    let get = &ops[0];
+    assert_eq!(get["op"], "get");
+    assert!(get["count"].as_u64().unwrap() > 0, "{report}");
+    assert!(get["p99_us"].as_f64().unwrap() >= get["p50_us"].as_f64().unwrap());
+    assert_eq!(report["misses"], 0);
+    // Its keys are gone; the user's entry is not.
+    let stats = sandbox.run(&["--json", "stats"]).expect(0).json();
+    let sources: Vec<&str> = stats["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["audnexus:book"]);
+    sandbox.run(&["bench", "--reads", "101"]).expect(2);
+    sandbox
+        .run(&["bench", "--distribution", "pareto"])
+        .expect(2);
+}
