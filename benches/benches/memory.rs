@@ -1,6 +1,8 @@
 //! The memory tier next to raw moka, in one run.
 //!
 //! - `raw_moka/hit`: `moka::future::Cache<Key, Arc<Book>>::get`, the floor.
+//! - `raw_quick_cache/hit`: `quick_cache::sync::Cache<Key, Arc<Book>>::get`,
+//!   the fastest known in-memory floor (no async, no per-entry expiry).
 //! - `tier/hit`: `MemoryTier::get` (entry with header and decoded value).
 //! - `cache/hit`: `TieredCache::get::<Book>` over one memory tier: the whole
 //!   typed path (lookup, freshness, downcast, statistics).
@@ -59,6 +61,10 @@ fn memory_tier(c: &mut Criterion) {
             cache.set(k, book(i), Ttl::TierDefault).await.expect("set");
         }
     });
+    let quick: quick_cache::sync::Cache<Key, Arc<Book>> = quick_cache::sync::Cache::new(100_000);
+    for (i, k) in keys.iter().enumerate() {
+        quick.insert(k.clone(), Arc::new(book(i)));
+    }
     let missing = Key::new("audnexus:book", [("asin", "missing")]);
 
     let mut group = c.benchmark_group("memory/hit");
@@ -69,6 +75,12 @@ fn memory_tier(c: &mut Criterion) {
             let k = &keys[i];
             let raw = &raw;
             async move { raw.get(k).await.expect("hit") }
+        });
+    });
+    group.bench_function("raw_quick_cache", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            quick.get(&keys[i]).expect("hit")
         });
     });
     group.bench_function("tier", |b| {

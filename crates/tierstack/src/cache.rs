@@ -394,12 +394,11 @@ impl TieredCache {
 
     pub(crate) async fn lookup<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
         let found = self.lookup_quietly(key).await;
-        let source = self.inner.sources.get(key.source());
-        match found {
+        self.inner.sources.with(key.source(), |source| match found {
             Lookup::Found(..) => bump(&source.hits),
             Lookup::Absent => bump(&source.negative_hits),
             Lookup::Missing { .. } => bump(&source.misses),
-        }
+        });
         found
     }
 

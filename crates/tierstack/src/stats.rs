@@ -53,6 +53,20 @@ pub(crate) struct Sources(
 );
 
 impl Sources {
+    /// Runs `f` on the counters of `source` under the read lock: the hot
+    /// path (every lookup) takes no `Arc` clone and no write lock.
+    pub(crate) fn with<T>(&self, source: &str, f: impl FnOnce(&SourceCounters) -> T) -> T {
+        if let Some(found) = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(source)
+        {
+            return f(found);
+        }
+        f(&self.get(source))
+    }
+
     pub(crate) fn get(&self, source: &str) -> Arc<SourceCounters> {
         if let Some(found) = self
             .0

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Turns criterion's JSON output into the tables of docs/benchmarks.md and the
+plot docs/img/benchmarks.svg.
+
+Reads target/criterion/<group>/<bench>/new/estimates.json (medians) and
+sample.json (per-sample times, for a p99 of the samples), writes the part of
+docs/benchmarks.md between the `results:begin` and `results:end` markers, and
+draws ops/s per backend (raw library vs tierstack) as an SVG bar chart.
+Standard library only. Run by scripts/bench.sh after `cargo bench`.
+"""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CRITERION = os.path.join(ROOT, "target", "criterion")
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+SVG = os.path.join(ROOT, "docs", "img", "benchmarks.svg")
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+# (section, label, group, raw bench, tierstack bench, target ratio or None,
+#  "lower" when tierstack should take at most target x the raw time,
+#  "throughput" when the group times a fixed amount of work and the target
+#  is a minimum of raw-time / tierstack-time)
+ROWS = [
+    ("Memory tier", "hit: `TieredCache::get` vs raw moka", "memory/hit", "raw_moka", "cache", 1.3, "lower"),
+    ("Memory tier", "hit: `MemoryTier::get` vs raw moka", "memory/hit", "raw_moka", "tier", None, "lower"),
+    ("Memory tier", "hit: `TieredCache::get` vs quick_cache", "memory/hit", "raw_quick_cache", "cache", None, "lower"),
+    ("Memory tier", "miss", "memory/miss", "raw_moka", "cache", None, "lower"),
+    ("Memory tier", "insert / set", "memory/insert", "raw_moka", "cache", None, "lower"),
+    ("SQLite", "get + decode", "sqlite/get", "raw_select_decode", "cache", 1.3, "lower"),
+    ("SQLite", "set", "sqlite/set", "raw_upsert", "cache", 1.3, "lower"),
+    ("SQLite", "set_many(1000)", "sqlite/set_many_1000", "raw_one_transaction", "tier", 1.3, "lower"),
+    ("redb", "get + decode", "redb/get", "raw_get_decode", "cache", 1.3, "lower"),
+    ("redb", "set (durable commit)", "redb/set", "raw_insert_commit", "cache", None, "lower"),
+    ("sled", "get + decode", "sled/get", "raw_get_decode", "cache", 1.3, "lower"),
+    ("Redis", "get + decode: `TieredCache::get` vs raw GET", "redis/get", "raw_get_decode", "cache", 1.15, "lower"),
+    ("Redis", "get: `Tier::get` vs raw GET", "redis/get", "raw_get", "tier", 1.15, "lower"),
+    ("Redis", "set: `TieredCache::set` vs raw SET PX", "redis/set", "raw_set_px", "cache", None, "lower"),
+    ("Redis", "get_many(100) vs raw MGET", "redis/get_many_100", "raw_mget", "tier", 1.2, "lower"),
+    ("Redis", "32 tasks x 50 gets (throughput, raw time / tier time)", "redis/concurrent_32x50_get", "raw", "tier", 0.8, "throughput"),
+    ("Codecs", "encode MessagePack", "codec/encode_msgpack", "raw", "tierstack", 1.1, "lower"),
+    ("Codecs", "decode MessagePack", "codec/decode_msgpack", "raw", "tierstack", 1.1, "lower"),
+    ("Codecs", "encode JSON", "codec/encode_json", "raw", "tierstack", 1.1, "lower"),
+    ("Codecs", "decode JSON", "codec/decode_json", "raw", "tierstack", 1.1, "lower"),
+    ("Codecs", "encode bincode", "codec/encode_bincode", "raw", "tierstack", 1.1, "lower"),
+    ("Codecs", "decode bincode", "codec/decode_bincode", "raw", "tierstack", 1.1, "lower"),
+    ("Compression", "zstd 3", "compression/zstd3", "raw", "tierstack", 1.1, "lower"),
+    ("Compression", "zstd 3 with a dictionary", "compression/zstd3_dictionary", "raw", "tierstack", 1.1, "lower"),
+    ("Compression", "read a zstd entry (decompress + decode; tierstack also checks the checksum)", "compression/read_zstd3_entry", "raw_decompress_decode", "tierstack", 1.1, "lower"),
+]
+
+STACKS = ["memory+sqlite", "memory+sqlite+redis"]
+
+PLOT = [
+    ("memory", "memory/hit", "raw_moka", "cache"),
+    ("sqlite", "sqlite/get", "raw_select_decode", "cache"),
+    ("redb", "redb/get", "raw_get_decode", "cache"),
+    ("sled", "sled/get", "raw_get_decode", "cache"),
+    ("redis", "redis/get", "raw_get_decode", "cache"),
+]
+
+
+def directory(group, bench):
+    return os.path.join(CRITERION, group.replace("/", "_"), bench, "new")
+
+
+def load(group, bench):
+    """(median ns, p99 of per-iteration sample times ns) or None."""
+    path = directory(group, bench)
+    try:
+        with open(os.path.join(path, "estimates.json")) as f:
+            median = json.load(f)["median"]["point_estimate"]
+        with open(os.path.join(path, "sample.json")) as f:
+            sample = json.load(f)
+        per_iter = sorted(t / n for t, n in zip(sample["times"], sample["iters"]))
+        p99 = per_iter[min(len(per_iter) - 1, int(len(per_iter) * 0.99))]
+        return median, p99
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def fmt(ns):
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.0f} ns"
+
+
+def verdict(ratio, target, kind):
+    if target is None:
+        return "–"
+    met = ratio >= target if kind == "throughput" else ratio <= target
+    sign = "≥" if kind == "throughput" else "≤"
+    return f"{sign} {target}×: {'met' if met else 'missed'}"
+
+
+def tables():
+    out = []
+    section = None
+    for sec, label, group, raw, ours, target, kind in ROWS:
+        a, b = load(group, raw), load(group, ours)
+        if sec != section:
+            section = sec
+            out.append(f"\n### {sec}\n")
+            out.append("| operation | raw | tierstack | ratio | target | p99 raw | p99 tierstack | p99 ratio (≤ 1.5×) |")
+            out.append("| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |")
+        if a is None or b is None:
+            out.append(f"| {label} | not run | not run | – | – | – | – | – |")
+            continue
+        ratio = a[0] / b[0] if kind == "throughput" else b[0] / a[0]
+        p99 = b[1] / a[1]
+        p99_verdict = "–" if kind == "throughput" else ("met" if p99 <= 1.5 else "missed") + f" ({p99:.2f}×)"
+        out.append(
+            f"| {label} | {fmt(a[0])} | {fmt(b[0])} | {ratio:.2f}× | {verdict(ratio, target, kind)} "
+            f"| {fmt(a[1])} | {fmt(b[1])} | {p99_verdict} |"
+        )
+    out.append("\n### Stacks\n")
+    out.append("| stack | L1 hit | lowest tier hit + copy-up | lowest tier hit alone | L1 insert | copy-up target (≤ hit + 1.2 × insert) | miss + fetch + write-through |")
+    out.append("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    for stack in STACKS:
+        group = f"stack/{stack}"
+        parts = {b: load(group, b) for b in ["l1_hit", "lowest_hit_with_copy_up", "lowest_hit_alone", "l1_insert", "miss_fetch_write_through"]}
+        if any(v is None for v in parts.values()):
+            out.append(f"| {stack} | not run | | | | | |")
+            continue
+        m = {k: v[0] for k, v in parts.items()}
+        bound = m["lowest_hit_alone"] + 1.2 * m["l1_insert"]
+        met = "met" if m["lowest_hit_with_copy_up"] <= bound else "missed"
+        out.append(
+            f"| {stack} | {fmt(m['l1_hit'])} | {fmt(m['lowest_hit_with_copy_up'])} | {fmt(m['lowest_hit_alone'])} "
+            f"| {fmt(m['l1_insert'])} | {met} ({fmt(m['lowest_hit_with_copy_up'])} vs {fmt(bound)}) | {fmt(m['miss_fetch_write_through'])} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def svg():
+    bars = []
+    for name, group, raw, ours in PLOT:
+        a, b = load(group, raw), load(group, ours)
+        if a and b:
+            bars.append((name, 1e9 / a[0], 1e9 / b[0]))
+    if not bars:
+        return None
+    width, left, row, bar = 720, 90, 46, 16
+    height = 60 + row * len(bars) + 30
+    peak = max(max(r, t) for _, r, t in bars)
+    scale = (width - left - 120) / peak
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="22" font-size="14" font-weight="bold">get + decode, operations per second (one task; higher is better)</text>',
+        f'<rect x="{left}" y="32" width="12" height="12" fill="#9aa5b1"/><text x="{left + 16}" y="42">raw library</text>',
+        f'<rect x="{left + 110}" y="32" width="12" height="12" fill="#2f6fba"/><text x="{left + 126}" y="42">through tierstack</text>',
+    ]
+    for i, (name, raw_ops, ours_ops) in enumerate(bars):
+        y = 60 + i * row
+        parts.append(f'<text x="{left - 8}" y="{y + bar + 4}" text-anchor="end">{name}</text>')
+        for j, (ops, colour) in enumerate([(raw_ops, "#9aa5b1"), (ours_ops, "#2f6fba")]):
+            w = max(1, ops * scale)
+            yy = y + j * (bar + 2)
+            parts.append(f'<rect x="{left}" y="{yy}" width="{w:.1f}" height="{bar}" fill="{colour}"/>')
+            label = f"{ops / 1e6:.2f} M/s" if ops >= 1e6 else f"{ops / 1e3:.1f} k/s"
+            parts.append(f'<text x="{left + w + 4:.1f}" y="{yy + bar - 4}">{label}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def main():
+    if not os.path.isdir(CRITERION):
+        sys.exit("no target/criterion: run `cargo bench -p tierstack-benches` first")
+    with open(DOC) as f:
+        doc = f.read()
+    if BEGIN not in doc or END not in doc:
+        sys.exit(f"{DOC} lacks the {BEGIN} / {END} markers")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(DOC, "w") as f:
+        f.write(head + BEGIN + "\n" + tables() + END + tail)
+    drawing = svg()
+    if drawing:
+        os.makedirs(os.path.dirname(SVG), exist_ok=True)
+        with open(SVG, "w") as f:
+            f.write(drawing)
+    print(f"wrote {os.path.relpath(DOC, ROOT)} and {os.path.relpath(SVG, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
