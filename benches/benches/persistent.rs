@@ -16,64 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
+
+mod common;
+use common::{Book, KEYS, book, entry, key, runtime};
 use tierstack::{
-    Codec, Compression, DecodeLimits, Entry, EntryFlags, EntryMeta, Key, RedbConfig, RedbTier,
-    SledConfig, SledTier, SqliteConfig, SqliteTier, Tier, TieredCache, Timestamp, Ttl,
+    Codec, Compression, RedbConfig, RedbTier, SledConfig, SledTier, SqliteConfig, SqliteTier, Tier,
+    TieredCache, Ttl,
 };
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Book {
-    asin: String,
-    title: String,
-    authors: Vec<String>,
-    narrators: Vec<String>,
-    runtime_minutes: u32,
-    summary: String,
-}
-
-fn book(i: u64) -> Book {
-    Book {
-        asin: format!("B{i:09}"),
-        title: format!("Book number {i}"),
-        authors: vec![format!("Author {}", i % 97)],
-        narrators: vec![format!("Narrator {}", i % 31)],
-        runtime_minutes: 600 + (i % 300) as u32,
-        summary: "A long summary of the book. ".repeat(8),
-    }
-}
-
-const KEYS: u64 = 1000;
-
-fn key(i: u64) -> Key {
-    Key::new("audnexus:book", [("asin", format!("B{i:09}"))])
-}
-
-fn entry(i: u64) -> Entry {
-    let meta = EntryMeta {
-        schema_version: 1,
-        created_at: Timestamp::now(),
-        expires_at: Timestamp::NEVER,
-        stale_until: Timestamp::NEVER,
-        flags: EntryFlags::empty(),
-    };
-    Entry::encode(
-        &book(i),
-        Codec::MsgPack,
-        &Compression::None,
-        meta,
-        DecodeLimits::default(),
-    )
-    .expect("encodes")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn cache_over(tier: Arc<dyn Tier>) -> TieredCache {
     TieredCache::builder()

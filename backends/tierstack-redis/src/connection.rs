@@ -29,33 +29,38 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
+/// Implements `ConnectionLike` for an enum of connections by handing each
+/// call to the variant's own connection.
+macro_rules! delegate_connection_like {
+    ($name:ident: $($variant:ident),+) => {
+        impl ConnectionLike for $name {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    $(Self::$variant(c) => c.req_packed_command(cmd),)+
+                }
+            }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    $(Self::$variant(c) => c.req_packed_commands(pipeline, offset, count),)+
+                }
+            }
 
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            fn get_db(&self) -> i64 {
+                match self {
+                    $(Self::$variant(c) => c.get_db(),)+
+                }
+            }
         }
-    }
+    };
 }
+
+delegate_connection_like!(Conn: Single, Cluster);
 
 /// Everything needed to (re)connect.
 #[derive(Debug, Clone)]
@@ -380,33 +385,7 @@ pub(crate) enum NodeConn {
     Direct(MultiplexedConnection),
 }
 
-impl ConnectionLike for NodeConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Shared(c) => c.req_packed_command(cmd),
-            Self::Direct(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Shared(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Direct(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Shared(c) => c.get_db(),
-            Self::Direct(c) => c.get_db(),
-        }
-    }
-}
+delegate_connection_like!(NodeConn: Shared, Direct);
 
 /// The `host:port` of each healthy master in `CLUSTER NODES` output.
 fn masters(text: &str) -> Vec<(String, u16)> {
