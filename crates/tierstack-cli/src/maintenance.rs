@@ -68,10 +68,11 @@ async fn scan_sources(
     }
 }
 
-pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
+/// Size and health of each tier.
+async fn tier_views(cache: &TieredCache) -> Vec<TierView> {
     let sizes = cache.sizes().await;
     let health = cache.health().await;
-    let tiers: Vec<TierView> = sizes
+    sizes
         .into_iter()
         .zip(health)
         .map(|((tier, size), (_, health))| match size {
@@ -90,7 +91,11 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
                 error: Some(e.to_string()),
             },
         })
-        .collect();
+        .collect()
+}
+
+pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
+    let tiers = tier_views(cache).await;
     let total = tiers.iter().map(|t| t.entries).sum();
     let bar = progress(json, Some(total), "scanning");
     let mut sources = Vec::new();
@@ -105,8 +110,14 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
         }
     }
     bar.finish_and_clear();
+    let counters = load_counters(cache, &mut problems);
     if json {
-        print_json(&serde_json::json!({ "tiers": tiers, "sources": sources }))?;
+        let counters = counters.as_ref().map(|(file, stored)| {
+            serde_json::json!({ "file": file, "since": stored.since, "tiers": stored.tiers, "sources": stored.sources })
+        });
+        print_json(
+            &serde_json::json!({ "tiers": tiers, "sources": sources, "counters": counters }),
+        )?;
     } else {
         let rows: Vec<Vec<String>> = tiers
             .iter()
@@ -150,6 +161,9 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
             );
         }
     }
+    if !json {
+        print_counters(counters.as_ref());
+    }
     let failed: Vec<String> = tiers
         .iter()
         .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.tier)))
@@ -159,6 +173,104 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
         Ok(())
     } else {
         Err(Failure::unavailable(failed.join("; ")))
+    }
+}
+
+/// The stats file's totals, if the cache has one; a file that cannot be
+/// read is reported as a problem.
+fn load_counters(
+    cache: &TieredCache,
+    problems: &mut Vec<String>,
+) -> Option<(std::path::PathBuf, tierstack::StoredStats)> {
+    let file = cache.stats_file()?;
+    match tierstack::StoredStats::load(file) {
+        Ok(stored) => Some((file.to_owned(), stored)),
+        Err(e) => {
+            problems.push(format!("cannot read {}: {e}", file.display()));
+            None
+        }
+    }
+}
+
+fn ratio(counters: &tierstack::StoredCounters) -> String {
+    counters
+        .hit_ratio()
+        .map_or_else(|| "–".to_owned(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// Hits and misses of every process that used the cache, from its stats file.
+fn print_counters(counters: Option<&(std::path::PathBuf, tierstack::StoredStats)>) {
+    let Some((file, stored)) = counters else {
+        emit("");
+        emit("no stats_file in the config: hit and miss counters are kept per process only");
+        return;
+    };
+    emit("");
+    emit(&format!(
+        "lookups since {} (all processes, {}):",
+        if stored.since.is_empty() {
+            "the start"
+        } else {
+            &stored.since
+        },
+        file.display()
+    ));
+    let rows: Vec<Vec<String>> = stored
+        .tiers
+        .iter()
+        .map(|(tier, c)| {
+            vec![
+                tier.clone(),
+                c.hits.to_string(),
+                c.misses.to_string(),
+                ratio(c),
+                c.writes.to_string(),
+                c.errors.to_string(),
+                c.decode_failures.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "tier",
+            "hits",
+            "misses",
+            "hit ratio",
+            "writes",
+            "errors",
+            "decode failures",
+        ],
+        &rows,
+    );
+    if !stored.sources.is_empty() {
+        emit("");
+        let rows: Vec<Vec<String>> = stored
+            .sources
+            .iter()
+            .map(|(source, c)| {
+                vec![
+                    source.clone(),
+                    c.hits.to_string(),
+                    c.misses.to_string(),
+                    ratio(c),
+                    c.fetches.to_string(),
+                    c.fetch_errors.to_string(),
+                    c.stale_served.to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "source",
+                "hits",
+                "misses",
+                "hit ratio",
+                "fetches",
+                "fetch errors",
+                "stale served",
+            ],
+            &rows,
+        );
     }
 }
 

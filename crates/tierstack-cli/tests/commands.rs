@@ -552,3 +552,33 @@ fn bench_measures_the_configured_stack_and_cleans_up() {
         .run(&["bench", "--distribution", "pareto"])
         .expect(2);
 }
+
+#[test]
+fn stats_shows_hits_and_misses_of_every_process() {
+    let sandbox = Sandbox::new();
+    sandbox.run(&["set", BOOK, "1"]).expect(0);
+    sandbox.run(&["get", BOOK]).expect(0);
+    sandbox.run(&["get", BOOK]).expect(0);
+    sandbox.run(&["get", "audnexus:book:asin=nope"]).expect(1);
+    let stats = sandbox.run(&["--json", "stats"]).expect(0).json();
+    let counters = &stats["counters"];
+    assert!(
+        counters["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("tierstack/stats.json"),
+        "{counters}"
+    );
+    // Each process has an empty memory tier: the hits come from SQLite.
+    assert_eq!(counters["tiers"]["sqlite"]["hits"], 2, "{counters}");
+    assert_eq!(counters["tiers"]["sqlite"]["misses"], 1, "{counters}");
+    assert_eq!(
+        counters["sources"]["audnexus:book"]["hits"], 2,
+        "{counters}"
+    );
+    let human = sandbox.run(&["stats"]).expect(0).stdout;
+    assert!(
+        human.contains("hit ratio") && human.contains("66.7%"),
+        "{human}"
+    );
+}

@@ -38,6 +38,7 @@ pub struct TieredCacheBuilder {
     stale_for: Duration,
     negative_ttl: Duration,
     offline: bool,
+    stats_file: Option<std::path::PathBuf>,
 }
 
 impl Default for TieredCacheBuilder {
@@ -55,6 +56,7 @@ impl Default for TieredCacheBuilder {
             stale_for: Duration::ZERO,
             negative_ttl: Duration::from_secs(300),
             offline: false,
+            stats_file: None,
         }
     }
 }
@@ -165,6 +167,15 @@ impl TieredCacheBuilder {
         self
     }
 
+    /// Adds this cache's counters to `path` when it is dropped (and on
+    /// [`TieredCache::flush_stats`]), so totals over every process are kept;
+    /// `tierstack stats` shows them.
+    #[must_use]
+    pub fn stats_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.stats_file = Some(path.into());
+        self
+    }
+
     /// Builds the cache. Tiers with the same name get a `#2`, `#3`… suffix
     /// in statistics.
     pub fn build(self) -> TieredCache {
@@ -187,6 +198,7 @@ impl TieredCacheBuilder {
         TieredCache::from_inner(Inner {
             backplane,
             backplane_counters: crate::invalidation::BackplaneCounters::default(),
+            stats_file: self.stats_file.map(crate::stats_file::StatsFile::new),
             layers,
             codec: self.codec,
             compression: self.compression,

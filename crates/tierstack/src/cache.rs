@@ -76,6 +76,32 @@ pub(crate) struct Inner {
     /// Where deletes and clears are announced to other processes.
     pub(crate) backplane: Option<Arc<dyn tierstack_core::Backplane>>,
     pub(crate) backplane_counters: crate::invalidation::BackplaneCounters,
+    /// Where counters are added up across processes.
+    pub(crate) stats_file: Option<crate::stats_file::StatsFile>,
+}
+
+impl Inner {
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerStats::from_counters(&l.name, &l.counters, l.tier.stats()))
+                .collect(),
+            sources: self.sources.snapshot(),
+            backplane: self.backplane_counters.snapshot(),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(file) = &self.stats_file {
+            if let Err(e) = file.flush(&self.stats()) {
+                tracing::warn!(file = %file.path().display(), error = %e, "could not save the cache's counters");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -226,16 +252,7 @@ impl TieredCache {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            layers: self
-                .inner
-                .layers
-                .iter()
-                .map(|l| LayerStats::from_counters(&l.name, &l.counters, l.tier.stats()))
-                .collect(),
-            sources: self.inner.sources.snapshot(),
-            backplane: self.inner.backplane_counters.snapshot(),
-        }
+        self.inner.stats()
     }
 
     /// The tiers, top (L1) first.

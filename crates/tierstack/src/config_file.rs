@@ -125,6 +125,7 @@ pub const CACHE_FIELDS: &[&str] = &[
     "negative_ttl",
     "offline",
     "sources",
+    "stats_file",
     "tiers",
     "file_ttl_days",
     "memory_ttl_seconds",
@@ -203,6 +204,12 @@ pub struct CacheConfig {
     /// Policies by source pattern (`audnexus:*`, `pathinfo`).
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// A JSON file where every process adds its hit/miss counters when its
+    /// cache is dropped (shown by `tierstack stats`); `~` and `$VAR` are
+    /// expanded. Default: `{location}/stats.json` in the flat form and
+    /// beside the embedded default's database, none otherwise.
+    #[serde(default)]
+    pub stats_file: Option<String>,
     /// The tiers, L1 first (full form).
     #[serde(default)]
     pub tiers: Option<Vec<Box<dyn TierConfig>>>,
@@ -477,6 +484,21 @@ impl TieredCache {
         if !c.enabled {
             // A pass-through cache opens nothing.
             return Ok(builder.build());
+        }
+        let stats_file = match (&c.stats_file, &c.location) {
+            (Some(file), _) => Some(file.clone()),
+            (None, Some(location)) => {
+                Some(format!("{}/stats.json", location.trim_end_matches('/')))
+            }
+            (None, None) if config.origin == ConfigOrigin::Embedded => {
+                Some(tierstack_core::paths::default_cache_path("stats.json"))
+            }
+            (None, None) => None,
+        };
+        if let Some(file) = stats_file {
+            let path = tierstack_core::paths::expand(&file)
+                .map_err(|e| Error::config(format!("cache.stats_file: {e}")))?;
+            builder = builder.stats_file(path);
         }
         let ctx = BuildContext::new(c.schema_version);
         let tiers = match (&c.tiers, flat) {

@@ -12,6 +12,7 @@ mod flight;
 mod invalidation;
 mod policy;
 mod stats;
+mod stats_file;
 mod transfer;
 mod warm;
 
@@ -26,6 +27,7 @@ pub use fetch::{FetchOptions, Fetched};
 pub use invalidation::BackplaneStats;
 pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
+pub use stats_file::{StoredCounters, StoredStats};
 pub use transfer::{
     EXPORT_FORMAT, EXPORT_VERSION, ExportHeader, ExportOptions, ExportReport, ImportOptions,
     ImportReport,
