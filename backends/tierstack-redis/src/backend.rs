@@ -319,7 +319,7 @@ impl Shared {
         let budget = budget.unwrap_or(self.timeout);
         let outcome = tokio::time::timeout(budget, async {
             let conn = self.connection(admit == Admit::Probe).await?;
-            f(conn).await.map_err(|e| (e, op)).map_err(Failure::from)
+            f(conn).await.map_err(Failure::Redis)
         })
         .await;
         in_flight.done = true;
@@ -363,12 +363,6 @@ impl Shared {
 enum Failure {
     Redis(redis::RedisError),
     Tier(tierstack_core::Error),
-}
-
-impl From<(redis::RedisError, Operation)> for Failure {
-    fn from((e, _): (redis::RedisError, Operation)) -> Self {
-        Self::Redis(e)
-    }
 }
 
 impl From<tierstack_core::Error> for Failure {
