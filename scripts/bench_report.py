@@ -53,6 +53,26 @@ ROWS = [
 
 STACKS = ["memory+sqlite", "memory+sqlite+redis"]
 
+# (label, group, peer bench, [(tierstack label, bench)], target)
+# Ratios are tierstack time / peer time: below 1 means tierstack is faster.
+PEERS = [
+    ("disk store get", "peers/disk_get", "cached_redb", "`cached` RedbCache",
+     [("redb", "tierstack_redb"), ("SQLite", "tierstack_sqlite")], "faster"),
+    ("disk store set", "peers/disk_set", "cached_redb", "`cached` RedbCache",
+     [("redb", "tierstack_redb"), ("SQLite", "tierstack_sqlite")], "faster"),
+    ("Redis store get", "peers/redis_get", "cached", "`cached` AsyncRedisCache",
+     [("Redis", "tierstack")], "faster"),
+    ("Redis store set", "peers/redis_set", "cached", "`cached` AsyncRedisCache",
+     [("Redis", "tierstack")], "faster"),
+    ("memory+disk hit, from memory", "peers/hybrid_memory_hit", "foyer", "foyer HybridCache",
+     [("memory+SQLite", "tierstack_memory_sqlite"), ("memory+redb", "tierstack_memory_redb")], "on par"),
+    ("memory+disk hit, from disk", "peers/hybrid_disk_hit", "foyer", "foyer HybridCache",
+     [("memory+SQLite", "tierstack_memory_sqlite"), ("memory+redb", "tierstack_memory_redb")], "on par"),
+]
+
+# "On par" allows the noise of these machines: within 10%.
+ON_PAR = 1.1
+
 PLOT = [
     ("memory", "memory/hit", "raw_moka", "cache"),
     ("sqlite", "sqlite/get", "raw_select_decode", "cache"),
@@ -138,6 +158,22 @@ def tables():
             f"| {stack} | {fmt(m['l1_hit'])} | {fmt(m['lowest_hit_with_copy_up'])} | {fmt(m['lowest_hit_alone'])} "
             f"| {fmt(m['l1_insert'])} | {verdict_text} | {fmt(m['miss_fetch_write_through'])} |"
         )
+    out.append("\n### Peers\n")
+    out.append("| workload | peer | peer time | tierstack | tierstack time | ratio (tierstack / peer) | target |")
+    out.append("| --- | --- | ---: | --- | ---: | ---: | --- |")
+    for label, group, peer, peer_name, ours, target in PEERS:
+        theirs = load(group, peer)
+        for name, bench in ours:
+            mine = load(group, bench)
+            if theirs is None or mine is None:
+                out.append(f"| {label} | {peer_name} | not run | {name} | not run | – | – |")
+                continue
+            ratio = mine[0] / theirs[0]
+            met = ratio < 1 if target == "faster" else ratio <= ON_PAR
+            out.append(
+                f"| {label} | {peer_name} | {fmt(theirs[0])} | {name} | {fmt(mine[0])} | {ratio:.2f}× "
+                f"| {target}: {'met' if met else 'missed'} |"
+            )
     return "\n".join(out) + "\n"
 
 
