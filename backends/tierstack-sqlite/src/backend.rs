@@ -24,8 +24,9 @@ const MAX_IDLE_READERS: usize = 8;
 /// shared safely by every process that opens it.
 ///
 /// Reads run inline on the calling task (a point read costs microseconds,
-/// less than a hop to a blocking thread); writes go to a group-commit writer
-/// thread and return once committed.
+/// less than a hop to a blocking thread); writes are committed in place when
+/// the writer is idle and go to a group-commit writer thread under load, and
+/// return once committed.
 #[derive(Debug)]
 pub struct SqliteTier {
     name: String,
@@ -78,6 +79,8 @@ impl SqliteTier {
         let counters = Arc::new(Counters::default());
         let writer = Writer {
             conn,
+            busy_timeout,
+            commits_in_place: !matches!(config.synchronous, crate::config::Synchronous::Full),
             path: path.clone(),
             namespace: schema_version,
             max_size: config.max_size,

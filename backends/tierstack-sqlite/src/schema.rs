@@ -43,8 +43,6 @@ CREATE TABLE metadata_cache (
     last_access    INTEGER NOT NULL,
     PRIMARY KEY (cache_key, schema_version)
 );
-CREATE INDEX metadata_cache_expires_at ON metadata_cache (expires_at);
-CREATE INDEX metadata_cache_source ON metadata_cache (source);
 PRAGMA user_version = 2;
 ";
 
@@ -239,7 +237,10 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, namespace: u32) -> Res
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(fail)?;
     match version {
-        USER_VERSION => return Ok(()),
+        USER_VERSION => {
+            drop_secondary_indexes(&tx).map_err(fail)?;
+            return tx.commit().map_err(fail);
+        }
         v if v > USER_VERSION => {
             return Err(refuse(
                 path,
@@ -272,6 +273,26 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, namespace: u32) -> Res
         ));
     }
     tx.commit().map_err(fail)
+}
+
+/// Earlier versions kept indexes on `expires_at` and `source`; they made
+/// every write touch two more pages for the sake of rare maintenance
+/// commands, so files that have them lose them on open. Queries of any
+/// version work with or without them.
+fn drop_secondary_indexes(conn: &Connection) -> rusqlite::Result<()> {
+    let present: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
+         AND name IN ('metadata_cache_expires_at', 'metadata_cache_source')",
+        [],
+        |r| r.get(0),
+    )?;
+    if present > 0 {
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS metadata_cache_expires_at;
+             DROP INDEX IF EXISTS metadata_cache_source;",
+        )?;
+    }
+    Ok(())
 }
 
 fn is_rfc_table(conn: &Connection) -> rusqlite::Result<bool> {

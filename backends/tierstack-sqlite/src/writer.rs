@@ -42,6 +42,17 @@ impl Touched {
         keys.len() == TOUCH_BUFFER
     }
 
+    /// Puts back a read taken for a commit that did not happen.
+    fn record_owned(&self, key: String) {
+        let mut keys = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.len() < TOUCH_BUFFER {
+            keys.push(key);
+        }
+    }
+
     fn take(&self) -> Vec<String> {
         std::mem::take(
             &mut *self
@@ -61,6 +72,12 @@ pub(crate) struct Counters {
 
 pub(crate) struct Writer {
     pub(crate) conn: Connection,
+    /// SQLite's wait for another process's write lock, restored after an
+    /// in-place commit that did not wait.
+    pub(crate) busy_timeout: Duration,
+    /// Whether a commit is cheap enough to run on the caller's thread: not
+    /// with `synchronous = FULL`, where each commit waits for the disk.
+    pub(crate) commits_in_place: bool,
     pub(crate) path: PathBuf,
     pub(crate) namespace: u32,
     pub(crate) max_size: Option<u64>,
@@ -80,8 +97,17 @@ impl Writer {
         requests: &[&[WriteOp]],
         touched: &[String],
     ) -> rusqlite::Result<Vec<u64>> {
+        retry_busy(|| self.transaction_once(requests, touched))
+    }
+
+    /// One attempt of [`Writer::transaction`].
+    fn transaction_once(
+        &mut self,
+        requests: &[&[WriteOp]],
+        touched: &[String],
+    ) -> rusqlite::Result<Vec<u64>> {
         let namespace = self.namespace;
-        let result = retry_busy(|| {
+        let result = (|| {
             let now = Timestamp::now();
             let tx = self
                 .conn
@@ -117,7 +143,7 @@ impl Writer {
             }
             tx.commit()?;
             Ok(counts)
-        });
+        })();
         if result.is_ok() {
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         }
@@ -290,5 +316,28 @@ impl CommitStore for Writer {
 
     fn after_batch(&mut self) {
         self.enforce_cap();
+    }
+
+    /// One attempt without waiting for SQLite's lock: if another process
+    /// holds it, the request goes to the writer thread, which waits.
+    fn commit_now(&mut self, request: &[WriteOp]) -> Option<tierstack_core::Result<Vec<u64>>> {
+        if !self.commits_in_place || self.conn.busy_timeout(Duration::ZERO).is_err() {
+            return None;
+        }
+        let touched = self.touched.take();
+        let result = self.transaction_once(&[request], &touched);
+        if let Err(e) = self.conn.busy_timeout(self.busy_timeout) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not restore the busy timeout");
+        }
+        match result {
+            Err(e) if is_busy(&e) => {
+                // The reads stay recorded for the next commit.
+                for key in touched {
+                    self.touched.record_owned(key);
+                }
+                None
+            }
+            other => Some(other.map_err(|e| self.fail(e, Operation::Set))),
+        }
     }
 }

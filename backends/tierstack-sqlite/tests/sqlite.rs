@@ -678,3 +678,56 @@ async fn a_full_disk_is_a_clear_error_and_the_stack_keeps_serving() {
     assert_eq!(reopened.stats().layers[0].decode_failures, 0);
     println!("disk full after {failed_at} rows; all acknowledged rows intact after a restart");
 }
+
+/// A set commits on the caller's thread when the writer is idle, but never
+/// waits there for another process's lock: it hands over to the writer
+/// thread, the runtime goes on, and the set lands once the lock is free.
+#[tokio::test(flavor = "current_thread")]
+async fn a_set_blocked_by_another_process_waits_off_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let tier = Arc::new(open(&path).await);
+    let cache = json_cache(tier.clone());
+    let before = tier.transactions();
+    for i in 0..10 {
+        cache
+            .set(&book_key(&i.to_string()), i, Ttl::TierDefault)
+            .await
+            .unwrap();
+    }
+    assert_eq!(tier.transactions() - before, 10, "one commit per set");
+
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let writer = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .set(&book_key("blocked"), 42, Ttl::TierDefault)
+                .await
+                .unwrap();
+        })
+    };
+    // The runtime has one thread: had the set waited on it for SQLite's
+    // busy timeout (5 s), this sleep could not end on time.
+    let slept = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        slept.elapsed() < Duration::from_secs(3),
+        "the runtime was blocked for {:?}",
+        slept.elapsed()
+    );
+    assert!(
+        !writer.is_finished(),
+        "the set finished while the lock was held"
+    );
+    other.execute_batch("COMMIT").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the set lands once the lock is free")
+        .unwrap();
+    assert_eq!(
+        cache.get::<i32>(&book_key("blocked")).await.as_deref(),
+        Some(&42)
+    );
+}

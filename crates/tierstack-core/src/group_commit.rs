@@ -9,8 +9,16 @@
 //! If a batch fails with a lasting error (not a temporary one such as a lock
 //! held by another process), each request is retried in its own transaction,
 //! so one bad request cannot fail its neighbours.
+//!
+//! When nothing is queued and the thread is idle, a store whose commits cost
+//! microseconds (SQLite without a sync per commit) may commit a request on
+//! the caller's thread instead ([`CommitStore::commit_now`]): the two thread
+//! wake-ups of the hand-off would cost more than the commit. Under load the
+//! requests queue up and are grouped as before.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -44,6 +52,23 @@ pub trait CommitStore: Send + 'static {
 
     /// Runs after each batch of commands (for example to enforce a size cap).
     fn after_batch(&mut self) {}
+
+    /// Applies one request on the caller's thread, if that can be done
+    /// without waiting (no lock held by another process, no sync to disk).
+    /// `None` sends the request to the writer thread. The default always
+    /// does.
+    fn commit_now(&mut self, _request: &[WriteOp]) -> Option<Result<Vec<u64>>> {
+        None
+    }
+}
+
+/// The store, shared by the writer thread and callers committing in place.
+type SharedStore = Arc<Mutex<dyn CommitStore>>;
+
+fn lock(store: &SharedStore) -> MutexGuard<'_, dyn CommitStore + 'static> {
+    store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type Reply = oneshot::Sender<Result<u64>>;
@@ -57,10 +82,12 @@ enum Command {
 
 /// The handle to a group-commit writer thread. Dropping it lets the thread
 /// finish what is queued and waits for it to close the store.
-#[derive(Debug)]
 pub struct GroupCommit {
     tier: String,
     what: String,
+    store: SharedStore,
+    /// Callers waiting for the thread's answer.
+    queued: AtomicUsize,
     tx: Option<Sender<Command>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -78,12 +105,18 @@ impl GroupCommit {
         let thread_name = format!("tierstack-{tier}");
         let (tx, rx) = std::sync::mpsc::channel();
         let max_batch = max_batch.max(1);
-        let thread = std::thread::Builder::new()
-            .name(thread_name)
-            .spawn(move || run(store, &rx, max_batch))?;
+        let store: SharedStore = Arc::new(Mutex::new(store));
+        let thread = {
+            let store = Arc::clone(&store);
+            std::thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || run(&store, &rx, max_batch))?
+        };
         Ok(Self {
             tier: tier.to_owned(),
             what,
+            store,
+            queued: AtomicUsize::new(0),
             tx: Some(tx),
             thread: Some(thread),
         })
@@ -92,9 +125,7 @@ impl GroupCommit {
     /// Stores one entry; returns after its commit.
     pub async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
         let ops = vec![WriteOp::Put(key.clone(), entry)];
-        self.call(Operation::Set, |reply| Command::Write(ops, reply))
-            .await
-            .map(drop)
+        self.write(Operation::Set, ops).await.map(drop)
     }
 
     /// Stores several entries in one transaction; returns after its commit.
@@ -106,17 +137,13 @@ impl GroupCommit {
             .into_iter()
             .map(|(k, e)| WriteOp::Put(k, e))
             .collect();
-        self.call(Operation::SetMany, |reply| Command::Write(ops, reply))
-            .await
-            .map(drop)
+        self.write(Operation::SetMany, ops).await.map(drop)
     }
 
     /// Removes one entry; `true` if it was there.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
         let ops = vec![WriteOp::Delete(key.clone())];
-        let removed = self
-            .call(Operation::Delete, |reply| Command::Write(ops, reply))
-            .await?;
+        let removed = self.write(Operation::Delete, ops).await?;
         Ok(removed > 0)
     }
 
@@ -144,6 +171,31 @@ impl GroupCommit {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
+    /// Commits `ops` in place when the writer is idle and the store can,
+    /// else through the writer thread.
+    async fn write(&self, op: Operation, ops: Vec<WriteOp>) -> Result<u64> {
+        if let Some(result) = self.commit_in_place(&ops) {
+            return result
+                .map(|counts| counts.first().copied().unwrap_or(0))
+                .map_err(|e| e.with_tier(self.tier.as_str()).with_operation(op));
+        }
+        self.call(op, |reply| Command::Write(ops, reply)).await
+    }
+
+    fn commit_in_place(&self, ops: &[WriteOp]) -> Option<Result<Vec<u64>>> {
+        if self.queued.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let mut store = match self.store.try_lock() {
+            Ok(store) => store,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let result = store.commit_now(ops)?;
+        store.after_batch();
+        Some(result)
+    }
+
     async fn call(&self, op: Operation, make: impl FnOnce(Reply) -> Command) -> Result<u64> {
         let stopped = || {
             Error::new(
@@ -154,12 +206,41 @@ impl GroupCommit {
         let answer = async {
             let tx = self.tx.as_ref().ok_or_else(stopped)?;
             let (reply, answer) = oneshot::channel();
+            let _waiting = Waiting::new(&self.queued);
             tx.send(make(reply)).map_err(|_| stopped())?;
             answer.await.map_err(|_| stopped())?
         };
         answer
             .await
             .map_err(|e| e.with_tier(self.tier.as_str()).with_operation(op))
+    }
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("tier", &self.tier)
+            .field("what", &self.what)
+            .field("waiting", &self.queued.load(Ordering::Relaxed))
+            .field("running", &self.is_running())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a caller waiting for the writer thread, until it is answered or
+/// gives up (its future dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -172,7 +253,7 @@ impl Drop for GroupCommit {
     }
 }
 
-fn run(mut store: impl CommitStore, rx: &Receiver<Command>, max_batch: usize) {
+fn run(shared: &SharedStore, rx: &Receiver<Command>, max_batch: usize) {
     while let Ok(first) = rx.recv() {
         let mut queue = vec![first];
         while queue.len() < max_batch {
@@ -181,6 +262,8 @@ fn run(mut store: impl CommitStore, rx: &Receiver<Command>, max_batch: usize) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        let mut guard = lock(shared);
+        let store = &mut *guard;
         let mut writes: Vec<(Vec<WriteOp>, Reply)> = Vec::new();
         let mut woken = false;
         for cmd in queue {
@@ -188,11 +271,11 @@ fn run(mut store: impl CommitStore, rx: &Receiver<Command>, max_batch: usize) {
                 Command::Write(ops, reply) => writes.push((ops, reply)),
                 Command::Wake => woken = true,
                 Command::Clear(scope, reply) => {
-                    commit(&mut store, std::mem::take(&mut writes));
+                    commit(store, std::mem::take(&mut writes));
                     let _ = reply.send(store.clear(&scope));
                 }
                 Command::Purge(reply) => {
-                    commit(&mut store, std::mem::take(&mut writes));
+                    commit(store, std::mem::take(&mut writes));
                     let _ = reply.send(store.purge());
                 }
             }
@@ -202,12 +285,12 @@ fn run(mut store: impl CommitStore, rx: &Receiver<Command>, max_batch: usize) {
                 tracing::debug!(error = %e, "empty commit failed");
             }
         }
-        commit(&mut store, writes);
+        commit(store, writes);
         store.after_batch();
     }
 }
 
-fn commit(store: &mut impl CommitStore, group: Vec<(Vec<WriteOp>, Reply)>) {
+fn commit(store: &mut dyn CommitStore, group: Vec<(Vec<WriteOp>, Reply)>) {
     if group.is_empty() {
         return;
     }

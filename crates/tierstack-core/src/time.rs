@@ -2,9 +2,43 @@
 //!
 //! Entries outlive processes and cross hosts, so expiry is stored as wall
 //! time, not as a monotonic `Instant`.
+//!
+//! Every cache read needs "now" for its freshness check, and the system's
+//! wall clock costs about as much as the memory lookup it guards. So
+//! [`Timestamp::now`] reads the kernel's coarse monotonic clock (a few
+//! nanoseconds, one tick of resolution: 1 to 4 ms) and adds an offset to
+//! wall time that it takes again from the system clock at least once a
+//! second, so that a step of the wall clock (NTP, an operator) shows within
+//! a second. Expiry is kept in milliseconds and TTLs are seconds to days: a
+//! few milliseconds of error change nothing a cache user can see.
 
 use std::fmt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long an offset between the coarse clock and wall time is trusted.
+const REANCHOR_MS: u64 = 1000;
+
+/// Wall milliseconds minus coarse-clock milliseconds, from the last anchor.
+static OFFSET_MS: AtomicU64 = AtomicU64::new(0);
+/// Coarse-clock milliseconds at the last anchor; `u64::MAX` before the first.
+static ANCHORED_AT_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn system_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1))
+}
+
+/// Milliseconds of the coarse monotonic clock since this process first asked.
+fn coarse_millis() -> u64 {
+    static START: OnceLock<coarsetime::Instant> = OnceLock::new();
+    let start = *START.get_or_init(coarsetime::Instant::now_without_cache_update);
+    coarsetime::Instant::now_without_cache_update()
+        .duration_since(start)
+        .as_millis()
+}
 
 /// Milliseconds since the Unix epoch; [`Timestamp::NEVER`] means no expiry.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,12 +48,26 @@ impl Timestamp {
     /// A time that never comes.
     pub const NEVER: Self = Self(u64::MAX);
 
-    /// The current wall-clock time.
+    /// The current wall-clock time, within a few milliseconds (see the
+    /// module docs); [`Timestamp::precise_now`] reads the system clock.
     pub fn now() -> Self {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1));
-        Self(ms)
+        let coarse = coarse_millis();
+        let anchored_at = ANCHORED_AT_MS.load(Ordering::Relaxed);
+        if anchored_at != u64::MAX && coarse.wrapping_sub(anchored_at) < REANCHOR_MS {
+            return Self(coarse.wrapping_add(OFFSET_MS.load(Ordering::Relaxed)));
+        }
+        // Two threads may anchor at once; either offset is right. A reader
+        // that sees a new anchor time with the old offset is off by at most
+        // the drift of one second.
+        let wall = system_millis();
+        OFFSET_MS.store(wall.wrapping_sub(coarse), Ordering::Relaxed);
+        ANCHORED_AT_MS.store(coarse, Ordering::Relaxed);
+        Self(wall)
+    }
+
+    /// The current wall-clock time read from the system clock.
+    pub fn precise_now() -> Self {
+        Self(system_millis())
     }
 
     /// From milliseconds since the epoch.
@@ -72,5 +120,30 @@ impl fmt::Display for Timestamp {
         }
         let t = UNIX_EPOCH + Duration::from_millis(self.0);
         write!(f, "{}", humantime::format_rfc3339_millis(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_follows_the_system_clock_across_reanchoring() {
+        // Long enough to cross the re-anchoring period at least once.
+        let end = std::time::Instant::now() + Duration::from_millis(REANCHOR_MS + 300);
+        let mut samples = 0;
+        while std::time::Instant::now() < end {
+            let before = Timestamp::precise_now().as_millis();
+            let now = Timestamp::now().as_millis();
+            let after = Timestamp::precise_now().as_millis();
+            // One tick of the coarse clock is at most 10 ms (HZ=100).
+            assert!(
+                now + 10 >= before && now <= after + 10,
+                "{now} outside [{before}, {after}] ± 10 ms"
+            );
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(7));
+        }
+        assert!(samples > 20);
     }
 }
