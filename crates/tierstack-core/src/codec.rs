@@ -108,13 +108,19 @@ impl Codec {
         };
         match self {
             Self::MsgPack => {
-                let mut de = rmp_serde::Deserializer::new(bytes);
+                // The slice reader (as `rmp_serde::from_slice` uses) reads
+                // strings in place; it does not say where it stopped, so
+                // the end is checked by reading one more value: only "no
+                // marker left" means the body held exactly one value.
+                let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
                 let value = V::deserialize(&mut de).map_err(|e| fail(e.to_string()))?;
-                let rest = de.get_ref().len();
-                if rest == 0 {
-                    Ok(value)
-                } else {
-                    Err(fail(format!("{rest} trailing bytes")))
+                match serde::de::IgnoredAny::deserialize(&mut de) {
+                    Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    {
+                        Ok(value)
+                    }
+                    _ => Err(fail("trailing bytes after the value".to_owned())),
                 }
             }
             Self::Json => serde_json::from_slice(bytes).map_err(|e| fail(e.to_string())),
@@ -148,6 +154,34 @@ mod tests {
         title: String,
         #[serde(default)]
         subtitle: Option<String>,
+    }
+
+    #[test]
+    fn msgpack_refuses_anything_after_the_value() {
+        let value = V1 {
+            asin: "B002V1A0WE".into(),
+            title: "Dune".into(),
+            subtitle: None,
+        };
+        let mut exact = Vec::new();
+        Codec::MsgPack.encode(&value, &mut exact).unwrap();
+        assert_eq!(Codec::MsgPack.decode::<V1>(&exact).unwrap(), value);
+        // A second whole value, a reserved marker, a marker whose data is
+        // missing, and a lone positive fixint.
+        let mut second = exact.clone();
+        second.extend_from_slice(&exact);
+        for (name, bytes) in [
+            ("a second value", second),
+            ("reserved marker", [exact.as_slice(), &[0xc1]].concat()),
+            (
+                "incomplete str8",
+                [exact.as_slice(), &[0xd9, 5, b'a']].concat(),
+            ),
+            ("fixint", [exact.as_slice(), &[0x01]].concat()),
+        ] {
+            let err = Codec::MsgPack.decode::<V1>(&bytes).unwrap_err();
+            assert!(err.to_string().contains("trailing"), "{name}: {err}");
+        }
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -446,6 +446,11 @@ impl TieredCache {
                     continue;
                 }
             };
+            let entry =
+                match Self::decoded_hit::<V>(layer, index, entry, now, self.inner.schema_version) {
+                    Ok(found) => return found,
+                    Err(entry) => entry,
+                };
             match self.classify::<V>(layer, index, key, entry, now).await {
                 Some(Lookup::Missing { stale: Some(s) }) => {
                     // A lower tier may hold a fresher copy; keep the first
@@ -457,6 +462,40 @@ impl TieredCache {
             }
         }
         Lookup::Missing { stale }
+    }
+
+    /// The most common answer, a fresh value that the first tier keeps
+    /// decoded, without building [`TieredCache::classify`]'s future (it
+    /// carries the copy-up machinery). Counts as `classify` would; anything
+    /// else is handed back for it.
+    fn decoded_hit<V: CacheValue>(
+        layer: &Layer,
+        index: usize,
+        entry: Option<Entry>,
+        now: Timestamp,
+        schema_version: u32,
+    ) -> std::result::Result<Lookup<V>, Option<Entry>> {
+        let Some(entry) = entry else {
+            return Err(None);
+        };
+        let header = &entry.header;
+        if index != 0
+            || !header.is_fresh(now)
+            || header.is_negative()
+            || header.schema_version != schema_version
+        {
+            return Err(Some(entry));
+        }
+        let Some(value) = entry
+            .decoded
+            .as_ref()
+            .and_then(|decoded| Arc::clone(decoded).downcast::<V>().ok())
+        else {
+            return Err(Some(entry));
+        };
+        add(&layer.counters.bytes_read, entry.encoded_len() as u64);
+        bump(&layer.counters.hits);
+        Ok(Lookup::Found(value, entry.header))
     }
 
     /// What one tier's answer for `key` means: a fresh value or "not found"
