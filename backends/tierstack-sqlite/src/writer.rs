@@ -112,33 +112,13 @@ impl Writer {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut counts = Vec::with_capacity(requests.len());
-            {
-                let mut put = tx.prepare_cached(UPSERT)?;
-                let mut delete = tx.prepare_cached(
-                    "DELETE FROM metadata_cache WHERE cache_key = ?1 AND schema_version = ?2",
+            let counts = apply(&tx, requests, namespace, now)?;
+            if !touched.is_empty() {
+                let mut touch = tx.prepare_cached(
+                    "UPDATE metadata_cache SET last_access = ?1 WHERE cache_key = ?2 AND schema_version = ?3",
                 )?;
-                for ops in requests {
-                    let mut removed = 0u64;
-                    for op in *ops {
-                        match op {
-                            WriteOp::Put(key, entry) => {
-                                upsert(&mut put, key, entry, namespace, now)?;
-                            }
-                            WriteOp::Delete(key) => {
-                                removed += delete.execute(params![key.as_str(), namespace])? as u64;
-                            }
-                        }
-                    }
-                    counts.push(removed);
-                }
-                if !touched.is_empty() {
-                    let mut touch = tx.prepare_cached(
-                        "UPDATE metadata_cache SET last_access = ?1 WHERE cache_key = ?2 AND schema_version = ?3",
-                    )?;
-                    for key in touched {
-                        touch.execute(params![millis(now), key, namespace])?;
-                    }
+                for key in touched {
+                    touch.execute(params![millis(now), key, namespace])?;
                 }
             }
             tx.commit()?;
@@ -278,6 +258,36 @@ impl Writer {
             tracing::warn!(path = %self.path.display(), error = %e, "could not enforce the size cap");
         }
     }
+}
+
+/// Applies the requests on `conn`; returns, per request, how many entries
+/// its deletes removed.
+fn apply(
+    conn: &Connection,
+    requests: &[&[WriteOp]],
+    namespace: u32,
+    now: Timestamp,
+) -> rusqlite::Result<Vec<u64>> {
+    let mut put = conn.prepare_cached(UPSERT)?;
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM metadata_cache WHERE cache_key = ?1 AND schema_version = ?2",
+    )?;
+    let mut counts = Vec::with_capacity(requests.len());
+    for ops in requests {
+        let mut removed = 0u64;
+        for op in *ops {
+            match op {
+                WriteOp::Put(key, entry) => {
+                    upsert(&mut put, key, entry, namespace, now)?;
+                }
+                WriteOp::Delete(key) => {
+                    removed += delete.execute(params![key.as_str(), namespace])? as u64;
+                }
+            }
+        }
+        counts.push(removed);
+    }
+    Ok(counts)
 }
 
 fn retry_busy<T>(mut attempt: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
