@@ -124,34 +124,67 @@ fn disk_and_redis(c: &mut Criterion) {
     });
 
     let next = counter(KEYS);
-    let mut group = c.benchmark_group("peers/disk_get");
-    for (name, cache) in [
-        ("tierstack_redb", &ours_redb),
-        ("tierstack_sqlite", &ours_sqlite),
-    ] {
+    get_and_set(
+        c,
+        &rt,
+        "disk",
+        &[
+            ("tierstack_redb", &ours_redb),
+            ("tierstack_sqlite", &ours_sqlite),
+        ],
+        ("cached_redb", &cached_redb),
+        &next,
+    );
+    get_and_set(
+        c,
+        &rt,
+        "redis",
+        &[("tierstack", &ours_redis)],
+        ("cached", &cached_redis),
+        &next,
+    );
+
+    rt.block_on(async {
+        let _ = redis.clear(tierstack::ClearScope::All).await;
+        let _ = cached_redis.async_cache_clear().await;
+    });
+    drop(server);
+}
+
+/// Groups `peers/{label}_get` and `peers/{label}_set`: each tierstack cache
+/// in `ours` next to the `cached` store `theirs`, on the same keys.
+fn get_and_set<S>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    label: &str,
+    ours: &[(&str, &TieredCache)],
+    (their_name, theirs): (&str, &S),
+    next: &impl Fn() -> u64,
+) where
+    S: ConcurrentCachedAsync<String, Book> + Sync,
+    S::Error: std::fmt::Debug,
+{
+    let mut group = c.benchmark_group(format!("peers/{label}_get"));
+    for &(name, cache) in ours {
         group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| {
+            b.to_async(rt).iter(|| {
                 let k = key(next());
                 async move { cache.get::<Book>(&k).await.expect("hit") }
             });
         });
     }
-    group.bench_function("cached_redb", |b| {
-        b.to_async(&rt).iter(|| {
+    group.bench_function(their_name, |b| {
+        b.to_async(rt).iter(|| {
             let k = key(next()).as_str().to_owned();
-            let store = &cached_redb;
-            async move { store.async_cache_get(&k).await.expect("get").expect("hit") }
+            async move { theirs.async_cache_get(&k).await.expect("get").expect("hit") }
         });
     });
     group.finish();
 
-    let mut group = c.benchmark_group("peers/disk_set");
-    for (name, cache) in [
-        ("tierstack_redb", &ours_redb),
-        ("tierstack_sqlite", &ours_sqlite),
-    ] {
+    let mut group = c.benchmark_group(format!("peers/{label}_set"));
+    for &(name, cache) in ours {
         group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| {
+            b.to_async(rt).iter(|| {
                 let i = next();
                 async move {
                     cache
@@ -162,12 +195,11 @@ fn disk_and_redis(c: &mut Criterion) {
             });
         });
     }
-    group.bench_function("cached_redb", |b| {
-        b.to_async(&rt).iter(|| {
+    group.bench_function(their_name, |b| {
+        b.to_async(rt).iter(|| {
             let i = next();
-            let store = &cached_redb;
             async move {
-                store
+                theirs
                     .async_cache_set(key(i).as_str().to_owned(), book(i))
                     .await
                     .expect("set")
@@ -175,56 +207,6 @@ fn disk_and_redis(c: &mut Criterion) {
         });
     });
     group.finish();
-
-    let mut group = c.benchmark_group("peers/redis_get");
-    group.bench_function("tierstack", |b| {
-        b.to_async(&rt).iter(|| {
-            let k = key(next());
-            let cache = &ours_redis;
-            async move { cache.get::<Book>(&k).await.expect("hit") }
-        });
-    });
-    group.bench_function("cached", |b| {
-        b.to_async(&rt).iter(|| {
-            let k = key(next()).as_str().to_owned();
-            let store = &cached_redis;
-            async move { store.async_cache_get(&k).await.expect("get").expect("hit") }
-        });
-    });
-    group.finish();
-
-    let mut group = c.benchmark_group("peers/redis_set");
-    group.bench_function("tierstack", |b| {
-        b.to_async(&rt).iter(|| {
-            let i = next();
-            let cache = &ours_redis;
-            async move {
-                cache
-                    .set(&key(i), book(i), Ttl::TierDefault)
-                    .await
-                    .expect("set");
-            }
-        });
-    });
-    group.bench_function("cached", |b| {
-        b.to_async(&rt).iter(|| {
-            let i = next();
-            let store = &cached_redis;
-            async move {
-                store
-                    .async_cache_set(key(i).as_str().to_owned(), book(i))
-                    .await
-                    .expect("set")
-            }
-        });
-    });
-    group.finish();
-
-    rt.block_on(async {
-        let _ = redis.clear(tierstack::ClearScope::All).await;
-        let _ = cached_redis.async_cache_clear().await;
-    });
-    drop(server);
 }
 
 /// foyer's hybrid cache: memory of `entries` records over a block engine in
