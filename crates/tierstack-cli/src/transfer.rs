@@ -21,11 +21,6 @@ fn is_stdio(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-fn is_zstd(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("zst"))
-}
-
 pub(crate) async fn export(
     cache: &TieredCache,
     file: &Path,
@@ -91,7 +86,7 @@ async fn import_with(
             .await?);
     }
     // Plain files show how far the stream is read; compressed ones a count.
-    let len = if is_zstd(file) {
+    let len = if tierstack::is_zstd(file) {
         None
     } else {
         std::fs::metadata(file).ok().map(|m| m.len())
@@ -147,7 +142,7 @@ pub(crate) struct WarmRequest {
 fn is_export(path: &Path) -> Result<bool, Failure> {
     let cannot = |e: std::io::Error| Failure::usage(format!("cannot read {}: {e}", path.display()));
     let file = File::open(path).map_err(cannot)?;
-    let reader: Box<dyn Read> = if is_zstd(path) {
+    let reader: Box<dyn Read> = if tierstack::is_zstd(path) {
         Box::new(zstd::Decoder::new(file).map_err(cannot)?)
     } else {
         Box::new(file)

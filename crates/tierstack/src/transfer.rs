@@ -151,7 +151,9 @@ fn file_error(message: impl Into<String>, error: std::io::Error) -> Error {
     Error::new(kind, message.into()).with_source(error)
 }
 
-fn is_zstd(path: &Path) -> bool {
+/// Whether `path` names a zstd-compressed export (`.zst`), as
+/// [`TieredCache::export_file`] and [`TieredCache::import_file`] decide.
+pub fn is_zstd(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("zst"))
 }
