@@ -672,7 +672,7 @@ impl Tier for RedisTier {
 impl Shared {
     /// Publishes `payload` on `channel` (through the breaker).
     pub(crate) async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
-        self.call(Operation::Delete, None, |mut conn| async move {
+        self.call(Operation::Publish, None, |mut conn| async move {
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(payload)
@@ -680,7 +680,7 @@ impl Shared {
                 .await
         })
         .await?
-        .ok_or_else(|| error::circuit_open(Operation::Delete))?;
+        .ok_or_else(|| error::circuit_open(Operation::Publish))?;
         Ok(())
     }
 

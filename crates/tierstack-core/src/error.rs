@@ -64,6 +64,8 @@ pub enum Operation {
     Health,
     Encode,
     Fetch,
+    /// Announcing a change to other processes (a backplane message).
+    Publish,
 }
 
 impl Operation {
@@ -82,6 +84,7 @@ impl Operation {
             Self::Health => "health",
             Self::Encode => "encode",
             Self::Fetch => "fetch",
+            Self::Publish => "publish",
         }
     }
 }
