@@ -59,8 +59,7 @@ impl SledTier {
                     .map_or(500, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             )),
         };
-        let db = sled_config
-            .open()
+        let db = open_waiting_for_lock(&sled_config)
             .map_err(|e| named(fail(e, &path, Operation::Build)))?;
         let tree = db
             .open_tree(format!("entries_v{schema_version}"))
@@ -206,6 +205,24 @@ fn sweep(tree: &sled::Tree) -> sled::Result<u64> {
         }
     }
     Ok(removed)
+}
+
+/// How long `open` waits for a lock that a handle closed a moment ago may
+/// still hold: sled's I/O threads finish after the handle is dropped.
+const LOCK_GRACE: Duration = Duration::from_secs(1);
+
+/// Opens sled; while the lock is held, tries again until [`LOCK_GRACE`] has
+/// passed (another process keeps it for good and gets the error then).
+fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match config.open() {
+            Err(e) if crate::error::is_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Drop for SledTier {

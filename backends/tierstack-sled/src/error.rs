@@ -4,21 +4,23 @@ use std::path::Path;
 
 use tierstack_core::{Error, ErrorKind, Operation};
 
+/// Whether sled failed because another handle holds the directory's lock.
+pub(crate) fn is_locked(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock
+            || io.to_string().contains("could not acquire lock"))
+}
+
 pub(crate) fn sled(error: sled::Error, path: &Path, op: Operation) -> Error {
     let (kind, message) = match &error {
         // sled wraps the lock failure in an I/O error of kind `Other`.
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock
-                || io.to_string().contains("could not acquire lock") =>
-        {
-            (
-                ErrorKind::Unavailable,
-                format!(
-                    "{} is locked by another process (sled allows one process at a time)",
-                    path.display()
-                ),
-            )
-        }
+        _ if is_locked(&error) => (
+            ErrorKind::Unavailable,
+            format!(
+                "{} is locked by another process (sled allows one process at a time)",
+                path.display()
+            ),
+        ),
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => (
             ErrorKind::PermissionDenied,
             format!("no permission to write {}", path.display()),
