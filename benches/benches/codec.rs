@@ -15,8 +15,7 @@
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use tierstack::{
-    Codec, Compression, DecodeLimits, Dictionaries, Dictionary, Entry, EntryFlags, EntryMeta,
-    Timestamp,
+    Codec, Compression, DecodeLimits, Dictionaries, Dictionary, Entry, EntryMeta, Key, Timestamp,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,13 +98,7 @@ fn book(i: u64) -> Book {
 }
 
 fn meta() -> EntryMeta {
-    EntryMeta {
-        schema_version: 1,
-        created_at: Timestamp::now(),
-        expires_at: Timestamp::NEVER,
-        stale_until: Timestamp::NEVER,
-        flags: EntryFlags::empty(),
-    }
+    EntryMeta::new(&Key::bare("audnexus:book"), 1, Timestamp::now())
 }
 
 fn codecs(c: &mut Criterion) {

@@ -35,13 +35,13 @@ struct Counters {
     expirations: AtomicU64,
 }
 
-/// Keeps each entry until the end of its stale window, read from its header,
-/// so that stale-if-error has something to serve.
+/// Keeps each entry until the end of its retention, read from its header,
+/// so that stale-if-error and revalidation have something to work with.
 struct UntilStaleWindowEnds;
 
 impl UntilStaleWindowEnds {
     fn remaining(entry: &Entry) -> Option<Duration> {
-        entry.header.stale_until.remaining_from(Timestamp::now())
+        entry.header.retain_until.remaining_from(Timestamp::now())
     }
 }
 

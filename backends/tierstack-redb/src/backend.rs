@@ -133,7 +133,7 @@ impl RedbTier {
                 .with_source(e)
             })?;
         // Dead entries wait for a purge; they are never served.
-        Ok(entry.header.is_servable_stale(now).then_some(entry))
+        Ok(entry.header.is_retained(now).then_some(entry))
     }
 
     fn read_many(&self, keys: &[Key], op: Operation) -> Result<Vec<Option<Entry>>> {

@@ -80,7 +80,7 @@ impl Open<'_> {
             self.forget(key, &old)?;
         }
         self.expiry
-            .insert((entry.header.stale_until.as_millis(), key), ())?;
+            .insert((entry.header.retain_until.as_millis(), key), ())?;
         self.bytes += bytes.len() as i128;
         Ok(())
     }
@@ -98,8 +98,8 @@ impl Open<'_> {
 
     /// Drops the index entry and byte count of a replaced or removed value.
     fn forget(&mut self, key: &str, old: &[u8]) -> Result<(), redb::Error> {
-        if let Ok(h) = Header::parse(old, STRUCTURE_ONLY) {
-            self.expiry.remove((h.stale_until.as_millis(), key))?;
+        if let Some(until) = tierstack_core::envelope::keep_until(old) {
+            self.expiry.remove((until.as_millis(), key))?;
         }
         self.bytes -= old.len() as i128;
         Ok(())

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use redis::{RedisResult, Value};
-use tierstack_core::envelope::HEADER_LEN;
+use tierstack_core::envelope::MAX_HEADER_LEN;
 use tierstack_core::{
     Backplane, Bytes, Capabilities, ClearScope, DecodeLimits, Entry, ErrorKind, Header, Health,
     Key, Operation, Result, ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp,
@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     connecting: tokio::sync::Mutex<()>,
     /// `{prefix}:{schema_version}:`
     pub(crate) namespace: String,
+    /// Keys seen in the namespace that are not entries of this tier.
+    pub(crate) foreign: std::sync::atomic::AtomicU64,
     /// `SCAN MATCH` pattern of the namespace (glob characters escaped).
     pattern: String,
     ttl: Option<Duration>,
@@ -91,15 +93,10 @@ impl RedisTier {
     /// down when the program starts makes the tier unavailable (reads miss,
     /// writes are dropped) until it comes up, not the program fail.
     pub async fn open(config: &RedisConfig, schema_version: u32) -> Result<Self> {
-        if config.prefix.is_empty() || config.prefix.chars().any(char::is_whitespace) {
-            return Err(tierstack_core::Error::config(format!(
-                "redis.prefix {:?} must be non-empty and without spaces",
-                config.prefix
-            )));
-        }
+        check_prefix(&config.prefix)?;
         let target = Target::from_config(config)?;
         let conn = target.lazy()?;
-        let namespace = format!("{}:{schema_version}:", config.prefix);
+        let namespace = entry_namespace(&config.prefix, schema_version);
         let pattern = format!("{}*", glob_escape(&namespace));
         let shared = Arc::new_cyclic(|weak| Shared {
             name: config.name.clone(),
@@ -107,6 +104,7 @@ impl RedisTier {
             conn: RwLock::new(conn),
             connecting: tokio::sync::Mutex::new(()),
             namespace: namespace.clone(),
+            foreign: std::sync::atomic::AtomicU64::new(0),
             pattern,
             ttl: config.ttl,
             timeout: config.response_timeout.unwrap_or(RESPONSE_TIMEOUT),
@@ -117,7 +115,7 @@ impl RedisTier {
             backplane: config.backplane.then(|| {
                 Arc::new(RedisBackplane::new(
                     weak.clone(),
-                    format!("{namespace}__invalidations"),
+                    format!("{}:c:invalidations:{schema_version}", config.prefix),
                 ))
             }),
         });
@@ -155,11 +153,11 @@ impl RedisTier {
     }
 
     /// `SET` arguments for `entry`: its bytes, and how long Redis keeps
-    /// them (until the stale window ends); `None` if it is already dead.
+    /// them (until its retention ends); `None` if it is already dead.
     fn set_command(&self, key: &Key, entry: &Entry, now: Timestamp) -> Option<redis::Cmd> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.storage_key(key)).arg(entry.to_vec());
-        match entry.header.stale_until.remaining_from(now) {
+        match entry.header.retain_until.remaining_from(now) {
             None => {}
             Some(left) if left.is_zero() => return None,
             Some(left) => {
@@ -229,6 +227,68 @@ impl RedisTier {
         self.shared
             .timed(op, pipe.query_async::<Vec<T>>(&mut node))
             .await
+    }
+
+    /// Runs a pipeline whose commands may fail one by one (`WRONGTYPE` on a
+    /// foreign key): each reply is the value, or `None` for a failed command.
+    async fn pipeline_tolerant(
+        &self,
+        node: NodeConn,
+        pipe: &mut redis::Pipeline,
+        op: Operation,
+    ) -> Result<Vec<Option<Value>>> {
+        pipe.ignore_errors();
+        let values: Vec<Value> = self.pipeline(node, pipe, op).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| match v {
+                Value::ServerError(_) => None,
+                other => Some(other),
+            })
+            .collect())
+    }
+
+    /// The names of `names` that hold entries of this tier (a header that
+    /// parses and is bound to the key the name says), with their headers.
+    /// Everything else in the namespace is counted as foreign and left alone.
+    async fn own_entries(
+        &self,
+        node: NodeConn,
+        names: Vec<Vec<u8>>,
+        op: Operation,
+    ) -> Result<Vec<(Vec<u8>, Key, Header)>> {
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("GETRANGE")
+                .arg(name)
+                .arg(0)
+                .arg(MAX_HEADER_LEN - 1);
+        }
+        let heads = self.pipeline_tolerant(node, &mut pipe, op).await?;
+        let mut own = Vec::with_capacity(names.len());
+        for (name, head) in names.into_iter().zip(heads) {
+            let parsed = self.key_of(&name).and_then(|key| match head {
+                Some(Value::BulkString(bytes)) => {
+                    Header::parse(&bytes, DecodeLimits::STRUCTURE_ONLY)
+                        .ok()
+                        .filter(|h| h.belongs_to(&key))
+                        .map(|h| (key, h))
+                }
+                _ => None,
+            });
+            match parsed {
+                Some((key, header)) => own.push((name, key, header)),
+                None => self.count_foreign(&name),
+            }
+        }
+        Ok(own)
+    }
+
+    fn count_foreign(&self, name: &[u8]) {
+        self.shared
+            .foreign
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(tier = %self.shared.name, key = %String::from_utf8_lossy(name), "skipped a key that is not an entry of this tier");
     }
 
     async fn remove(&self, node: NodeConn, keys: &[Vec<u8>], op: Operation) -> Result<u64> {
@@ -510,31 +570,19 @@ impl Tier for RedisTier {
             let scope = &scope;
             let removed = &removed;
             async move {
-                let doomed: Vec<Vec<u8>> = match scope {
-                    ClearScope::All => names,
-                    ClearScope::Source(source) => names
-                        .into_iter()
-                        .filter(|n| self.key_of(n).is_some_and(|k| k.source() == source))
-                        .collect(),
-                    ClearScope::Expired => {
-                        let mut pipe = redis::pipe();
-                        for name in &names {
-                            pipe.cmd("GETRANGE").arg(name).arg(0).arg(HEADER_LEN - 1);
-                        }
-                        let heads: Vec<Vec<u8>> = self.pipeline(node.clone(), &pipe, op).await?;
-                        names
-                            .into_iter()
-                            .zip(heads)
-                            .filter(|(_, head)| {
-                                // A key whose value is not an entry is left alone.
-                                Header::parse(head, DecodeLimits::default())
-                                    .is_ok_and(|h| !h.is_fresh(now))
-                            })
-                            .map(|(name, _)| name)
-                            .collect()
-                    }
-                    _ => Vec::new(),
-                };
+                // Only what parses as this tier's own entries is removed:
+                // a foreign key that shares the namespace stays.
+                let own = self.own_entries(node.clone(), names, op).await?;
+                let doomed: Vec<Vec<u8>> = own
+                    .into_iter()
+                    .filter(|(_, key, header)| match scope {
+                        ClearScope::Source(source) => key.source() == source,
+                        ClearScope::Expired => !header.is_fresh(now),
+                        // `ClearScope::All` and any scope added later.
+                        _ => true,
+                    })
+                    .map(|(name, _, _)| name)
+                    .collect();
                 if !doomed.is_empty() {
                     let n = self.remove(node, &doomed, op).await?;
                     removed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -556,12 +604,19 @@ impl Tier for RedisTier {
                 for name in &names {
                     pipe.cmd("STRLEN").arg(name);
                 }
-                let lengths: Vec<u64> = self.pipeline(node, &pipe, op).await?;
+                let lengths = self.pipeline_tolerant(node, &mut pipe, op).await?;
                 let mut size = size
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                size.entries += lengths.len() as u64;
-                size.bytes += lengths.iter().sum::<u64>();
+                for (name, length) in names.iter().zip(lengths) {
+                    match length {
+                        Some(Value::Int(n)) => {
+                            size.entries += 1;
+                            size.bytes += u64::try_from(n).unwrap_or(0);
+                        }
+                        _ => self.count_foreign(name),
+                    }
+                }
                 Ok(())
             }
         })
@@ -599,13 +654,18 @@ impl Tier for RedisTier {
             for name in &names {
                 pipe.cmd("GET").arg(name);
             }
-            let values: Vec<Value> = self.pipeline(node, &pipe, op).await?;
+            let values = self.pipeline_tolerant(node, &mut pipe, op).await?;
             for (name, value) in names.iter().zip(values) {
-                let (Some(key), Value::BulkString(bytes)) = (self.key_of(name), value) else {
-                    continue;
+                let decoded = match (self.key_of(name), value) {
+                    (Some(key), Some(Value::BulkString(bytes))) => Self::decode(bytes, op)
+                        .ok()
+                        .filter(|entry| entry.header.belongs_to(&key))
+                        .map(|entry| (key, entry)),
+                    _ => None,
                 };
-                if let Ok(entry) = Self::decode(bytes, op) {
-                    entries.push((key, entry));
+                match decoded {
+                    Some(found) => entries.push(found),
+                    None => self.count_foreign(name),
                 }
             }
         }
@@ -633,6 +693,10 @@ impl Tier for RedisTier {
 
     fn stats(&self) -> TierStats {
         TierStats {
+            foreign: self
+                .shared
+                .foreign
+                .load(std::sync::atomic::Ordering::Relaxed),
             unavailable: self
                 .shared
                 .breaker
@@ -687,6 +751,32 @@ impl Shared {
     pub(crate) fn target(&self) -> &Target {
         &self.target
     }
+}
+
+/// Where a tier's entries live: `{prefix}:e:{schema_version}:`. With `:`
+/// banned from prefixes this is prefix-free: no other prefix or schema
+/// version produces a namespace that starts with this one, so no tier reads
+/// or clears another's entries. `{prefix}:c:` is reserved for coordination
+/// state (leases, rate limits, the invalidation channel).
+pub(crate) fn entry_namespace(prefix: &str, schema_version: u32) -> String {
+    format!("{prefix}:e:{schema_version}:")
+}
+
+/// Prefixes are one segment of a Redis key name: no `:` (it separates the
+/// namespace's parts), no `{`/`}` (Redis Cluster hash tags), no spaces or
+/// control characters.
+pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
+    let bad = prefix
+        .chars()
+        .find(|c| matches!(c, ':' | '{' | '}') || c.is_whitespace() || c.is_control());
+    if prefix.is_empty() || prefix.len() > 128 || bad.is_some() {
+        return Err(tierstack_core::Error::config(format!(
+            "redis.prefix {prefix:?} must be 1 to 128 characters without ':', '{{', '}}', spaces or control characters \
+             (':' separates the namespace's parts, so that one prefix's keys can never be another's; \
+             use '-' or '_' instead, e.g. \"team-cache\")"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

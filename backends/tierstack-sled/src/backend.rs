@@ -137,7 +137,7 @@ impl SledTier {
                 .with_source(e)
             })?;
         // Dead entries are never served; the sweep removes them.
-        Ok(entry.header.is_servable_stale(now).then_some(entry))
+        Ok(entry.header.is_retained(now).then_some(entry))
     }
 
     fn remove_where(&self, mut doomed: impl FnMut(&str, &[u8]) -> bool) -> Result<u64> {
@@ -195,7 +195,7 @@ fn sweep(tree: &sled::Tree) -> sled::Result<u64> {
     let mut removed = 0;
     for item in tree {
         let (k, v) = item?;
-        let dead = Header::parse(&v, STRUCTURE_ONLY).map_or(true, |h| !h.is_servable_stale(now));
+        let dead = tierstack_core::envelope::keep_until(&v).is_none_or(|until| until <= now);
         if dead
             && tree
                 .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?

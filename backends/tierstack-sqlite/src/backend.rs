@@ -19,6 +19,8 @@ use tierstack_core::group_commit::GroupCommit;
 /// Read connections kept for reuse; more are opened under load and closed
 /// when returned to a full pool.
 const MAX_IDLE_READERS: usize = 8;
+/// The smallest accepted byte cap.
+const MIN_MAX_SIZE: u64 = 64 * 1024;
 
 /// The SQLite tier: the RFC's `metadata_cache` table in one database file,
 /// shared safely by every process that opens it.
@@ -66,6 +68,12 @@ impl SqliteTier {
             return Err(
                 Error::config("max_batch must be at least 1").with_tier(config.name.as_str())
             );
+        }
+        if let Some(cap) = config.max_size.filter(|&cap| cap < MIN_MAX_SIZE) {
+            return Err(Error::config(format!(
+                "max_size {cap} bytes is below the smallest cap of 64KiB (a database file with its table takes a few pages of 4 KiB)"
+            ))
+            .with_tier(config.name.as_str()));
         }
         let busy_timeout = config.busy_timeout.unwrap_or(Duration::from_secs(5));
         let synchronous = config.synchronous.pragma();
@@ -174,7 +182,7 @@ impl SqliteTier {
     ) -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
         conn.prepare_cached(
             "SELECT header, data FROM metadata_cache \
-             WHERE cache_key = ?1 AND schema_version = ?2 AND stale_until > ?3",
+             WHERE cache_key = ?1 AND schema_version = ?2 AND retain_ms > ?3",
         )?
         .query_row(params![key.as_str(), self.namespace, now], |row| {
             Ok((
@@ -288,7 +296,7 @@ impl Tier for SqliteTier {
         let rows: Vec<(String, Vec<u8>, Vec<u8>)> = self.read(Operation::Scan, |conn| {
             conn.prepare_cached(
                 "SELECT cache_key, header, data FROM metadata_cache \
-                 WHERE schema_version = ?1 AND stale_until > ?2 AND cache_key > ?3 \
+                 WHERE schema_version = ?1 AND retain_ms > ?2 AND cache_key > ?3 \
                  ORDER BY cache_key LIMIT ?4",
             )?
             .query_map(params![self.namespace, now, after, limit], |r| {

@@ -1,14 +1,20 @@
 //! Opening the database file safely, and the table's versioned migrations.
 //!
 //! Versions (`PRAGMA user_version`):
-//! - 0 with no tables: a new file; version 2 is created.
+//! - 0 with no tables: a new file; version 3 is created.
 //! - "1": the RFC's table exactly as written (five columns; a prototype of the
 //!   tool creates it and leaves `user_version` at 0). Its rows are carried
-//!   over into version 2.
-//! - 2: the RFC's columns plus the envelope's fields.
+//!   over.
+//! - 2: the RFC's columns (times as integer milliseconds) plus the envelope's
+//!   fields, entries in envelope format 1. Migrated in place.
+//! - 3: times in the RFC's `TIMESTAMP` columns as UTC text that SQLite's
+//!   date functions and Python's `sqlite3` read, integer copies for the
+//!   tier's own comparisons, entries in envelope format 2 (bound to their
+//!   key), negative rows holding the codec's `null`.
 //!
 //! A file that is not SQLite, or a SQLite database holding another
-//! application's tables, is refused and never modified.
+//! application's tables, is refused and never modified. Tables named
+//! `tierstack_*` are reserved for tierstack's own coordination state.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,15 +22,17 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tierstack_core::{
-    Bytes, Codec, CompressionKind, DecodeLimits, Entry, EntryFlags, EntryMeta, Error, Header, Key,
-    Operation, Timestamp,
+    Bytes, Codec, CompressionKind, DecodeLimits, Entry, EntryMeta, Error, Key, Operation, Timestamp,
 };
 
 use crate::error::sqlite;
 use tierstack_core::paths::refuse;
 
 /// The table version this build writes.
-pub(crate) const USER_VERSION: i64 = 2;
+pub(crate) const USER_VERSION: i64 = 3;
+
+/// Tables of this prefix belong to tierstack (leases, rate-limit state).
+pub(crate) const RESERVED_PREFIX: &str = "tierstack_";
 
 const CREATE: &str = "
 CREATE TABLE metadata_cache (
@@ -34,7 +42,9 @@ CREATE TABLE metadata_cache (
     expires_at     TIMESTAMP NOT NULL,
     created_at     TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
     schema_version INTEGER NOT NULL,
-    stale_until    INTEGER NOT NULL,
+    negative       INTEGER NOT NULL,
+    expires_ms     INTEGER NOT NULL,
+    retain_ms      INTEGER NOT NULL,
     codec          INTEGER NOT NULL,
     compression    INTEGER NOT NULL,
     size           INTEGER NOT NULL,
@@ -43,7 +53,7 @@ CREATE TABLE metadata_cache (
     last_access    INTEGER NOT NULL,
     PRIMARY KEY (cache_key, schema_version)
 );
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 ";
 
 /// The RFC's table, as a prototype creates it.
@@ -58,11 +68,12 @@ CREATE TABLE metadata_cache (
 
 pub(crate) const UPSERT: &str = "
 INSERT INTO metadata_cache (cache_key, source, data, expires_at, created_at, schema_version,
-    stale_until, codec, compression, size, checksum, header, last_access)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+    negative, expires_ms, retain_ms, codec, compression, size, checksum, header, last_access)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
 ON CONFLICT (cache_key, schema_version) DO UPDATE SET
     source = excluded.source, data = excluded.data, expires_at = excluded.expires_at,
-    created_at = excluded.created_at, stale_until = excluded.stale_until,
+    created_at = excluded.created_at, negative = excluded.negative,
+    expires_ms = excluded.expires_ms, retain_ms = excluded.retain_ms,
     codec = excluded.codec, compression = excluded.compression, size = excluded.size,
     checksum = excluded.checksum, header = excluded.header, last_access = excluded.last_access";
 
@@ -71,17 +82,40 @@ pub(crate) fn millis(t: Timestamp) -> i64 {
     i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The latest time the `TIMESTAMP` columns can show, which stands for
+/// "never": the last millisecond of year 9999 (`datetime()` and Python's
+/// `datetime` both stop there).
+const LAST_SQL_TIME_MS: u64 = 253_402_300_799_999;
+
+/// A time as SQLite's `CURRENT_TIMESTAMP` writes one, in UTC, with
+/// milliseconds: `2026-12-01 21:04:05.250`. Text of this shape sorts in time
+/// order, compares correctly with `CURRENT_TIMESTAMP`, and is what
+/// `datetime()` and Python's `PARSE_DECLTYPES` converter parse.
+pub(crate) fn sql_time(t: Timestamp) -> String {
+    let ms = t.as_millis().min(LAST_SQL_TIME_MS);
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    // RFC 3339 `2026-12-01T21:04:05.250Z` → `2026-12-01 21:04:05.250`.
+    let mut text = humantime::format_rfc3339_millis(time).to_string();
+    text.truncate(23);
+    text.replace_range(10..11, " ");
+    text
+}
+
 /// The bytes a stored row's `data` must hold for `entry`, and whether they
-/// go in as TEXT. JSON objects, arrays and strings are stored as TEXT so that
-/// `json_extract` reads them; anything else as a BLOB, because the RFC's
-/// `JSON` column type has numeric affinity and SQLite would turn a TEXT `1.50`
-/// into the number 1.5.
+/// go in as TEXT. JSON objects, arrays, strings and `null`/`true`/`false`
+/// are stored as TEXT so that `json_extract` reads them; numbers as a BLOB
+/// of their JSON text, because the RFC's `JSON` column type has numeric
+/// affinity and SQLite would turn a TEXT `1.50` into the number 1.5.
 pub(crate) fn data_as_text(entry: &Entry) -> Option<&str> {
     if entry.header.codec != Codec::Json || entry.header.compression != CompressionKind::None {
         return None;
     }
     let text = std::str::from_utf8(&entry.body).ok()?;
-    matches!(text.as_bytes().first(), Some(b'{' | b'[' | b'"')).then_some(text)
+    matches!(
+        text.as_bytes().first(),
+        Some(b'{' | b'[' | b'"' | b'n' | b't' | b'f')
+    )
+    .then_some(text)
 }
 
 /// Binds one entry into the upsert statement.
@@ -93,7 +127,7 @@ pub(crate) fn upsert(
     now: Timestamp,
 ) -> rusqlite::Result<usize> {
     let h = &entry.header;
-    let header = h.to_bytes();
+    let header = entry.header_bytes();
     let data = ToSqlOutput::Borrowed(match data_as_text(entry) {
         Some(text) => ValueRef::Text(text.as_bytes()),
         None => ValueRef::Blob(&entry.body),
@@ -102,10 +136,12 @@ pub(crate) fn upsert(
         key.as_str(),
         key.source(),
         data,
-        millis(h.expires_at),
-        millis(h.created_at),
+        sql_time(h.expires_at),
+        sql_time(h.created_at),
         namespace,
-        millis(h.stale_until),
+        h.is_negative(),
+        millis(h.expires_at),
+        millis(h.retain_until),
         h.codec.id(),
         h.compression.id(),
         entry.encoded_len() as i64,
@@ -121,21 +157,11 @@ pub(crate) fn entry_from_row(
     data: &[u8],
 ) -> Result<Entry, tierstack_core::DecodeError> {
     // Structure only; the cache applies its own size cap when decoding.
-    let limits = DecodeLimits {
-        max_raw_len: u32::MAX,
-    };
-    let header = Header::parse(header, limits)?;
-    if data.len() != header.body_len as usize {
-        return Err(tierstack_core::DecodeError::Truncated {
-            len: data.len(),
-            expected: header.body_len as usize,
-        });
-    }
-    Ok(Entry {
+    Entry::from_parts(
         header,
-        body: Bytes::copy_from_slice(data),
-        decoded: None,
-    })
+        Bytes::copy_from_slice(data),
+        DecodeLimits::STRUCTURE_ONLY,
+    )
 }
 
 /// Checks the path before SQLite touches it, creating the directory (0700)
@@ -162,10 +188,22 @@ pub(crate) fn check_owner(path: &Path) -> Result<(), Error> {
         return Err(newer(path, version));
     }
     let tables = tables(&conn).map_err(fail)?;
-    if tables.is_empty() || tables == ["metadata_cache"] {
-        return Ok(());
+    match foreign_tables(&tables) {
+        None => Ok(()),
+        Some(foreign) => Err(refuse_foreign(path, &foreign)),
     }
-    Err(foreign(path, &tables))
+}
+
+/// The tables that make a file another application's: anything but the
+/// cache table and tierstack's reserved ones. `None` when the file is ours
+/// (or empty).
+fn foreign_tables(tables: &[String]) -> Option<Vec<String>> {
+    let foreign: Vec<String> = tables
+        .iter()
+        .filter(|t| *t != "metadata_cache" && !t.starts_with(RESERVED_PREFIX))
+        .cloned()
+        .collect();
+    (!foreign.is_empty()).then_some(foreign)
 }
 
 fn newer(path: &Path, version: i64) -> Error {
@@ -177,7 +215,7 @@ fn newer(path: &Path, version: i64) -> Error {
     )
 }
 
-fn foreign(path: &Path, tables: &[String]) -> Error {
+fn refuse_foreign(path: &Path, tables: &[String]) -> Error {
     refuse(
         path,
         &format!(
@@ -205,6 +243,12 @@ pub(crate) fn connect(
         Connection::open_with_flags(path, flags).map_err(|e| sqlite(e, path, Operation::Build))?;
     let setup = || -> rusqlite::Result<()> {
         conn.busy_timeout(busy_timeout)?;
+        let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        if pages == 0 {
+            // Only takes effect on a file with no page yet: switching to WAL
+            // below writes the first page, after which it would need a VACUUM.
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -222,77 +266,38 @@ pub(crate) fn connect(
 /// transaction so that processes opening the file at once do not race.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path, namespace: u32) -> Result<(), Error> {
     let fail = |e| sqlite(e, path, Operation::Build);
-    let fresh: i64 = conn
-        .pragma_query_value(None, "page_count", |r| r.get(0))
-        .map_err(fail)?;
-    if fresh == 0 {
-        // Only possible before the first table exists.
-        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
-            .map_err(fail)?;
-    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(fail)?;
     let version: i64 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(fail)?;
-    match version {
-        USER_VERSION => {
-            drop_secondary_indexes(&tx).map_err(fail)?;
-            return tx.commit().map_err(fail);
-        }
-        v if v > USER_VERSION => {
-            return Err(refuse(
-                path,
-                &format!(
-                    "its table version {v} was written by a newer tierstack (this one knows {USER_VERSION})"
-                ),
-            ));
-        }
-        _ => {}
+    if version > USER_VERSION {
+        return Err(newer(path, version));
     }
-    let tables: Vec<String> = {
-        let mut stmt = tx
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-            .map_err(fail)?;
-        stmt.query_map([], |r| r.get(0))
-            .and_then(Iterator::collect)
-            .map_err(fail)?
-    };
-    if tables.is_empty() {
+    if version == USER_VERSION {
+        return tx.commit().map_err(fail);
+    }
+    let tables = tables(&tx).map_err(fail)?;
+    if let Some(foreign) = foreign_tables(&tables) {
+        return Err(refuse_foreign(path, &foreign));
+    }
+    let has_cache = tables.iter().any(|t| t == "metadata_cache");
+    if !has_cache {
         tx.execute_batch(CREATE).map_err(fail)?;
-    } else if tables == ["metadata_cache"] && is_rfc_table(&tx).map_err(fail)? {
+    } else if version == 2 {
+        migrate_from_v2(&tx, path)?;
+    } else if version == 0 && is_rfc_table(&tx).map_err(fail)? {
         migrate_from_rfc(&tx, path, namespace)?;
     } else {
         return Err(refuse(
             path,
             &format!(
-                "it holds tables of another application ({})",
-                tables.join(", ")
+                "its metadata_cache table (version {version}) has columns this tierstack does not know"
             ),
         ));
     }
     tx.commit().map_err(fail)
-}
-
-/// Earlier versions kept indexes on `expires_at` and `source`; they made
-/// every write touch two more pages for the sake of rare maintenance
-/// commands, so files that have them lose them on open. Queries of any
-/// version work with or without them.
-fn drop_secondary_indexes(conn: &Connection) -> rusqlite::Result<()> {
-    let present: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
-         AND name IN ('metadata_cache_expires_at', 'metadata_cache_source')",
-        [],
-        |r| r.get(0),
-    )?;
-    if present > 0 {
-        conn.execute_batch(
-            "DROP INDEX IF EXISTS metadata_cache_expires_at;
-             DROP INDEX IF EXISTS metadata_cache_source;",
-        )?;
-    }
-    Ok(())
 }
 
 fn is_rfc_table(conn: &Connection) -> rusqlite::Result<bool> {
@@ -304,62 +309,100 @@ fn is_rfc_table(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(columns == ["cache_key", "source", "data", "expires_at", "created_at"])
 }
 
-/// Carries the rows of the RFC's table over into the current one. Their
-/// `data` is JSON; timestamps may be Unix seconds or SQLite date strings.
-fn migrate_from_rfc(conn: &Connection, path: &Path, namespace: u32) -> Result<(), Error> {
+/// Moves the rows of the old table (renamed aside) into a new one, each
+/// rebuilt by `carry`; rows it cannot rebuild are counted and dropped (they
+/// were unreadable already).
+fn rebuild_table(
+    conn: &Connection,
+    path: &Path,
+    select: &str,
+    mut carry: impl FnMut(&rusqlite::Row<'_>) -> Option<(Key, Entry, u32)>,
+) -> Result<(u64, u64), Error> {
     let fail = |e| sqlite(e, path, Operation::Build);
-    conn.execute_batch("ALTER TABLE metadata_cache RENAME TO metadata_cache_rfc;")
-        .map_err(fail)?;
+    conn.execute_batch(
+        "ALTER TABLE metadata_cache RENAME TO metadata_cache_old;
+         DROP INDEX IF EXISTS metadata_cache_expires_at;
+         DROP INDEX IF EXISTS metadata_cache_source;",
+    )
+    .map_err(fail)?;
     conn.execute_batch(CREATE).map_err(fail)?;
     let now = Timestamp::now();
-    let mut read = conn
-        .prepare("SELECT cache_key, data, expires_at, created_at FROM metadata_cache_rfc")
-        .map_err(fail)?;
+    let mut read = conn.prepare(select).map_err(fail)?;
     let mut write = conn.prepare_cached(UPSERT).map_err(fail)?;
     let mut rows = read.query([]).map_err(fail)?;
     let (mut carried, mut skipped) = (0u64, 0u64);
     while let Some(row) = rows.next().map_err(fail)? {
-        let parsed = (|| {
-            let key = Key::parse(row.get_ref(0).ok()?.as_str().ok()?).ok()?;
-            let data = match row.get_ref(1).ok()? {
-                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                    t.to_vec()
-                }
-                rusqlite::types::ValueRef::Integer(i) => i.to_string().into_bytes(),
-                rusqlite::types::ValueRef::Real(r) => r.to_string().into_bytes(),
-                rusqlite::types::ValueRef::Null => return None,
-            };
-            let expires_at = rfc_time(row.get_ref(2).ok()?)?;
-            let created_at = rfc_time(row.get_ref(3).ok()?).unwrap_or(now);
-            Some((key, data, expires_at, created_at))
-        })();
-        let Some((key, data, expires_at, created_at)) = parsed else {
+        let Some((key, entry, namespace)) = carry(row) else {
             skipped += 1;
             continue;
         };
-        let raw_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let entry = Entry::from_body(
-            EntryMeta {
-                schema_version: namespace,
-                created_at,
-                expires_at,
-                stale_until: expires_at,
-                flags: EntryFlags::empty(),
-            },
-            Codec::Json,
-            CompressionKind::None,
-            0,
-            raw_len,
-            Bytes::from(data),
-        );
         upsert(&mut write, &key, &entry, namespace, now).map_err(fail)?;
         carried += 1;
     }
     drop(rows);
     drop(read);
     drop(write);
-    conn.execute_batch("DROP TABLE metadata_cache_rfc;")
+    conn.execute_batch("DROP TABLE metadata_cache_old;")
         .map_err(fail)?;
+    Ok((carried, skipped))
+}
+
+/// Version 2 → 3: times become text, entries move to envelope format 2
+/// (bound to their key), negative rows get the codec's `null`.
+fn migrate_from_v2(conn: &Connection, path: &Path) -> Result<(), Error> {
+    let (carried, skipped) = rebuild_table(
+        conn,
+        path,
+        "SELECT cache_key, schema_version, header, data, last_access FROM metadata_cache_old",
+        |row| {
+            let key = Key::parse(row.get_ref(0).ok()?.as_str().ok()?).ok()?;
+            let namespace: u32 = row.get(1).ok()?;
+            let header = row.get_ref(2).ok()?.as_blob().ok()?;
+            let data = Bytes::copy_from_slice(row.get_ref(3).ok()?.as_bytes().ok()?);
+            let entry = tierstack_core::envelope::v1::upgrade_parts(
+                header,
+                data,
+                &key,
+                DecodeLimits::STRUCTURE_ONLY,
+            )
+            .ok()?;
+            Some((key, entry, namespace))
+        },
+    )?;
+    tracing::info!(path = %path.display(), carried, skipped, "migrated the table to version 3");
+    Ok(())
+}
+
+/// Carries the rows of the RFC's table over into the current one. Their
+/// `data` is JSON; timestamps may be Unix seconds or SQLite date strings.
+fn migrate_from_rfc(conn: &Connection, path: &Path, namespace: u32) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let (carried, skipped) = rebuild_table(
+        conn,
+        path,
+        "SELECT cache_key, data, expires_at, created_at FROM metadata_cache_old",
+        |row| {
+            let key = Key::parse(row.get_ref(0).ok()?.as_str().ok()?).ok()?;
+            let data = match row.get_ref(1).ok()? {
+                ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+                ValueRef::Integer(i) => i.to_string().into_bytes(),
+                ValueRef::Real(r) => r.to_string().into_bytes(),
+                ValueRef::Null => return None,
+            };
+            let expires_at = rfc_time(row.get_ref(2).ok()?)?;
+            let created_at = rfc_time(row.get_ref(3).ok()?).unwrap_or(now);
+            let raw_len = u32::try_from(data.len()).ok()?;
+            let entry = Entry::from_body(
+                EntryMeta::new(&key, namespace, created_at).expiring(expires_at, expires_at),
+                Codec::Json,
+                CompressionKind::None,
+                0,
+                raw_len,
+                Bytes::from(data),
+            );
+            Some((key, entry, namespace))
+        },
+    )?;
     tracing::info!(path = %path.display(), carried, skipped, "migrated the RFC table");
     Ok(())
 }
@@ -389,6 +432,23 @@ fn rfc_time(value: rusqlite::types::ValueRef<'_>) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_times_sort_and_read_like_current_timestamp() {
+        assert_eq!(
+            sql_time(Timestamp::from_millis(1_757_186_045_250)),
+            "2025-09-06 19:14:05.250"
+        );
+        assert_eq!(
+            sql_time(Timestamp::from_millis(0)),
+            "1970-01-01 00:00:00.000"
+        );
+        assert_eq!(sql_time(Timestamp::NEVER), "9999-12-31 23:59:59.999");
+        let t = rfc_time(ValueRef::Text(
+            sql_time(Timestamp::from_millis(1_757_186_045_250)).as_bytes(),
+        ));
+        assert_eq!(t, Some(Timestamp::from_millis(1_757_186_045_250)));
+    }
 
     #[test]
     fn rfc_times_in_every_form() {

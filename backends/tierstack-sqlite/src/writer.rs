@@ -143,7 +143,7 @@ impl Writer {
                     params![namespace, source],
                 )?,
                 ClearScope::Expired => tx.execute(
-                    "DELETE FROM metadata_cache WHERE schema_version = ?1 AND expires_at <= ?2",
+                    "DELETE FROM metadata_cache WHERE schema_version = ?1 AND expires_ms <= ?2",
                     params![namespace, now],
                 )?,
                 // `ClearScope::All` and any scope added later: the whole namespace.
@@ -159,14 +159,14 @@ impl Writer {
         Ok(removed)
     }
 
-    /// Removes dead rows of every namespace (past their stale window: no
+    /// Removes dead rows of every namespace (past their retention: no
     /// reader can use them), returns space to the file system and truncates
     /// the WAL.
     fn purge_dead(&mut self) -> rusqlite::Result<u64> {
         let now = millis(Timestamp::now());
         let removed = retry_busy(|| {
             self.conn.execute(
-                "DELETE FROM metadata_cache WHERE stale_until <= ?1",
+                "DELETE FROM metadata_cache WHERE retain_ms <= ?1",
                 params![now],
             )
         })? as u64;
@@ -183,8 +183,17 @@ impl Writer {
         Ok(removed)
     }
 
+    /// Gives free pages back to the file system. SQLite frees one page per
+    /// step of `incremental_vacuum`, so the statement is stepped to its end
+    /// (`execute_batch` steps once: one page).
     fn vacuum(&self) {
-        if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum;") {
+        let result = (|| -> rusqlite::Result<()> {
+            let mut stmt = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+            Ok(())
+        })();
+        if let Err(e) = result {
             tracing::debug!(path = %self.path.display(), error = %e, "incremental vacuum skipped");
         }
     }
@@ -213,7 +222,7 @@ impl Writer {
             let now = millis(Timestamp::now());
             let dead = retry_busy(|| {
                 self.conn.execute(
-                    "DELETE FROM metadata_cache WHERE stale_until <= ?1",
+                    "DELETE FROM metadata_cache WHERE retain_ms <= ?1",
                     params![now],
                 )
             })?;
@@ -239,7 +248,8 @@ impl Writer {
                 }
                 let average = (bytes / rows).max(1);
                 let excess = i64::try_from(used - target).unwrap_or(i64::MAX);
-                let n = (excess / average + 1).clamp(MIN_EVICT, rows);
+                // Never fewer than MIN_EVICT, never more than there are.
+                let n = (excess / average + 1).max(MIN_EVICT).min(rows);
                 let evicted = retry_busy(|| {
                     self.conn.execute(
                         "DELETE FROM metadata_cache WHERE rowid IN \

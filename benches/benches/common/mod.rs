@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use serde::{Deserialize, Serialize};
-use tierstack::{Codec, Compression, DecodeLimits, Entry, EntryFlags, EntryMeta, Key, Timestamp};
+use tierstack::{Codec, Compression, DecodeLimits, Entry, EntryMeta, Key, Timestamp};
 
 /// A book record of about 400 bytes in MessagePack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,13 +36,7 @@ pub(crate) fn key(i: u64) -> Key {
 
 /// `book(i)` as a stored entry: MessagePack, uncompressed, no expiry.
 pub(crate) fn entry(i: u64) -> Entry {
-    let meta = EntryMeta {
-        schema_version: 1,
-        created_at: Timestamp::now(),
-        expires_at: Timestamp::NEVER,
-        stale_until: Timestamp::NEVER,
-        flags: EntryFlags::empty(),
-    };
+    let meta = EntryMeta::new(&key(i), 1, Timestamp::now());
     Entry::encode(
         &book(i),
         Codec::MsgPack,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tierstack::{
-    Bytes, ClearScope, Codec, Compression, DecodeLimits, Dictionaries, Entry, EntryFlags,
-    EntryMeta, Health, Key, MemoryConfig, MemoryTier, Tier, TieredCache, Timestamp, Ttl,
+    Bytes, ClearScope, Codec, Compression, DecodeLimits, Dictionaries, Entry, EntryMeta, Health,
+    Key, MemoryConfig, MemoryTier, Tier, TieredCache, Timestamp, Ttl,
 };
 
 use crate::Harness;
@@ -19,20 +19,28 @@ fn key(name: &str) -> Key {
     Key::new(SOURCE, [("id", name)])
 }
 
-fn meta(expires_in: Option<Duration>, stale_for: Duration) -> EntryMeta {
+fn meta_for(key: &Key, expires_in: Option<Duration>, stale_for: Duration) -> EntryMeta {
     let now = Timestamp::now();
     let expires_at = expires_in.map_or(Timestamp::NEVER, |d| now.saturating_add(d));
-    EntryMeta {
-        schema_version: SCHEMA,
-        created_at: now,
-        expires_at,
-        stale_until: if expires_at.is_never() {
-            expires_at
-        } else {
-            expires_at.saturating_add(stale_for)
-        },
-        flags: EntryFlags::empty(),
-    }
+    let stale_until = if expires_at.is_never() {
+        expires_at
+    } else {
+        expires_at.saturating_add(stale_for)
+    };
+    EntryMeta::new(key, SCHEMA, now).expiring(expires_at, stale_until)
+}
+
+/// Metadata of an entry that tier-level cases store: tiers store entries as
+/// given (binding to the key is the cache's check), so these are bound to a
+/// fixed key.
+fn meta(expires_in: Option<Duration>, stale_for: Duration) -> EntryMeta {
+    meta_for(&Key::bare(SOURCE), expires_in, stale_for)
+}
+
+/// An entry for `key` holding `value` as JSON, expiring in `ttl`, for cases
+/// that read it back through a cache.
+fn bound(key: &Key, value: &Value, ttl: Option<Duration>) -> Entry {
+    entry_with_meta(value, meta_for(key, ttl, Duration::ZERO))
 }
 
 /// An entry holding `value` as JSON, expiring in `ttl` (never if `None`).
@@ -54,9 +62,10 @@ fn entry_with_meta(value: &Value, meta: EntryMeta) -> Entry {
 /// An entry whose expiry is already past but whose stale window is open.
 fn expired_but_stale(value: &Value) -> Entry {
     let now = Timestamp::now().as_millis();
-    let mut m = meta(None, Duration::ZERO);
-    m.expires_at = Timestamp::from_millis(now - 1_000);
-    m.stale_until = Timestamp::from_millis(now + 60_000);
+    let m = meta(None, Duration::ZERO).expiring(
+        Timestamp::from_millis(now - 1_000),
+        Timestamp::from_millis(now + 60_000),
+    );
     entry_with_meta(value, m)
 }
 
@@ -455,7 +464,7 @@ pub async fn health_is_reported(h: Harness) {
 /// with at most 10 s, not the L1 default.
 pub async fn cache_copies_up_with_the_remaining_ttl(h: Harness) {
     let k = key("copy-up");
-    let e = entry(&json!("from below"), Some(Duration::from_secs(10)));
+    let e = bound(&k, &json!("from below"), Some(Duration::from_secs(10)));
     let expires = e.header.expires_at;
     h.tier.set(&k, e).await.unwrap();
     let l1 = Arc::new(
@@ -486,7 +495,7 @@ pub async fn cache_copies_up_with_the_remaining_ttl(h: Harness) {
 pub async fn cache_caps_copy_up_to_the_upper_tier_ttl(h: Harness) {
     let k = key("capped");
     h.tier
-        .set(&k, entry(&json!(1), Some(Duration::from_secs(3600))))
+        .set(&k, bound(&k, &json!(1), Some(Duration::from_secs(3600))))
         .await
         .unwrap();
     let l1 = Arc::new(
@@ -527,7 +536,7 @@ pub async fn cache_writes_through_to_the_tier(h: Harness) {
 /// failure, never an error or a wrong value.
 pub async fn damaged_body_is_a_counted_miss(h: Harness) {
     let k = key("damaged");
-    let mut e = entry(&json!({"title": "Dune"}), None);
+    let mut e = bound(&k, &json!({"title": "Dune"}), None);
     let mut body = e.body.to_vec();
     body[3] ^= 0x20;
     e.body = Bytes::from(body);
@@ -545,12 +554,13 @@ pub async fn damaged_body_is_a_counted_miss(h: Harness) {
 pub async fn other_schema_versions_are_counted_misses(h: Harness) {
     let older = key("older");
     let newer = key("newer");
-    let mut m = meta(None, Duration::ZERO);
+    let mut m = meta_for(&older, None, Duration::ZERO);
     m.schema_version = 1;
     h.tier
         .set(&older, entry_with_meta(&json!("v1"), m))
         .await
         .unwrap();
+    let mut m = meta_for(&newer, None, Duration::ZERO);
     m.schema_version = 3;
     h.tier
         .set(&newer, entry_with_meta(&json!("v3"), m))
@@ -587,4 +597,22 @@ pub async fn value_of_another_type_is_a_miss_not_an_error(h: Harness) {
         Some("a string")
     );
     assert_eq!(cache.stats().layers[0].decode_failures, 1);
+}
+
+/// An entry stored under another key than the one it was written for (a row
+/// or value copied by hand) is a counted miss through the cache, never the
+/// other key's value; the entry under its own key still reads.
+pub async fn entry_under_another_key_is_a_counted_miss(h: Harness) {
+    let own = key("own");
+    let other = key("other");
+    let e = bound(&own, &json!("belongs to own"), None);
+    h.tier.set(&own, e.clone()).await.unwrap();
+    h.tier.set(&other, e).await.unwrap();
+    let cache = cache_over(Arc::clone(&h.tier), None);
+    assert!(cache.get::<Value>(&other).await.is_none());
+    assert_eq!(cache.stats().layers[0].decode_failures, 1);
+    assert_eq!(
+        cache.get::<Value>(&own).await.as_deref(),
+        Some(&json!("belongs to own"))
+    );
 }

@@ -78,6 +78,7 @@ macro_rules! conformance_suite {
             damaged_body_is_a_counted_miss,
             other_schema_versions_are_counted_misses,
             value_of_another_type_is_a_miss_not_an_error,
+            entry_under_another_key_is_a_counted_miss,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -253,17 +253,12 @@ pub(crate) fn decompress<'a>(
 mod tests {
     use super::*;
     use crate::codec::Codec;
-    use crate::envelope::{Entry, EntryFlags, EntryMeta};
+    use crate::envelope::{Entry, EntryMeta};
+    use crate::key::Key;
     use crate::time::Timestamp;
 
     fn meta() -> EntryMeta {
-        EntryMeta {
-            schema_version: 1,
-            created_at: Timestamp::from_millis(0),
-            expires_at: Timestamp::NEVER,
-            stale_until: Timestamp::NEVER,
-            flags: EntryFlags::empty(),
-        }
+        EntryMeta::new(&Key::bare("test"), 1, Timestamp::from_millis(0))
     }
 
     #[test]

@@ -1,14 +1,18 @@
-//! The versioned entry envelope: a fixed 60-byte header followed by the body.
+//! The versioned entry envelope: a header (76 fixed bytes, an extension
+//! area, a 4-byte checksum) followed by the body.
 //!
 //! The byte layout is specified in `docs/entry-format.md`; keep the two in
 //! step. Every stored value carries this header so that a reader can tell,
 //! before it trusts a single byte of the body, whether the entry was written
-//! by a compatible writer, with which codec and compression, whether it is
-//! still fresh, and whether it was damaged on the way.
+//! by a compatible writer, for which key, with which codec and compression,
+//! whether it is still fresh, and whether it was damaged on the way.
 //!
 //! Decoding never panics and never allocates more than the configured
 //! [`DecodeLimits::max_raw_len`]: every malformed input becomes a
 //! [`DecodeError`], which the cache turns into a counted miss.
+
+mod extensions;
+pub mod v1;
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -18,18 +22,26 @@ use std::sync::Arc;
 use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
 
+pub use extensions::Extensions;
+
 use crate::codec::Codec;
 use crate::compression::{Compression, CompressionKind, Dictionaries};
+use crate::key::Key;
 use crate::time::Timestamp;
 
 /// First four bytes of every entry.
 pub const MAGIC: [u8; 4] = *b"TSTK";
 /// The envelope format this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
-/// Length of the fixed header in bytes.
-pub const HEADER_LEN: usize = 60;
-/// Byte range covered by the header checksum.
-const HEADER_CHECKED: usize = 56;
+pub const FORMAT_VERSION: u8 = 2;
+/// Length of the fixed part of the header, before the extension area.
+pub const FIXED_LEN: usize = 76;
+/// Length of the shortest header (no extension records): the fixed part and
+/// the checksum.
+pub const HEADER_LEN: usize = FIXED_LEN + CHECKSUM_LEN;
+/// Length of the longest header: a reader that fetches this many bytes of an
+/// entry has its whole header.
+pub const MAX_HEADER_LEN: usize = HEADER_LEN + Extensions::MAX_LEN;
+const CHECKSUM_LEN: usize = 4;
 
 /// A decoded value kept next to the bytes by tiers that can hold one (the
 /// memory tier), so that a hit costs no decode.
@@ -42,7 +54,10 @@ pub struct EntryFlags(u8);
 impl EntryFlags {
     /// The entry records that the upstream source answered "not found".
     pub const NEGATIVE: Self = Self(1);
-    const KNOWN: u8 = 1;
+    /// The entry may never be served stale, only revalidated (HTTP
+    /// `must-revalidate`).
+    pub const MUST_REVALIDATE: Self = Self(2);
+    const KNOWN: u8 = 3;
 
     /// No flags.
     pub const fn empty() -> Self {
@@ -54,13 +69,25 @@ impl EntryFlags {
         self.0 & other.0 == other.0
     }
 
+    /// Both sets of flags.
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
     /// The raw byte.
     pub const fn bits(self) -> u8 {
         self.0
     }
 }
 
-/// The parsed, validated header of an entry.
+/// The hash that binds an entry to its key: xxh3-64 of the key's canonical
+/// text. An entry read under another key is a miss, however it got there.
+pub fn key_hash(key: &Key) -> u64 {
+    xxh3_64(key.as_str().as_bytes())
+}
+
+/// The parsed, validated fixed fields of an entry's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// Codec that produced the (uncompressed) body.
@@ -73,12 +100,17 @@ pub struct Header {
     pub schema_version: u32,
     /// Identifier of the zstd dictionary, `0` when none is used.
     pub dict_id: u32,
+    /// [`key_hash`] of the key the entry was written for.
+    pub key_hash: u64,
     /// When the value was produced.
     pub created_at: Timestamp,
     /// When the value stops being fresh.
     pub expires_at: Timestamp,
     /// Until when an expired value may still be served as stale (≥ `expires_at`).
     pub stale_until: Timestamp,
+    /// Until when tiers keep the entry (≥ `stale_until`), so that it can be
+    /// revalidated after it may no longer be served.
+    pub retain_until: Timestamp,
     /// Length of the body after decompression.
     pub raw_len: u32,
     /// Length of the stored body.
@@ -101,6 +133,14 @@ impl Default for DecodeLimits {
             max_raw_len: 64 * 1024 * 1024,
         }
     }
+}
+
+impl DecodeLimits {
+    /// Checks structure only: for tiers, which hand entries to a cache that
+    /// applies its own cap when it decodes them.
+    pub const STRUCTURE_ONLY: Self = Self {
+        max_raw_len: u32::MAX,
+    };
 }
 
 /// Why a value could not be encoded into an entry.
@@ -127,6 +167,9 @@ pub enum EncodeError {
     /// The compressor failed.
     #[error("compression failed: {0}")]
     Compress(String),
+    /// An extension record cannot be stored.
+    #[error("bad extension: {0}")]
+    Extension(String),
 }
 
 /// Why stored bytes could not be turned into a value. Every variant is a
@@ -163,6 +206,12 @@ pub enum DecodeError {
     /// Flag bits this build does not know.
     #[error("unknown flag bits {0:#04x}")]
     UnknownFlags(u8),
+    /// A critical extension record type this build does not know.
+    #[error("unknown critical extension type {0:#04x}")]
+    UnsupportedExtension(u8),
+    /// The entry was written for another key.
+    #[error("entry belongs to another key")]
+    KeyMismatch,
     /// A codec id this build does not know.
     #[error("unknown codec id {0}")]
     UnknownCodec(u8),
@@ -218,6 +267,8 @@ impl DecodeError {
             Self::HeaderChecksum => "header_checksum",
             Self::BodyChecksum => "body_checksum",
             Self::UnknownFlags(_) => "unknown_flags",
+            Self::UnsupportedExtension(_) => "unsupported_extension",
+            Self::KeyMismatch => "key_mismatch",
             Self::UnknownCodec(_) | Self::CodecUnavailable(_) => "unknown_codec",
             Self::UnknownCompression(_) => "unknown_compression",
             Self::UnknownDictionary(_) => "unknown_dictionary",
@@ -231,79 +282,137 @@ impl DecodeError {
 }
 
 impl Header {
-    /// Serialises the header, computing its checksum.
-    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
-        let mut out = [0u8; HEADER_LEN];
-        out[0..4].copy_from_slice(&MAGIC);
-        out[4] = FORMAT_VERSION;
-        out[5] = self.codec.id();
-        out[6] = self.compression.id();
-        out[7] = self.flags.bits();
-        out[8..12].copy_from_slice(&self.schema_version.to_le_bytes());
-        out[12..16].copy_from_slice(&self.dict_id.to_le_bytes());
-        out[16..24].copy_from_slice(&self.created_at.as_millis().to_le_bytes());
-        out[24..32].copy_from_slice(&self.expires_at.as_millis().to_le_bytes());
-        out[32..40].copy_from_slice(&self.stale_until.as_millis().to_le_bytes());
-        out[40..44].copy_from_slice(&self.raw_len.to_le_bytes());
-        out[44..48].copy_from_slice(&self.body_len.to_le_bytes());
-        out[48..56].copy_from_slice(&self.body_checksum.to_le_bytes());
-        let check = xxh3_64(&out[..HEADER_CHECKED]) as u32;
-        out[56..60].copy_from_slice(&check.to_le_bytes());
+    /// Serialises the header with its extension area and checksum.
+    pub fn to_bytes(&self, extensions: &Extensions) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + extensions.len());
+        self.write(extensions, &mut out);
         out
     }
 
-    /// Parses and validates a header from the start of `bytes`. Checks magic,
-    /// format version, header checksum, known ids, field consistency and the
-    /// raw-length cap; it does not look at the body.
+    /// Appends the header with its extension area and checksum to `out`.
+    pub fn write(&self, extensions: &Extensions, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&MAGIC);
+        out.push(FORMAT_VERSION);
+        out.push(self.codec.id());
+        out.push(self.compression.id());
+        out.push(self.flags.bits());
+        out.extend_from_slice(&self.schema_version.to_le_bytes());
+        out.extend_from_slice(&self.dict_id.to_le_bytes());
+        out.extend_from_slice(&self.key_hash.to_le_bytes());
+        for t in [
+            self.created_at,
+            self.expires_at,
+            self.stale_until,
+            self.retain_until,
+        ] {
+            out.extend_from_slice(&t.as_millis().to_le_bytes());
+        }
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.extend_from_slice(&self.body_len.to_le_bytes());
+        out.extend_from_slice(&self.body_checksum.to_le_bytes());
+        // An extension area is at most `Extensions::MAX_LEN` bytes.
+        out.extend_from_slice(&(extensions.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(extensions.as_bytes());
+        let check = xxh3_64(&out[start..]) as u32;
+        out.extend_from_slice(&check.to_le_bytes());
+    }
+
+    /// Parses and validates a header (with its extension area) from the start
+    /// of `bytes`: magic, format version, checksum, known ids, field
+    /// consistency, the raw-length cap. It does not look at the body.
     pub fn parse(bytes: &[u8], limits: DecodeLimits) -> Result<Self, DecodeError> {
-        let Some(head) = bytes.get(..HEADER_LEN) else {
+        Self::parse_with_extensions(bytes, limits).map(|(header, _, _)| header)
+    }
+
+    /// [`Header::parse`], also giving the extension area's bytes (validated)
+    /// and the header's length.
+    fn parse_with_extensions(
+        bytes: &[u8],
+        limits: DecodeLimits,
+    ) -> Result<(Self, &[u8], usize), DecodeError> {
+        let Some(fixed) = bytes.get(..FIXED_LEN) else {
             // A short buffer with foreign magic is foreign, not truncated.
             let n = bytes.len().min(4);
             if bytes[..n] != MAGIC[..n] {
                 return Err(DecodeError::BadMagic);
+            }
+            if n == 4 && bytes.len() > 4 && bytes[4] != FORMAT_VERSION {
+                return Err(DecodeError::UnsupportedFormat(bytes[4]));
             }
             return Err(DecodeError::Truncated {
                 len: bytes.len(),
                 expected: HEADER_LEN,
             });
         };
-        if head[0..4] != MAGIC {
+        if fixed[0..4] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
-        if head[4] != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedFormat(head[4]));
+        if fixed[4] != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedFormat(fixed[4]));
         }
-        let stored_check = u32::from_le_bytes(array(&head[56..60]));
-        if xxh3_64(&head[..HEADER_CHECKED]) as u32 != stored_check {
+        let u64_at = |at: usize| u64::from_le_bytes(array(&fixed[at..at + 8]));
+        let u32_at = |at: usize| u32::from_le_bytes(array(&fixed[at..at + 4]));
+        let ext_len = usize::from(u16::from_le_bytes(array(&fixed[72..74])));
+        if ext_len > Extensions::MAX_LEN {
+            return Err(DecodeError::Inconsistent("extension area too long"));
+        }
+        let head_len = HEADER_LEN + ext_len;
+        let Some(head) = bytes.get(..head_len) else {
+            return Err(DecodeError::Truncated {
+                len: bytes.len(),
+                expected: head_len,
+            });
+        };
+        let checked = head_len - CHECKSUM_LEN;
+        let stored_check = u32::from_le_bytes(array(&head[checked..]));
+        if xxh3_64(&head[..checked]) as u32 != stored_check {
             return Err(DecodeError::HeaderChecksum);
         }
-        if head[7] & !EntryFlags::KNOWN != 0 {
-            return Err(DecodeError::UnknownFlags(head[7]));
+        if fixed[7] & !EntryFlags::KNOWN != 0 {
+            return Err(DecodeError::UnknownFlags(fixed[7]));
         }
-        let codec = Codec::from_id(head[5])?;
-        let compression = CompressionKind::from_id(head[6])?;
-        let u64_at = |at: usize| u64::from_le_bytes(array(&head[at..at + 8]));
-        let u32_at = |at: usize| u32::from_le_bytes(array(&head[at..at + 4]));
+        if fixed[74..76] != [0, 0] {
+            return Err(DecodeError::Inconsistent(
+                "reserved header bytes are not zero",
+            ));
+        }
         let header = Self {
-            codec,
-            compression,
-            flags: EntryFlags(head[7]),
+            codec: Codec::from_id(fixed[5])?,
+            compression: CompressionKind::from_id(fixed[6])?,
+            flags: EntryFlags(fixed[7]),
             schema_version: u32_at(8),
             dict_id: u32_at(12),
-            created_at: Timestamp::from_millis(u64_at(16)),
-            expires_at: Timestamp::from_millis(u64_at(24)),
-            stale_until: Timestamp::from_millis(u64_at(32)),
-            raw_len: u32_at(40),
-            body_len: u32_at(44),
-            body_checksum: u64_at(48),
+            key_hash: u64_at(16),
+            created_at: Timestamp::from_millis(u64_at(24)),
+            expires_at: Timestamp::from_millis(u64_at(32)),
+            stale_until: Timestamp::from_millis(u64_at(40)),
+            retain_until: Timestamp::from_millis(u64_at(48)),
+            raw_len: u32_at(56),
+            body_len: u32_at(60),
+            body_checksum: u64_at(64),
         };
         header.validate(limits)?;
-        Ok(header)
+        let ext = &head[FIXED_LEN..checked];
+        Extensions::validate(ext)?;
+        Ok((header, ext, head_len))
+    }
+
+    /// The length of the header at the start of `bytes` (fixed part,
+    /// extension area and checksum), read from its length field without
+    /// validating anything; `None` when too few bytes are there to tell.
+    pub fn declared_len(bytes: &[u8]) -> Option<usize> {
+        let ext = bytes.get(72..74)?;
+        Some(HEADER_LEN + usize::from(u16::from_le_bytes([ext[0], ext[1]])))
     }
 
     fn validate(&self, limits: DecodeLimits) -> Result<(), DecodeError> {
         if self.stale_until < self.expires_at {
             return Err(DecodeError::Inconsistent("stale_until before expires_at"));
+        }
+        if self.retain_until < self.stale_until {
+            return Err(DecodeError::Inconsistent("retain_until before stale_until"));
         }
         if self.raw_len > limits.max_raw_len {
             return Err(DecodeError::TooLarge {
@@ -330,38 +439,51 @@ impl Header {
         now < self.expires_at
     }
 
-    /// Whether the entry may still be served as stale at `now`.
+    /// Whether the entry may still be served as stale at `now`: inside its
+    /// stale window, and not marked must-revalidate.
     pub fn is_servable_stale(&self, now: Timestamp) -> bool {
-        now < self.stale_until
+        now < self.stale_until && !self.flags.contains(EntryFlags::MUST_REVALIDATE)
     }
 
-    /// A copy with a new expiry that keeps the stale window's length, used when
-    /// a lower tier's entry is copied up into a tier with a shorter TTL.
+    /// Whether tiers still keep the entry at `now` (for serving stale or for
+    /// revalidation); past this it is dead.
+    pub fn is_retained(&self, now: Timestamp) -> bool {
+        now < self.retain_until
+    }
+
+    /// Whether the entry is bound to `key`.
+    pub fn belongs_to(&self, key: &Key) -> bool {
+        self.key_hash == key_hash(key)
+    }
+
+    /// A copy with a new expiry that keeps the lengths of the stale window
+    /// and of the retention after it, used when a lower tier's entry is
+    /// copied up into a tier with a shorter TTL.
     #[must_use]
-    pub fn with_expiry(mut self, expires_at: Timestamp) -> Self {
-        let window = self
-            .stale_until
-            .as_millis()
-            .saturating_sub(self.expires_at.as_millis());
-        self.expires_at = expires_at;
-        self.stale_until = Timestamp::from_millis(expires_at.as_millis().saturating_add(window));
-        self
+    pub fn with_expiry(self, expires_at: Timestamp) -> Self {
+        let window = self.stale_until.millis_since(self.expires_at);
+        self.with_expiry_and_window(expires_at, std::time::Duration::from_millis(window))
     }
-}
 
-impl Header {
-    /// A copy expiring at `expires_at`, servable as stale for `window` after.
+    /// A copy expiring at `expires_at`, servable as stale for `window` after,
+    /// and retained as long after that as before.
     #[must_use]
     pub fn with_expiry_and_window(
         mut self,
         expires_at: Timestamp,
         window: std::time::Duration,
     ) -> Self {
+        let retained = self.retain_until.millis_since(self.stale_until);
         self.expires_at = expires_at;
         self.stale_until = if expires_at.is_never() {
             expires_at
         } else {
             expires_at.saturating_add(window)
+        };
+        self.retain_until = if self.stale_until.is_never() {
+            self.stale_until
+        } else {
+            Timestamp::from_millis(self.stale_until.as_millis().saturating_add(retained))
         };
         self
     }
@@ -372,17 +494,34 @@ impl Header {
     }
 }
 
+/// Until when a stored entry of either format must be kept (format 2's
+/// `retain_until`, format 1's `stale_until`), read from its header; `None`
+/// for bytes that are no valid entry header. Lets tiers expire and index
+/// entries that an earlier version wrote without reading them as values.
+pub fn keep_until(bytes: &[u8]) -> Option<Timestamp> {
+    match Header::parse(bytes, DecodeLimits::STRUCTURE_ONLY) {
+        Ok(header) => Some(header.retain_until),
+        Err(DecodeError::UnsupportedFormat(1)) => v1::parse(bytes, DecodeLimits::STRUCTURE_ONLY)
+            .ok()
+            .map(|h| h.retain_until),
+        Err(_) => None,
+    }
+}
+
 fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(slice);
     out
 }
 
-/// A stored entry: header, body, and (in tiers that keep one) the decoded value.
+/// A stored entry: header, extension records, body, and (in tiers that keep
+/// one) the decoded value.
 #[derive(Clone)]
 pub struct Entry {
     /// The validated header.
     pub header: Header,
+    /// The extension records (HTTP validators and the like).
+    pub extensions: Extensions,
     /// The body exactly as stored (compressed when the header says so).
     pub body: Bytes,
     /// The decoded value, if the tier keeps one.
@@ -393,15 +532,20 @@ impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
             .field("header", &self.header)
+            .field("extensions", &self.extensions)
             .field("body_len", &self.body.len())
             .field("decoded", &self.decoded.is_some())
             .finish()
     }
 }
 
-/// Metadata for a new entry.
+/// Metadata for a new entry; built with [`EntryMeta::new`] so that fields
+/// added later do not break callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EntryMeta {
+    /// [`key_hash`] of the entry's key.
+    pub key_hash: u64,
     /// The application's schema version.
     pub schema_version: u32,
     /// Creation time.
@@ -410,8 +554,50 @@ pub struct EntryMeta {
     pub expires_at: Timestamp,
     /// End of the stale window (≥ `expires_at`).
     pub stale_until: Timestamp,
+    /// End of retention (≥ `stale_until`).
+    pub retain_until: Timestamp,
     /// Flags.
     pub flags: EntryFlags,
+}
+
+impl EntryMeta {
+    /// An entry for `key` under `schema_version`, created at `created_at`,
+    /// that never expires.
+    pub fn new(key: &Key, schema_version: u32, created_at: Timestamp) -> Self {
+        Self {
+            key_hash: key_hash(key),
+            schema_version,
+            created_at,
+            expires_at: Timestamp::NEVER,
+            stale_until: Timestamp::NEVER,
+            retain_until: Timestamp::NEVER,
+            flags: EntryFlags::empty(),
+        }
+    }
+
+    /// Fresh until `expires_at`, servable stale until `stale_until` and kept
+    /// as long (raised to `expires_at` if earlier).
+    #[must_use]
+    pub fn expiring(mut self, expires_at: Timestamp, stale_until: Timestamp) -> Self {
+        self.expires_at = expires_at;
+        self.stale_until = stale_until.max(expires_at);
+        self.retain_until = self.stale_until;
+        self
+    }
+
+    /// Kept until `retain_until` (raised to the end of the stale window if earlier).
+    #[must_use]
+    pub fn retained_until(mut self, retain_until: Timestamp) -> Self {
+        self.retain_until = retain_until.max(self.stale_until);
+        self
+    }
+
+    /// With `flags` set (added to those already set).
+    #[must_use]
+    pub fn flagged(mut self, flags: EntryFlags) -> Self {
+        self.flags = self.flags.union(flags);
+        self
+    }
 }
 
 impl Entry {
@@ -424,21 +610,25 @@ impl Entry {
         raw_len: u32,
         body: Bytes,
     ) -> Self {
+        let stale_until = meta.stale_until.max(meta.expires_at);
         let header = Header {
             codec,
             compression,
             flags: meta.flags,
             schema_version: meta.schema_version,
             dict_id,
+            key_hash: meta.key_hash,
             created_at: meta.created_at,
             expires_at: meta.expires_at,
-            stale_until: meta.stale_until.max(meta.expires_at),
+            stale_until,
+            retain_until: meta.retain_until.max(stale_until),
             raw_len,
             body_len: body.len() as u32,
             body_checksum: xxh3_64(&body),
         };
         Self {
             header,
+            extensions: Extensions::empty(),
             body,
             decoded: None,
         }
@@ -467,15 +657,61 @@ impl Entry {
         Ok(Self::from_body(meta, codec, kind, dict_id, raw_len, body))
     }
 
+    /// An entry recording that the source answered "not found": its body is
+    /// the codec's encoding of nothing (`null` in JSON, `nil` in
+    /// MessagePack), so that readers of the stored bytes see a valid value.
+    pub fn negative(meta: EntryMeta, codec: Codec) -> Self {
+        let mut body = Vec::new();
+        // Every codec can encode the unit value.
+        if codec.encode(&(), &mut body).is_err() {
+            body.clear();
+        }
+        let raw_len = body.len() as u32;
+        Self::from_body(
+            meta.flagged(EntryFlags::NEGATIVE),
+            codec,
+            CompressionKind::None,
+            0,
+            raw_len,
+            Bytes::from(body),
+        )
+    }
+
+    /// A copy with `header` (same extensions, body and decoded value).
+    #[must_use]
+    pub fn with_header(&self, header: Header) -> Self {
+        Self {
+            header,
+            ..self.clone()
+        }
+    }
+
+    /// A copy with `extensions`.
+    #[must_use]
+    pub fn with_extensions(mut self, extensions: Extensions) -> Self {
+        self.extensions = extensions;
+        self
+    }
+
+    /// Length of the serialised header (fixed part, extensions, checksum).
+    pub fn header_len(&self) -> usize {
+        HEADER_LEN + self.extensions.len()
+    }
+
     /// Length of the serialised entry.
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.body.len()
+        self.header_len() + self.body.len()
+    }
+
+    /// The serialised header, for tiers that store it apart from the body.
+    pub fn header_bytes(&self) -> Vec<u8> {
+        self.header.to_bytes(&self.extensions)
     }
 
     /// Serialises header and body into one buffer, for tiers that store blobs.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
-        out.extend_from_slice(&self.header.to_bytes());
+        self.header.write(&self.extensions, &mut out);
         out.extend_from_slice(&self.body);
         out
     }
@@ -485,8 +721,8 @@ impl Entry {
     /// use the body.
     #[allow(clippy::needless_pass_by_value)] // takes the buffer so the body can share it
     pub fn from_bytes(bytes: Bytes, limits: DecodeLimits) -> Result<Self, DecodeError> {
-        let header = Header::parse(&bytes, limits)?;
-        let expected = HEADER_LEN + header.body_len as usize;
+        let (header, _, head_len) = Header::parse_with_extensions(&bytes, limits)?;
+        let expected = head_len + header.body_len as usize;
         match bytes.len().cmp(&expected) {
             std::cmp::Ordering::Less => {
                 return Err(DecodeError::Truncated {
@@ -503,9 +739,47 @@ impl Entry {
         }
         Ok(Self {
             header,
-            body: bytes.slice(HEADER_LEN..),
+            extensions: Extensions::trusted(bytes.slice(FIXED_LEN..head_len - CHECKSUM_LEN)),
+            body: bytes.slice(head_len..),
             decoded: None,
         })
+    }
+
+    /// Rebuilds an entry from a header stored apart from its body (as the
+    /// SQLite tier keeps them).
+    pub fn from_parts(
+        header: &[u8],
+        body: Bytes,
+        limits: DecodeLimits,
+    ) -> Result<Self, DecodeError> {
+        let (parsed, ext, head_len) = Header::parse_with_extensions(header, limits)?;
+        if header.len() != head_len {
+            return Err(DecodeError::TrailingBytes {
+                extra: header.len().saturating_sub(head_len),
+            });
+        }
+        if body.len() != parsed.body_len as usize {
+            return Err(DecodeError::Truncated {
+                len: body.len(),
+                expected: parsed.body_len as usize,
+            });
+        }
+        Ok(Self {
+            header: parsed,
+            extensions: Extensions::trusted(Bytes::copy_from_slice(ext)),
+            body,
+            decoded: None,
+        })
+    }
+
+    /// Fails with [`DecodeError::KeyMismatch`] unless the entry was written
+    /// for `key`.
+    pub fn check_key(&self, key: &Key) -> Result<(), DecodeError> {
+        if self.header.belongs_to(key) {
+            Ok(())
+        } else {
+            Err(DecodeError::KeyMismatch)
+        }
     }
 
     /// Verifies the body checksum and returns the uncompressed body.
@@ -543,13 +817,8 @@ mod tests {
 
     fn sample(len: usize) -> Entry {
         let value: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-        let meta = EntryMeta {
-            schema_version: 3,
-            created_at: Timestamp::from_millis(1_000),
-            expires_at: Timestamp::from_millis(2_000),
-            stale_until: Timestamp::from_millis(3_000),
-            flags: EntryFlags::empty(),
-        };
+        let meta = EntryMeta::new(&Key::bare("test"), 3, Timestamp::from_millis(1_000))
+            .expiring(Timestamp::from_millis(2_000), Timestamp::from_millis(3_000));
         Entry::encode(
             &value,
             Codec::Json,
@@ -601,9 +870,87 @@ mod tests {
     }
 
     #[test]
-    fn with_expiry_keeps_the_stale_window() {
-        let h = sample(1).header.with_expiry(Timestamp::from_millis(10_000));
+    fn with_expiry_keeps_the_stale_window_and_the_retention() {
+        let mut header = sample(1).header;
+        header.retain_until = Timestamp::from_millis(5_000);
+        let h = header.with_expiry(Timestamp::from_millis(10_000));
         assert_eq!(h.expires_at.as_millis(), 10_000);
         assert_eq!(h.stale_until.as_millis(), 11_000);
+        assert_eq!(h.retain_until.as_millis(), 13_000);
+        let never = header.with_expiry(Timestamp::NEVER);
+        assert!(never.stale_until.is_never() && never.retain_until.is_never());
+    }
+
+    #[test]
+    fn an_entry_is_bound_to_its_key() {
+        let entry = sample(10);
+        assert_eq!(entry.check_key(&Key::bare("test")), Ok(()));
+        assert_eq!(
+            entry.check_key(&Key::bare("other")),
+            Err(DecodeError::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn extensions_round_trip_and_are_checksummed() {
+        let entry = sample(10).with_extensions(
+            Extensions::empty()
+                .with(Extensions::ETAG, b"\"abc\"")
+                .unwrap(),
+        );
+        let bytes = entry.to_vec();
+        assert_eq!(bytes.len(), HEADER_LEN + 3 + 5 + entry.body.len());
+        let back = Entry::from_bytes(Bytes::from(bytes.clone()), DecodeLimits::default()).unwrap();
+        assert_eq!(back.extensions.etag(), Some(&b"\"abc\""[..]));
+        let mut damaged = bytes;
+        damaged[FIXED_LEN + 4] ^= 1;
+        assert_eq!(
+            Entry::from_bytes(Bytes::from(damaged), DecodeLimits::default()).unwrap_err(),
+            DecodeError::HeaderChecksum
+        );
+    }
+
+    #[test]
+    fn must_revalidate_is_never_servable_stale() {
+        let mut header = sample(1).header;
+        let inside = Timestamp::from_millis(2_500);
+        assert!(header.is_servable_stale(inside));
+        header.flags = header.flags.union(EntryFlags::MUST_REVALIDATE);
+        assert!(!header.is_servable_stale(inside));
+        assert!(header.is_retained(inside));
+        assert!(!header.is_retained(Timestamp::from_millis(3_000)));
+    }
+
+    #[test]
+    fn negative_entries_hold_a_valid_nothing() {
+        let meta = EntryMeta::new(&Key::bare("test"), 1, Timestamp::from_millis(1));
+        let json = Entry::negative(meta, Codec::Json);
+        assert_eq!(&json.body[..], b"null");
+        assert!(json.header.is_negative());
+        let msgpack = Entry::negative(meta, Codec::MsgPack);
+        assert_eq!(&msgpack.body[..], [0xc0]);
+    }
+
+    #[test]
+    fn header_parses_from_stored_parts() {
+        let entry = sample(20);
+        let back = Entry::from_parts(
+            &entry.header_bytes(),
+            entry.body.clone(),
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(back.header, entry.header);
+        let mut longer = entry.header_bytes();
+        longer.push(0);
+        assert!(Entry::from_parts(&longer, entry.body.clone(), DecodeLimits::default()).is_err());
+        assert!(
+            Entry::from_parts(
+                &entry.header_bytes(),
+                entry.body.slice(1..),
+                DecodeLimits::default()
+            )
+            .is_err()
+        );
     }
 }

@@ -23,7 +23,8 @@ pub use codec::Codec;
 pub use compression::{Compression, CompressionKind, Dictionaries, Dictionary};
 pub use config::{BuildContext, TierConfig};
 pub use envelope::{
-    DecodeError, DecodeLimits, Decoded, EncodeError, Entry, EntryFlags, EntryMeta, Header,
+    DecodeError, DecodeLimits, Decoded, EncodeError, Entry, EntryFlags, EntryMeta, Extensions,
+    Header, key_hash,
 };
 pub use error::{Error, ErrorKind, Operation, Result};
 pub use key::{Key, KeyBuilder, KeyError, ParamValue};

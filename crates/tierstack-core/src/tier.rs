@@ -98,6 +98,9 @@ pub struct TierStats {
     /// Operations not attempted because the store was known to be down (an
     /// open circuit breaker): reads answered as misses, writes dropped.
     pub unavailable: u64,
+    /// Keys found in the tier's namespace that are not its entries (another
+    /// tool's values, another type), skipped by scans, sizes and clears.
+    pub foreign: u64,
 }
 
 /// Whether a tier is usable.

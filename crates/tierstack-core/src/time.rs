@@ -85,6 +85,11 @@ impl Timestamp {
         self.0 == u64::MAX
     }
 
+    /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
+    pub const fn millis_since(self, earlier: Self) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
     /// `self + ttl`, saturating at [`Timestamp::NEVER`].
     #[must_use]
     pub fn saturating_add(self, ttl: Duration) -> Self {

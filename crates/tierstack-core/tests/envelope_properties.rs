@@ -4,17 +4,19 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use tierstack_core::{
-    Codec, Compression, DecodeLimits, Dictionaries, Entry, EntryFlags, EntryMeta, Timestamp,
+    Codec, Compression, DecodeLimits, Dictionaries, Entry, EntryMeta, Key, Timestamp,
 };
 
 fn meta() -> EntryMeta {
-    EntryMeta {
-        schema_version: 7,
-        created_at: Timestamp::from_millis(1_700_000_000_000),
-        expires_at: Timestamp::from_millis(1_700_000_060_000),
-        stale_until: Timestamp::from_millis(1_700_000_120_000),
-        flags: EntryFlags::empty(),
-    }
+    EntryMeta::new(
+        &Key::bare("books"),
+        7,
+        Timestamp::from_millis(1_700_000_000_000),
+    )
+    .expiring(
+        Timestamp::from_millis(1_700_000_060_000),
+        Timestamp::from_millis(1_700_000_120_000),
+    )
 }
 
 fn decode(bytes: &[u8]) -> Result<Vec<String>, tierstack_core::DecodeError> {
@@ -76,10 +78,10 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bytes_after_a_valid_header_never_panic(tail in prop::collection::vec(any::<u8>(), 0..300), cut in 0usize..60) {
+    fn arbitrary_bytes_after_a_valid_header_never_panic(tail in prop::collection::vec(any::<u8>(), 0..300), cut in 0usize..80) {
         let entry = Entry::encode(&kib_value(), Codec::MsgPack, &Compression::None, meta(), DecodeLimits::default()).unwrap();
         let mut bytes = entry.to_vec();
-        bytes.truncate(60 + cut);
+        bytes.truncate(tierstack_core::envelope::HEADER_LEN + cut);
         bytes.extend_from_slice(&tail);
         let _ = decode(&bytes);
     }

@@ -7,7 +7,7 @@ use std::alloc::System;
 use bytes::Bytes;
 use cap::Cap;
 use tierstack_core::{
-    Codec, CompressionKind, DecodeError, DecodeLimits, Dictionaries, Entry, EntryFlags, EntryMeta,
+    Codec, CompressionKind, DecodeError, DecodeLimits, Dictionaries, Entry, EntryMeta, Key,
     Timestamp,
 };
 
@@ -29,13 +29,7 @@ fn bomb_frame() -> Vec<u8> {
 }
 
 fn entry_claiming(raw_len: u32, body: Vec<u8>) -> Bytes {
-    let meta = EntryMeta {
-        schema_version: 1,
-        created_at: Timestamp::from_millis(0),
-        expires_at: Timestamp::NEVER,
-        stale_until: Timestamp::NEVER,
-        flags: EntryFlags::empty(),
-    };
+    let meta = EntryMeta::new(&Key::bare("bomb"), 1, Timestamp::from_millis(0));
     let entry = Entry::from_body(
         meta,
         Codec::MsgPack,

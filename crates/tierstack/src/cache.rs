@@ -7,9 +7,8 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tierstack_core::{
-    Bytes, ClearScope, Codec, Compression, CompressionKind, DecodeError, DecodeLimits, Decoded,
-    Dictionaries, Entry, EntryFlags, EntryMeta, Error, ErrorKind, Header, Health, Key, Operation,
-    Result, Tier, TierSize, Timestamp,
+    ClearScope, Codec, Compression, DecodeError, DecodeLimits, Decoded, Dictionaries, Entry,
+    EntryMeta, Error, ErrorKind, Header, Health, Key, Operation, Result, Tier, TierSize, Timestamp,
 };
 use tracing::Instrument as _;
 
@@ -169,7 +168,7 @@ impl TieredCache {
             return Ok(());
         }
         let value = Arc::new(value);
-        let entry = self.encode(&*value)?;
+        let entry = self.encode(key, &*value)?;
         let options = FetchOptions::ttl(ttl);
         self.write_through(key, &entry, Some(value as Decoded), options, false)
             .await;
@@ -287,15 +286,8 @@ impl TieredCache {
         first.map_or(Ok(out), Err)
     }
 
-    pub(crate) fn encode<V: Serialize>(&self, value: &V) -> Result<Entry> {
-        let now = Timestamp::now();
-        let meta = EntryMeta {
-            schema_version: self.inner.schema_version,
-            created_at: now,
-            expires_at: Timestamp::NEVER,
-            stale_until: Timestamp::NEVER,
-            flags: EntryFlags::empty(),
-        };
+    pub(crate) fn encode<V: Serialize>(&self, key: &Key, value: &V) -> Result<Entry> {
+        let meta = EntryMeta::new(key, self.inner.schema_version, Timestamp::now());
         Ok(Entry::encode(
             value,
             self.inner.codec,
@@ -306,16 +298,9 @@ impl TieredCache {
     }
 
     /// An entry recording that the source answered "not found".
-    pub(crate) fn negative_entry(&self) -> Entry {
-        let now = Timestamp::now();
-        let meta = EntryMeta {
-            schema_version: self.inner.schema_version,
-            created_at: now,
-            expires_at: Timestamp::NEVER,
-            stale_until: Timestamp::NEVER,
-            flags: EntryFlags::NEGATIVE,
-        };
-        Entry::from_body(meta, Codec::Json, CompressionKind::None, 0, 0, Bytes::new())
+    pub(crate) fn negative_entry(&self, key: &Key) -> Entry {
+        let meta = EntryMeta::new(key, self.inner.schema_version, Timestamp::now());
+        Entry::negative(meta, self.inner.codec)
     }
 
     /// When a write expires in `layer`: the call's TTL, else the source's
@@ -368,9 +353,8 @@ impl TieredCache {
             .unwrap_or(self.inner.default_stale_for);
         let expiry = self.expiry_for(layer, options.ttl, &policy, negative, now);
         Entry {
-            header: entry.header.with_expiry_and_window(expiry, window),
-            body: entry.body.clone(),
             decoded,
+            ..entry.with_header(entry.header.with_expiry_and_window(expiry, window))
         }
     }
 
@@ -446,11 +430,17 @@ impl TieredCache {
                     continue;
                 }
             };
-            let entry =
-                match Self::decoded_hit::<V>(layer, index, entry, now, self.inner.schema_version) {
-                    Ok(found) => return found,
-                    Err(entry) => entry,
-                };
+            let entry = match Self::decoded_hit::<V>(
+                layer,
+                index,
+                key,
+                entry,
+                now,
+                self.inner.schema_version,
+            ) {
+                Ok(found) => return found,
+                Err(entry) => entry,
+            };
             match self.classify::<V>(layer, index, key, entry, now).await {
                 Some(Lookup::Missing { stale: Some(s) }) => {
                     // A lower tier may hold a fresher copy; keep the first
@@ -471,6 +461,7 @@ impl TieredCache {
     fn decoded_hit<V: CacheValue>(
         layer: &Layer,
         index: usize,
+        key: &Key,
         entry: Option<Entry>,
         now: Timestamp,
         schema_version: u32,
@@ -483,6 +474,7 @@ impl TieredCache {
             || !header.is_fresh(now)
             || header.is_negative()
             || header.schema_version != schema_version
+            || !header.belongs_to(key)
         {
             return Err(Some(entry));
         }
@@ -513,6 +505,14 @@ impl TieredCache {
             bump(&layer.counters.misses);
             return None;
         };
+        if let Err(e) = entry.check_key(key) {
+            // Bytes copied under another key (by hand, or by a bug): never
+            // that other key's value.
+            bump(&layer.counters.decode_failures);
+            bump(&layer.counters.misses);
+            tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), "entry is a miss");
+            return None;
+        }
         add(&layer.counters.bytes_read, entry.encoded_len() as u64);
         let fresh = entry.header.is_fresh(now);
         if !fresh {
@@ -612,9 +612,8 @@ impl TieredCache {
                 layer,
                 key,
                 Entry {
-                    header,
-                    body: entry.body.clone(),
                     decoded: decoded.clone(),
+                    ..entry.with_header(header)
                 },
             )
         });

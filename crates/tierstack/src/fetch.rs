@@ -381,11 +381,11 @@ impl TieredCache {
         options: FetchOptions,
     ) {
         let Some(value) = value else {
-            let entry = self.negative_entry();
+            let entry = self.negative_entry(key);
             self.write_through(key, &entry, None, options, true).await;
             return;
         };
-        match self.encode(&**value) {
+        match self.encode(key, &**value) {
             Ok(entry) => {
                 let decoded = Some(Arc::clone(value) as Decoded);
                 self.write_through(key, &entry, decoded, options, false)

@@ -5,7 +5,7 @@
 //! describes the stream:
 //!
 //! ```json
-//! {"format":"tierstack-export","version":1,"schema_version":1,"exported_at":"2026-11-25T17:00:00.000Z"}
+//! {"format":"tierstack-export","version":2,"schema_version":1,"exported_at":"2026-11-25T17:00:00.000Z"}
 //! ```
 //!
 //! Each following line is one entry: its key, its expiry (for people and
@@ -20,6 +20,11 @@
 //! file (it never holds more than one batch), skips expired records, counts
 //! malformed ones and goes on, and refuses a newer format or another schema
 //! version with a clear error.
+//!
+//! Version 2 streams hold entries in envelope format 2, each bound to its
+//! record's key (a record whose entry belongs to another key is malformed).
+//! Version 1 streams, written by earlier releases, hold format-1 entries:
+//! each is checked and carried into format 2 under its record's key.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -39,8 +44,9 @@ use crate::TieredCache;
 
 /// The `format` of the header line.
 pub const EXPORT_FORMAT: &str = "tierstack-export";
-/// The version of the stream format this build writes and reads.
-pub const EXPORT_VERSION: u32 = 1;
+/// The version of the stream format this build writes; it reads this one
+/// and version 1.
+pub const EXPORT_VERSION: u32 = 2;
 
 /// Entries read from tiers per scan page.
 const SCAN_PAGE: usize = 512;
@@ -387,7 +393,14 @@ impl TieredCache {
         let bytes = BASE64
             .decode(record.entry.as_bytes())
             .map_err(|e| format!("bad base64: {e}"))?;
-        let entry = Entry::from_bytes(Bytes::from(bytes), self.inner.limits)
+        let entry = if tierstack_core::envelope::v1::looks_like(&bytes) {
+            tierstack_core::envelope::v1::upgrade(&bytes, &key, self.inner.limits)
+        } else {
+            Entry::from_bytes(Bytes::from(bytes), self.inner.limits)
+        }
+        .map_err(|e| format!("damaged entry: {e}"))?;
+        entry
+            .check_key(&key)
             .map_err(|e| format!("damaged entry: {e}"))?;
         // The body too, so that a damaged record never reaches a tier.
         entry
@@ -464,11 +477,7 @@ impl TieredCache {
                     } else {
                         entry.header
                     };
-                    let copy = Entry {
-                        header,
-                        body: entry.body.clone(),
-                        decoded: None,
-                    };
+                    let copy = entry.with_header(header);
                     (key.clone(), copy)
                 })
                 .collect();

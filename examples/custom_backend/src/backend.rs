@@ -110,7 +110,7 @@ impl Tier for FilesTier {
         Ok(self
             .read(&self.path(key))
             .await?
-            .filter(|(stored, entry)| stored == key.as_str() && entry.header.is_servable_stale(now))
+            .filter(|(stored, entry)| stored == key.as_str() && entry.header.is_retained(now))
             .map(|(_, entry)| entry))
     }
 
@@ -179,7 +179,7 @@ impl Tier for FilesTier {
             .entries()
             .await?
             .into_iter()
-            .filter(|(_, _, e)| e.header.is_servable_stale(now))
+            .filter(|(_, _, e)| e.header.is_retained(now))
             .filter_map(|(_, k, e)| Key::parse(&k).ok().map(|k| (k, e)))
             .collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
