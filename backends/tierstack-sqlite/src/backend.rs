@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tierstack_core::{
-    Capabilities, ClearScope, Entry, Error, ErrorKind, Health, Key, Operation, Result, ScanCursor,
-    ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
+    Capabilities, ClearScope, Compacted, Entry, Error, ErrorKind, Health, Key, Operation, Result,
+    ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
 };
 
 use crate::error::sqlite;
@@ -328,6 +328,39 @@ impl Tier for SqliteTier {
             }
         }
         Ok(ScanPage { entries, next })
+    }
+
+    /// `VACUUM` on a connection of its own, after turning on incremental
+    /// auto-vacuum (a file created by an earlier release may have it off,
+    /// and only a `VACUUM` can turn it on).
+    async fn compact(&self) -> Result<Option<Compacted>> {
+        let path = self.path.clone();
+        let busy_timeout = self.busy_timeout;
+        let synchronous = self.synchronous;
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let fail = |e| sqlite(e, &path, Operation::Compact).with_tier(name.as_str());
+            let conn = schema::connect(&path, busy_timeout, synchronous)
+                .map_err(|e| e.with_tier(name.as_str()))?;
+            let bytes = |conn: &Connection| -> rusqlite::Result<u64> {
+                let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+                let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+                Ok(u64::try_from(pages * size).unwrap_or(0))
+            };
+            let bytes_before = bytes(&conn).map_err(fail)?;
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+                .map_err(fail)?;
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::debug!(path = %path.display(), error = %e, "checkpoint skipped");
+            }
+            let bytes_after = bytes(&conn).map_err(fail)?;
+            Ok(Some(Compacted {
+                bytes_before,
+                bytes_after,
+            }))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Other, "compacting panicked").with_source(e))?
     }
 
     fn stats(&self) -> TierStats {

@@ -40,14 +40,20 @@ fn book(i: u32) -> Key {
 /// that found nothing.
 async fn set_not_found(tier: &dyn Tier, key: &Key) {
     let meta = EntryMeta::new(key, 1, Timestamp::now());
-    tier.set(key, Entry::negative(meta, Codec::Json)).await.unwrap();
+    tier.set(key, Entry::negative(meta, Codec::Json))
+        .await
+        .unwrap();
 }
 
 /// Ten live entries, one live "not found", five that expire at once.
 async fn fill(cache: &TieredCache) {
     for i in 0..10 {
         cache
-            .set(&book(i), json!({"title": format!("t{i}")}), Ttl::TierDefault)
+            .set(
+                &book(i),
+                json!({"title": format!("t{i}")}),
+                Ttl::TierDefault,
+            )
             .await
             .unwrap();
     }
@@ -77,7 +83,9 @@ async fn timestamps_compare_with_current_timestamp_and_cleanup_deletes_only_expi
         11
     );
     assert_eq!(
-        count("SELECT count(*) FROM metadata_cache WHERE datetime(expires_at) IS NULL OR datetime(created_at) IS NULL"),
+        count(
+            "SELECT count(*) FROM metadata_cache WHERE datetime(expires_at) IS NULL OR datetime(created_at) IS NULL"
+        ),
         0
     );
     assert_eq!(
@@ -141,7 +149,10 @@ print(json.dumps({"rows": len(rows), "live": live, "negatives": negatives,
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["rows"], 18);
     assert_eq!(report["live"], 13);
-    assert_eq!(report["negatives"], json!(["audnexus:book:asin=B000000099"]));
+    assert_eq!(
+        report["negatives"],
+        json!(["audnexus:book:asin=B000000099"])
+    );
     assert_eq!(report["t0"], json!({"title": "t0"}));
     assert_eq!(report["n"], json!(1.5));
     assert_eq!(report["missing"], Value::Null);
@@ -175,16 +186,22 @@ async fn new_files_give_space_back_on_purge() {
     let before = pages(&conn);
     assert_eq!(tier.purge().await.unwrap(), 300);
     let after = pages(&conn);
-    assert!(after * 4 < before, "{before} pages before purge, {after} after");
+    assert!(
+        after * 4 < before,
+        "{before} pages before purge, {after} after"
+    );
 }
 
 #[tokio::test]
 async fn a_byte_cap_smaller_than_a_few_rows_never_panics_and_tiny_caps_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for cap in [0, 1, 4096] {
-        let err = SqliteTier::open(&SqliteConfig::new(dir.path().join("tiny.db")).max_size(cap), 1)
-            .await
-            .unwrap_err();
+        let err = SqliteTier::open(
+            &SqliteConfig::new(dir.path().join("tiny.db")).max_size(cap),
+            1,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.kind(), tierstack::ErrorKind::Config, "{err}");
         assert!(err.to_string().contains("max_size"), "{err}");
     }
@@ -291,7 +308,11 @@ async fn a_version_2_file_is_migrated_in_place_with_every_row() {
         Some(&json!({"title": "Dune"}))
     );
     let inspected = cache.inspect(&book(2)).await;
-    let header = inspected[0].1.as_ref().unwrap().expect("negative row carried over");
+    let header = inspected[0]
+        .1
+        .as_ref()
+        .unwrap()
+        .expect("negative row carried over");
     assert!(header.is_negative());
     assert!(header.belongs_to(&book(2)));
 
@@ -310,7 +331,11 @@ async fn a_version_2_file_is_migrated_in_place_with_every_row() {
     assert_eq!(rows.len(), 3, "the damaged row was dropped: {rows:?}");
     assert_eq!(rows[1].2, "{\"title\":\"Dune v2\"}");
     assert_eq!((rows[2].2.as_str(), rows[2].4), ("null", true));
-    assert!(rows.iter().all(|r| r.3.len() == 23 && r.3.as_bytes()[10] == b' '), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.3.len() == 23 && r.3.as_bytes()[10] == b' '),
+        "{rows:?}"
+    );
     let indexes: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'metadata_cache_%'", [], |r| r.get(0))
         .unwrap();

@@ -90,6 +90,9 @@ pub(crate) enum Command {
     },
     /// Remove dead entries and give space back.
     Purge,
+    /// Rewrite the stores that need it to give unused space back (SQLite
+    /// files made by earlier releases): exclusive, needs free disk space.
+    Compact,
     /// Write every fresh entry to FILE (`.zst` compresses).
     Export {
         /// Where to write; `-` for stdout.

@@ -83,6 +83,7 @@ async fn run(cli: Cli) -> Outcome {
             maintenance::clear(&open(config_path).await?, request, json).await
         }
         Command::Purge => maintenance::purge(&open(config_path).await?, json).await,
+        Command::Compact => maintenance::compact(&open(config_path).await?, json).await,
         Command::Export { file, source } => {
             transfer::export(&open(config_path).await?, &file, source, json).await
         }

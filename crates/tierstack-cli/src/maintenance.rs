@@ -404,3 +404,46 @@ pub(crate) async fn purge(cache: &TieredCache, json: bool) -> Outcome {
     )
     .await
 }
+
+/// `VACUUM` where a tier needs it, one tier at a time; says per tier what it
+/// did and fails (exit 3) if any tier failed (the others are still done).
+pub(crate) async fn compact(cache: &TieredCache, json: bool) -> Outcome {
+    let tiers: Vec<_> = cache.tiers().collect();
+    let bar = progress(json, Some(tiers.len() as u64), "compacting");
+    let mut done = BTreeMap::new();
+    let mut failures = Vec::new();
+    for tier in tiers {
+        match tier.compact().await {
+            Ok(Some(c)) => {
+                done.insert(
+                    tier.name().to_owned(),
+                    serde_json::json!({"bytes_before": c.bytes_before, "bytes_after": c.bytes_after}),
+                );
+                if !json {
+                    emit(&format!(
+                        "{}: {} -> {}",
+                        tier.name(),
+                        tierstack::units::format_size(c.bytes_before),
+                        tierstack::units::format_size(c.bytes_after)
+                    ));
+                }
+            }
+            Ok(None) => {
+                if !json {
+                    emit(&format!("{}: nothing to compact", tier.name()));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", tier.name())),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if json {
+        print_json(&serde_json::json!({ "tiers": done }))?;
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::unavailable(failures.join("; ")))
+    }
+}

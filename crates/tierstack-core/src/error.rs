@@ -66,6 +66,8 @@ pub enum Operation {
     Fetch,
     /// Announcing a change to other processes (a backplane message).
     Publish,
+    /// Rewriting a store to give space back.
+    Compact,
 }
 
 impl Operation {
@@ -85,6 +87,7 @@ impl Operation {
             Self::Encode => "encode",
             Self::Fetch => "fetch",
             Self::Publish => "publish",
+            Self::Compact => "compact",
         }
     }
 }

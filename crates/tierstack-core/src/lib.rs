@@ -29,7 +29,9 @@ pub use envelope::{
 pub use error::{Error, ErrorKind, Operation, Result};
 pub use key::{Key, KeyBuilder, KeyError, ParamValue};
 pub use registry::{BackendDescriptor, backend, backends};
-pub use tier::{Capabilities, ClearScope, Health, ScanCursor, ScanPage, Tier, TierSize, TierStats};
+pub use tier::{
+    Capabilities, ClearScope, Compacted, Health, ScanCursor, ScanPage, Tier, TierSize, TierStats,
+};
 pub use time::Timestamp;
 
 #[doc(hidden)]

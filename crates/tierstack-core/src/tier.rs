@@ -128,11 +128,20 @@ pub struct ScanPage {
     pub next: Option<ScanCursor>,
 }
 
+/// What [`Tier::compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Compacted {
+    /// Bytes the store took before.
+    pub bytes_before: u64,
+    /// Bytes it takes now.
+    pub bytes_after: u64,
+}
+
 /// A storage tier: memory, a file, a server.
 ///
 /// Tiers store [`Entry`] values (header + body) under [`Key`]s and know
 /// nothing of value types: encoding, freshness and copy-up are the cache's
-/// job. A tier keeps an entry at least until its header's `stale_until` (or
+/// job. A tier keeps an entry at least until its header's `retain_until` (or
 /// its own TTL cap, or eviction), and may drop it any time after.
 ///
 /// Errors are for the store failing; a missing or undecodable entry is
@@ -189,10 +198,19 @@ pub trait Tier: Send + Sync + fmt::Debug {
     /// return an [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error.
     async fn scan(&self, cursor: Option<ScanCursor>, limit: usize) -> Result<ScanPage>;
 
-    /// Removes dead entries (past their stale window) and gives the space
+    /// Removes dead entries (past their retention) and gives the space
     /// back where the store can; returns how many entries were removed.
     async fn purge(&self) -> Result<u64> {
         Ok(0)
+    }
+
+    /// Rewrites the store so that it gives unused space back to the file
+    /// system, for stores that need an explicit, exclusive step for it (a
+    /// SQLite file created without incremental auto-vacuum). Slow, and may
+    /// need free disk space about the store's size; never run implicitly.
+    /// `None` for tiers with nothing to do.
+    async fn compact(&self) -> Result<Option<Compacted>> {
+        Ok(None)
     }
 
     /// Counters only the backend knows.
