@@ -256,7 +256,7 @@ impl RedisTier {
         node: NodeConn,
         names: Vec<Vec<u8>>,
         op: Operation,
-    ) -> Result<Vec<(Vec<u8>, Key, Header)>> {
+    ) -> Result<Vec<OwnEntry>> {
         let mut pipe = redis::pipe();
         for name in &names {
             pipe.cmd("GETRANGE")
@@ -269,15 +269,21 @@ impl RedisTier {
         for (name, head) in names.into_iter().zip(heads) {
             let parsed = self.key_of(&name).and_then(|key| match head {
                 Some(Value::BulkString(bytes)) => {
-                    Header::parse(&bytes, DecodeLimits::STRUCTURE_ONLY)
+                    let header = Header::parse(&bytes, DecodeLimits::STRUCTURE_ONLY)
                         .ok()
-                        .filter(|h| h.belongs_to(&key))
-                        .map(|h| (key, h))
+                        .filter(|h| h.belongs_to(&key))?;
+                    let len = Header::declared_len(&bytes)? as u64 + u64::from(header.body_len);
+                    Some((key, header, len))
                 }
                 _ => None,
             });
             match parsed {
-                Some((key, header)) => own.push((name, key, header)),
+                Some((key, header, len)) => own.push(OwnEntry {
+                    name,
+                    key,
+                    header,
+                    len,
+                }),
                 None => self.count_foreign(&name),
             }
         }
@@ -575,13 +581,13 @@ impl Tier for RedisTier {
                 let own = self.own_entries(node.clone(), names, op).await?;
                 let doomed: Vec<Vec<u8>> = own
                     .into_iter()
-                    .filter(|(_, key, header)| match scope {
-                        ClearScope::Source(source) => key.source() == source,
-                        ClearScope::Expired => !header.is_fresh(now),
+                    .filter(|own| match scope {
+                        ClearScope::Source(source) => own.key.source() == source,
+                        ClearScope::Expired => !own.header.is_fresh(now),
                         // `ClearScope::All` and any scope added later.
                         _ => true,
                     })
-                    .map(|(name, _, _)| name)
+                    .map(|own| own.name)
                     .collect();
                 if !doomed.is_empty() {
                     let n = self.remove(node, &doomed, op).await?;
@@ -600,23 +606,12 @@ impl Tier for RedisTier {
         self.for_each_page(op, |node, names| {
             let size = &size;
             async move {
-                let mut pipe = redis::pipe();
-                for name in &names {
-                    pipe.cmd("STRLEN").arg(name);
-                }
-                let lengths = self.pipeline_tolerant(node, &mut pipe, op).await?;
+                let own = self.own_entries(node, names, op).await?;
                 let mut size = size
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (name, length) in names.iter().zip(lengths) {
-                    match length {
-                        Some(Value::Int(n)) => {
-                            size.entries += 1;
-                            size.bytes += u64::try_from(n).unwrap_or(0);
-                        }
-                        _ => self.count_foreign(name),
-                    }
-                }
+                size.entries += own.len() as u64;
+                size.bytes += own.iter().map(|own| own.len).sum::<u64>();
                 Ok(())
             }
         })
@@ -751,6 +746,15 @@ impl Shared {
     pub(crate) fn target(&self) -> &Target {
         &self.target
     }
+}
+
+/// A key of the namespace that holds one of this tier's entries.
+struct OwnEntry {
+    name: Vec<u8>,
+    key: Key,
+    header: Header,
+    /// The entry's length in bytes.
+    len: u64,
 }
 
 /// Where a tier's entries live: `{prefix}:e:{schema_version}:`. With `:`

@@ -1,5 +1,5 @@
 //! The invalidation backplane on Redis pub/sub: one channel in the
-//! namespace (`{prefix}:{schema_version}:__invalidations`), messages in JSON
+//! namespace (`{prefix}:c:invalidations:{schema_version}`), messages in JSON
 //! naming their sender, and a subscriber that reconnects by itself.
 
 use std::hash::{BuildHasher as _, Hasher as _};

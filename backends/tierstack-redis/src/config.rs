@@ -47,8 +47,10 @@ pub struct RedisConfig {
     /// certificates, for `rediss://` with a private CA; default: the
     /// system's trust store.
     pub tls_ca_file: Option<String>,
-    /// Namespace: every key is `{prefix}:{schema_version}:{key}`, and
-    /// `clear` touches nothing outside it. Default `tierstack`.
+    /// Namespace: entries are `{prefix}:e:{schema_version}:{key}`, and
+    /// `clear` touches nothing outside it. No `:`, `{`, `}`, spaces or
+    /// control characters (so that no prefix's namespace holds another's).
+    /// Default `tierstack`.
     pub prefix: String,
     /// Longest time an entry stays fresh in this tier. Default 7 days.
     #[serde(with = "units::duration_opt")]

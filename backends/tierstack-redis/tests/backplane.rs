@@ -26,7 +26,7 @@ async fn cache(url: &str, prefix: &str) -> TieredCache {
 
 /// Waits until `subscribers` processes listen on the namespace's channel.
 fn wait_for_subscribers(port: u16, prefix: &str, subscribers: usize) {
-    let channel = format!("{prefix}:1:__invalidations");
+    let channel = format!("{prefix}:c:invalidations:1");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = redis_cli(port, &["PUBSUB", "NUMSUB", &channel]);

@@ -76,7 +76,7 @@ async fn parent() {
     };
     assert_eq!(ask("CHECK"), "HAS");
     // Both processes subscribed: the parent and the child.
-    let channel = format!("{prefix}:1:__invalidations");
+    let channel = format!("{prefix}:c:invalidations:1");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !redis_cli(server.port(), &["PUBSUB", "NUMSUB", &channel]).contains("\n2") {
         assert!(Instant::now() < deadline, "child never subscribed");

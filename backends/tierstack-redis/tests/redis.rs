@@ -18,7 +18,11 @@ fn key(name: &str) -> Key {
 }
 
 async fn round_trip(tier: &RedisTier) {
-    let e = entry(&json!({"title": "Dune"}), Some(Duration::from_secs(60)));
+    let e = entry(
+        &key("rt"),
+        &json!({"title": "Dune"}),
+        Some(Duration::from_secs(60)),
+    );
     tier.set(&key("rt"), e.clone()).await.unwrap();
     let got = tier.get(&key("rt")).await.unwrap().expect("stored");
     assert_eq!(got.to_vec(), e.to_vec());
@@ -61,7 +65,7 @@ async fn a_password_and_an_acl_user_restricted_to_the_namespace() {
         .unwrap();
     for _ in 0..10 {
         let err = outside
-            .set(&key("x"), entry(&json!(1), None))
+            .set(&key("x"), entry(&key("x"), &json!(1), None))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
@@ -170,8 +174,8 @@ async fn foreign_values_in_the_namespace_are_counted_misses() {
     let prefix = unique_prefix("foreign");
     let config = RedisConfig::new(server.url()).prefix(&prefix);
     let tier: Arc<dyn Tier> = Arc::new(RedisTier::open(&config, 1).await.unwrap());
-    let list = format!("{prefix}:1:{}", key("list").as_str());
-    let text = format!("{prefix}:1:{}", key("text").as_str());
+    let list = format!("{prefix}:e:1:{}", key("list").as_str());
+    let text = format!("{prefix}:e:1:{}", key("text").as_str());
     redis_cli(server.port(), &["RPUSH", &list, "a", "b"]);
     redis_cli(server.port(), &["SET", &text, "not an entry"]);
     let err = tier.get(&key("list")).await.unwrap_err();
@@ -185,6 +189,40 @@ async fn foreign_values_in_the_namespace_are_counted_misses() {
         .await
         .unwrap();
     assert!(many.iter().all(Option::is_none));
+    // Sizes, scans and clears skip them (counted), and never fail on them.
+    let hash = format!("{prefix}:e:1:{}", key("hash").as_str());
+    redis_cli(server.port(), &["HSET", &hash, "f", "v"]);
+    let copied = format!("{prefix}:e:1:{}", key("copied").as_str());
+    tier.set(&key("own"), entry(&key("own"), &json!("own"), None))
+        .await
+        .unwrap();
+    let own_bytes = redis_cli(
+        server.port(),
+        &["STRLEN", &format!("{prefix}:e:1:{}", key("own").as_str())],
+    );
+    redis_cli(
+        server.port(),
+        &[
+            "COPY",
+            &format!("{prefix}:e:1:{}", key("own").as_str()),
+            &copied,
+        ],
+    );
+    let size = tier.size().await.unwrap();
+    assert_eq!(size.entries, 1, "{size:?}");
+    assert_eq!(size.bytes.to_string(), own_bytes.trim());
+    let page = tier.scan(None, 100).await.unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.entries[0].0, key("own"));
+    assert!(tier.stats().foreign >= 8, "{:?}", tier.stats());
+    assert_eq!(tier.clear(ClearScope::All).await.unwrap(), 1);
+    for name in [&list, &text, &hash, &copied] {
+        assert_eq!(
+            redis_cli(server.port(), &["EXISTS", name]).trim(),
+            "1",
+            "{name} removed"
+        );
+    }
 
     let cache = TieredCache::builder()
         .shared_tier(Arc::clone(&tier))
@@ -217,11 +255,13 @@ async fn clear_touches_only_its_own_namespace() {
     // the same, another schema version of the same prefix.
     let mut script = String::new();
     for i in 0..10_000 {
-        let name = match i % 4 {
+        let name = match i % 5 {
             0 => format!("sessions:{i}"),
-            1 => format!("team2:1:audnexus:book:asin={i}"),
-            2 => format!("team:2:audnexus:book:asin={i}"),
-            _ => format!("team*:1:audnexus:book:asin={i}"),
+            1 => format!("team2:e:1:audnexus:book:asin={i}"),
+            2 => format!("team:e:2:audnexus:book:asin={i}"),
+            3 => format!("team*:e:1:audnexus:book:asin={i}"),
+            // Strings in the namespace that are not entries.
+            _ => format!("team:e:1:audnexus:book:asin={i}"),
         };
         script.push_str("SET \"");
         script.push_str(&name);
@@ -241,8 +281,20 @@ async fn clear_touches_only_its_own_namespace() {
     let tier = RedisTier::open(&RedisConfig::new(server.url()).prefix("team"), 1)
         .await
         .unwrap();
+    // A prefix that would nest ("team:1" inside "team") is refused.
+    for nested in ["team:1", "team:e", "{team}", "team one", ""] {
+        let err = RedisTier::open(&RedisConfig::new(server.url()).prefix(nested), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{nested:?}: {err}");
+    }
     let own: Vec<_> = (0..500)
-        .map(|i| (key(&format!("own{i}")), entry(&json!(i), None)))
+        .map(|i| {
+            (
+                key(&format!("own{i}")),
+                entry(&key(&format!("own{i}")), &json!(i), None),
+            )
+        })
         .collect();
     tier.set_many(own).await.unwrap();
     assert_eq!(tier.size().await.unwrap().entries, 500);
@@ -259,7 +311,9 @@ async fn a_server_that_is_down_makes_misses_not_errors_and_is_used_again_when_ba
         .prefix(unique_prefix("down"))
         .breaker(3, Duration::from_millis(300));
     let tier = Arc::new(RedisTier::open(&config, 1).await.unwrap());
-    tier.set(&key("a"), entry(&json!("a"), None)).await.unwrap();
+    tier.set(&key("a"), entry(&key("a"), &json!("a"), None))
+        .await
+        .unwrap();
     server.kill();
 
     let cache = TieredCache::builder()
@@ -288,7 +342,10 @@ async fn a_server_that_is_down_makes_misses_not_errors_and_is_used_again_when_ba
     server.restart();
     let back = Instant::now();
     loop {
-        if tier.set(&key("b"), entry(&json!("b"), None)).await.is_ok()
+        if tier
+            .set(&key("b"), entry(&key("b"), &json!("b"), None))
+            .await
+            .is_ok()
             && tier.get(&key("b")).await.ok().flatten().is_some()
         {
             break;
@@ -316,7 +373,9 @@ async fn a_server_that_never_answered_does_not_stop_the_program() {
         let _ = tier.get(&key("x")).await;
         let _ = tier.get(&key("x")).await;
         assert!(tier.get(&key("x")).await.unwrap().is_none());
-        tier.set(&key("x"), entry(&json!(1), None)).await.unwrap();
+        tier.set(&key("x"), entry(&key("x"), &json!(1), None))
+            .await
+            .unwrap();
         assert!(tier.stats().unavailable >= 2);
         assert_eq!(
             tier.delete(&key("x")).await.unwrap_err().kind(),
@@ -347,7 +406,7 @@ async fn the_config_file_form_builds_the_tier() {
         .unwrap();
     let keys = redis_cli(
         server.port(),
-        &["--scan", "--pattern", &format!("{prefix}:1:*")],
+        &["--scan", "--pattern", &format!("{prefix}:e:1:*")],
     );
     assert!(keys.contains("audnexus:book:asin=f"), "{keys}");
     let bad = "cache:\n  tiers:\n    - kind: redis\n      url: redis://a:1\n      cluster: [redis://b:2]\n";

@@ -151,7 +151,7 @@ async fn directory_is_0700_and_files_are_0600() {
     let tier = open(&path).await;
     tier.set(
         &book_key("P"),
-        tierstack_conformance::cases::entry(&json!(1), None),
+        tierstack_conformance::cases::entry(&book_key("P"), &json!(1), None),
     )
     .await
     .unwrap();
@@ -659,7 +659,8 @@ async fn a_full_disk_is_a_clear_error_and_the_stack_keeps_serving() {
         );
     }
     // The tier itself says what happened, naming the file.
-    let entry = tierstack_conformance::cases::entry(&json!("x".repeat(100_000)), None);
+    let entry =
+        tierstack_conformance::cases::entry(&book_key("more"), &json!("x".repeat(100_000)), None);
     let err = sqlite.set(&book_key("more"), entry).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Full, "{err:?}");
     assert!(err.to_string().contains("full.db"), "{err}");

@@ -181,7 +181,7 @@ fn get_set_inspect_and_delete_keep_their_exit_codes() {
     let sqlite = &inspect["tiers"][1];
     assert_eq!(sqlite["present"], true);
     let entry = &sqlite["entry"];
-    assert_eq!(entry["format_version"], 1);
+    assert_eq!(entry["format_version"], 2);
     assert_eq!(entry["schema_version"], 1);
     assert_eq!(entry["codec"], "msgpack");
     assert_eq!(entry["fresh"], true);

@@ -30,22 +30,10 @@ fn meta_for(key: &Key, expires_in: Option<Duration>, stale_for: Duration) -> Ent
     EntryMeta::new(key, SCHEMA, now).expiring(expires_at, stale_until)
 }
 
-/// Metadata of an entry that tier-level cases store: tiers store entries as
-/// given (binding to the key is the cache's check), so these are bound to a
-/// fixed key.
-fn meta(expires_in: Option<Duration>, stale_for: Duration) -> EntryMeta {
-    meta_for(&Key::bare(SOURCE), expires_in, stale_for)
-}
-
-/// An entry for `key` holding `value` as JSON, expiring in `ttl`, for cases
-/// that read it back through a cache.
-fn bound(key: &Key, value: &Value, ttl: Option<Duration>) -> Entry {
+/// An entry for `key` (bound to it, as the cache writes them) holding
+/// `value` as JSON, expiring in `ttl` (never if `None`).
+pub fn entry(key: &Key, value: &Value, ttl: Option<Duration>) -> Entry {
     entry_with_meta(value, meta_for(key, ttl, Duration::ZERO))
-}
-
-/// An entry holding `value` as JSON, expiring in `ttl` (never if `None`).
-pub fn entry(value: &Value, ttl: Option<Duration>) -> Entry {
-    entry_with_meta(value, meta(ttl, Duration::ZERO))
 }
 
 fn entry_with_meta(value: &Value, meta: EntryMeta) -> Entry {
@@ -60,9 +48,9 @@ fn entry_with_meta(value: &Value, meta: EntryMeta) -> Entry {
 }
 
 /// An entry whose expiry is already past but whose stale window is open.
-fn expired_but_stale(value: &Value) -> Entry {
+fn expired_but_stale(key: &Key, value: &Value) -> Entry {
     let now = Timestamp::now().as_millis();
-    let m = meta(None, Duration::ZERO).expiring(
+    let m = meta_for(key, None, Duration::ZERO).expiring(
         Timestamp::from_millis(now - 1_000),
         Timestamp::from_millis(now + 60_000),
     );
@@ -104,6 +92,7 @@ pub async fn get_of_missing_key_is_none(h: Harness) {
 /// What was set is what is read: same header, same body.
 pub async fn set_then_get_returns_the_entry(h: Harness) {
     let e = entry(
+        &key("a"),
         &json!({"title": "Dune", "year": 1965}),
         Some(Duration::from_secs(60)),
     );
@@ -116,15 +105,27 @@ pub async fn set_then_get_returns_the_entry(h: Harness) {
 
 /// A second set replaces the first.
 pub async fn set_overwrites_previous_value(h: Harness) {
-    h.tier.set(&key("a"), entry(&json!(1), None)).await.unwrap();
-    h.tier.set(&key("a"), entry(&json!(2), None)).await.unwrap();
+    h.tier
+        .set(&key("a"), entry(&key("a"), &json!(1), None))
+        .await
+        .unwrap();
+    h.tier
+        .set(&key("a"), entry(&key("a"), &json!(2), None))
+        .await
+        .unwrap();
     assert_eq!(read(&*h.tier, &key("a")).await, Some(json!(2)));
 }
 
 /// Delete removes the entry and reports that it was there.
 pub async fn delete_removes_the_entry(h: Harness) {
-    h.tier.set(&key("a"), entry(&json!(1), None)).await.unwrap();
-    h.tier.set(&key("b"), entry(&json!(2), None)).await.unwrap();
+    h.tier
+        .set(&key("a"), entry(&key("a"), &json!(1), None))
+        .await
+        .unwrap();
+    h.tier
+        .set(&key("b"), entry(&key("b"), &json!(2), None))
+        .await
+        .unwrap();
     assert!(h.tier.delete(&key("a")).await.unwrap());
     assert_eq!(read(&*h.tier, &key("a")).await, None);
     assert_eq!(read(&*h.tier, &key("b")).await, Some(json!(2)));
@@ -138,7 +139,7 @@ pub async fn delete_of_missing_key_returns_false(h: Harness) {
 /// A zero-length body is stored and returned as such.
 pub async fn empty_value_round_trips(h: Harness) {
     let e = Entry::from_body(
-        meta(None, Duration::ZERO),
+        meta_for(&key("empty"), None, Duration::ZERO),
         Codec::Json,
         tierstack::CompressionKind::None,
         0,
@@ -157,7 +158,7 @@ pub async fn one_mib_value_round_trips(h: Harness) {
         .map(|i: u32| char::from(b'a' + (i % 26) as u8))
         .collect();
     h.tier
-        .set(&key("big"), entry(&json!(big), None))
+        .set(&key("big"), entry(&key("big"), &json!(big), None))
         .await
         .unwrap();
     assert_eq!(read(&*h.tier, &key("big")).await, Some(json!(big)));
@@ -167,11 +168,15 @@ pub async fn one_mib_value_round_trips(h: Harness) {
 pub async fn entry_past_its_stale_window_is_not_returned(h: Harness) {
     let e = entry_with_meta(
         &json!("short-lived"),
-        meta(Some(Duration::from_millis(150)), Duration::from_millis(150)),
+        meta_for(
+            &key("short"),
+            Some(Duration::from_millis(150)),
+            Duration::from_millis(150),
+        ),
     );
     h.tier.set(&key("short"), e).await.unwrap();
     h.tier
-        .set(&key("long"), entry(&json!("stays"), None))
+        .set(&key("long"), entry(&key("long"), &json!("stays"), None))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -182,7 +187,7 @@ pub async fn entry_past_its_stale_window_is_not_returned(h: Harness) {
 /// An expired entry is kept while its stale window is open, for
 /// stale-if-error; the cache, not the tier, decides it is not fresh.
 pub async fn expired_entry_within_stale_window_is_kept(h: Harness) {
-    let e = expired_but_stale(&json!("stale"));
+    let e = expired_but_stale(&key("s"), &json!("stale"));
     h.tier.set(&key("s"), e.clone()).await.unwrap();
     let got = h
         .tier
@@ -199,7 +204,11 @@ pub async fn expired_entry_within_stale_window_is_kept(h: Harness) {
 pub async fn header_times_are_preserved(h: Harness) {
     let e = entry_with_meta(
         &json!(1),
-        meta(Some(Duration::from_secs(10)), Duration::from_secs(5)),
+        meta_for(
+            &key("t"),
+            Some(Duration::from_secs(10)),
+            Duration::from_secs(5),
+        ),
     );
     h.tier.set(&key("t"), e.clone()).await.unwrap();
     let got = h.tier.get(&key("t")).await.unwrap().unwrap();
@@ -211,8 +220,14 @@ pub async fn header_times_are_preserved(h: Harness) {
 /// `get_many` answers one slot per key, in the order asked, hits and misses
 /// mixed, duplicates included.
 pub async fn get_many_returns_one_slot_per_key_in_order(h: Harness) {
-    h.tier.set(&key("1"), entry(&json!(1), None)).await.unwrap();
-    h.tier.set(&key("3"), entry(&json!(3), None)).await.unwrap();
+    h.tier
+        .set(&key("1"), entry(&key("1"), &json!(1), None))
+        .await
+        .unwrap();
+    h.tier
+        .set(&key("3"), entry(&key("3"), &json!(3), None))
+        .await
+        .unwrap();
     let keys = [key("1"), key("2"), key("3"), key("1")];
     let got = h.tier.get_many(&keys).await.unwrap();
     let values: Vec<Option<Value>> = got.iter().map(|e| e.as_ref().map(value_of)).collect();
@@ -230,7 +245,12 @@ pub async fn get_many_of_no_keys_is_empty(h: Harness) {
 /// Entries written by `set_many` are read back by `get_many`.
 pub async fn set_many_then_get_many(h: Harness) {
     let entries: Vec<(Key, Entry)> = (0..50)
-        .map(|i| (key(&i.to_string()), entry(&json!(i), None)))
+        .map(|i| {
+            (
+                key(&i.to_string()),
+                entry(&key(&i.to_string()), &json!(i), None),
+            )
+        })
         .collect();
     let keys: Vec<Key> = entries.iter().map(|(k, _)| k.clone()).collect();
     h.tier.set_many(entries).await.unwrap();
@@ -243,13 +263,13 @@ pub async fn set_many_then_get_many(h: Harness) {
 /// `set_many` replaces existing entries.
 pub async fn set_many_overwrites_existing_entries(h: Harness) {
     h.tier
-        .set(&key("x"), entry(&json!("old"), None))
+        .set(&key("x"), entry(&key("x"), &json!("old"), None))
         .await
         .unwrap();
     h.tier
         .set_many(vec![
-            (key("x"), entry(&json!("new"), None)),
-            (key("y"), entry(&json!("y"), None)),
+            (key("x"), entry(&key("x"), &json!("new"), None)),
+            (key("y"), entry(&key("y"), &json!("y"), None)),
         ])
         .await
         .unwrap();
@@ -261,7 +281,10 @@ pub async fn set_many_overwrites_existing_entries(h: Harness) {
 pub async fn clear_all_removes_everything(h: Harness) {
     for i in 0..10 {
         h.tier
-            .set(&key(&i.to_string()), entry(&json!(i), None))
+            .set(
+                &key(&i.to_string()),
+                entry(&key(&i.to_string()), &json!(i), None),
+            )
             .await
             .unwrap();
     }
@@ -281,7 +304,7 @@ pub async fn clear_source_removes_only_that_source(h: Harness) {
     let longer = Key::new("audnexus:bookx", [("asin", "B002V1A0WE")]);
     for k in [&search, &book, &book2, &longer] {
         h.tier
-            .set(k, entry(&json!(k.as_str()), None))
+            .set(k, entry(k, &json!(k.as_str()), None))
             .await
             .unwrap();
     }
@@ -301,18 +324,25 @@ pub async fn clear_source_removes_only_that_source(h: Harness) {
 /// window) and keeps fresh ones.
 pub async fn clear_expired_keeps_fresh_entries(h: Harness) {
     h.tier
-        .set(&key("old"), expired_but_stale(&json!("old")))
+        .set(&key("old"), expired_but_stale(&key("old"), &json!("old")))
         .await
         .unwrap();
     h.tier
         .set(
             &key("fresh"),
-            entry(&json!("fresh"), Some(Duration::from_secs(60))),
+            entry(
+                &key("fresh"),
+                &json!("fresh"),
+                Some(Duration::from_secs(60)),
+            ),
         )
         .await
         .unwrap();
     h.tier
-        .set(&key("forever"), entry(&json!("forever"), None))
+        .set(
+            &key("forever"),
+            entry(&key("forever"), &json!("forever"), None),
+        )
         .await
         .unwrap();
     assert_eq!(h.tier.clear(ClearScope::Expired).await.unwrap(), 1);
@@ -327,7 +357,10 @@ pub async fn size_counts_entries_and_bytes(h: Harness) {
     let value = json!("x".repeat(1000));
     for i in 0..3 {
         h.tier
-            .set(&key(&i.to_string()), entry(&value, None))
+            .set(
+                &key(&i.to_string()),
+                entry(&key(&i.to_string()), &value, None),
+            )
             .await
             .unwrap();
     }
@@ -348,7 +381,7 @@ pub async fn concurrent_writers_on_one_key_leave_one_intact_value(h: Harness) {
         let tier = Arc::clone(&h.tier);
         tasks.push(tokio::spawn(async move {
             let body = json!({"writer": i, "payload": "p".repeat(2000 + i)});
-            tier.set(&key("contended"), entry(&body, None))
+            tier.set(&key("contended"), entry(&key("contended"), &body, None))
                 .await
                 .unwrap();
         }));
@@ -372,7 +405,7 @@ pub async fn concurrent_writers_on_distinct_keys_are_all_visible(h: Harness) {
         tasks.push(tokio::spawn(async move {
             for j in 0..10 {
                 let name = format!("{i}-{j}");
-                tier.set(&key(&name), entry(&json!(name), None))
+                tier.set(&key(&name), entry(&key(&name), &json!(name), None))
                     .await
                     .unwrap();
             }
@@ -402,7 +435,7 @@ pub async fn keys_with_reserved_characters_are_distinct(h: Harness) {
         Key::new("con:form:ance", [("a", "1")]),
     ];
     for (i, k) in keys.iter().enumerate() {
-        h.tier.set(k, entry(&json!(i), None)).await.unwrap();
+        h.tier.set(k, entry(k, &json!(i), None)).await.unwrap();
     }
     for (i, k) in keys.iter().enumerate() {
         assert_eq!(read(&*h.tier, k).await, Some(json!(i)), "{k}");
@@ -416,7 +449,7 @@ pub async fn unicode_and_hashed_keys_round_trip(h: Harness) {
     let long2 = Key::new("pathinfo", [("path", format!("{}b", "/a".repeat(600)))]);
     assert!(long.is_hashed());
     for (i, k) in [&unicode, &long, &long2].into_iter().enumerate() {
-        h.tier.set(k, entry(&json!(i), None)).await.unwrap();
+        h.tier.set(k, entry(k, &json!(i), None)).await.unwrap();
     }
     assert_eq!(read(&*h.tier, &unicode).await, Some(json!(0)));
     assert_eq!(read(&*h.tier, &long).await, Some(json!(1)));
@@ -430,7 +463,10 @@ pub async fn scan_pages_through_every_entry(h: Harness) {
     }
     for i in 0..25 {
         h.tier
-            .set(&key(&format!("{i:02}")), entry(&json!(i), None))
+            .set(
+                &key(&format!("{i:02}")),
+                entry(&key(&format!("{i:02}")), &json!(i), None),
+            )
             .await
             .unwrap();
     }
@@ -464,7 +500,7 @@ pub async fn health_is_reported(h: Harness) {
 /// with at most 10 s, not the L1 default.
 pub async fn cache_copies_up_with_the_remaining_ttl(h: Harness) {
     let k = key("copy-up");
-    let e = bound(&k, &json!("from below"), Some(Duration::from_secs(10)));
+    let e = entry(&k, &json!("from below"), Some(Duration::from_secs(10)));
     let expires = e.header.expires_at;
     h.tier.set(&k, e).await.unwrap();
     let l1 = Arc::new(
@@ -495,7 +531,7 @@ pub async fn cache_copies_up_with_the_remaining_ttl(h: Harness) {
 pub async fn cache_caps_copy_up_to_the_upper_tier_ttl(h: Harness) {
     let k = key("capped");
     h.tier
-        .set(&k, bound(&k, &json!(1), Some(Duration::from_secs(3600))))
+        .set(&k, entry(&k, &json!(1), Some(Duration::from_secs(3600))))
         .await
         .unwrap();
     let l1 = Arc::new(
@@ -536,7 +572,7 @@ pub async fn cache_writes_through_to_the_tier(h: Harness) {
 /// failure, never an error or a wrong value.
 pub async fn damaged_body_is_a_counted_miss(h: Harness) {
     let k = key("damaged");
-    let mut e = bound(&k, &json!({"title": "Dune"}), None);
+    let mut e = entry(&k, &json!({"title": "Dune"}), None);
     let mut body = e.body.to_vec();
     body[3] ^= 0x20;
     e.body = Bytes::from(body);
@@ -605,7 +641,7 @@ pub async fn value_of_another_type_is_a_miss_not_an_error(h: Harness) {
 pub async fn entry_under_another_key_is_a_counted_miss(h: Harness) {
     let own = key("own");
     let other = key("other");
-    let e = bound(&own, &json!("belongs to own"), None);
+    let e = entry(&own, &json!("belongs to own"), None);
     h.tier.set(&own, e.clone()).await.unwrap();
     h.tier.set(&other, e).await.unwrap();
     let cache = cache_over(Arc::clone(&h.tier), None);

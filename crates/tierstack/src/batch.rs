@@ -191,15 +191,14 @@ impl TieredCache {
         let now = Timestamp::now();
         let mut encoded = Vec::with_capacity(items.len());
         for (key, value) in items {
-            match &value {
-                Some(v) => match self.encode(&key, &**v) {
+            if let Some(v) = &value {
+                match self.encode(&key, &**v) {
                     Ok(entry) => encoded.push((key, entry, Some(Arc::clone(v) as Decoded), false)),
                     Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
-                },
-                None => {
-                    let negative = self.negative_entry(&key);
-                    encoded.push((key, negative, None, true));
                 }
+            } else {
+                let negative = self.negative_entry(&key);
+                encoded.push((key, negative, None, true));
             }
         }
         if encoded.is_empty() {

@@ -458,6 +458,9 @@ impl TieredCache {
     /// decoded, without building [`TieredCache::classify`]'s future (it
     /// carries the copy-up machinery). Counts as `classify` would; anything
     /// else is handed back for it.
+    // The entry goes back by move; boxing it would allocate on every read
+    // that misses the fast path.
+    #[allow(clippy::result_large_err)]
     fn decoded_hit<V: CacheValue>(
         layer: &Layer,
         index: usize,

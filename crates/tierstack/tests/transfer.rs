@@ -241,7 +241,7 @@ async fn malformed_lines_are_counted_and_the_import_goes_on() {
 async fn foreign_newer_or_other_schema_streams_are_refused_before_any_write() {
     let dir = tempfile::tempdir().unwrap();
     let (header, good) = good_stream(dir.path()).await;
-    let newer = header.replace("\"version\":1", "\"version\":2");
+    let newer = header.replace("\"version\":2", "\"version\":3");
     let other_schema = header.replace("\"schema_version\":1", "\"schema_version\":2");
     let foreign = header.replace("tierstack-export", "something-else");
     let cases = [

@@ -203,15 +203,12 @@ impl<'a> Iterator for Records<'a> {
             let value = self.0.get(RECORD_HEAD..RECORD_HEAD + len)?;
             Some((kind, value, RECORD_HEAD + len))
         })();
-        match parsed {
-            Some((kind, value, used)) => {
-                self.0 = &self.0[used..];
-                Some(Ok((kind, value)))
-            }
-            None => {
-                self.0 = &[];
-                Some(Err(DecodeError::Inconsistent("truncated extension record")))
-            }
+        if let Some((kind, value, used)) = parsed {
+            self.0 = &self.0[used..];
+            Some(Ok((kind, value)))
+        } else {
+            self.0 = &[];
+            Some(Err(DecodeError::Inconsistent("truncated extension record")))
         }
     }
 }
