@@ -72,8 +72,8 @@ check "previous release stores a value" 0 - - -- "$old" "${rfc[@]}" set "audnexu
 check "previous release reads it" 0 '{"title":"Dune"}' - -- "$old" "${rfc[@]}" get "audnexus:book:asin=B1"
 check "this release reads the previous release's value (file migrated)" 0 '{"title":"Dune"}' - -- "$new" "${rfc[@]}" get "audnexus:book:asin=B1"
 check "this release stores a value" 0 - - -- "$new" "${rfc[@]}" set "audnexus:book:asin=B2" '{"title":"Emma"}'
-check "previous release refuses the migrated file clearly (get)" 3 "" "newer tierstack" -- "$old" "${rfc[@]}" get "audnexus:book:asin=B1"
-check "previous release refuses the migrated file clearly (set)" 3 "" "newer tierstack" -- "$old" "${rfc[@]}" set "audnexus:book:asin=B3" '1'
+check "previous release refuses the migrated file clearly (get)" 2 "" "newer tierstack" -- "$old" "${rfc[@]}" get "audnexus:book:asin=B1"
+check "previous release refuses the migrated file clearly (set)" 2 "" "newer tierstack" -- "$old" "${rfc[@]}" set "audnexus:book:asin=B3" '1'
 check "this release still reads the first value" 0 '{"title":"Dune"}' - -- "$new" "${rfc[@]}" get "audnexus:book:asin=B1"
 check "this release still reads its own value" 0 '{"title":"Emma"}' - -- "$new" "${rfc[@]}" get "audnexus:book:asin=B2"
 if command -v python3 >/dev/null 2>&1; then

@@ -229,6 +229,43 @@ async fn another_applications_database_is_refused_and_left_untouched() {
 }
 
 #[tokio::test]
+async fn tierstack_tables_beside_the_cache_are_accepted_and_any_other_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let cache = TieredCache::builder().tier(open(&path).await).build();
+    cache
+        .set(&book_key("L"), dune(), Ttl::TierDefault)
+        .await
+        .unwrap();
+    drop(cache);
+    // Coordination state (leases, rate limits) lives in tierstack_* tables.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE tierstack_leases (name TEXT PRIMARY KEY, owner TEXT, until INTEGER);",
+        )
+        .unwrap();
+    let cache = TieredCache::builder().tier(open(&path).await).build();
+    assert_eq!(
+        cache.get::<Book>(&book_key("L")).await.as_deref(),
+        Some(&dune())
+    );
+    drop(cache);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (id INTEGER);")
+        .unwrap();
+    let err = SqliteTier::open(&SqliteConfig::new(&path), 1)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("another application") && err.to_string().contains("notes"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("tierstack_leases"), "{err}");
+}
+
+#[tokio::test]
 async fn a_newer_table_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.db");
