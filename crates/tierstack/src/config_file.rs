@@ -498,6 +498,8 @@ impl TieredCache {
         if let Some(file) = stats_file {
             let path = tierstack_core::paths::expand(&file)
                 .map_err(|e| Error::config(format!("cache.stats_file: {e}")))?;
+            crate::stats_file::check_path(&path)
+                .map_err(|e| Error::config(format!("cache.stats_file: {}", e.message())))?;
             builder = builder.stats_file(path);
         }
         let ctx = BuildContext::new(c.schema_version);

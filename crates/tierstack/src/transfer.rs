@@ -23,7 +23,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek as _, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +31,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
+use tierstack_core::paths::AtomicFile;
 use tierstack_core::{
     Bytes, Entry, Error, ErrorKind, Key, Operation, Result, ScanCursor, Timestamp,
 };
@@ -151,6 +152,43 @@ fn file_error(message: impl Into<String>, error: std::io::Error) -> Error {
     Error::new(kind, message.into()).with_source(error)
 }
 
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The longest first line read when telling an export from other files.
+const MAX_HEADER_LINE: u64 = 64 * 1024;
+
+impl ExportHeader {
+    /// Reads the header from the first line of `input`, reading at most
+    /// 64 KiB; `None` when the stream does not start like an export.
+    pub fn read(input: impl Read) -> Option<Self> {
+        let mut first = Vec::new();
+        BufReader::new(input.take(MAX_HEADER_LINE))
+            .read_until(b'\n', &mut first)
+            .ok()?;
+        serde_json::from_slice::<Self>(first.trim_ascii_end())
+            .ok()
+            .filter(|h| h.format == EXPORT_FORMAT)
+    }
+}
+
+/// Whether an existing file is an export, plain or zstd-compressed
+/// (whatever its name), and so may be replaced by one.
+fn is_export_file(file: &mut File) -> bool {
+    let mut magic = [0u8; 4];
+    let compressed = file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC;
+    if file.rewind().is_err() {
+        return false;
+    }
+    if compressed {
+        zstd::Decoder::new(file)
+            .ok()
+            .and_then(ExportHeader::read)
+            .is_some()
+    } else {
+        ExportHeader::read(file).is_some()
+    }
+}
+
 /// Whether `path` names a zstd-compressed export (`.zst`), as
 /// [`TieredCache::export_file`] and [`TieredCache::import_file`] decide.
 pub fn is_zstd(path: &Path) -> bool {
@@ -224,8 +262,11 @@ impl TieredCache {
     }
 
     /// Exports to a file; a name ending in `.zst` compresses it. The file is
-    /// written next to its final name and renamed when complete, so an
-    /// interrupted export never leaves a truncated file behind.
+    /// written under a fresh temporary name beside it (mode 0600) and renamed
+    /// when complete, so an interrupted export never leaves a truncated file
+    /// behind. An existing `path` is only replaced when it is an export
+    /// (plain or compressed) or empty: a store, any other file, a symbolic
+    /// link, a device, a FIFO or a directory is refused and left untouched.
     pub async fn export_file(
         &self,
         path: impl AsRef<Path>,
@@ -235,44 +276,19 @@ impl TieredCache {
         let path = path.as_ref();
         let io =
             |e: std::io::Error, what: &str| file_error(format!("{what} {}", path.display()), e);
-        let partial = path.with_file_name(format!(
-            ".{}.partial",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("export")
-        ));
-        let file = File::create(&partial).map_err(|e| io(e, "cannot create"))?;
-        let result = if is_zstd(path) {
-            let mut encoder = zstd::Encoder::new(file, 3).map_err(|e| io(e, "cannot compress"))?;
-            let report = self.export(&mut encoder, options, progress).await;
-            let finished = encoder.finish().map_err(|e| io(e, "cannot write"));
-            report.and_then(|r| {
-                finished
-                    .and_then(|f| f.sync_all().map_err(|e| io(e, "cannot write")))
-                    .map(|()| r)
-            })
+        let mut file = AtomicFile::create(path, "a tierstack export", is_export_file)?;
+        let report = if is_zstd(path) {
+            let mut encoder =
+                zstd::Encoder::new(file.file(), 3).map_err(|e| io(e, "cannot compress"))?;
+            let report = self.export(&mut encoder, options, progress).await?;
+            encoder.finish().map_err(|e| io(e, "cannot write"))?;
+            report
         } else {
-            let mut file = file;
-            let report = self.export(&mut file, options, progress).await;
-            report.and_then(|r| {
-                file.sync_all()
-                    .map_err(|e| io(e, "cannot write"))
-                    .map(|()| r)
-            })
+            self.export(file.file(), options, progress).await?
         };
-        match result {
-            Ok(report) => match std::fs::rename(&partial, path) {
-                Ok(()) => Ok(report),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
-                    Err(io(e, "cannot write"))
-                }
-            },
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                Err(e)
-            }
-        }
+        // Dropped unrenamed on any error above, which removes it.
+        file.commit()?;
+        Ok(report)
     }
 
     /// Reads an export stream and stores its fresh records in every tier,
