@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tierstack::{Header, Key, TieredCache, Timestamp, Ttl};
 
-use crate::output::{Failure, Outcome, emit, print_json, print_table};
+use crate::output::{Failure, Outcome, emit, note, print_json, print_table};
 
 pub(crate) fn parse_key(text: &str) -> Result<Key, Failure> {
     Key::parse(text).map_err(|e| {
@@ -115,7 +115,7 @@ pub(crate) async fn set(
     if json {
         print_json(&serde_json::json!({ "key": key.as_str(), "stored": true }))
     } else {
-        eprintln!("stored {key}");
+        note(&format!("stored {key}"));
         Ok(())
     }
 }
@@ -248,7 +248,7 @@ pub(crate) async fn delete(cache: &TieredCache, text: &str, json: bool) -> Outco
     if json {
         print_json(&serde_json::json!({ "key": key.as_str(), "deleted": found }))?;
     } else if found {
-        eprintln!("deleted {key}");
+        note(&format!("deleted {key}"));
     }
     if found {
         Ok(())

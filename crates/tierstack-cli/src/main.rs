@@ -17,7 +17,7 @@ use clap::Parser as _;
 use tierstack::{Config, TieredCache};
 
 use crate::args::{Cli, Command, ConfigAction};
-use crate::output::{Failure, Outcome, USAGE};
+use crate::output::{Failure, Outcome, USAGE, note};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -39,14 +39,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("tierstack: cannot start the async runtime: {e}");
+            note(&format!("tierstack: cannot start the async runtime: {e}"));
             return ExitCode::from(output::UNAVAILABLE);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("tierstack: {}", failure.message);
+            note(&format!("tierstack: {}", failure.message));
             failure.exit_code()
         }
     }

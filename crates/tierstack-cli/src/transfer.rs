@@ -12,7 +12,7 @@ use tierstack::{
     WarmOptions, WarmReport,
 };
 
-use crate::output::{Failure, Outcome, emit, print_json, progress};
+use crate::output::{Failure, Outcome, emit, note, print_json, progress};
 
 /// Failures whose reason is printed; the rest are only counted.
 const SHOWN_PROBLEMS: usize = 10;
@@ -43,10 +43,10 @@ pub(crate) async fn export(
         let report = cache
             .export(std::io::stdout().lock(), &options, |_| {})
             .await?;
-        eprintln!(
+        note(&format!(
             "exported {} entries ({} expired left out)",
             report.exported, report.expired
-        );
+        ));
         return Ok(());
     }
     let bar = progress(json, total, "exporting");
@@ -118,13 +118,13 @@ fn print_import(report: &ImportReport, file: &Path, json: bool) -> Outcome {
         report.malformed
     ));
     for problem in report.problems.iter().take(SHOWN_PROBLEMS) {
-        eprintln!("skipped {problem}");
+        note(&format!("skipped {problem}"));
     }
     if report.malformed > SHOWN_PROBLEMS as u64 {
-        eprintln!(
+        note(&format!(
             "… and {} more malformed lines",
             report.malformed - SHOWN_PROBLEMS as u64
-        );
+        ));
     }
     Ok(())
 }
@@ -267,7 +267,7 @@ fn print_warm(
         bad_lines.len()
     ));
     for problem in bad_lines.iter().chain(failures).take(SHOWN_PROBLEMS) {
-        eprintln!("{problem}");
+        note(problem);
     }
     Ok(())
 }

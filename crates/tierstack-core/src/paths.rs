@@ -19,8 +19,7 @@ pub fn expand(path: &str) -> Result<PathBuf, String> {
 pub fn expand_text(path: &str) -> Result<String, String> {
     let mut out = String::with_capacity(path.len());
     let rest = if path == "~" || path.starts_with("~/") {
-        let home = std::env::var("HOME")
-            .map_err(|_| format!("cannot expand ~ in {path:?}: HOME is not set"))?;
+        let home = variable("HOME").map_err(|why| format!("cannot expand ~ in {path:?}: {why}"))?;
         out.push_str(&home);
         &path[1..]
     } else {
@@ -62,11 +61,20 @@ pub fn expand_text(path: &str) -> Result<String, String> {
             out.push('$');
             continue;
         }
-        let value = std::env::var(&name)
-            .map_err(|_| format!("environment variable {name} in {path:?} is not set"))?;
+        let value = variable(&name).map_err(|why| format!("{why} (in {path:?})"))?;
         out.push_str(&value);
     }
     Ok(out)
+}
+
+/// An environment variable's value, or why there is none to use.
+fn variable(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|e| match e {
+        std::env::VarError::NotPresent => format!("environment variable {name} is not set"),
+        std::env::VarError::NotUnicode(_) => {
+            format!("environment variable {name} is not valid UTF-8")
+        }
+    })
 }
 
 /// The default location of a store file or directory named `name`:

@@ -243,7 +243,7 @@ impl Config {
     /// Reads a config file, then applies the process's `TIERSTACK_…`
     /// environment overrides (see [`Config::load_with_env`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        Self::load_with_env(path, std::env::vars())
+        Self::load_with_env(path, environment()?)
     }
 
     /// Reads a config file; the format follows the extension (`.yaml`/`.yml`,
@@ -346,7 +346,7 @@ impl Config {
     /// else [`EMBEDDED_DEFAULT`]. Environment overrides apply to whichever
     /// is found; [`Config::origin`] says which it was.
     pub fn discover(explicit: Option<&Path>) -> Result<Self> {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let vars = environment()?;
         let with_origin = |path: PathBuf, origin: fn(PathBuf) -> ConfigOrigin| {
             let mut config = Self::load_with_env(&path, vars.clone())?;
             config.origin = origin(path);
@@ -382,6 +382,32 @@ impl Config {
         config.origin = ConfigOrigin::Embedded;
         Ok(config)
     }
+}
+
+/// The process's environment as text. A `TIERSTACK_…` variable that is not
+/// UTF-8 is an error naming it (it was meant for us, and dropping it would
+/// silently change the config); any other one is none of our business and
+/// is skipped.
+fn environment() -> Result<Vec<(String, String)>> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => vars.push((name, value)),
+            (Ok(name), Err(_)) if name.starts_with("TIERSTACK_") => {
+                return Err(Error::config(format!(
+                    "environment variable {name} is not valid UTF-8; fix or unset it"
+                )));
+            }
+            (Err(name), _) if name.as_encoded_bytes().starts_with(b"TIERSTACK_") => {
+                return Err(Error::config(format!(
+                    "the name of environment variable {} is not valid UTF-8; unset it",
+                    name.to_string_lossy()
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(vars)
 }
 
 fn unknown_format(format: &str) -> String {

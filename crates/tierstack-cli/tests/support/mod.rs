@@ -127,6 +127,66 @@ impl Sandbox {
     }
 }
 
+/// How a standard stream of a run is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// Not open at all, as under `cmd >&-`.
+    Closed,
+    /// `/dev/full`: every write fails with "no space left".
+    Full,
+    /// A pipe whose reader has exited: every write fails with EPIPE.
+    Pipe,
+}
+
+/// A pipe nobody reads any more: the stdin of a `true` that has exited.
+fn dead_pipe() -> Stdio {
+    let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+    let writer = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    Stdio::from(writer)
+}
+
+/// Runs the binary with exactly `env` (nothing inherited), in `cwd`, with
+/// stdout and stderr broken as asked (`None`: captured). It runs through
+/// `sh`, whose redirections close a descriptor or open `/dev/full` before
+/// `exec`, so no unsafe code is needed here.
+pub fn run_bare(
+    args: &[&std::ffi::OsStr],
+    env: &[(&std::ffi::OsStr, &std::ffi::OsStr)],
+    cwd: &Path,
+    stdout: Option<Broken>,
+    stderr: Option<Broken>,
+) -> Run {
+    let redirect = |fd: &str, how: Option<Broken>| match how {
+        Some(Broken::Closed) => format!(" {fd}>&-"),
+        Some(Broken::Full) => format!(" {fd}>/dev/full"),
+        None | Some(Broken::Pipe) => String::new(),
+    };
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "exec \"$0\" \"$@\"{}{}",
+            redirect("1", stdout),
+            redirect("2", stderr)
+        ))
+        .arg(env!("CARGO_BIN_EXE_tierstack"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if stdout == Some(Broken::Pipe) {
+        command.stdout(dead_pipe());
+    }
+    if stderr == Some(Broken::Pipe) {
+        command.stderr(dead_pipe());
+    }
+    Run::from(&command.output().unwrap())
+}
+
 /// A config file of memory over `kind` at `path`.
 pub fn stack_config(kind: &str, path: &Path) -> String {
     format!(
