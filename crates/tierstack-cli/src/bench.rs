@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tierstack::{ClearScope, Key, TieredCache, Ttl};
+use tierstack::{ClearScope, Key, TieredCache, Ttl, units};
 
 use crate::output::{Failure, Outcome, emit, print_json, print_table, progress};
 
@@ -132,6 +132,17 @@ pub(crate) async fn bench(cache: &TieredCache, workload: Workload, json: bool) -
         return Err(Failure::usage(
             "--keys and --concurrency must be at least 1",
         ));
+    }
+    // Checked before any value is built: `--value-size 100GiB` must be a
+    // message, not an allocation failure.
+    let cap = u64::from(cache.max_value_len());
+    let largest = value(workload.keys.saturating_sub(1), 0).to_string().len() as u64;
+    if (workload.value_size as u64).saturating_add(largest) > cap {
+        return Err(Failure::usage(format!(
+            "--value-size {} is above what this cache stores: entries are at most {} (encoded)",
+            units::format_size(workload.value_size as u64),
+            units::format_size(cap)
+        )));
     }
     let bar = progress(json, Some(workload.keys), "loading keys");
     for i in 0..workload.keys {

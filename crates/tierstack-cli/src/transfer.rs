@@ -1,16 +1,19 @@
 //! `export`, `import` and `warm`: moving entries in and out of a cache.
 
 use std::fs::File;
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tierstack::{
-    ExportHeader, ExportOptions, FetchOptions, ImportOptions, ImportReport, Key, TieredCache, Ttl,
-    WarmOptions, WarmReport,
+    ExportHeader, ExportOptions, FetchOptions, ImportOptions, ImportReport, Key, Line, LineReader,
+    TieredCache, Ttl, WarmOptions, WarmReport,
 };
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 use crate::output::{Failure, Outcome, emit, note, print_json, progress};
 
@@ -138,28 +141,51 @@ pub(crate) struct WarmRequest {
     pub(crate) ttl: Option<Duration>,
 }
 
-/// Whether `path` starts like an export stream.
-fn is_export(path: &Path) -> Result<bool, Failure> {
+/// The longest line of a key list: a canonical key, with room for
+/// surrounding spaces and a comment.
+const MAX_KEY_LINE: usize = 4 * 1024;
+
+/// Opens the input of `warm` once (a FIFO or `/dev/stdin` can be read only
+/// once), decompressing zstd whatever the file's name.
+fn open_input(path: &Path) -> Result<Box<dyn BufRead>, Failure> {
     let cannot = |e: std::io::Error| Failure::usage(format!("cannot read {}: {e}", path.display()));
-    let file = File::open(path).map_err(cannot)?;
-    let reader: Box<dyn Read> = if tierstack::is_zstd(path) {
-        Box::new(zstd::Decoder::new(file).map_err(cannot)?)
+    let mut input: Box<dyn BufRead> = if is_stdio(path) {
+        Box::new(BufReader::new(std::io::stdin()))
     } else {
-        Box::new(file)
+        Box::new(BufReader::new(File::open(path).map_err(cannot)?))
     };
-    let mut first = String::new();
-    // A key list has short lines; an export's header is short too, so a
-    // bounded read of the first line is enough to tell them apart.
-    BufReader::new(reader.take(64 * 1024))
-        .read_line(&mut first)
-        .map_err(cannot)?;
-    Ok(serde_json::from_str::<ExportHeader>(first.trim_end()).is_ok())
+    if input.fill_buf().map_err(cannot)?.starts_with(&ZSTD_MAGIC) {
+        input = Box::new(BufReader::new(
+            zstd::Decoder::with_buffer(input).map_err(cannot)?,
+        ));
+    }
+    Ok(input)
 }
 
 pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) -> Outcome {
-    if is_export(&request.from)? {
+    let input = open_input(&request.from)?;
+    let mut lines = LineReader::new(input, MAX_KEY_LINE);
+    let cannot =
+        |e: std::io::Error| Failure::usage(format!("cannot read {}: {e}", request.from.display()));
+    let first = match lines.next_line().map_err(cannot)? {
+        Some((Line::Text(text), _)) => Some(Ok(text.to_vec())),
+        Some((Line::TooLong, _)) => Some(Err(too_long())),
+        None => None,
+    };
+    if let Some(Ok(header)) = first
+        .as_ref()
+        .filter(|line| matches!(line, Ok(line) if ExportHeader::read(&line[..]).is_some()))
+    {
+        // An export: the header line goes back in front of the rest.
+        let mut header = header.clone();
+        header.push(b'\n');
+        let stream = std::io::Cursor::new(header).chain(lines.into_inner());
         let options = ImportOptions::default().skip_fresh(true);
-        let report = import_with(cache, &request.from, options, json).await?;
+        let bar = progress(json, None, "importing");
+        let report = cache
+            .import(stream, options, |r| bar.set_position(r.imported))
+            .await?;
+        bar.finish_and_clear();
         return print_import(&report, &request.from, json);
     }
     let Some(command) = request.exec.clone() else {
@@ -168,36 +194,13 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
             request.from.display()
         )));
     };
-    let open = || {
-        File::open(&request.from)
-            .map(BufReader::new)
-            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", request.from.display())))
+    let mut keys = KeyList {
+        lines,
+        pending: first,
+        number: 0,
+        bad_lines: Vec::new(),
+        read_error: None,
     };
-    let total = open()?
-        .lines()
-        .map_while(Result::ok)
-        .filter(|l| is_key_line(l))
-        .count() as u64;
-    let bad_lines = Mutex::new(Vec::new());
-    let keys = open()?.lines().enumerate().filter_map(|(i, line)| {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => {
-                lock(&bad_lines).push(format!("line {}: {e}", i + 1));
-                return None;
-            }
-        };
-        if !is_key_line(&line) {
-            return None;
-        }
-        match Key::parse(line.trim()) {
-            Ok(key) => Some(key),
-            Err(e) => {
-                lock(&bad_lines).push(format!("line {}: not a canonical key ({e})", i + 1));
-                None
-            }
-        }
-    });
     let failures = Mutex::new(Vec::new());
     let fetch = |key: Key| {
         let command = command.clone();
@@ -218,20 +221,28 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
         options = options.rate_per_sec(rate);
     }
     options.fetch = FetchOptions::ttl(request.ttl.map_or(Ttl::TierDefault, Ttl::For));
-    let bar = progress(json, Some(total), "warming");
+    let bar = progress(json, None, "warming");
     let report = cache
-        .warm(keys, options, fetch, |r: &WarmReport| {
+        .warm(keys.by_ref(), options, fetch, |r: &WarmReport| {
             bar.set_position(r.done);
         })
         .await;
     bar.finish_and_clear();
-    let bad_lines = bad_lines
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(e) = keys.read_error.take() {
+        return Err(cannot(e));
+    }
+    let bad_lines = keys.bad_lines;
     let failures = failures
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     print_warm(&report, &bad_lines, &failures, json)?;
+    if report.done == 0 && !bad_lines.is_empty() {
+        return Err(Failure::usage(format!(
+            "{} holds no canonical key, only {} bad lines: neither an export nor a key list",
+            request.from.display(),
+            bad_lines.len()
+        )));
+    }
     if report.failed > 0 {
         return Err(Failure::unavailable(format!(
             "{} of {} keys could not be fetched",
@@ -239,6 +250,63 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
         )));
     }
     Ok(())
+}
+
+fn too_long() -> String {
+    format!("longer than {MAX_KEY_LINE} bytes")
+}
+
+/// The keys of a key list, read one line at a time; bad lines and a read
+/// error are kept for the report.
+struct KeyList<R> {
+    lines: LineReader<R>,
+    /// The first line, read before the file was known to be a key list.
+    pending: Option<Result<Vec<u8>, String>>,
+    number: usize,
+    bad_lines: Vec<String>,
+    read_error: Option<std::io::Error>,
+}
+
+impl<R: BufRead> KeyList<R> {
+    fn next_line(&mut self) -> Option<Result<Vec<u8>, String>> {
+        if let Some(line) = self.pending.take() {
+            return Some(line);
+        }
+        match self.lines.next_line() {
+            Ok(Some((Line::Text(text), _))) => Some(Ok(text.to_vec())),
+            Ok(Some((Line::TooLong, _))) => Some(Err(too_long())),
+            Ok(None) => None,
+            Err(e) => {
+                self.read_error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for KeyList<R> {
+    type Item = Key;
+
+    fn next(&mut self) -> Option<Key> {
+        loop {
+            let line = self.next_line()?;
+            self.number += 1;
+            let key = line.and_then(|line| {
+                let text = String::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
+                if !is_key_line(&text) {
+                    return Ok(None);
+                }
+                Key::parse(text.trim())
+                    .map(Some)
+                    .map_err(|e| format!("not a canonical key ({e})"))
+            });
+            match key {
+                Ok(Some(key)) => return Some(key),
+                Ok(None) => {}
+                Err(why) => self.bad_lines.push(format!("line {}: {why}", self.number)),
+            }
+        }
+    }
 }
 
 fn print_warm(

@@ -266,6 +266,14 @@ impl TieredCache {
         self.inner.schema_version
     }
 
+    /// The largest encoded value this cache writes or reads
+    /// ([`TieredCacheBuilder::max_value_len`]).
+    ///
+    /// [`TieredCacheBuilder::max_value_len`]: crate::TieredCacheBuilder::max_value_len
+    pub fn max_value_len(&self) -> u32 {
+        self.inner.limits.max_raw_len
+    }
+
     /// Whether caching is on (`enabled: false` makes a pass-through cache).
     pub fn is_enabled(&self) -> bool {
         self.inner.enabled

@@ -84,16 +84,37 @@ impl Sandbox {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tierstack"));
+        command.args(args);
+        self.sandboxed(command)
+    }
+
+    /// Runs with at most `memory_kib` of address space (`ulimit -v`) and for
+    /// at most `seconds` (then killed: exit 124), so that a run that would
+    /// hold a whole stream in memory or never end fails the test instead of
+    /// the machine.
+    pub fn run_limited(&self, args: &[&str], memory_kib: u64, seconds: u64) -> Run {
+        let mut command = Command::new("/bin/sh");
         command
-            .args(args)
+            .arg("-c")
+            .arg(r#"ulimit -v "$1" || exit 99; t="$2"; shift 2; exec timeout "$t" "$@""#)
+            .arg("sh")
+            .arg(memory_kib.to_string())
+            .arg(seconds.to_string())
+            .arg(env!("CARGO_BIN_EXE_tierstack"))
+            .args(args);
+        Run::from(&self.sandboxed(command).output().unwrap())
+    }
+
+    fn sandboxed(&self, mut command: Command) -> Command {
+        command
             .current_dir(self.work())
             .env("HOME", self.path("home"))
             .env("XDG_CACHE_HOME", self.path("cache"))
             .env("XDG_CONFIG_HOME", self.path("config"))
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null());
-        for (name, _) in std::env::vars() {
-            if name.starts_with("TIERSTACK_") {
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TIERSTACK_") {
                 command.env_remove(name);
             }
         }
