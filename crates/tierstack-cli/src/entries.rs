@@ -42,7 +42,7 @@ pub(crate) fn key(source: &str, params: &[String], json: bool) -> Outcome {
 }
 
 /// Tiers that failed since `before` (their error counters went up).
-fn failed_tiers(cache: &TieredCache, before: &tierstack::CacheStats) -> Vec<String> {
+pub(crate) fn failed_tiers(cache: &TieredCache, before: &tierstack::CacheStats) -> Vec<String> {
     cache
         .stats()
         .layers

@@ -163,6 +163,11 @@ fn open_input(path: &Path) -> Result<Box<dyn BufRead>, Failure> {
 }
 
 pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) -> Outcome {
+    if !cache.is_enabled() {
+        return Err(Failure::usage(
+            "caching is disabled in the config (enabled: false): nothing would be stored, so nothing was warmed",
+        ));
+    }
     let input = open_input(&request.from)?;
     let mut lines = LineReader::new(input, MAX_KEY_LINE);
     let cannot =
@@ -222,6 +227,7 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
     }
     options.fetch = FetchOptions::ttl(request.ttl.map_or(Ttl::TierDefault, Ttl::For));
     let bar = progress(json, None, "warming");
+    let before = cache.stats();
     let report = cache
         .warm(keys.by_ref(), options, fetch, |r: &WarmReport| {
             bar.set_position(r.done);
@@ -236,11 +242,42 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     print_warm(&report, &bad_lines, &failures, json)?;
-    if report.done == 0 && !bad_lines.is_empty() {
+    warm_verdict(cache, &before, &report, bad_lines.len(), &request.from)
+}
+
+/// How a key-list warm ends: non-zero when it stored nothing for a key it
+/// was given, saying why.
+fn warm_verdict(
+    cache: &TieredCache,
+    before: &tierstack::CacheStats,
+    report: &WarmReport,
+    bad_lines: usize,
+    from: &Path,
+) -> Outcome {
+    if report.done == 0 && bad_lines > 0 {
         return Err(Failure::usage(format!(
             "{} holds no canonical key, only {} bad lines: neither an export nor a key list",
-            request.from.display(),
-            bad_lines.len()
+            from.display(),
+            bad_lines
+        )));
+    }
+    if report.not_stored > 0 {
+        let failed = crate::entries::failed_tiers(cache, before);
+        let why = if failed.is_empty() {
+            format!(
+                "each is larger, encoded, than this cache's entry cap of {}",
+                tierstack::units::format_size(u64::from(cache.max_value_len()))
+            )
+        } else {
+            format!(
+                "{} failed to write (see `tierstack stats`)",
+                failed.join(", ")
+            )
+        };
+        return Err(Failure::unavailable(format!(
+            "{} of {} fetched values were not stored: {why}",
+            report.not_stored,
+            report.fetched + report.not_stored
         )));
     }
     if report.failed > 0 {
@@ -320,15 +357,17 @@ fn print_warm(
             "done": report.done,
             "fresh": report.fresh,
             "fetched": report.fetched,
+            "not_stored": report.not_stored,
             "not_found": report.not_found,
             "failed": report.failed,
             "bad_lines": bad_lines.len(),
         }));
     }
     emit(&format!(
-        "warmed {} keys: {} fetched, {} not found, {} already fresh, {} failed, {} bad lines",
+        "warmed {} keys: {} fetched, {} fetched but not stored, {} not found, {} already fresh, {} failed, {} bad lines",
         report.done,
         report.fetched,
+        report.not_stored,
         report.not_found,
         report.fresh,
         report.failed,

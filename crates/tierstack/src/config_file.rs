@@ -499,6 +499,7 @@ impl TieredCache {
         if let Some(ttl) = c.negative_ttl {
             builder = builder.negative_ttl(ttl);
         }
+        check_ttls(c)?;
         for (pattern, policy) in &c.sources {
             let policy = SourcePolicy {
                 ttl: policy.ttl,
@@ -535,6 +536,12 @@ impl TieredCache {
                     "cache: use either `tiers` or the flat form (file_ttl_days, memory_ttl_seconds, max_memory_entries, location), not both",
                 ));
             }
+            (Some(tiers), false) if tiers.is_empty() => {
+                return Err(Error::config(
+                    "cache.tiers is empty: nothing would be stored; list at least one tier, or set `enabled: false` for a cache that stores nothing",
+                )
+                .with_operation(Operation::Build));
+            }
             (Some(tiers), false) => {
                 let mut built = Vec::with_capacity(tiers.len());
                 for (i, tier) in tiers.iter().enumerate() {
@@ -549,10 +556,38 @@ impl TieredCache {
             }
             (None, _) => rfc_tiers(c, &ctx).await?,
         };
-        for tier in tiers {
+        for (i, tier) in tiers.into_iter().enumerate() {
+            if tier.max_ttl() == Some(Duration::ZERO) {
+                return Err(zero_ttl(&format!("cache.tiers[{i}].ttl")));
+            }
             builder = builder.shared_tier(tier);
         }
         Ok(builder.build())
+    }
+}
+
+/// A TTL of zero stores entries that are dead on arrival: every write
+/// would be lost without a word.
+fn zero_ttl(what: &str) -> Error {
+    Error::config(format!(
+        "{what} is 0: every entry would expire as it is written; remove it for the default, or set `enabled: false` to cache nothing"
+    ))
+    .with_operation(Operation::Build)
+}
+
+/// Refuses the cache-wide and per-source TTLs of zero (the tiers' own are
+/// checked once built, as only they know their field).
+fn check_ttls(c: &CacheConfig) -> Result<()> {
+    if c.default_ttl == Some(Duration::ZERO) {
+        return Err(zero_ttl("cache.default_ttl"));
+    }
+    match c
+        .sources
+        .iter()
+        .find(|(_, policy)| policy.ttl == Some(Duration::ZERO))
+    {
+        Some((pattern, _)) => Err(zero_ttl(&format!("cache.sources.{pattern:?}.ttl"))),
+        None => Ok(()),
     }
 }
 

@@ -390,7 +390,8 @@ impl TieredCache {
     /// lines (bad JSON, not UTF-8, longer than any valid record can be) are
     /// counted and skipped without being held in memory; a stream of another
     /// format, a newer version or another schema version is refused before
-    /// anything is written. `progress` is called after each batch.
+    /// anything is written, and so is any import into a disabled cache.
+    /// `progress` is called after each batch.
     pub async fn import(
         &self,
         input: impl Read,
@@ -399,6 +400,12 @@ impl TieredCache {
     ) -> Result<ImportReport> {
         let mut report = ImportReport::default();
         let refuse = |message: String| Error::new(ErrorKind::Config, message);
+        if !self.is_enabled() {
+            return Err(refuse(
+                "caching is disabled (enabled: false): nothing would be stored, so nothing was imported"
+                    .to_owned(),
+            ));
+        }
         let cannot_read = |e| file_error("cannot read the import stream", e);
         let mut lines = LineReader::new(BufReader::new(input), self.max_record_len());
         // A stream that cannot even be read up to its first newline (not
