@@ -126,8 +126,9 @@ pub(crate) enum Command {
         ttl: Option<Duration>,
     },
     /// Measure the stack in the config: latency percentiles and throughput
-    /// of get and set under a workload you choose. Uses its own keys
-    /// (source `tierstack:bench`) and removes them at the end.
+    /// of get and set under a workload you choose. Runs on a scratch copy
+    /// of the stack (new stores beside yours, a Redis namespace of its
+    /// own), so your cache and its stats file are left as they were.
     Bench {
         /// How long to measure.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -120,7 +120,8 @@ async fn run(cli: Cli) -> Outcome {
                 read_percent: reads,
                 zipf: distribution == "zipf",
             };
-            bench::bench(&open(config_path).await?, workload, json).await
+            let scratch = bench::Scratch::open(config_path).await?;
+            bench::bench(&scratch.cache, workload, json).await
         }
     }
 }

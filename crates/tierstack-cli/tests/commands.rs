@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Sandbox, stack_config};
+use support::{Sandbox, snapshot, stack_config};
 
 const BOOK: &str = "audnexus:book:asin=B002V1A0WE";
 
@@ -551,6 +551,71 @@ fn bench_measures_the_configured_stack_and_cleans_up() {
     sandbox
         .run(&["bench", "--distribution", "pareto"])
         .expect(2);
+}
+
+#[test]
+fn bench_leaves_the_users_cache_as_it_was() {
+    let sandbox = Sandbox::new();
+    let location = sandbox.path("mk_torrent");
+    let rfc = sandbox.write(
+        "rfc.yaml",
+        &format!(
+            "cache:\n  enabled: true\n  file_ttl_days: 7\n  memory_ttl_seconds: 3600\n  max_memory_entries: 1000\n  location: \"{}\"\n",
+            location.display()
+        ),
+    );
+    let rfc = rfc.to_str().unwrap();
+    // The embedded default (cache and stats file in the user cache
+    // directory) and the RFC's block: each with entries, counters, and a
+    // key of the source bench uses for its own.
+    for config in [None, Some(rfc)] {
+        let with = |args: &[&str]| -> Vec<String> {
+            config
+                .map(|c| vec!["--config".to_owned(), c.to_owned()])
+                .unwrap_or_default()
+                .into_iter()
+                .chain(args.iter().map(|a| (*a).to_owned()))
+                .collect()
+        };
+        let run = |args: &[&str]| {
+            let all = with(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            sandbox.run(&all)
+        };
+        run(&["set", BOOK, "1"]).expect(0);
+        run(&["set", "tierstack:bench:k=mine", "2"]).expect(0);
+        run(&["get", BOOK]).expect(0);
+        run(&["get", "audnexus:book:asin=nope"]).expect(1);
+        let dir = if config.is_some() {
+            location.clone()
+        } else {
+            sandbox.path("cache")
+        };
+        let before = snapshot(&dir);
+        assert!(
+            before.iter().any(|(p, _, _)| p.ends_with("stats.json")),
+            "{before:?}"
+        );
+        run(&[
+            "--json",
+            "bench",
+            "--duration",
+            "300ms",
+            "--keys",
+            "300",
+            "--value-size",
+            "3KiB",
+        ])
+        .expect(0);
+        assert!(snapshot(&dir) == before, "bench changed {}", dir.display());
+        assert_eq!(
+            run(&["get", "tierstack:bench:k=mine"])
+                .expect(0)
+                .stdout
+                .trim(),
+            "2"
+        );
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use support::{Sandbox, stack_config};
+use support::{Sandbox, snapshot, stack_config};
 
 const BOOK: &str = "audnexus:book:asin=B002V1A0WE";
 
@@ -114,36 +114,8 @@ fn export_refuses_to_replace_anything_but_an_export() {
     sandbox.run(&["--config", config, "get", BOOK]).expect(0);
 }
 
-/// The bytes of every regular file (and the kind of every other entry)
-/// under the sandbox's `stores` directory.
 fn sandbox_state(sandbox: &Sandbox) -> Vec<(PathBuf, String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut dirs = vec![sandbox.path("stores")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let kind = format!("{:?}", meta.file_type());
-            if meta.is_dir() {
-                dirs.push(path.clone());
-                out.push((path, kind, Vec::new()));
-            } else if meta.is_file() {
-                let bytes = std::fs::read(&path).unwrap();
-                out.push((path, kind, bytes));
-            } else if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&path).unwrap();
-                out.push((
-                    path,
-                    kind,
-                    target.to_string_lossy().into_owned().into_bytes(),
-                ));
-            } else {
-                out.push((path, kind, Vec::new()));
-            }
-        }
-    }
-    out.sort();
-    out
+    snapshot(&sandbox.path("stores"))
 }
 
 #[test]

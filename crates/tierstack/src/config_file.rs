@@ -384,6 +384,16 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The process's environment as [`Config::discover`] and
+    /// [`Config::load`] read it, for callers that pass variables to
+    /// [`Config::load_with_env`] themselves: a `TIERSTACK_…` variable that
+    /// is not UTF-8 is an error naming it, other such variables are skipped.
+    pub fn environment() -> Result<Vec<(String, String)>> {
+        environment()
+    }
+}
+
 /// The process's environment as text. A `TIERSTACK_…` variable that is not
 /// UTF-8 is an error naming it (it was meant for us, and dropping it would
 /// silently change the config); any other one is none of our business and

@@ -215,3 +215,32 @@ pub fn stack_config(kind: &str, path: &Path) -> String {
         path.display()
     )
 }
+
+/// The bytes of every regular file under `dir` (the target of every
+/// symbolic link, the kind of every other entry), to compare before and
+/// after a run that must leave it alone.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let kind = format!("{:?}", meta.file_type());
+            let bytes = if meta.is_dir() {
+                dirs.push(path.clone());
+                Vec::new()
+            } else if meta.is_file() {
+                std::fs::read(&path).unwrap()
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                target.to_string_lossy().into_owned().into_bytes()
+            } else {
+                Vec::new()
+            };
+            out.push((path, kind, bytes));
+        }
+    }
+    out.sort();
+    out
+}
