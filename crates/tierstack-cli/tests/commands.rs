@@ -619,6 +619,53 @@ fn bench_leaves_the_users_cache_as_it_was() {
 }
 
 #[test]
+fn bench_on_a_redis_stack_leaves_the_namespace_as_it_was() {
+    use tierstack_conformance::redis_server::{RedisServer, redis_cli};
+    let server = RedisServer::start();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "redis.yaml",
+        &format!(
+            "cache:\n  tiers:\n    - kind: memory\n    - kind: redis\n      url: {}\n      prefix: team\n",
+            server.url()
+        ),
+    );
+    let config = config.to_str().unwrap();
+    sandbox
+        .run(&["--config", config, "set", BOOK, "1"])
+        .expect(0);
+    sandbox
+        .run(&["--config", config, "set", "tierstack:bench:k=mine", "2"])
+        .expect(0);
+    let keys = || {
+        let mut keys: Vec<String> = redis_cli(server.port(), &["--scan"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let before = keys();
+    assert_eq!(before.len(), 2, "{before:?}");
+    sandbox
+        .run(&[
+            "--config",
+            config,
+            "bench",
+            "--duration",
+            "300ms",
+            "--keys",
+            "100",
+        ])
+        .expect(0);
+    assert_eq!(keys(), before);
+    let mine = sandbox
+        .run(&["--config", config, "get", "tierstack:bench:k=mine"])
+        .expect(0);
+    assert_eq!(mine.stdout.trim(), "2");
+}
+
+#[test]
 fn stats_shows_hits_and_misses_of_every_process() {
     let sandbox = Sandbox::new();
     sandbox.run(&["set", BOOK, "1"]).expect(0);
