@@ -54,8 +54,8 @@ pub(crate) enum Command {
     Set {
         /// A canonical key.
         key: String,
-        /// The value, as JSON.
-        #[arg(value_name = "JSON")]
+        /// The value, as JSON (kept as written with `codec: json`).
+        #[arg(value_name = "JSON", allow_negative_numbers = true)]
         value: String,
         /// How long it stays fresh (`90s`, `1h`, `7d`); default: each tier's TTL.
         #[arg(long, value_parser = parse_ttl)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tierstack::{Header, Key, TieredCache, Timestamp, Ttl};
 
+use crate::json::Json;
 use crate::output::{Failure, Outcome, emit, note, print_json, print_table};
 
 pub(crate) fn parse_key(text: &str) -> Result<Key, Failure> {
@@ -56,13 +57,13 @@ pub(crate) fn failed_tiers(cache: &TieredCache, before: &tierstack::CacheStats) 
 pub(crate) async fn get(cache: &TieredCache, text: &str, json: bool) -> Outcome {
     let key = parse_key(text)?;
     let before = cache.stats();
-    if let Some(value) = cache.get::<serde_json::Value>(&key).await {
-        return if json || !std::io::stdout().is_terminal() {
-            emit(&value.to_string());
-            Ok(())
+    if let Some(value) = cache.get::<Json>(&key).await {
+        if json || !std::io::stdout().is_terminal() {
+            emit(&value.to_line());
         } else {
-            print_json(&*value)
-        };
+            emit(&value.to_pretty());
+        }
+        return Ok(());
     }
     let failed = failed_tiers(cache, &before);
     if !failed.is_empty() {
@@ -95,7 +96,7 @@ pub(crate) async fn set(
     json: bool,
 ) -> Outcome {
     let key = parse_key(text)?;
-    let value: serde_json::Value = serde_json::from_str(value)
+    let value = Json::parse(value)
         .map_err(|e| Failure::usage(format!("the value is not valid JSON: {e}")))?;
     if !cache.is_enabled() {
         return Err(Failure::usage(

@@ -6,6 +6,7 @@ mod args;
 mod bench;
 mod entries;
 mod info;
+mod json;
 mod maintenance;
 mod output;
 mod transfer;

@@ -15,6 +15,7 @@ use tierstack::{
 /// The first bytes of a zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
+use crate::json::Json;
 use crate::output::{Failure, Outcome, emit, note, print_json, progress};
 
 /// Failures whose reason is printed; the rest are only counted.
@@ -390,7 +391,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs the user's fetch command for one key: JSON on stdout and exit 0 is
 /// a value, exit 1 with no output is "not found", anything else a failure.
-async fn run_fetch(command: &str, key: &Key) -> Result<Option<serde_json::Value>, String> {
+async fn run_fetch(command: &str, key: &Key) -> Result<Option<Json>, String> {
     let output = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -401,7 +402,9 @@ async fn run_fetch(command: &str, key: &Key) -> Result<Option<serde_json::Value>
         .await
         .map_err(|e| format!("{key}: cannot run {command:?}: {e}"))?;
     match output.status.code() {
-        Some(0) => serde_json::from_slice(&output.stdout)
+        Some(0) => std::str::from_utf8(&output.stdout)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Json::parse(text).map_err(|e| e.to_string()))
             .map(Some)
             .map_err(|e| format!("{key}: the command's output is not JSON: {e}")),
         Some(1) if output.stdout.iter().all(u8::is_ascii_whitespace) => Ok(None),

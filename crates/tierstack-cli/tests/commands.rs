@@ -666,6 +666,75 @@ fn bench_on_a_redis_stack_leaves_the_namespace_as_it_was() {
 }
 
 #[test]
+fn values_come_back_as_they_went_in() {
+    let sandbox = Sandbox::new();
+    let json = sandbox.write(
+        "json.yaml",
+        &stack_config("sqlite", &sandbox.path("j.db"))
+            .replace("cache:\n", "cache:\n  codec: json\n"),
+    );
+    let msgpack = sandbox.write(
+        "msgpack.yaml",
+        &stack_config("sqlite", &sandbox.path("m.db")),
+    );
+    let (json, msgpack) = (json.to_str().unwrap(), msgpack.to_str().unwrap());
+    let texts = [
+        "12345678901234567890123",
+        "1.50",
+        "-0",
+        "3.14159265358979323846",
+        r#"{"price": 1.50, "ids": [12345678901234567890123, 7], "name": "x\"y"}"#,
+    ];
+    // The JSON codec keeps the text, in one process and the next (SQLite).
+    for text in texts {
+        sandbox
+            .run(&["--config", json, "set", BOOK, text])
+            .expect(0);
+        let got = sandbox.run(&["--config", json, "get", BOOK]).expect(0);
+        assert_eq!(got.stdout.trim(), text);
+    }
+    let keys = sandbox.write("keys.txt", "audnexus:book:asin=W\n");
+    sandbox
+        .run(&[
+            "--config",
+            json,
+            "warm",
+            "--from",
+            keys.to_str().unwrap(),
+            "--exec",
+            "printf 12345678901234567890123",
+            "--ttl",
+            "1h",
+        ])
+        .expect(0);
+    let warmed = sandbox
+        .run(&["--config", json, "get", "audnexus:book:asin=W"])
+        .expect(0);
+    assert_eq!(warmed.stdout.trim(), "12345678901234567890123");
+    // MessagePack: what it holds exactly comes back as the same number,
+    // what it cannot hold is refused, never rounded.
+    for (text, back) in [("1.50", "1.5"), ("0.1", "0.1"), ("-7", "-7")] {
+        sandbox
+            .run(&["--config", msgpack, "set", BOOK, text])
+            .expect(0);
+        let got = sandbox.run(&["--config", msgpack, "get", BOOK]).expect(0);
+        assert_eq!(got.stdout.trim(), back);
+    }
+    for text in [texts[0], texts[3], texts[4]] {
+        let run = sandbox
+            .run(&["--config", msgpack, "set", BOOK, text])
+            .expect(2);
+        assert!(run.stderr.contains("cannot be stored exactly"), "{run:?}");
+        let got = sandbox.run(&["--config", msgpack, "get", BOOK]).expect(0);
+        assert_eq!(
+            got.stdout.trim(),
+            "-7",
+            "the refused value replaced nothing"
+        );
+    }
+}
+
+#[test]
 fn stats_shows_hits_and_misses_of_every_process() {
     let sandbox = Sandbox::new();
     sandbox.run(&["set", BOOK, "1"]).expect(0);
