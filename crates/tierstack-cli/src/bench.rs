@@ -136,6 +136,11 @@ fn scratch_dir(near: &Path, dirs: &mut Vec<tempfile::TempDir>) -> Result<PathBuf
     Ok(path)
 }
 
+/// The most distinct keys a bench draws from.
+const MAX_KEYS: u64 = 10_000_000;
+/// The most tasks a bench runs at once.
+const MAX_CONCURRENCY: usize = 4096;
+
 /// The source of the bench's keys.
 const SOURCE: &str = "tierstack:bench";
 
@@ -257,6 +262,13 @@ pub(crate) async fn bench(cache: &TieredCache, workload: Workload, json: bool) -
         return Err(Failure::usage(
             "--keys and --concurrency must be at least 1",
         ));
+    }
+    // Both size tables held in memory (the Zipf table, the task list):
+    // beyond these, a typo would be an allocation failure, not a bench.
+    if workload.keys > MAX_KEYS || workload.concurrency > MAX_CONCURRENCY {
+        return Err(Failure::usage(format!(
+            "--keys is at most {MAX_KEYS} and --concurrency at most {MAX_CONCURRENCY}"
+        )));
     }
     // Checked before any value is built: `--value-size 100GiB` must be a
     // message, not an allocation failure.

@@ -183,6 +183,13 @@ fn a_bench_value_above_the_entry_cap_is_refused_before_it_is_built() {
             "{run:?}"
         );
     }
+    for args in [
+        &["bench", "--concurrency", "18446744073709551615"][..],
+        &["bench", "--keys", "999999999999"],
+    ] {
+        let run = limited(&sandbox, args).expect(2);
+        assert!(run.stderr.contains("at most"), "{args:?}: {run:?}");
+    }
     // What the cap allows still runs.
     limited(
         &sandbox,
