@@ -230,6 +230,12 @@ impl<R: BufRead> LineReader<R> {
         self.max_len
     }
 
+    /// Keeps lines of at most `max_len` bytes from the next one on (a
+    /// stream's header may have a tighter limit than its records).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len;
+    }
+
     /// The stream, positioned after the last line read (or inside the last
     /// one, when it was too long).
     pub fn into_inner(self) -> R {
@@ -407,7 +413,7 @@ impl TieredCache {
             ));
         }
         let cannot_read = |e| file_error("cannot read the import stream", e);
-        let mut lines = LineReader::new(BufReader::new(input), self.max_record_len());
+        let mut lines = LineReader::new(BufReader::new(input), MAX_HEADER_LINE as usize);
         // A stream that cannot even be read up to its first newline (not
         // zstd after all, say) is not an export: the caller's mistake.
         let first = lines.next_line().map_err(|e| {
@@ -448,6 +454,7 @@ impl TieredCache {
                 self.schema_version()
             )));
         }
+        lines.set_max_len(self.max_record_len());
         let mut batch = Vec::with_capacity(IMPORT_BATCH);
         let mut number = 1_u64;
         while let Some((line, n)) = lines.next_line().map_err(cannot_read)? {
