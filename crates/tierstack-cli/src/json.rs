@@ -43,13 +43,24 @@ impl Json {
     }
 }
 
+impl Json {
+    /// The first number of the text a binary codec (64-bit integers and
+    /// floats) cannot hold exactly.
+    pub(crate) fn inexact_number(&self) -> Option<&str> {
+        match self {
+            Self::Text(raw) => inexact_number(raw.get()),
+            Self::Value(_) => None,
+        }
+    }
+}
+
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             // The JSON codec writes the text verbatim.
             Self::Text(raw) if serializer.is_human_readable() => raw.serialize(serializer),
             Self::Text(raw) => {
-                if let Some(number) = inexact_number(raw.get()) {
+                if let Some(number) = self.inexact_number() {
                     return Err(serde::ser::Error::custom(format!(
                         "the number {number} cannot be stored exactly by this codec (it holds 64-bit integers and 64-bit floats); store it as a JSON string, or use `codec: json`"
                     )));

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tierstack::{
-    ExportHeader, ExportOptions, FetchOptions, ImportOptions, ImportReport, Key, Line, LineReader,
-    TieredCache, Ttl, WarmOptions, WarmReport,
+    Codec, ExportHeader, ExportOptions, FetchOptions, ImportOptions, ImportReport, Key, Line,
+    LineReader, TieredCache, Ttl, WarmOptions, WarmReport,
 };
 
 /// The first bytes of a zstd frame.
@@ -208,11 +208,22 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
         read_error: None,
     };
     let failures = Mutex::new(Vec::new());
+    let codec = cache.codec();
     let fetch = |key: Key| {
         let command = command.clone();
         let failures = &failures;
         async move {
-            let result = run_fetch(&command, &key).await;
+            let result = run_fetch(&command, &key).await.and_then(|value| {
+                // Said here, where the key is known, rather than lost as a
+                // value that could not be encoded.
+                match value.as_ref().and_then(Json::inexact_number) {
+                    Some(number) if codec != Codec::Json => Err(format!(
+                        "{key}: the number {number} cannot be stored exactly by the {} codec; print it as a JSON string, or use `codec: json`",
+                        codec.name()
+                    )),
+                    _ => Ok(value),
+                }
+            });
             if let Err(why) = &result {
                 let mut failures = lock(failures);
                 if failures.len() < SHOWN_PROBLEMS {

@@ -732,6 +732,18 @@ fn values_come_back_as_they_went_in() {
             "the refused value replaced nothing"
         );
     }
+    let warm = sandbox
+        .run(&[
+            "--config",
+            msgpack,
+            "warm",
+            "--from",
+            keys.to_str().unwrap(),
+            "--exec",
+            "printf 12345678901234567890123",
+        ])
+        .expect(3);
+    assert!(warm.stderr.contains("cannot be stored exactly"), "{warm:?}");
 }
 
 #[test]

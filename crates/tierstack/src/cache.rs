@@ -266,6 +266,11 @@ impl TieredCache {
         self.inner.schema_version
     }
 
+    /// The codec new entries are written with.
+    pub fn codec(&self) -> Codec {
+        self.inner.codec
+    }
+
     /// The largest encoded value this cache writes or reads
     /// ([`TieredCacheBuilder::max_value_len`]).
     ///
