@@ -72,6 +72,7 @@ fn run(
 ) -> Run {
     let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
     let run = run_bare(&args, env, cwd, stdout, stderr);
+    assert!(!run.stdout.contains("panicked"), "{args:?}: {run:?}");
     assert_ne!(
         run.code,
         101,
