@@ -54,11 +54,11 @@ pub(crate) enum Command {
     Set {
         /// A canonical key.
         key: String,
-        /// The value, as JSON.
-        #[arg(value_name = "JSON")]
+        /// The value, as JSON (kept as written with `codec: json`).
+        #[arg(value_name = "JSON", allow_negative_numbers = true)]
         value: String,
         /// How long it stays fresh (`90s`, `1h`, `7d`); default: each tier's TTL.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
     /// Show a key's entry in each tier: header fields, sizes, expiry.
@@ -125,12 +125,13 @@ pub(crate) enum Command {
         #[arg(long, value_name = "PER_SEC")]
         rate: Option<u32>,
         /// How long fetched values stay fresh; default: each tier's TTL.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
     /// Measure the stack in the config: latency percentiles and throughput
-    /// of get and set under a workload you choose. Uses its own keys
-    /// (source `tierstack:bench`) and removes them at the end.
+    /// of get and set under a workload you choose. Runs on a scratch copy
+    /// of the stack (new stores beside yours, a Redis namespace of its
+    /// own), so your cache and its stats file are left as they were.
     Bench {
         /// How long to measure.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -161,6 +162,16 @@ pub(crate) enum ConfigAction {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     tierstack::units::parse_duration(text)
+}
+
+/// A TTL: a duration above zero (an entry that expires as it is written
+/// would be reported as stored and never be found).
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl.is_zero() {
+        return Err("a TTL of 0 stores nothing (the entry is expired as it is written); give a duration above zero".to_owned());
+    }
+    Ok(ttl)
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

@@ -1,17 +1,147 @@
 //! `tierstack bench`: a configurable workload against the stack in the
 //! user's config, reporting latency percentiles and throughput per
-//! operation. Keys live under the source `tierstack:bench` and are removed
-//! at the end.
+//! operation. It runs on a scratch copy of that stack (same backends, same
+//! disks and servers) and leaves the user's cache as it was.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tierstack::{ClearScope, Key, TieredCache, Ttl};
+use tierstack::{ClearScope, Config, ConfigOrigin, EMBEDDED_DEFAULT, Key, TieredCache, Ttl, units};
 
 use crate::output::{Failure, Outcome, emit, print_json, print_table, progress};
 
-/// The bench's own key source, cleared afterwards.
+/// The stack of the user's config with nothing of the user's in it: each
+/// file-based store is a new one in a scratch directory beside the real one
+/// (so the same disk is measured), a Redis tier gets a namespace of its own,
+/// and counters go to a scratch stats file. The user's stores and stats file
+/// are never opened. Dropping it removes the scratch directories.
+pub(crate) struct Scratch {
+    pub(crate) cache: TieredCache,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Scratch {
+    /// Builds the scratch stack of the config `path` (or the one found).
+    pub(crate) async fn open(path: Option<&Path>) -> Result<Self, Failure> {
+        let config = Config::discover(path)?;
+        let mut dirs = Vec::new();
+        let mut redirect = Vec::new();
+        let stats = scratch_dir(&std::env::temp_dir(), &mut dirs)?;
+        redirect.push((
+            "TIERSTACK_STATS_FILE".to_owned(),
+            stats.join("stats.json").display().to_string(),
+        ));
+        match &config.cache.tiers {
+            None => {
+                let location = config
+                    .cache
+                    .location
+                    .as_deref()
+                    .unwrap_or("~/.cache/tierstack");
+                let location = expand(location)?;
+                let dir = scratch_dir(&beside(&location), &mut dirs)?;
+                redirect.push(("TIERSTACK_LOCATION".to_owned(), dir.display().to_string()));
+            }
+            Some(tiers) => {
+                for (i, tier) in tiers.iter().enumerate() {
+                    let fields = serde_json::to_value(tier).map_err(|e| {
+                        Failure::usage(format!("cache.tiers[{i}]: cannot read its config: {e}"))
+                    })?;
+                    let kind = fields["kind"].as_str().unwrap_or_default();
+                    match kind {
+                        "memory" => {}
+                        "sqlite" | "redb" | "sled" => {
+                            let store = expand(fields["path"].as_str().unwrap_or_default())?;
+                            let name = store
+                                .file_name()
+                                .map_or_else(|| kind.into(), |n| n.to_string_lossy());
+                            let dir = scratch_dir(&beside(&store), &mut dirs)?;
+                            redirect.push((
+                                format!("TIERSTACK_TIERS__{i}__PATH"),
+                                dir.join(&*name).display().to_string(),
+                            ));
+                        }
+                        "redis" => redirect.push((
+                            format!("TIERSTACK_TIERS__{i}__PREFIX"),
+                            format!(
+                                "tierstack-bench-{}-{}",
+                                std::process::id(),
+                                tierstack::Timestamp::now().as_millis()
+                            ),
+                        )),
+                        other => {
+                            return Err(Failure::usage(format!(
+                                "bench cannot give cache.tiers[{i}] (kind {other}) a scratch space of its own, so it does not run on this config"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let mut vars: Vec<(String, String)> = Config::environment()?
+            .into_iter()
+            .filter(|(name, _)| !redirect.iter().any(|(ours, _)| ours == name))
+            .collect();
+        vars.extend(redirect);
+        let scratch = match &config.origin {
+            ConfigOrigin::Explicit(file)
+            | ConfigOrigin::EnvVar(file)
+            | ConfigOrigin::WorkingDir(file)
+            | ConfigOrigin::UserConfig(file) => Config::load_with_env(file, vars)?,
+            _ => Config::parse_with_env(EMBEDDED_DEFAULT, "yaml", vars)?,
+        };
+        let cache = TieredCache::from_config(&scratch).await?;
+        Ok(Self { cache, dirs })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // The stores are closed before their directories go.
+        self.cache = TieredCache::builder().enabled(false).build();
+        for dir in self.dirs.drain(..) {
+            let _ = dir.close();
+        }
+    }
+}
+
+fn expand(path: &str) -> Result<PathBuf, Failure> {
+    tierstack::paths::expand(path).map_err(Failure::usage)
+}
+
+/// Where a scratch copy of `store` goes: its directory when that exists
+/// (the same disk), else the system's temporary directory.
+fn beside(store: &Path) -> PathBuf {
+    store
+        .parent()
+        .filter(|d| d.is_dir())
+        .map_or_else(std::env::temp_dir, Path::to_owned)
+}
+
+/// A new scratch directory (mode 0700) in `near`, removed with `dirs`.
+fn scratch_dir(near: &Path, dirs: &mut Vec<tempfile::TempDir>) -> Result<PathBuf, Failure> {
+    let dir = tempfile::Builder::new()
+        .prefix(".tierstack-bench-")
+        .tempdir_in(near)
+        .map_err(|e| {
+            Failure::unavailable(format!(
+                "cannot create a scratch directory in {}: {e}",
+                near.display()
+            ))
+        })?;
+    let path = dir.path().to_owned();
+    dirs.push(dir);
+    Ok(path)
+}
+
+/// The most distinct keys a bench draws from.
+const MAX_KEYS: u64 = 10_000_000;
+/// The most tasks a bench runs at once.
+const MAX_CONCURRENCY: usize = 4096;
+
+/// The source of the bench's keys.
 const SOURCE: &str = "tierstack:bench";
 
 /// What `tierstack bench` was asked to run.
@@ -133,6 +263,24 @@ pub(crate) async fn bench(cache: &TieredCache, workload: Workload, json: bool) -
             "--keys and --concurrency must be at least 1",
         ));
     }
+    // Both size tables held in memory (the Zipf table, the task list):
+    // beyond these, a typo would be an allocation failure, not a bench.
+    if workload.keys > MAX_KEYS || workload.concurrency > MAX_CONCURRENCY {
+        return Err(Failure::usage(format!(
+            "--keys is at most {MAX_KEYS} and --concurrency at most {MAX_CONCURRENCY}"
+        )));
+    }
+    // Checked before any value is built: `--value-size 100GiB` must be a
+    // message, not an allocation failure.
+    let cap = u64::from(cache.max_value_len());
+    let largest = value(workload.keys.saturating_sub(1), 0).to_string().len() as u64;
+    if (workload.value_size as u64).saturating_add(largest) > cap {
+        return Err(Failure::usage(format!(
+            "--value-size {} is above what this cache stores: entries are at most {} (encoded)",
+            units::format_size(workload.value_size as u64),
+            units::format_size(cap)
+        )));
+    }
     let bar = progress(json, Some(workload.keys), "loading keys");
     for i in 0..workload.keys {
         cache
@@ -153,7 +301,9 @@ pub(crate) async fn bench(cache: &TieredCache, workload: Workload, json: bool) -
         .iter()
         .map(|l| l.errors + l.write_errors)
         .sum();
-    let cleared = cache.clear(ClearScope::Source(SOURCE.to_owned())).await;
+    // The scratch stack holds nothing else; this empties a Redis namespace
+    // that the scratch directories do not take with them.
+    let cleared = cache.clear(ClearScope::All).await;
     let tiers: Vec<String> = cache.tiers().map(|t| t.name().to_owned()).collect();
     print_report(&workload, &tiers, elapsed, &ops, &all, tier_errors, json)?;
     cleared?;

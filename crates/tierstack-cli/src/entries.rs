@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tierstack::{Header, Key, TieredCache, Timestamp, Ttl};
 
-use crate::output::{Failure, Outcome, emit, print_json, print_table};
+use crate::json::Json;
+use crate::output::{Failure, Outcome, emit, note, print_json, print_table};
 
 pub(crate) fn parse_key(text: &str) -> Result<Key, Failure> {
     Key::parse(text).map_err(|e| {
@@ -42,7 +43,7 @@ pub(crate) fn key(source: &str, params: &[String], json: bool) -> Outcome {
 }
 
 /// Tiers that failed since `before` (their error counters went up).
-fn failed_tiers(cache: &TieredCache, before: &tierstack::CacheStats) -> Vec<String> {
+pub(crate) fn failed_tiers(cache: &TieredCache, before: &tierstack::CacheStats) -> Vec<String> {
     cache
         .stats()
         .layers
@@ -56,13 +57,13 @@ fn failed_tiers(cache: &TieredCache, before: &tierstack::CacheStats) -> Vec<Stri
 pub(crate) async fn get(cache: &TieredCache, text: &str, json: bool) -> Outcome {
     let key = parse_key(text)?;
     let before = cache.stats();
-    if let Some(value) = cache.get::<serde_json::Value>(&key).await {
-        return if json || !std::io::stdout().is_terminal() {
-            emit(&value.to_string());
-            Ok(())
+    if let Some(value) = cache.get::<Json>(&key).await {
+        if json || !std::io::stdout().is_terminal() {
+            emit(&value.to_line());
         } else {
-            print_json(&*value)
-        };
+            emit(&value.to_pretty());
+        }
+        return Ok(());
     }
     let failed = failed_tiers(cache, &before);
     if !failed.is_empty() {
@@ -95,7 +96,7 @@ pub(crate) async fn set(
     json: bool,
 ) -> Outcome {
     let key = parse_key(text)?;
-    let value: serde_json::Value = serde_json::from_str(value)
+    let value = Json::parse(value)
         .map_err(|e| Failure::usage(format!("the value is not valid JSON: {e}")))?;
     if !cache.is_enabled() {
         return Err(Failure::usage(
@@ -115,7 +116,7 @@ pub(crate) async fn set(
     if json {
         print_json(&serde_json::json!({ "key": key.as_str(), "stored": true }))
     } else {
-        eprintln!("stored {key}");
+        note(&format!("stored {key}"));
         Ok(())
     }
 }
@@ -248,7 +249,7 @@ pub(crate) async fn delete(cache: &TieredCache, text: &str, json: bool) -> Outco
     if json {
         print_json(&serde_json::json!({ "key": key.as_str(), "deleted": found }))?;
     } else if found {
-        eprintln!("deleted {key}");
+        note(&format!("deleted {key}"));
     }
     if found {
         Ok(())

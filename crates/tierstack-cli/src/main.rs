@@ -6,6 +6,7 @@ mod args;
 mod bench;
 mod entries;
 mod info;
+mod json;
 mod maintenance;
 mod output;
 mod transfer;
@@ -17,7 +18,7 @@ use clap::Parser as _;
 use tierstack::{Config, TieredCache};
 
 use crate::args::{Cli, Command, ConfigAction};
-use crate::output::{Failure, Outcome, USAGE};
+use crate::output::{Failure, Outcome, USAGE, note};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -39,14 +40,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("tierstack: cannot start the async runtime: {e}");
+            note(&format!("tierstack: cannot start the async runtime: {e}"));
             return ExitCode::from(output::UNAVAILABLE);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("tierstack: {}", failure.message);
+            note(&format!("tierstack: {}", failure.message));
             failure.exit_code()
         }
     }
@@ -121,7 +122,8 @@ async fn run(cli: Cli) -> Outcome {
                 read_percent: reads,
                 zipf: distribution == "zipf",
             };
-            bench::bench(&open(config_path).await?, workload, json).await
+            let scratch = bench::Scratch::open(config_path).await?;
+            bench::bench(&scratch.cache, workload, json).await
         }
     }
 }

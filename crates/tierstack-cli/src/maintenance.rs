@@ -288,8 +288,12 @@ fn confirm(question: &str) -> Result<bool, Failure> {
             "{question}: stdin is not a terminal, so nothing was removed; pass --yes to confirm"
         )));
     }
-    eprint!("{question}? [y/N] ");
-    let _ = std::io::stderr().flush();
+    {
+        // The prompt is best effort: a broken stderr must not panic.
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "{question}? [y/N] ");
+        let _ = err.flush();
+    }
     let mut answer = String::new();
     std::io::stdin()
         .lock()

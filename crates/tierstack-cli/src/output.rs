@@ -82,6 +82,15 @@ pub(crate) fn emit(line: &str) {
     let _ = writeln!(out, "{line}");
 }
 
+/// Writes a line to stderr. A closed, full or broken stderr loses the
+/// message instead of panicking as `eprintln!` would: the exit code still
+/// tells what happened.
+pub(crate) fn note(line: &str) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
 /// Prints rows under headers, columns padded to their widest cell.
 pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

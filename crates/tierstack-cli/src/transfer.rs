@@ -1,18 +1,22 @@
 //! `export`, `import` and `warm`: moving entries in and out of a cache.
 
 use std::fs::File;
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tierstack::{
-    ExportHeader, ExportOptions, FetchOptions, ImportOptions, ImportReport, Key, TieredCache, Ttl,
-    WarmOptions, WarmReport,
+    Codec, ExportHeader, ExportOptions, FetchOptions, ImportOptions, ImportReport, Key, Line,
+    LineReader, TieredCache, Ttl, WarmOptions, WarmReport,
 };
 
-use crate::output::{Failure, Outcome, emit, print_json, progress};
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+use crate::json::Json;
+use crate::output::{Failure, Outcome, emit, note, print_json, progress};
 
 /// Failures whose reason is printed; the rest are only counted.
 const SHOWN_PROBLEMS: usize = 10;
@@ -43,10 +47,10 @@ pub(crate) async fn export(
         let report = cache
             .export(std::io::stdout().lock(), &options, |_| {})
             .await?;
-        eprintln!(
+        note(&format!(
             "exported {} entries ({} expired left out)",
             report.exported, report.expired
-        );
+        ));
         return Ok(());
     }
     let bar = progress(json, total, "exporting");
@@ -118,13 +122,13 @@ fn print_import(report: &ImportReport, file: &Path, json: bool) -> Outcome {
         report.malformed
     ));
     for problem in report.problems.iter().take(SHOWN_PROBLEMS) {
-        eprintln!("skipped {problem}");
+        note(&format!("skipped {problem}"));
     }
     if report.malformed > SHOWN_PROBLEMS as u64 {
-        eprintln!(
+        note(&format!(
             "… and {} more malformed lines",
             report.malformed - SHOWN_PROBLEMS as u64
-        );
+        ));
     }
     Ok(())
 }
@@ -138,28 +142,56 @@ pub(crate) struct WarmRequest {
     pub(crate) ttl: Option<Duration>,
 }
 
-/// Whether `path` starts like an export stream.
-fn is_export(path: &Path) -> Result<bool, Failure> {
+/// The longest line of a key list: a canonical key, with room for
+/// surrounding spaces and a comment.
+const MAX_KEY_LINE: usize = 4 * 1024;
+
+/// Opens the input of `warm` once (a FIFO or `/dev/stdin` can be read only
+/// once), decompressing zstd whatever the file's name.
+fn open_input(path: &Path) -> Result<Box<dyn BufRead>, Failure> {
     let cannot = |e: std::io::Error| Failure::usage(format!("cannot read {}: {e}", path.display()));
-    let file = File::open(path).map_err(cannot)?;
-    let reader: Box<dyn Read> = if tierstack::is_zstd(path) {
-        Box::new(zstd::Decoder::new(file).map_err(cannot)?)
+    let mut input: Box<dyn BufRead> = if is_stdio(path) {
+        Box::new(BufReader::new(std::io::stdin()))
     } else {
-        Box::new(file)
+        Box::new(BufReader::new(File::open(path).map_err(cannot)?))
     };
-    let mut first = String::new();
-    // A key list has short lines; an export's header is short too, so a
-    // bounded read of the first line is enough to tell them apart.
-    BufReader::new(reader.take(64 * 1024))
-        .read_line(&mut first)
-        .map_err(cannot)?;
-    Ok(serde_json::from_str::<ExportHeader>(first.trim_end()).is_ok())
+    if input.fill_buf().map_err(cannot)?.starts_with(&ZSTD_MAGIC) {
+        input = Box::new(BufReader::new(
+            zstd::Decoder::with_buffer(input).map_err(cannot)?,
+        ));
+    }
+    Ok(input)
 }
 
 pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) -> Outcome {
-    if is_export(&request.from)? {
+    if !cache.is_enabled() {
+        return Err(Failure::usage(
+            "caching is disabled in the config (enabled: false): nothing would be stored, so nothing was warmed",
+        ));
+    }
+    let input = open_input(&request.from)?;
+    let mut lines = LineReader::new(input, MAX_KEY_LINE);
+    let cannot =
+        |e: std::io::Error| Failure::usage(format!("cannot read {}: {e}", request.from.display()));
+    let first = match lines.next_line().map_err(cannot)? {
+        Some((Line::Text(text), _)) => Some(Ok(text.to_vec())),
+        Some((Line::TooLong, _)) => Some(Err(too_long())),
+        None => None,
+    };
+    if let Some(Ok(header)) = first
+        .as_ref()
+        .filter(|line| matches!(line, Ok(line) if ExportHeader::read(&line[..]).is_some()))
+    {
+        // An export: the header line goes back in front of the rest.
+        let mut header = header.clone();
+        header.push(b'\n');
+        let stream = std::io::Cursor::new(header).chain(lines.into_inner());
         let options = ImportOptions::default().skip_fresh(true);
-        let report = import_with(cache, &request.from, options, json).await?;
+        let bar = progress(json, None, "importing");
+        let report = cache
+            .import(stream, options, |r| bar.set_position(r.imported))
+            .await?;
+        bar.finish_and_clear();
         return print_import(&report, &request.from, json);
     }
     let Some(command) = request.exec.clone() else {
@@ -168,42 +200,30 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
             request.from.display()
         )));
     };
-    let open = || {
-        File::open(&request.from)
-            .map(BufReader::new)
-            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", request.from.display())))
+    let mut keys = KeyList {
+        lines,
+        pending: first,
+        number: 0,
+        bad_lines: Vec::new(),
+        read_error: None,
     };
-    let total = open()?
-        .lines()
-        .map_while(Result::ok)
-        .filter(|l| is_key_line(l))
-        .count() as u64;
-    let bad_lines = Mutex::new(Vec::new());
-    let keys = open()?.lines().enumerate().filter_map(|(i, line)| {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => {
-                lock(&bad_lines).push(format!("line {}: {e}", i + 1));
-                return None;
-            }
-        };
-        if !is_key_line(&line) {
-            return None;
-        }
-        match Key::parse(line.trim()) {
-            Ok(key) => Some(key),
-            Err(e) => {
-                lock(&bad_lines).push(format!("line {}: not a canonical key ({e})", i + 1));
-                None
-            }
-        }
-    });
     let failures = Mutex::new(Vec::new());
+    let codec = cache.codec();
     let fetch = |key: Key| {
         let command = command.clone();
         let failures = &failures;
         async move {
-            let result = run_fetch(&command, &key).await;
+            let result = run_fetch(&command, &key).await.and_then(|value| {
+                // Said here, where the key is known, rather than lost as a
+                // value that could not be encoded.
+                match value.as_ref().and_then(Json::inexact_number) {
+                    Some(number) if codec != Codec::Json => Err(format!(
+                        "{key}: the number {number} cannot be stored exactly by the {} codec; print it as a JSON string, or use `codec: json`",
+                        codec.name()
+                    )),
+                    _ => Ok(value),
+                }
+            });
             if let Err(why) = &result {
                 let mut failures = lock(failures);
                 if failures.len() < SHOWN_PROBLEMS {
@@ -218,20 +238,60 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
         options = options.rate_per_sec(rate);
     }
     options.fetch = FetchOptions::ttl(request.ttl.map_or(Ttl::TierDefault, Ttl::For));
-    let bar = progress(json, Some(total), "warming");
+    let bar = progress(json, None, "warming");
+    let before = cache.stats();
     let report = cache
-        .warm(keys, options, fetch, |r: &WarmReport| {
+        .warm(keys.by_ref(), options, fetch, |r: &WarmReport| {
             bar.set_position(r.done);
         })
         .await;
     bar.finish_and_clear();
-    let bad_lines = bad_lines
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(e) = keys.read_error.take() {
+        return Err(cannot(e));
+    }
+    let bad_lines = keys.bad_lines;
     let failures = failures
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     print_warm(&report, &bad_lines, &failures, json)?;
+    warm_verdict(cache, &before, &report, bad_lines.len(), &request.from)
+}
+
+/// How a key-list warm ends: non-zero when it stored nothing for a key it
+/// was given, saying why.
+fn warm_verdict(
+    cache: &TieredCache,
+    before: &tierstack::CacheStats,
+    report: &WarmReport,
+    bad_lines: usize,
+    from: &Path,
+) -> Outcome {
+    if report.done == 0 && bad_lines > 0 {
+        return Err(Failure::usage(format!(
+            "{} holds no canonical key, only {} bad lines: neither an export nor a key list",
+            from.display(),
+            bad_lines
+        )));
+    }
+    if report.not_stored > 0 {
+        let failed = crate::entries::failed_tiers(cache, before);
+        let why = if failed.is_empty() {
+            format!(
+                "each is larger, encoded, than this cache's entry cap of {}",
+                tierstack::units::format_size(u64::from(cache.max_value_len()))
+            )
+        } else {
+            format!(
+                "{} failed to write (see `tierstack stats`)",
+                failed.join(", ")
+            )
+        };
+        return Err(Failure::unavailable(format!(
+            "{} of {} fetched values were not stored: {why}",
+            report.not_stored,
+            report.fetched + report.not_stored
+        )));
+    }
     if report.failed > 0 {
         return Err(Failure::unavailable(format!(
             "{} of {} keys could not be fetched",
@@ -239,6 +299,63 @@ pub(crate) async fn warm(cache: &TieredCache, request: WarmRequest, json: bool) 
         )));
     }
     Ok(())
+}
+
+fn too_long() -> String {
+    format!("longer than {MAX_KEY_LINE} bytes")
+}
+
+/// The keys of a key list, read one line at a time; bad lines and a read
+/// error are kept for the report.
+struct KeyList<R> {
+    lines: LineReader<R>,
+    /// The first line, read before the file was known to be a key list.
+    pending: Option<Result<Vec<u8>, String>>,
+    number: usize,
+    bad_lines: Vec<String>,
+    read_error: Option<std::io::Error>,
+}
+
+impl<R: BufRead> KeyList<R> {
+    fn next_line(&mut self) -> Option<Result<Vec<u8>, String>> {
+        if let Some(line) = self.pending.take() {
+            return Some(line);
+        }
+        match self.lines.next_line() {
+            Ok(Some((Line::Text(text), _))) => Some(Ok(text.to_vec())),
+            Ok(Some((Line::TooLong, _))) => Some(Err(too_long())),
+            Ok(None) => None,
+            Err(e) => {
+                self.read_error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for KeyList<R> {
+    type Item = Key;
+
+    fn next(&mut self) -> Option<Key> {
+        loop {
+            let line = self.next_line()?;
+            self.number += 1;
+            let key = line.and_then(|line| {
+                let text = String::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
+                if !is_key_line(&text) {
+                    return Ok(None);
+                }
+                Key::parse(text.trim())
+                    .map(Some)
+                    .map_err(|e| format!("not a canonical key ({e})"))
+            });
+            match key {
+                Ok(Some(key)) => return Some(key),
+                Ok(None) => {}
+                Err(why) => self.bad_lines.push(format!("line {}: {why}", self.number)),
+            }
+        }
+    }
 }
 
 fn print_warm(
@@ -252,22 +369,24 @@ fn print_warm(
             "done": report.done,
             "fresh": report.fresh,
             "fetched": report.fetched,
+            "not_stored": report.not_stored,
             "not_found": report.not_found,
             "failed": report.failed,
             "bad_lines": bad_lines.len(),
         }));
     }
     emit(&format!(
-        "warmed {} keys: {} fetched, {} not found, {} already fresh, {} failed, {} bad lines",
+        "warmed {} keys: {} fetched, {} fetched but not stored, {} not found, {} already fresh, {} failed, {} bad lines",
         report.done,
         report.fetched,
+        report.not_stored,
         report.not_found,
         report.fresh,
         report.failed,
         bad_lines.len()
     ));
     for problem in bad_lines.iter().chain(failures).take(SHOWN_PROBLEMS) {
-        eprintln!("{problem}");
+        note(problem);
     }
     Ok(())
 }
@@ -283,7 +402,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs the user's fetch command for one key: JSON on stdout and exit 0 is
 /// a value, exit 1 with no output is "not found", anything else a failure.
-async fn run_fetch(command: &str, key: &Key) -> Result<Option<serde_json::Value>, String> {
+async fn run_fetch(command: &str, key: &Key) -> Result<Option<Json>, String> {
     let output = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -294,7 +413,9 @@ async fn run_fetch(command: &str, key: &Key) -> Result<Option<serde_json::Value>
         .await
         .map_err(|e| format!("{key}: cannot run {command:?}: {e}"))?;
     match output.status.code() {
-        Some(0) => serde_json::from_slice(&output.stdout)
+        Some(0) => std::str::from_utf8(&output.stdout)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Json::parse(text).map_err(|e| e.to_string()))
             .map(Some)
             .map_err(|e| format!("{key}: the command's output is not JSON: {e}")),
         Some(1) if output.stdout.iter().all(u8::is_ascii_whitespace) => Ok(None),

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Sandbox, stack_config};
+use support::{Sandbox, snapshot, stack_config};
 
 const BOOK: &str = "audnexus:book:asin=B002V1A0WE";
 
@@ -551,6 +551,199 @@ fn bench_measures_the_configured_stack_and_cleans_up() {
     sandbox
         .run(&["bench", "--distribution", "pareto"])
         .expect(2);
+}
+
+#[test]
+fn bench_leaves_the_users_cache_as_it_was() {
+    let sandbox = Sandbox::new();
+    let location = sandbox.path("mk_torrent");
+    let rfc = sandbox.write(
+        "rfc.yaml",
+        &format!(
+            "cache:\n  enabled: true\n  file_ttl_days: 7\n  memory_ttl_seconds: 3600\n  max_memory_entries: 1000\n  location: \"{}\"\n",
+            location.display()
+        ),
+    );
+    let rfc = rfc.to_str().unwrap();
+    // The embedded default (cache and stats file in the user cache
+    // directory) and the RFC's block: each with entries, counters, and a
+    // key of the source bench uses for its own.
+    for config in [None, Some(rfc)] {
+        let with = |args: &[&str]| -> Vec<String> {
+            config
+                .map(|c| vec!["--config".to_owned(), c.to_owned()])
+                .unwrap_or_default()
+                .into_iter()
+                .chain(args.iter().map(|a| (*a).to_owned()))
+                .collect()
+        };
+        let run = |args: &[&str]| {
+            let all = with(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            sandbox.run(&all)
+        };
+        run(&["set", BOOK, "1"]).expect(0);
+        run(&["set", "tierstack:bench:k=mine", "2"]).expect(0);
+        run(&["get", BOOK]).expect(0);
+        run(&["get", "audnexus:book:asin=nope"]).expect(1);
+        let dir = if config.is_some() {
+            location.clone()
+        } else {
+            sandbox.path("cache")
+        };
+        let before = snapshot(&dir);
+        assert!(
+            before.iter().any(|(p, _, _)| p.ends_with("stats.json")),
+            "{before:?}"
+        );
+        run(&[
+            "--json",
+            "bench",
+            "--duration",
+            "300ms",
+            "--keys",
+            "300",
+            "--value-size",
+            "3KiB",
+        ])
+        .expect(0);
+        assert!(snapshot(&dir) == before, "bench changed {}", dir.display());
+        assert_eq!(
+            run(&["get", "tierstack:bench:k=mine"])
+                .expect(0)
+                .stdout
+                .trim(),
+            "2"
+        );
+    }
+}
+
+#[test]
+fn bench_on_a_redis_stack_leaves_the_namespace_as_it_was() {
+    use tierstack_conformance::redis_server::{RedisServer, redis_cli};
+    let server = RedisServer::start();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "redis.yaml",
+        &format!(
+            "cache:\n  tiers:\n    - kind: memory\n    - kind: redis\n      url: {}\n      prefix: team\n",
+            server.url()
+        ),
+    );
+    let config = config.to_str().unwrap();
+    sandbox
+        .run(&["--config", config, "set", BOOK, "1"])
+        .expect(0);
+    sandbox
+        .run(&["--config", config, "set", "tierstack:bench:k=mine", "2"])
+        .expect(0);
+    let keys = || {
+        let mut keys: Vec<String> = redis_cli(server.port(), &["--scan"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let before = keys();
+    assert_eq!(before.len(), 2, "{before:?}");
+    sandbox
+        .run(&[
+            "--config",
+            config,
+            "bench",
+            "--duration",
+            "300ms",
+            "--keys",
+            "100",
+        ])
+        .expect(0);
+    assert_eq!(keys(), before);
+    let mine = sandbox
+        .run(&["--config", config, "get", "tierstack:bench:k=mine"])
+        .expect(0);
+    assert_eq!(mine.stdout.trim(), "2");
+}
+
+#[test]
+fn values_come_back_as_they_went_in() {
+    let sandbox = Sandbox::new();
+    let json = sandbox.write(
+        "json.yaml",
+        &stack_config("sqlite", &sandbox.path("j.db"))
+            .replace("cache:\n", "cache:\n  codec: json\n"),
+    );
+    let msgpack = sandbox.write(
+        "msgpack.yaml",
+        &stack_config("sqlite", &sandbox.path("m.db")),
+    );
+    let (json, msgpack) = (json.to_str().unwrap(), msgpack.to_str().unwrap());
+    let texts = [
+        "12345678901234567890123",
+        "1.50",
+        "-0",
+        "3.14159265358979323846",
+        r#"{"price": 1.50, "ids": [12345678901234567890123, 7], "name": "x\"y"}"#,
+    ];
+    // The JSON codec keeps the text, in one process and the next (SQLite).
+    for text in texts {
+        sandbox
+            .run(&["--config", json, "set", BOOK, text])
+            .expect(0);
+        let got = sandbox.run(&["--config", json, "get", BOOK]).expect(0);
+        assert_eq!(got.stdout.trim(), text);
+    }
+    let keys = sandbox.write("keys.txt", "audnexus:book:asin=W\n");
+    sandbox
+        .run(&[
+            "--config",
+            json,
+            "warm",
+            "--from",
+            keys.to_str().unwrap(),
+            "--exec",
+            "printf 12345678901234567890123",
+            "--ttl",
+            "1h",
+        ])
+        .expect(0);
+    let warmed = sandbox
+        .run(&["--config", json, "get", "audnexus:book:asin=W"])
+        .expect(0);
+    assert_eq!(warmed.stdout.trim(), "12345678901234567890123");
+    // MessagePack: what it holds exactly comes back as the same number,
+    // what it cannot hold is refused, never rounded.
+    for (text, back) in [("1.50", "1.5"), ("0.1", "0.1"), ("-7", "-7")] {
+        sandbox
+            .run(&["--config", msgpack, "set", BOOK, text])
+            .expect(0);
+        let got = sandbox.run(&["--config", msgpack, "get", BOOK]).expect(0);
+        assert_eq!(got.stdout.trim(), back);
+    }
+    for text in [texts[0], texts[3], texts[4]] {
+        let run = sandbox
+            .run(&["--config", msgpack, "set", BOOK, text])
+            .expect(2);
+        assert!(run.stderr.contains("cannot be stored exactly"), "{run:?}");
+        let got = sandbox.run(&["--config", msgpack, "get", BOOK]).expect(0);
+        assert_eq!(
+            got.stdout.trim(),
+            "-7",
+            "the refused value replaced nothing"
+        );
+    }
+    let warm = sandbox
+        .run(&[
+            "--config",
+            msgpack,
+            "warm",
+            "--from",
+            keys.to_str().unwrap(),
+            "--exec",
+            "printf 12345678901234567890123",
+        ])
+        .expect(3);
+    assert!(warm.stderr.contains("cannot be stored exactly"), "{warm:?}");
 }
 
 #[test]

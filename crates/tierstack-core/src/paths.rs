@@ -1,7 +1,8 @@
-//! Path expansion for config files: `~` and `$VAR` / `${VAR}`.
+//! Paths: expansion for config files (`~` and `$VAR` / `${VAR}`), and the
+//! checks that keep tierstack from writing over a file that is not its own.
 
 use std::fs;
-use std::io::Read as _;
+use std::io::{Read as _, Seek as _};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Operation};
@@ -18,8 +19,7 @@ pub fn expand(path: &str) -> Result<PathBuf, String> {
 pub fn expand_text(path: &str) -> Result<String, String> {
     let mut out = String::with_capacity(path.len());
     let rest = if path == "~" || path.starts_with("~/") {
-        let home = std::env::var("HOME")
-            .map_err(|_| format!("cannot expand ~ in {path:?}: HOME is not set"))?;
+        let home = variable("HOME").map_err(|why| format!("cannot expand ~ in {path:?}: {why}"))?;
         out.push_str(&home);
         &path[1..]
     } else {
@@ -61,11 +61,20 @@ pub fn expand_text(path: &str) -> Result<String, String> {
             out.push('$');
             continue;
         }
-        let value = std::env::var(&name)
-            .map_err(|_| format!("environment variable {name} in {path:?} is not set"))?;
+        let value = variable(&name).map_err(|why| format!("{why} (in {path:?})"))?;
         out.push_str(&value);
     }
     Ok(out)
+}
+
+/// An environment variable's value, or why there is none to use.
+fn variable(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|e| match e {
+        std::env::VarError::NotPresent => format!("environment variable {name} is not set"),
+        std::env::VarError::NotUnicode(_) => {
+            format!("environment variable {name} is not valid UTF-8")
+        }
+    })
 }
 
 /// The default location of a store file or directory named `name`:
@@ -166,6 +175,186 @@ pub fn prepare_file(path: &Path, magic: &[u8], kind: &str) -> Result<(), Error> 
             }
         }
         Err(e) => Err(io_error(e, path, "cannot inspect")),
+    }
+}
+
+/// Names the formats of the stores tierstack's tiers keep, so that a
+/// refusal says what the file is.
+fn describe_head(head: &[u8]) -> Option<&'static str> {
+    const FORMATS: &[(&[u8], &str)] = &[
+        (b"SQLite format 3\0", "a SQLite database"),
+        (b"redb", "a redb database"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd-compressed data"),
+    ];
+    FORMATS
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|&(_, name)| name)
+}
+
+fn describe_type(file_type: fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+        if file_type.is_fifo() {
+            return "a FIFO";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Tells whether an existing file (read from its start) is one tierstack
+/// wrote and may replace.
+pub type Recognise = fn(&mut fs::File) -> bool;
+
+/// Checks that a new file of `kind` may take the place of `path`: it is
+/// missing, or it is an empty regular file, or a regular file (not a
+/// symbolic link, device, FIFO, socket or directory) that `is_ours`
+/// recognises. Anything else, a store of any tier first of all, is refused
+/// and left untouched. Returns whether the file exists.
+pub fn check_replaceable(path: &Path, kind: &str, is_ours: Recognise) -> Result<bool, Error> {
+    let not_ours = |what: &str| {
+        refuse(
+            path,
+            &format!(
+                "it is {what}, not {kind}; tierstack only replaces its own files (the file was left untouched)"
+            ),
+        )
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error(e, path, "cannot inspect")),
+    };
+    if !meta.is_file() {
+        return Err(not_ours(describe_type(meta.file_type())));
+    }
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    // The file may have been swapped since we looked: never follow a link,
+    // never block on a FIFO, and look again at what was opened.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    );
+    let mut file = options
+        .open(path)
+        .map_err(|e| io_error(e, path, "cannot read"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| io_error(e, path, "cannot inspect"))?;
+    if !meta.is_file() {
+        return Err(not_ours(describe_type(meta.file_type())));
+    }
+    if meta.len() == 0 || is_ours(&mut file) {
+        return Ok(true);
+    }
+    let mut head = [0u8; 16];
+    let n = file
+        .rewind()
+        .and_then(|()| file.read(&mut head))
+        .unwrap_or(0);
+    Err(not_ours(
+        describe_head(&head[..n]).unwrap_or("a file tierstack did not write"),
+    ))
+}
+
+/// A file written under a fresh temporary name beside its destination and
+/// renamed over it once complete, so that an interrupted write leaves the
+/// old file whole. The temporary file is created exclusively (a planted
+/// file or symbolic link of that name is never opened; another random name
+/// is tried) with mode 0600, and removed if the write is abandoned. The
+/// destination is checked with [`check_replaceable`] before anything is
+/// written and again just before the rename.
+#[derive(Debug)]
+pub struct AtomicFile {
+    temp: tempfile::NamedTempFile,
+    target: PathBuf,
+    kind: &'static str,
+    is_ours: Recognise,
+}
+
+impl AtomicFile {
+    /// Starts a file that will replace `target`; `kind` names what it holds
+    /// (for refusals) and `is_ours` recognises an older one.
+    pub fn create(target: &Path, kind: &'static str, is_ours: Recognise) -> Result<Self, Error> {
+        check_replaceable(target, kind, is_ours)?;
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        let name = target
+            .file_name()
+            .map_or_else(|| "tierstack".into(), |n| n.to_string_lossy());
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp").rand_bytes(8);
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        let temp = builder.tempfile_in(dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::config(format!(
+                    "cannot create {}: the directory {} does not exist",
+                    target.display(),
+                    dir.display()
+                ))
+                .with_operation(Operation::Build)
+                .with_source(e)
+            } else {
+                io_error(e, target, "cannot create a file beside")
+            }
+        })?;
+        Ok(Self {
+            temp,
+            target: target.to_owned(),
+            kind,
+            is_ours,
+        })
+    }
+
+    /// The file being written.
+    pub fn file(&mut self) -> &mut fs::File {
+        self.temp.as_file_mut()
+    }
+
+    /// Flushes the file to disk and renames it over the destination.
+    pub fn commit(self) -> Result<(), Error> {
+        let target = self.target;
+        self.temp
+            .as_file()
+            .sync_all()
+            .map_err(|e| io_error(e, &target, "cannot write"))?;
+        // Another process may have put something there while we wrote.
+        let exists = check_replaceable(&target, self.kind, self.is_ours)?;
+        let persisted = if exists {
+            self.temp.persist(&target)
+        } else {
+            // Fails, instead of replacing, if a file appeared since.
+            self.temp.persist_noclobber(&target)
+        };
+        persisted.map_err(|e| io_error(e.error, &target, "cannot write"))?;
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Best effort: the rename survives a crash only once the
+            // directory is on disk too.
+            let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
     }
 }
 

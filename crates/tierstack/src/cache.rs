@@ -265,6 +265,19 @@ impl TieredCache {
         self.inner.schema_version
     }
 
+    /// The codec new entries are written with.
+    pub fn codec(&self) -> Codec {
+        self.inner.codec
+    }
+
+    /// The largest encoded value this cache writes or reads
+    /// ([`TieredCacheBuilder::max_value_len`]).
+    ///
+    /// [`TieredCacheBuilder::max_value_len`]: crate::TieredCacheBuilder::max_value_len
+    pub fn max_value_len(&self) -> u32 {
+        self.inner.limits.max_raw_len
+    }
+
     /// Whether caching is on (`enabled: false` makes a pass-through cache).
     pub fn is_enabled(&self) -> bool {
         self.inner.enabled
@@ -358,6 +371,7 @@ impl TieredCache {
         }
     }
 
+    /// Writes `entry` to every tier; `true` if at least one stored it.
     pub(crate) async fn write_through(
         &self,
         key: &Key,
@@ -365,16 +379,17 @@ impl TieredCache {
         decoded: Option<Decoded>,
         options: FetchOptions,
         negative: bool,
-    ) {
+    ) -> bool {
         let now = Timestamp::now();
         let writes = self.inner.layers.iter().map(|layer| {
             let copy = self.entry_for(layer, key, entry, decoded.clone(), options, negative, now);
             self.write_one(layer, key, copy)
         });
-        join_all(writes).await;
+        join_all(writes).await.into_iter().any(|stored| stored)
     }
 
-    pub(crate) async fn write_one(&self, layer: &Layer, key: &Key, entry: Entry) {
+    /// Writes one tier's copy; `false` (counted and logged) if it failed.
+    pub(crate) async fn write_one(&self, layer: &Layer, key: &Key, entry: Entry) -> bool {
         let len = entry.encoded_len() as u64;
         let result = layer
             .tier
@@ -385,10 +400,12 @@ impl TieredCache {
             Ok(()) => {
                 bump(&layer.counters.writes);
                 add(&layer.counters.bytes_written, len);
+                true
             }
             Err(e) => {
                 bump(&layer.counters.write_errors);
                 tracing::warn!(tier = %layer.name, key = %key, error = %e, "write skipped");
+                false
             }
         }
     }

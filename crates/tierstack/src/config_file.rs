@@ -243,7 +243,7 @@ impl Config {
     /// Reads a config file, then applies the process's `TIERSTACK_…`
     /// environment overrides (see [`Config::load_with_env`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        Self::load_with_env(path, std::env::vars())
+        Self::load_with_env(path, environment()?)
     }
 
     /// Reads a config file; the format follows the extension (`.yaml`/`.yml`,
@@ -346,7 +346,7 @@ impl Config {
     /// else [`EMBEDDED_DEFAULT`]. Environment overrides apply to whichever
     /// is found; [`Config::origin`] says which it was.
     pub fn discover(explicit: Option<&Path>) -> Result<Self> {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let vars = environment()?;
         let with_origin = |path: PathBuf, origin: fn(PathBuf) -> ConfigOrigin| {
             let mut config = Self::load_with_env(&path, vars.clone())?;
             config.origin = origin(path);
@@ -382,6 +382,42 @@ impl Config {
         config.origin = ConfigOrigin::Embedded;
         Ok(config)
     }
+}
+
+impl Config {
+    /// The process's environment as [`Config::discover`] and
+    /// [`Config::load`] read it, for callers that pass variables to
+    /// [`Config::load_with_env`] themselves: a `TIERSTACK_…` variable that
+    /// is not UTF-8 is an error naming it, other such variables are skipped.
+    pub fn environment() -> Result<Vec<(String, String)>> {
+        environment()
+    }
+}
+
+/// The process's environment as text. A `TIERSTACK_…` variable that is not
+/// UTF-8 is an error naming it (it was meant for us, and dropping it would
+/// silently change the config); any other one is none of our business and
+/// is skipped.
+fn environment() -> Result<Vec<(String, String)>> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => vars.push((name, value)),
+            (Ok(name), Err(_)) if name.starts_with("TIERSTACK_") => {
+                return Err(Error::config(format!(
+                    "environment variable {name} is not valid UTF-8; fix or unset it"
+                )));
+            }
+            (Err(name), _) if name.as_encoded_bytes().starts_with(b"TIERSTACK_") => {
+                return Err(Error::config(format!(
+                    "the name of environment variable {} is not valid UTF-8; unset it",
+                    name.to_string_lossy()
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(vars)
 }
 
 fn unknown_format(format: &str) -> String {
@@ -473,6 +509,7 @@ impl TieredCache {
         if let Some(ttl) = c.negative_ttl {
             builder = builder.negative_ttl(ttl);
         }
+        check_ttls(c)?;
         for (pattern, policy) in &c.sources {
             let policy = SourcePolicy {
                 ttl: policy.ttl,
@@ -498,6 +535,8 @@ impl TieredCache {
         if let Some(file) = stats_file {
             let path = tierstack_core::paths::expand(&file)
                 .map_err(|e| Error::config(format!("cache.stats_file: {e}")))?;
+            crate::stats_file::check_path(&path)
+                .map_err(|e| Error::config(format!("cache.stats_file: {}", e.message())))?;
             builder = builder.stats_file(path);
         }
         let ctx = BuildContext::new(c.schema_version);
@@ -506,6 +545,12 @@ impl TieredCache {
                 return Err(Error::config(
                     "cache: use either `tiers` or the flat form (file_ttl_days, memory_ttl_seconds, max_memory_entries, location), not both",
                 ));
+            }
+            (Some(tiers), false) if tiers.is_empty() => {
+                return Err(Error::config(
+                    "cache.tiers is empty: nothing would be stored; list at least one tier, or set `enabled: false` for a cache that stores nothing",
+                )
+                .with_operation(Operation::Build));
             }
             (Some(tiers), false) => {
                 let mut built = Vec::with_capacity(tiers.len());
@@ -521,10 +566,38 @@ impl TieredCache {
             }
             (None, _) => rfc_tiers(c, &ctx).await?,
         };
-        for tier in tiers {
+        for (i, tier) in tiers.into_iter().enumerate() {
+            if tier.max_ttl() == Some(Duration::ZERO) {
+                return Err(zero_ttl(&format!("cache.tiers[{i}].ttl")));
+            }
             builder = builder.shared_tier(tier);
         }
         Ok(builder.build())
+    }
+}
+
+/// A TTL of zero stores entries that are dead on arrival: every write
+/// would be lost without a word.
+fn zero_ttl(what: &str) -> Error {
+    Error::config(format!(
+        "{what} is 0: every entry would expire as it is written; remove it for the default, or set `enabled: false` to cache nothing"
+    ))
+    .with_operation(Operation::Build)
+}
+
+/// Refuses the cache-wide and per-source TTLs of zero (the tiers' own are
+/// checked once built, as only they know their field).
+fn check_ttls(c: &CacheConfig) -> Result<()> {
+    if c.default_ttl == Some(Duration::ZERO) {
+        return Err(zero_ttl("cache.default_ttl"));
+    }
+    match c
+        .sources
+        .iter()
+        .find(|(_, policy)| policy.ttl == Some(Duration::ZERO))
+    {
+        Some((pattern, _)) => Err(zero_ttl(&format!("cache.sources.{pattern:?}.ttl"))),
+        None => Ok(()),
     }
 }
 

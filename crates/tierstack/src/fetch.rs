@@ -112,10 +112,21 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) enum Outcome<V> {
     Cached(Option<Arc<V>>),
     Fetched(Option<Arc<V>>),
+    /// Fetched, but no tier holds it (it cannot be encoded within the
+    /// entry cap, or every tier failed to store it).
+    Unstored(Option<Arc<V>>),
     Stale(Option<Arc<V>>),
 }
 
 impl<V> Outcome<V> {
+    fn fetched(value: Option<Arc<V>>, stored: bool) -> Self {
+        if stored {
+            Self::Fetched(value)
+        } else {
+            Self::Unstored(value)
+        }
+    }
+
     /// For callers that need a value: where it came from. Never sees
     /// "not found" (such callers resolve with `negatives: false`).
     pub(crate) fn into_fetched(self, key: &Key) -> Result<Fetched<V>> {
@@ -125,7 +136,7 @@ impl<V> Outcome<V> {
         };
         match self {
             Self::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
-            Self::Fetched(v) => v.map(Fetched::Fetched).ok_or_else(missing),
+            Self::Fetched(v) | Self::Unstored(v) => v.map(Fetched::Fetched).ok_or_else(missing),
             Self::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
         }
     }
@@ -208,7 +219,9 @@ impl TieredCache {
             .resolve(key, options.into(), true, &mut None, fetch)
             .await?
         {
-            Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Stale(v) => Ok(v),
+            Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Unstored(v) | Outcome::Stale(v) => {
+                Ok(v)
+            }
         }
     }
 
@@ -251,7 +264,7 @@ impl TieredCache {
         if !self.inner.enabled {
             bump(&source.fetches);
             return match fetch().await {
-                Ok(v) => Ok(Outcome::Fetched(v.map(Arc::new))),
+                Ok(v) => Ok(Outcome::fetched(v.map(Arc::new), false)),
                 Err(e) => {
                     bump(&source.fetch_errors);
                     Err(fetch_error(key, e.into()))
@@ -320,9 +333,9 @@ impl TieredCache {
         let error = match self.within_timeouts(run, &options, stale.is_some()).await {
             Some(Ok(Ok(value))) => {
                 let value = value.map(Arc::new);
-                self.store_fetched(key, value.as_ref(), options).await;
+                let stored = self.store_fetched(key, value.as_ref(), options).await;
                 leader.publish(Ok(answer(value.as_ref(), false)));
-                return Ok(Outcome::Fetched(value));
+                return Ok(Outcome::fetched(value, stored));
             }
             Some(Ok(Err(e))) => fetch_error(key, e.into()),
             Some(Err(panic)) => {
@@ -373,25 +386,28 @@ impl TieredCache {
         }
     }
 
-    /// Writes a fetched value, or a negative entry for "not found".
+    /// Writes a fetched value, or a negative entry for "not found"; `true`
+    /// if some tier now holds it.
     pub(crate) async fn store_fetched<V: CacheValue>(
         &self,
         key: &Key,
         value: Option<&Arc<V>>,
         options: FetchOptions,
-    ) {
+    ) -> bool {
         let Some(value) = value else {
             let entry = self.negative_entry(key);
-            self.write_through(key, &entry, None, options, true).await;
-            return;
+            return self.write_through(key, &entry, None, options, true).await;
         };
         match self.encode(key, &**value) {
             Ok(entry) => {
                 let decoded = Some(Arc::clone(value) as Decoded);
                 self.write_through(key, &entry, decoded, options, false)
-                    .await;
+                    .await
             }
-            Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "fetched value not cached");
+                false
+            }
         }
     }
 }

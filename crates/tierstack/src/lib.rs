@@ -30,7 +30,7 @@ pub use stats::{CacheStats, LayerStats, SourceStats};
 pub use stats_file::{StoredCounters, StoredStats};
 pub use transfer::{
     EXPORT_FORMAT, EXPORT_VERSION, ExportHeader, ExportOptions, ExportReport, ImportOptions,
-    ImportReport, is_zstd,
+    ImportReport, Line, LineReader, is_zstd,
 };
 pub use warm::{WarmOptions, WarmReport};
 

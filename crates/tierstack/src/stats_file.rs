@@ -5,13 +5,90 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use tierstack_core::paths::{self, AtomicFile};
+
 use crate::{CacheStats, TieredCache};
+
+/// The `format` field that marks a stats file as tierstack's.
+const STATS_FORMAT: &str = "tierstack-stats";
+/// The version of the stats file this build writes.
+const STATS_VERSION: u32 = 1;
+/// What the stats file is, in refusals.
+const STATS_KIND: &str = "a tierstack stats file";
+/// Stats files are a few KiB: anything this large is not one, and is not
+/// read into memory.
+const MAX_STATS_LEN: u64 = 16 << 20;
+/// The first bytes of a lock file this crate created.
+const LOCK_MARKER: &[u8] = b"tierstack stats lock\n";
+
+/// A stats file as written: its header, then the totals.
+#[derive(Serialize)]
+struct Document<'a> {
+    format: &'static str,
+    version: u32,
+    #[serde(flatten)]
+    stats: &'a StoredStats,
+}
+
+/// The totals in `file`, or `None` when it is not a stats file: the header
+/// names the format, or (files written before the header) the object has
+/// only the totals' own fields.
+fn read_stats(file: &mut impl Read) -> std::io::Result<Option<StoredStats>> {
+    let mut bytes = Vec::new();
+    file.take(MAX_STATS_LEN + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATS_LEN {
+        return Ok(None);
+    }
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(&bytes) else {
+        return Ok(None);
+    };
+    let ours = match fields.get("format") {
+        Some(format) => format == STATS_FORMAT,
+        None => {
+            !fields.is_empty()
+                && fields
+                    .keys()
+                    .all(|k| matches!(k.as_str(), "since" | "tiers" | "sources"))
+        }
+    };
+    if !ours {
+        return Ok(None);
+    }
+    Ok(serde_json::from_value(serde_json::Value::Object(fields)).ok())
+}
+
+fn is_stats_file(file: &mut fs::File) -> bool {
+    matches!(read_stats(file), Ok(Some(_)))
+}
+
+fn is_lock_file(file: &mut fs::File) -> bool {
+    let mut head = Vec::new();
+    file.take(LOCK_MARKER.len() as u64)
+        .read_to_end(&mut head)
+        .is_ok()
+        && head == LOCK_MARKER
+}
+
+/// Refuses a stats file path that holds something else (a store, a
+/// device, a directory), before the cache is built on it.
+pub(crate) fn check_path(path: &Path) -> tierstack_core::Result<()> {
+    paths::check_replaceable(path, STATS_KIND, is_stats_file).map(|_| ())
+}
+
+fn to_io(error: tierstack_core::Error) -> std::io::Error {
+    let kind = match error.kind() {
+        tierstack_core::ErrorKind::Config => std::io::ErrorKind::InvalidInput,
+        tierstack_core::ErrorKind::PermissionDenied => std::io::ErrorKind::PermissionDenied,
+        _ => std::io::ErrorKind::Other,
+    };
+    std::io::Error::new(kind, error)
+}
 
 /// Counts kept for one tier or one source.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,14 +165,20 @@ pub struct StoredStats {
 }
 
 impl StoredStats {
-    /// Reads a stats file; a missing file is empty totals.
+    /// Reads a stats file; a missing file is empty totals. A file that is
+    /// not a stats file (a database, say) is an `InvalidData` error.
     pub fn load(path: &Path) -> std::io::Result<Self> {
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e),
-        }
+        let mut file = match fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e),
+        };
+        read_stats(&mut file)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a tierstack stats file", path.display()),
+            )
+        })
     }
 
     fn from_cache(stats: &CacheStats) -> Self {
@@ -171,23 +254,31 @@ struct Lock(PathBuf);
 
 impl Lock {
     fn take(file: &Path) -> std::io::Result<Self> {
-        let path = file.with_extension("lock");
+        let mut name = file.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(_) => return Ok(Self(path)),
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(&path) {
+                Ok(mut lock) => {
+                    lock.write_all(LOCK_MARKER)?;
+                    return Ok(Self(path));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    // A lock left by a killed process is taken over.
+                    // A lock left by a killed process is taken over; a
+                    // file of that name that is not a lock is left alone.
                     let stale = fs::metadata(&path)
                         .and_then(|m| m.modified())
                         .ok()
                         .and_then(|t| SystemTime::now().duration_since(t).ok())
                         .is_some_and(|age| age > Duration::from_secs(10));
                     if stale {
+                        paths::check_replaceable(&path, "a tierstack lock file", is_lock_file)
+                            .map_err(to_io)?;
                         let _ = fs::remove_file(&path);
                     } else if Instant::now() > deadline {
                         return Err(std::io::Error::new(
@@ -211,29 +302,31 @@ impl Drop for Lock {
 }
 
 /// Adds `delta` to the file at `path` (created with its directory if
-/// missing), replacing it atomically.
+/// missing), replacing it atomically. A file that is not a stats file is
+/// refused, never replaced.
 fn merge(path: &Path, delta: &StoredStats) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
-            fs::create_dir_all(dir)?;
+            paths::create_private_dir(dir).map_err(to_io)?;
         }
     }
+    // Before the lock, so that a refused path gets no lock file either.
+    check_path(path).map_err(to_io)?;
     let _lock = Lock::take(path)?;
-    let mut totals = match StoredStats::load(path) {
-        Ok(totals) => totals,
-        // A damaged file starts over rather than blocking every process.
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => StoredStats::default(),
-        Err(e) => return Err(e),
-    };
+    let mut totals = StoredStats::load(path)?;
     if totals.since.is_empty() {
         totals.since = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     }
     totals.add(delta);
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(&totals).map_err(std::io::Error::other)?)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
+    let document = Document {
+        format: STATS_FORMAT,
+        version: STATS_VERSION,
+        stats: &totals,
+    };
+    let mut file = AtomicFile::create(path, STATS_KIND, is_stats_file).map_err(to_io)?;
+    file.file()
+        .write_all(&serde_json::to_vec_pretty(&document).map_err(std::io::Error::other)?)?;
+    file.commit().map_err(to_io)
 }
 
 /// Where a cache writes its counters, and what it has written so far.

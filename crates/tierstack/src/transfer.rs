@@ -28,7 +28,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek as _, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +36,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
+use tierstack_core::envelope::HEADER_LEN;
+use tierstack_core::key::MAX_KEY_LEN;
+use tierstack_core::paths::AtomicFile;
 use tierstack_core::{
     Bytes, Entry, Error, ErrorKind, Key, Operation, Result, ScanCursor, Timestamp,
 };
@@ -157,6 +160,141 @@ fn file_error(message: impl Into<String>, error: std::io::Error) -> Error {
     Error::new(kind, message.into()).with_source(error)
 }
 
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The longest first line read when telling an export from other files.
+const MAX_HEADER_LINE: u64 = 64 * 1024;
+
+impl ExportHeader {
+    /// Reads the header from the first line of `input`, reading at most
+    /// 64 KiB; `None` when the stream does not start like an export.
+    pub fn read(input: impl Read) -> Option<Self> {
+        let mut first = Vec::new();
+        BufReader::new(input.take(MAX_HEADER_LINE))
+            .read_until(b'\n', &mut first)
+            .ok()?;
+        serde_json::from_slice::<Self>(first.trim_ascii_end())
+            .ok()
+            .filter(|h| h.format == EXPORT_FORMAT)
+    }
+}
+
+/// Whether an existing file is an export, plain or zstd-compressed
+/// (whatever its name), and so may be replaced by one.
+fn is_export_file(file: &mut File) -> bool {
+    let mut magic = [0u8; 4];
+    let compressed = file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC;
+    if file.rewind().is_err() {
+        return false;
+    }
+    if compressed {
+        zstd::Decoder::new(file)
+            .ok()
+            .and_then(ExportHeader::read)
+            .is_some()
+    } else {
+        ExportHeader::read(file).is_some()
+    }
+}
+
+/// One line of a [`LineReader`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// The line's bytes, without its `\n`.
+    Text(&'a [u8]),
+    /// The line was longer than the reader's maximum; it was skipped.
+    TooLong,
+}
+
+/// Reads lines of at most a given length from a stream, never holding more
+/// than that: a longer line is reported as [`Line::TooLong`] as soon as it
+/// passes the limit, and the next read first skips the rest of it without
+/// keeping it. A stream without newlines (`/dev/zero`, a small `.zst` that
+/// inflates to gigabytes) costs time, never memory.
+#[derive(Debug)]
+pub struct LineReader<R> {
+    input: R,
+    line: Vec<u8>,
+    max_len: usize,
+    /// The last line was too long and its rest is still to be skipped.
+    skipping: bool,
+}
+
+impl<R: BufRead> LineReader<R> {
+    /// Reads `input`, keeping lines of at most `max_len` bytes.
+    pub fn new(input: R, max_len: usize) -> Self {
+        Self {
+            input,
+            line: Vec::new(),
+            max_len,
+            skipping: false,
+        }
+    }
+
+    /// The longest line kept.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Keeps lines of at most `max_len` bytes from the next one on (a
+    /// stream's header may have a tighter limit than its records).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len;
+    }
+
+    /// The stream, positioned after the last line read (or inside the last
+    /// one, when it was too long).
+    pub fn into_inner(self) -> R {
+        self.input
+    }
+
+    /// The next line and the bytes read from the stream for it (its newline
+    /// and the skipped rest of a previous line too long included); `None` at
+    /// the end of the stream.
+    pub fn next_line(&mut self) -> std::io::Result<Option<(Line<'_>, u64)>> {
+        self.line.clear();
+        let mut consumed = 0_u64;
+        let mut started = false;
+        loop {
+            let available = match self.input.fill_buf() {
+                Ok(available) => available,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if available.is_empty() {
+                return Ok(started.then_some((Line::Text(&self.line), consumed)));
+            }
+            let newline = available.iter().position(|&b| b == b'\n');
+            if self.skipping {
+                let used = newline.map_or(available.len(), |end| end + 1);
+                self.input.consume(used);
+                consumed += used as u64;
+                self.skipping = newline.is_none();
+                continue;
+            }
+            started = true;
+            let chunk = &available[..newline.unwrap_or(available.len())];
+            let room = self.max_len - self.line.len();
+            if chunk.len() > room {
+                self.line.clear();
+                // The newline, if it is in sight, ends the line right here.
+                let used = newline.map_or(available.len(), |end| end + 1);
+                self.input.consume(used);
+                consumed += used as u64;
+                self.skipping = newline.is_none();
+                return Ok(Some((Line::TooLong, consumed)));
+            }
+            self.line.extend_from_slice(chunk);
+            let used = newline.map_or(available.len(), |end| end + 1);
+            self.input.consume(used);
+            consumed += used as u64;
+            if newline.is_some() {
+                return Ok(Some((Line::Text(&self.line), consumed)));
+            }
+        }
+    }
+}
+
 /// Whether `path` names a zstd-compressed export (`.zst`), as
 /// [`TieredCache::export_file`] and [`TieredCache::import_file`] decide.
 pub fn is_zstd(path: &Path) -> bool {
@@ -230,8 +368,11 @@ impl TieredCache {
     }
 
     /// Exports to a file; a name ending in `.zst` compresses it. The file is
-    /// written next to its final name and renamed when complete, so an
-    /// interrupted export never leaves a truncated file behind.
+    /// written under a fresh temporary name beside it (mode 0600) and renamed
+    /// when complete, so an interrupted export never leaves a truncated file
+    /// behind. An existing `path` is only replaced when it is an export
+    /// (plain or compressed) or empty: a store, any other file, a symbolic
+    /// link, a device, a FIFO or a directory is refused and left untouched.
     pub async fn export_file(
         &self,
         path: impl AsRef<Path>,
@@ -241,73 +382,63 @@ impl TieredCache {
         let path = path.as_ref();
         let io =
             |e: std::io::Error, what: &str| file_error(format!("{what} {}", path.display()), e);
-        let partial = path.with_file_name(format!(
-            ".{}.partial",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("export")
-        ));
-        let file = File::create(&partial).map_err(|e| io(e, "cannot create"))?;
-        let result = if is_zstd(path) {
-            let mut encoder = zstd::Encoder::new(file, 3).map_err(|e| io(e, "cannot compress"))?;
-            let report = self.export(&mut encoder, options, progress).await;
-            let finished = encoder.finish().map_err(|e| io(e, "cannot write"));
-            report.and_then(|r| {
-                finished
-                    .and_then(|f| f.sync_all().map_err(|e| io(e, "cannot write")))
-                    .map(|()| r)
-            })
+        let mut file = AtomicFile::create(path, "a tierstack export", is_export_file)?;
+        let report = if is_zstd(path) {
+            let mut encoder =
+                zstd::Encoder::new(file.file(), 3).map_err(|e| io(e, "cannot compress"))?;
+            let report = self.export(&mut encoder, options, progress).await?;
+            encoder.finish().map_err(|e| io(e, "cannot write"))?;
+            report
         } else {
-            let mut file = file;
-            let report = self.export(&mut file, options, progress).await;
-            report.and_then(|r| {
-                file.sync_all()
-                    .map_err(|e| io(e, "cannot write"))
-                    .map(|()| r)
-            })
+            self.export(file.file(), options, progress).await?
         };
-        match result {
-            Ok(report) => match std::fs::rename(&partial, path) {
-                Ok(()) => Ok(report),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
-                    Err(io(e, "cannot write"))
-                }
-            },
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                Err(e)
-            }
-        }
+        // Dropped unrenamed on any error above, which removes it.
+        file.commit()?;
+        Ok(report)
     }
 
     /// Reads an export stream and stores its fresh records in every tier,
     /// each keeping its own expiry (capped by each tier's TTL). Malformed
-    /// lines are counted and skipped; a stream of another format, a newer
-    /// version or another schema version is refused before anything is
-    /// written. `progress` is called after each batch.
+    /// lines (bad JSON, not UTF-8, longer than any valid record can be) are
+    /// counted and skipped without being held in memory; a stream of another
+    /// format, a newer version or another schema version is refused before
+    /// anything is written, and so is any import into a disabled cache.
+    /// `progress` is called after each batch.
     pub async fn import(
         &self,
         input: impl Read,
         options: ImportOptions,
         mut progress: impl FnMut(&ImportReport),
     ) -> Result<ImportReport> {
-        let mut input = BufReader::new(input);
         let mut report = ImportReport::default();
-        let mut line = String::new();
-        let refuse = |message: String| {
-            Error::new(ErrorKind::Config, message).with_operation(Operation::SetMany)
-        };
-        let read = |input: &mut BufReader<_>, line: &mut String| {
-            line.clear();
-            input
-                .read_line(line)
-                .map_err(|e| file_error("cannot read the import stream", e))
-        };
-        report.bytes_read += read(&mut input, &mut line)? as u64;
-        let header: ExportHeader = serde_json::from_str(line.trim_end()).map_err(|e| {
+        let refuse = |message: String| Error::new(ErrorKind::Config, message);
+        if !self.is_enabled() {
+            return Err(refuse(
+                "caching is disabled (enabled: false): nothing would be stored, so nothing was imported"
+                    .to_owned(),
+            ));
+        }
+        let cannot_read = |e| file_error("cannot read the import stream", e);
+        let mut lines = LineReader::new(BufReader::new(input), MAX_HEADER_LINE as usize);
+        // A stream that cannot even be read up to its first newline (not
+        // zstd after all, say) is not an export: the caller's mistake.
+        let first = lines.next_line().map_err(|e| {
             refuse(format!(
-                "not a tierstack export: the first line is not its header ({e})"
+                "not a tierstack export: cannot read its first line ({e})"
+            ))
+        })?;
+        let header = match first {
+            Some((Line::Text(text), n)) => {
+                report.bytes_read += n;
+                serde_json::from_slice::<ExportHeader>(text.trim_ascii_end())
+                    .map_err(|e| e.to_string())
+            }
+            Some((Line::TooLong, _)) => Err("it is longer than any header".to_owned()),
+            None => Err("the stream is empty".to_owned()),
+        }
+        .map_err(|why| {
+            refuse(format!(
+                "not a tierstack export: the first line is not its header ({why})"
             ))
         })?;
         if header.format != EXPORT_FORMAT {
@@ -329,19 +460,23 @@ impl TieredCache {
                 self.schema_version()
             )));
         }
+        lines.set_max_len(self.max_record_len());
         let mut batch = Vec::with_capacity(IMPORT_BATCH);
         let mut number = 1_u64;
-        loop {
-            let n = read(&mut input, &mut line)?;
-            if n == 0 {
-                break;
-            }
+        while let Some((line, n)) = lines.next_line().map_err(cannot_read)? {
             number += 1;
-            report.bytes_read += n as u64;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match self.parse_record(line.trim_end()) {
+            report.bytes_read += n;
+            let parsed = match line {
+                Line::Text(text) if text.trim_ascii().is_empty() => continue,
+                Line::Text(text) => std::str::from_utf8(text)
+                    .map_err(|e| format!("not UTF-8 ({e})"))
+                    .and_then(|text| self.parse_record(text.trim_end())),
+                Line::TooLong => Err(format!(
+                    "longer than {} bytes, the most a record of this cache can take",
+                    lines.max_len()
+                )),
+            };
+            match parsed {
                 Ok((key, entry)) => {
                     if entry.header.is_fresh(Timestamp::now()) {
                         batch.push((key, entry));
@@ -366,8 +501,16 @@ impl TieredCache {
         Ok(report)
     }
 
-    /// Imports a file written by [`TieredCache::export_file`] (`.zst`
-    /// decompressed on the fly).
+    /// The longest line a valid record can take: the largest entry this
+    /// cache accepts, in base64, plus the longest key and the JSON around.
+    fn max_record_len(&self) -> usize {
+        let entry = u64::from(self.inner.limits.max_raw_len) + HEADER_LEN as u64;
+        let line = entry.div_ceil(3) * 4 + (MAX_KEY_LEN as u64) * 6 + 1024;
+        usize::try_from(line).unwrap_or(usize::MAX)
+    }
+
+    /// Imports a file written by [`TieredCache::export_file`]; a
+    /// zstd-compressed one (whatever its name) is decompressed on the fly.
     pub async fn import_file(
         &self,
         path: impl AsRef<Path>,
@@ -377,8 +520,12 @@ impl TieredCache {
         let path = path.as_ref();
         let file = File::open(path)
             .map_err(|e| file_error(format!("cannot open {}", path.display()), e))?;
-        if is_zstd(path) {
-            let decoder = zstd::Decoder::new(file)
+        let mut file = BufReader::new(file);
+        let head = file
+            .fill_buf()
+            .map_err(|e| file_error(format!("cannot read {}", path.display()), e))?;
+        if head.starts_with(&ZSTD_MAGIC) {
+            let decoder = zstd::Decoder::with_buffer(file)
                 .map_err(|e| file_error(format!("cannot decompress {}", path.display()), e))?;
             self.import(decoder, options, progress).await
         } else {
@@ -501,4 +648,48 @@ impl TieredCache {
 fn write_json_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<Option<Vec<u8>>> {
+        let mut reader = LineReader::new(input, max);
+        let mut out = Vec::new();
+        while let Some((line, _)) = reader.next_line().unwrap() {
+            out.push(match line {
+                Line::Text(text) => Some(text.to_vec()),
+                Line::TooLong => None,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn long_lines_are_reported_and_skipped_and_short_ones_kept() {
+        let got = lines(b"ab\nabcdef\n\nxyz", 3);
+        let want: Vec<Option<Vec<u8>>> = vec![
+            Some(b"ab".to_vec()),
+            None,
+            Some(Vec::new()),
+            Some(b"xyz".to_vec()),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(lines(b"abcdef", 3), vec![None]);
+        assert_eq!(lines(b"abc\n", 3), vec![Some(b"abc".to_vec())]);
+        assert!(lines(b"", 3).is_empty());
+        // A long line that straddles buffer refills is skipped as a whole.
+        let mut long = vec![b'x'; 100_000];
+        long.extend_from_slice(b"\nok\n");
+        let reader = BufReader::with_capacity(7, &long[..]);
+        let mut reader = LineReader::new(reader, 10);
+        assert_eq!(
+            reader.next_line().unwrap().map(|(l, _)| l),
+            Some(Line::TooLong)
+        );
+        let (line, consumed) = reader.next_line().unwrap().unwrap();
+        assert_eq!(line, Line::Text(b"ok"));
+        assert_eq!(consumed, 100_000 + 4 - 14);
+    }
 }

@@ -64,6 +64,10 @@ pub struct WarmReport {
     pub not_found: u64,
     /// Keys whose fetch failed (nothing cached).
     pub failed: u64,
+    /// Keys fetched whose value no tier stored: it cannot be encoded within
+    /// the entry cap ([`TieredCache::max_value_len`]), or every tier failed
+    /// to write it. Not counted in `fetched`.
+    pub not_stored: u64,
 }
 
 #[derive(Default)]
@@ -73,6 +77,7 @@ struct Counts {
     fetched: AtomicU64,
     not_found: AtomicU64,
     failed: AtomicU64,
+    not_stored: AtomicU64,
 }
 
 impl Counts {
@@ -83,6 +88,7 @@ impl Counts {
             fetched: self.fetched.load(Ordering::Relaxed),
             not_found: self.not_found.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            not_stored: self.not_stored.load(Ordering::Relaxed),
         }
     }
 }
@@ -130,6 +136,7 @@ impl TieredCache {
                         Ok(Outcome::Cached(_)) => &counts.fresh,
                         Ok(Outcome::Fetched(Some(_))) => &counts.fetched,
                         Ok(Outcome::Fetched(None)) => &counts.not_found,
+                        Ok(Outcome::Unstored(_)) => &counts.not_stored,
                         Ok(Outcome::Stale(_)) | Err(_) => &counts.failed,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);

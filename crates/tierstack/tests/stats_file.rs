@@ -65,20 +65,44 @@ async fn concurrent_processes_lose_no_counts() {
     }
     let stored = StoredStats::load(&path).unwrap();
     assert_eq!(stored.tiers["memory"].misses, 160);
-    assert!(!dir.path().join("stats.lock").exists());
+    assert!(!dir.path().join("stats.json.lock").exists());
 }
 
 #[tokio::test]
-async fn a_damaged_stats_file_starts_over_instead_of_failing() {
+async fn a_file_that_is_not_a_stats_file_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stats.json");
-    std::fs::write(&path, b"{ not json").unwrap();
-    assert!(StoredStats::load(&path).is_err());
+    // Damaged JSON, someone else's JSON, a database: none of them is
+    // replaced by counters (a damaged file is the user's to look at).
+    let cases: [&[u8]; 3] = [
+        b"{ not json",
+        b"{\"settings\": {\"theme\": \"dark\"}}",
+        b"SQLite format 3\0 and pages",
+    ];
+    for bytes in cases {
+        std::fs::write(&path, bytes).unwrap();
+        assert!(StoredStats::load(&path).is_err());
+        let c = cache(&path);
+        let _ = c.get::<u32>(&key(1)).await;
+        let error = c.flush_stats().unwrap_err();
+        assert!(error.to_string().contains("refusing"), "{error}");
+        drop(c);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert!(!dir.path().join("stats.json.lock").exists());
+    }
+    // A file written before stats files had a header is still read and kept.
+    std::fs::write(
+        &path,
+        br#"{"since":"2026-01-01T00:00:00Z","tiers":{"memory":{"misses":4}}}"#,
+    )
+    .unwrap();
     {
         let c = cache(&path);
         let _ = c.get::<u32>(&key(1)).await;
     }
-    assert_eq!(StoredStats::load(&path).unwrap().tiers["memory"].misses, 1);
+    let stored = StoredStats::load(&path).unwrap();
+    assert_eq!(stored.tiers["memory"].misses, 5);
+    assert_eq!(stored.since, "2026-01-01T00:00:00Z");
     // Without a stats file nothing is written anywhere.
     let plain = TieredCache::builder()
         .tier(MemoryTier::new(&MemoryConfig::with_max_entries(10)).unwrap())

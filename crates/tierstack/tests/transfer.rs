@@ -363,3 +363,39 @@ async fn an_interrupted_export_leaves_no_file() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[tokio::test]
+async fn export_file_replaces_an_export_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = sqlite_cache(dir.path(), 1).await;
+    cache.set(&book(1), 1_u32, Ttl::TierDefault).await.unwrap();
+    let options = ExportOptions::default();
+    // The cache's own database, a redb file, someone's notes, a directory.
+    let db = dir.path().join("src.db");
+    let redb = dir.path().join("dst.redb");
+    drop(redb_cache(dir.path()).await);
+    let notes = dir.path().join("notes.jsonl");
+    std::fs::write(&notes, "mine\n").unwrap();
+    let sub = dir.path().join("sub.jsonl");
+    std::fs::create_dir(&sub).unwrap();
+    for target in [&db, &redb, &notes, &sub] {
+        let before = std::fs::read(target).ok();
+        let error = cache
+            .export_file(target, &options, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), tierstack::ErrorKind::Config, "{error}");
+        assert!(error.to_string().contains("refusing"), "{error}");
+        assert_eq!(std::fs::read(target).ok(), before, "{}", target.display());
+    }
+    // An earlier export, plain or compressed, is replaced.
+    for name in ["e.jsonl", "e.jsonl.zst"] {
+        let path = dir.path().join(name);
+        for _ in 0..2 {
+            let report = cache.export_file(&path, &options, |_| {}).await.unwrap();
+            assert_eq!(report.exported, 1);
+        }
+    }
+    // The database still holds its entry.
+    assert_eq!(cache.get::<u32>(&book(1)).await.as_deref(), Some(&1));
+}

@@ -84,16 +84,37 @@ impl Sandbox {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tierstack"));
+        command.args(args);
+        self.sandboxed(command)
+    }
+
+    /// Runs with at most `memory_kib` of address space (`ulimit -v`) and for
+    /// at most `seconds` (then killed: exit 124), so that a run that would
+    /// hold a whole stream in memory or never end fails the test instead of
+    /// the machine.
+    pub fn run_limited(&self, args: &[&str], memory_kib: u64, seconds: u64) -> Run {
+        let mut command = Command::new("/bin/sh");
         command
-            .args(args)
+            .arg("-c")
+            .arg(r#"ulimit -v "$1" || exit 99; t="$2"; shift 2; exec timeout "$t" "$@""#)
+            .arg("sh")
+            .arg(memory_kib.to_string())
+            .arg(seconds.to_string())
+            .arg(env!("CARGO_BIN_EXE_tierstack"))
+            .args(args);
+        Run::from(&self.sandboxed(command).output().unwrap())
+    }
+
+    fn sandboxed(&self, mut command: Command) -> Command {
+        command
             .current_dir(self.work())
             .env("HOME", self.path("home"))
             .env("XDG_CACHE_HOME", self.path("cache"))
             .env("XDG_CONFIG_HOME", self.path("config"))
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null());
-        for (name, _) in std::env::vars() {
-            if name.starts_with("TIERSTACK_") {
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TIERSTACK_") {
                 command.env_remove(name);
             }
         }
@@ -127,10 +148,99 @@ impl Sandbox {
     }
 }
 
+/// How a standard stream of a run is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// Not open at all, as under `cmd >&-`.
+    Closed,
+    /// `/dev/full`: every write fails with "no space left".
+    Full,
+    /// A pipe whose reader has exited: every write fails with EPIPE.
+    Pipe,
+}
+
+/// A pipe nobody reads any more: the stdin of a `true` that has exited.
+fn dead_pipe() -> Stdio {
+    let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+    let writer = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    Stdio::from(writer)
+}
+
+/// Runs the binary with exactly `env` (nothing inherited), in `cwd`, with
+/// stdout and stderr broken as asked (`None`: captured). It runs through
+/// `sh`, whose redirections close a descriptor or open `/dev/full` before
+/// `exec`, so no unsafe code is needed here.
+pub fn run_bare(
+    args: &[&std::ffi::OsStr],
+    env: &[(&std::ffi::OsStr, &std::ffi::OsStr)],
+    cwd: &Path,
+    stdout: Option<Broken>,
+    stderr: Option<Broken>,
+) -> Run {
+    let redirect = |fd: &str, how: Option<Broken>| match how {
+        Some(Broken::Closed) => format!(" {fd}>&-"),
+        Some(Broken::Full) => format!(" {fd}>/dev/full"),
+        None | Some(Broken::Pipe) => String::new(),
+    };
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "exec \"$0\" \"$@\"{}{}",
+            redirect("1", stdout),
+            redirect("2", stderr)
+        ))
+        .arg(env!("CARGO_BIN_EXE_tierstack"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if stdout == Some(Broken::Pipe) {
+        command.stdout(dead_pipe());
+    }
+    if stderr == Some(Broken::Pipe) {
+        command.stderr(dead_pipe());
+    }
+    Run::from(&command.output().unwrap())
+}
+
 /// A config file of memory over `kind` at `path`.
 pub fn stack_config(kind: &str, path: &Path) -> String {
     format!(
         "cache:\n  tiers:\n    - kind: memory\n      ttl: 1h\n    - kind: {kind}\n      path: \"{}\"\n      ttl: 7d\n",
         path.display()
     )
+}
+
+/// The bytes of every regular file under `dir` (the target of every
+/// symbolic link, the kind of every other entry), to compare before and
+/// after a run that must leave it alone.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let kind = format!("{:?}", meta.file_type());
+            let bytes = if meta.is_dir() {
+                dirs.push(path.clone());
+                Vec::new()
+            } else if meta.is_file() {
+                std::fs::read(&path).unwrap()
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                target.to_string_lossy().into_owned().into_bytes()
+            } else {
+                Vec::new()
+            };
+            out.push((path, kind, bytes));
+        }
+    }
+    out.sort();
+    out
 }
