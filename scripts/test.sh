@@ -6,17 +6,18 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "redis-server and redis-cli (the Redis tier's tests start their own servers)"
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+step "redis-server and redis-cli (the Redis tier's tests start their own servers), python3 (the SQLite readers' checks)"
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
+    || ! command -v python3 >/dev/null 2>&1; then
     sudo=""
     if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
     if command -v apt-get >/dev/null 2>&1; then
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server python3
     elif command -v brew >/dev/null 2>&1; then
-        brew install redis
+        brew install redis python3
     else
-        echo "install redis-server and redis-cli, then run this again" >&2
+        echo "install redis-server, redis-cli and python3, then run this again" >&2
         exit 1
     fi
 fi
@@ -33,3 +34,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quie
 
 step "cargo test (all features)"
 cargo test --workspace --all-features
+
+step "the previous release and this one on the same SQLite file, exports and Redis server (scripts/compat.sh)"
+bash scripts/compat.sh
