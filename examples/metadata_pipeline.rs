@@ -309,7 +309,7 @@ async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> 
         let (http, base, throttled) = (http.clone(), base.to_owned(), Arc::clone(&throttled));
         cache.cached_fn(
             |n: &u64| Key::new("audnexus:search", [("q", format!("Title {n}"))]),
-            move |n: u64| {
+            move |n: u64, _| {
                 let (http, throttled) = (http.clone(), Arc::clone(&throttled));
                 let url = format!("{base}/search?q=Title%20{n}");
                 async move {
@@ -327,7 +327,7 @@ async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> 
                 [("path", format!("/audiobooks/genre{}/Title {n}", n % 7))],
             )
         },
-        |n: u64| async move {
+        |n: u64, _| async move {
             Ok::<_, ApiError>(PathInfo {
                 genre: format!("genre{}", n % 7),
                 title: format!("Title {n}"),
@@ -356,7 +356,7 @@ async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> 
             .get_or_fetch_many::<Book, _, _, _>(
                 &keys,
                 FetchOptions::default(),
-                |missing: Vec<Key>| {
+                |missing: Vec<Key>, _| {
                     let (http, throttled) = (http.clone(), Arc::clone(&throttled));
                     async move {
                         let mut answers = Vec::with_capacity(missing.len());

@@ -88,7 +88,7 @@ async fn tier_views(cache: &TieredCache) -> Vec<TierView> {
                 entries: 0,
                 bytes: 0,
                 health,
-                error: Some(e.to_string()),
+                error: Some(e.report().to_string()),
             },
         })
         .collect()
@@ -106,7 +106,7 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
         }
         match scan_sources(tier.as_ref(), &bar).await {
             Ok(found) => sources.extend(found),
-            Err(e) => problems.push(format!("{}: {e}", tier.name())),
+            Err(e) => problems.push(format!("{}: {}", tier.name(), e.report())),
         }
     }
     bar.finish_and_clear();
@@ -368,7 +368,7 @@ where
     for tier in tiers {
         match remove(Arc::clone(tier)).await {
             Ok(n) => removed.push((tier.name().to_owned(), n)),
-            Err(e) => failures.push(format!("{}: {e}", tier.name())),
+            Err(e) => failures.push(format!("{}: {}", tier.name(), e.report())),
         }
         bar.inc(1);
     }

@@ -25,7 +25,7 @@ pub use config::{BuildContext, TierConfig};
 pub use envelope::{
     DecodeError, DecodeLimits, Decoded, EncodeError, Entry, EntryFlags, EntryMeta, Header,
 };
-pub use error::{Error, ErrorKind, Operation, Result};
+pub use error::{Error, ErrorKind, Operation, Report, Result};
 pub use key::{Key, KeyBuilder, KeyError, ParamValue};
 pub use registry::{BackendDescriptor, backend, backends};
 pub use tier::{Capabilities, ClearScope, Health, ScanCursor, ScanPage, Tier, TierSize, TierStats};

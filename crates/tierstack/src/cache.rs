@@ -279,7 +279,7 @@ impl TieredCache {
                 Ok(v) => out.push(v),
                 Err(e) => {
                     bump(&layer.counters.errors);
-                    tracing::warn!(tier = %layer.name, op = op.name(), error = %e, "tier failed");
+                    tracing::warn!(tier = %layer.name, op = op.name(), error = %e.report(), "tier failed");
                     first.get_or_insert(tier_error(e, &layer.name, op));
                 }
             }
@@ -404,7 +404,7 @@ impl TieredCache {
             }
             Err(e) => {
                 bump(&layer.counters.write_errors);
-                tracing::warn!(tier = %layer.name, key = %key, error = %e, "write skipped");
+                tracing::warn!(tier = %layer.name, key = %key, error = %e.report(), "write skipped");
             }
         }
     }
@@ -437,12 +437,12 @@ impl TieredCache {
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
                     bump(&layer.counters.decode_failures);
                     bump(&layer.counters.misses);
-                    tracing::debug!(tier = %layer.name, key = %key, error = %e, "undecodable entry");
+                    tracing::debug!(tier = %layer.name, key = %key, error = %e.report(), "undecodable entry");
                     continue;
                 }
                 Err(e) => {
                     bump(&layer.counters.errors);
-                    tracing::warn!(tier = %layer.name, key = %key, error = %e, "tier skipped");
+                    tracing::warn!(tier = %layer.name, key = %key, error = %e.report(), "tier skipped");
                     continue;
                 }
             };
@@ -583,7 +583,7 @@ impl TieredCache {
         if let DecodeError::SchemaMismatch { found, expected } = error {
             if found < expected {
                 if let Err(e) = layer.tier.delete(key).await {
-                    tracing::debug!(tier = %layer.name, key = %key, error = %e, "could not delete outdated entry");
+                    tracing::debug!(tier = %layer.name, key = %key, error = %e.report(), "could not delete outdated entry");
                 }
             }
         }

@@ -513,7 +513,7 @@ impl TieredCache {
                     // The kind is kept: a read-only directory is not a
                     // config mistake, and the CLI's exit code tells them apart.
                     built.push(tier.build(&ctx).await.map_err(|e| {
-                        Error::new(e.kind(), format!("cache.tiers[{i}]: {e}"))
+                        Error::new(e.kind(), format!("cache.tiers[{i}]: {}", e.report()))
                             .with_operation(Operation::Build)
                     })?);
                 }
