@@ -23,7 +23,7 @@ pub use config_file::{
     CACHE_FIELDS, CacheConfig, CompressionChoice, Config, ConfigOrigin, EMBEDDED_DEFAULT,
     SourceConfig,
 };
-pub use fetch::{FetchOptions, Fetched};
+pub use fetch::{BatchContext, FetchContext, FetchOptions, Fetched};
 pub use invalidation::BackplaneStats;
 pub use policy::SourcePolicy;
 pub use stats::{CacheStats, LayerStats, SourceStats};
