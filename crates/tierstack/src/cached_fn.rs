@@ -18,7 +18,7 @@
 //!         |(q, author): &(String, Option<String>)| {
 //!             Key::new("audnexus:search", [("q", Some(q.as_str())), ("author", author.as_deref())])
 //!         },
-//!         |(q, author): (String, Option<String>)| search_books(q, author),
+//!         |(q, author): (String, Option<String>), _| search_books(q, author),
 //!     )
 //!     .ttl(Duration::from_secs(3600));
 //!

@@ -36,6 +36,40 @@ pub use warm::{WarmOptions, WarmReport};
 
 pub use tierstack_core::*;
 
+/// The Rust snippets of the repository's README and `docs/` pages, compiled
+/// and run by `cargo test --doc`, so a page cannot show code that no longer
+/// builds. Snippets that are not Rust carry a `text`, `sh`, `yaml`, `toml` or
+/// `json` fence.
+#[cfg(doctest)]
+mod docs {
+    #[doc = include_str!("../../../README.md")]
+    mod readme {}
+    #[doc = include_str!("../../../docs/guide.md")]
+    mod guide {}
+    #[doc = include_str!("../../../docs/architecture.md")]
+    mod architecture {}
+    #[doc = include_str!("../../../docs/configuration.md")]
+    mod configuration {}
+    #[doc = include_str!("../../../docs/cli.md")]
+    mod cli {}
+    #[doc = include_str!("../../../docs/entry-format.md")]
+    mod entry_format {}
+    #[doc = include_str!("../../../docs/benchmarks.md")]
+    mod benchmarks {}
+    #[doc = include_str!("../../../docs/backends/README.md")]
+    mod backends {}
+    #[doc = include_str!("../../../docs/backends/sqlite.md")]
+    mod sqlite {}
+    #[doc = include_str!("../../../docs/backends/redb.md")]
+    mod redb {}
+    #[doc = include_str!("../../../docs/backends/sled.md")]
+    mod sled {}
+    #[doc = include_str!("../../../docs/backends/redis.md")]
+    mod redis {}
+    #[doc = include_str!("../../../docs/decisions/0008-fetch-closure.md")]
+    mod decision_0008 {}
+}
+
 /// The in-process memory tier (feature `memory`).
 #[cfg(feature = "memory")]
 pub use tierstack_memory as memory;
