@@ -10,7 +10,7 @@ use tracing::Instrument as _;
 
 use crate::cache::{CacheValue, Lookup, TieredCache};
 use crate::fetch::{BatchContext, BoxError, FetchOptions};
-use crate::stats::{add, bump};
+use crate::stats::{Tally, add, bump};
 
 impl TieredCache {
     /// Looks up many keys with one batched read per tier, then calls
@@ -81,7 +81,10 @@ impl TieredCache {
             };
             let mut still = Vec::with_capacity(pending.len());
             for (key, entry) in pending.into_iter().zip(found) {
-                match self.classify::<V>(layer, index, &key, entry, now).await {
+                match self
+                    .classify::<V>(layer, index, &key, entry, now, Tally::Count)
+                    .await
+                {
                     Some(Lookup::Found(v, _)) => {
                         answers.insert(key, Some(v));
                     }

@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 use crate::fetch::FetchOptions;
 use crate::flight::Flights;
 use crate::policy::{Policies, SourcePolicy};
-use crate::stats::{CacheStats, LayerCounters, LayerStats, Sources, add, bump};
+use crate::stats::{CacheStats, LayerCounters, LayerStats, Sources, Tally, add, bump};
 
 /// How long a written entry stays fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -410,7 +410,7 @@ impl TieredCache {
     }
 
     pub(crate) async fn lookup<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
-        let found = self.lookup_quietly(key).await;
+        let found = self.look_through(key, Tally::Count).await;
         self.inner.sources.with(key.source(), |source| match found {
             Lookup::Found(..) => bump(&source.hits),
             Lookup::Absent => bump(&source.negative_hits),
@@ -419,8 +419,9 @@ impl TieredCache {
         found
     }
 
-    /// Looks through the tiers without counting a per-source hit or miss.
-    pub(crate) async fn lookup_quietly<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
+    /// Looks through the tiers without counting a per-source hit or miss;
+    /// `tally` says whether the tiers' hits and misses are counted.
+    pub(crate) async fn look_through<V: CacheValue>(&self, key: &Key, tally: Tally) -> Lookup<V> {
         if !self.inner.enabled {
             return Lookup::Missing { stale: None };
         }
@@ -435,8 +436,8 @@ impl TieredCache {
             let entry = match result {
                 Ok(entry) => entry,
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
-                    bump(&layer.counters.decode_failures);
-                    bump(&layer.counters.misses);
+                    tally.bump(&layer.counters.decode_failures);
+                    tally.bump(&layer.counters.misses);
                     tracing::debug!(tier = %layer.name, key = %key, error = %e.report(), "undecodable entry");
                     continue;
                 }
@@ -446,12 +447,21 @@ impl TieredCache {
                     continue;
                 }
             };
-            let entry =
-                match Self::decoded_hit::<V>(layer, index, entry, now, self.inner.schema_version) {
-                    Ok(found) => return found,
-                    Err(entry) => entry,
-                };
-            match self.classify::<V>(layer, index, key, entry, now).await {
+            let entry = match Self::decoded_hit::<V>(
+                layer,
+                index,
+                entry,
+                now,
+                self.inner.schema_version,
+                tally,
+            ) {
+                Ok(found) => return found,
+                Err(entry) => entry,
+            };
+            match self
+                .classify::<V>(layer, index, key, entry, now, tally)
+                .await
+            {
                 Some(Lookup::Missing { stale: Some(s) }) => {
                     // A lower tier may hold a fresher copy; keep the first
                     // stale one as the fallback.
@@ -474,6 +484,7 @@ impl TieredCache {
         entry: Option<Entry>,
         now: Timestamp,
         schema_version: u32,
+        tally: Tally,
     ) -> std::result::Result<Lookup<V>, Option<Entry>> {
         let Some(entry) = entry else {
             return Err(None);
@@ -494,7 +505,7 @@ impl TieredCache {
             return Err(Some(entry));
         };
         add(&layer.counters.bytes_read, entry.encoded_len() as u64);
-        bump(&layer.counters.hits);
+        tally.bump(&layer.counters.hits);
         Ok(Lookup::Found(value, entry.header))
     }
 
@@ -508,29 +519,34 @@ impl TieredCache {
         key: &Key,
         entry: Option<Entry>,
         now: Timestamp,
+        tally: Tally,
     ) -> Option<Lookup<V>> {
         let Some(entry) = entry else {
-            bump(&layer.counters.misses);
+            tally.bump(&layer.counters.misses);
             return None;
         };
         add(&layer.counters.bytes_read, entry.encoded_len() as u64);
         let fresh = entry.header.is_fresh(now);
         if !fresh {
-            bump(&layer.counters.expired);
-            bump(&layer.counters.misses);
+            tally.bump(&layer.counters.expired);
+            tally.bump(&layer.counters.misses);
             if !entry.header.is_servable_stale(now) {
                 return None;
             }
         }
         if entry.header.is_negative() {
             if entry.header.schema_version != self.inner.schema_version {
-                bump(&layer.counters.decode_failures);
+                tally.bump(&layer.counters.decode_failures);
+                if fresh {
+                    // Expired entries were counted as misses above.
+                    tally.bump(&layer.counters.misses);
+                }
                 return None;
             }
             if !fresh {
                 return Some(Lookup::Missing { stale: Some(None) });
             }
-            bump(&layer.counters.hits);
+            tally.bump(&layer.counters.hits);
             if index > 0 {
                 self.copy_up(key, &entry, None, index, now).await;
             }
@@ -538,7 +554,7 @@ impl TieredCache {
         }
         match self.decode::<V>(&entry) {
             Ok(value) if fresh => {
-                bump(&layer.counters.hits);
+                tally.bump(&layer.counters.hits);
                 if index > 0 {
                     let decoded = Arc::clone(&value) as Decoded;
                     self.copy_up(key, &entry, Some(decoded), index, now).await;
@@ -549,9 +565,9 @@ impl TieredCache {
                 stale: Some(Some(value)),
             }),
             Err(e) => {
-                bump(&layer.counters.decode_failures);
+                tally.bump(&layer.counters.decode_failures);
                 if fresh {
-                    bump(&layer.counters.misses);
+                    tally.bump(&layer.counters.misses);
                 }
                 tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), error = %e, "entry is a miss");
                 self.discard_if_outdated(layer, key, &e).await;

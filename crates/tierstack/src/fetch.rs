@@ -12,7 +12,7 @@ use tierstack_core::{Decoded, Error, ErrorKind, Header, Key, Operation, Result};
 use crate::cache::{CacheValue, Lookup, TieredCache, Ttl};
 use crate::flight::{self, Answer, Joined};
 use crate::policy::SourcePolicy;
-use crate::stats::bump;
+use crate::stats::{Tally, bump};
 
 /// How one `get_or_fetch` call fetches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -360,7 +360,7 @@ impl TieredCache {
         };
         // A leader that finished just before we joined has already written
         // the value: look again before fetching.
-        match self.lookup_quietly::<V>(key).await {
+        match self.look_through::<V>(key, Tally::Quiet).await {
             Lookup::Found(v, _) => {
                 leader.publish(Ok(answer(Some(&v), false)));
                 return Ok(Outcome::Cached(Some(v)));
