@@ -217,7 +217,7 @@ impl TieredCache {
                 Some(v) => match self.encode(&**v) {
                     Ok(entry) => encoded.push((key, entry, Some(Arc::clone(v) as Decoded), false)),
                     Err(e) => {
-                        tracing::warn!(key = %key, error = %e.report(), "fetched value not cached")
+                        tracing::warn!(key = %key, error = %e.report(), "fetched value not cached");
                     }
                 },
                 None => encoded.push((key, self.negative_entry(), None, true)),
