@@ -483,7 +483,7 @@ impl TieredCache {
         }
         if !c.enabled {
             // A pass-through cache opens nothing.
-            return Ok(builder.build());
+            return builder.try_build();
         }
         let stats_file = match (&c.stats_file, &c.location) {
             (Some(file), _) => Some(file.clone()),
@@ -524,7 +524,7 @@ impl TieredCache {
         for tier in tiers {
             builder = builder.shared_tier(tier);
         }
-        Ok(builder.build())
+        builder.try_build()
     }
 }
 
