@@ -195,7 +195,7 @@ impl TieredCacheBuilder {
         }
     }
 
-    /// Builds the cache, or fails with an [`ErrorKind::Config`] error
+    /// Builds the cache, or fails with an [`ErrorKind::Config`](crate::ErrorKind::Config) error
     /// naming the versions when the tiers were opened for different
     /// application schema versions, or for another version than the one
     /// given to [`TieredCacheBuilder::schema_version`]. Without that call,
