@@ -91,7 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     [("q", Some(q.as_str())), ("author", author.as_deref())],
                 )
             },
-            move |(q, author)| search_books(q, author, Arc::clone(&calls)),
+            move |(q, author), _| search_books(q, author, Arc::clone(&calls)),
         )
         .ttl(Duration::from_secs(3600));
 
@@ -100,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path_info = cache
         .cached_fn(
             |path: &PathBuf| Key::new("pathinfo", [("path", path)]),
-            move |path: PathBuf| {
+            move |path: PathBuf, _| {
                 let result = extract_path_info(&path, &calls);
                 async move { result }
             },

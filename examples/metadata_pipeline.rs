@@ -223,6 +223,54 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     Err(ApiError(format!("{url}: still throttled after 50 tries")))
 }
 
+/// The tool's client of the metadata API: cheap to clone (a connection
+/// pool and two shared handles), its methods borrow `&self`.
+#[derive(Clone)]
+struct MetadataClient {
+    http: reqwest::Client,
+    base: Arc<str>,
+    /// 429 answers seen (and waited out) by every clone.
+    throttled: Arc<AtomicU64>,
+}
+
+impl MetadataClient {
+    fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.into(),
+            throttled: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    async fn search(&self, n: u64) -> Result<Vec<Book>, ApiError> {
+        let url = format!("{}/search?q=Title%20{n}", self.base);
+        get_json::<Vec<Book>>(&self.http, &url, &self.throttled)
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    /// One request per 50 keys; `None` for ASINs the API does not know.
+    async fn books(&self, keys: &[Key]) -> Result<Vec<(Key, Option<Book>)>, ApiError> {
+        let mut answers = Vec::with_capacity(keys.len());
+        for group in keys.chunks(50) {
+            let asins: Vec<String> = group
+                .iter()
+                .filter_map(|k| k.params()?.into_iter().next().map(|(_, v)| v))
+                .collect();
+            let url = format!("{}/books?asins={}", self.base, asins.join(","));
+            let found: Vec<Book> = get_json(&self.http, &url, &self.throttled)
+                .await?
+                .unwrap_or_default();
+            let mut by_asin: HashMap<String, Book> =
+                found.into_iter().map(|b| (b.asin.clone(), b)).collect();
+            for (key, a) in group.iter().zip(asins) {
+                answers.push((key.clone(), by_asin.remove(&a)));
+            }
+        }
+        Ok(answers)
+    }
+}
+
 enum Lookup {
     Book(u64),
     Search(u64),
@@ -299,27 +347,22 @@ async fn open_cache(db: &std::path::Path) -> tierstack::Result<TieredCache> {
 
 #[allow(clippy::too_many_lines)]
 async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> Figures {
-    let http = reqwest::Client::new();
-    let throttled = Arc::new(AtomicU64::new(0));
+    let client = MetadataClient::new(base);
     let requests_before = api.requests.load(Ordering::Relaxed);
     let (mut errors, mut wrong) = (0u64, 0u64);
     let started = Instant::now();
 
-    let search: CachedFn<u64, Vec<Book>> = {
-        let (http, base, throttled) = (http.clone(), base.to_owned(), Arc::clone(&throttled));
-        cache.cached_fn(
-            |n: &u64| Key::new("audnexus:search", [("q", format!("Title {n}"))]),
-            move |n: u64| {
-                let (http, throttled) = (http.clone(), Arc::clone(&throttled));
-                let url = format!("{base}/search?q=Title%20{n}");
-                async move {
-                    get_json::<Vec<Book>>(&http, &url, &throttled)
-                        .await
-                        .map(Option::unwrap_or_default)
-                }
-            },
-        )
-    };
+    // Kept and called on every miss: each call's future owns a clone.
+    let search: CachedFn<u64, Vec<Book>> = cache.cached_fn(
+        |n: &u64| Key::new("audnexus:search", [("q", format!("Title {n}"))]),
+        {
+            let client = client.clone();
+            move |n: u64, _| {
+                let client = client.clone();
+                async move { client.search(n).await }
+            }
+        },
+    );
     let path_info: CachedFn<u64, PathInfo> = cache.cached_fn(
         |n: &u64| {
             Key::new(
@@ -327,7 +370,7 @@ async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> 
                 [("path", format!("/audiobooks/genre{}/Title {n}", n % 7))],
             )
         },
-        |n: u64| async move {
+        |n: u64, _| async move {
             Ok::<_, ApiError>(PathInfo {
                 genre: format!("genre{}", n % 7),
                 title: format!("Title {n}"),
@@ -353,31 +396,9 @@ async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> 
             .map(|n| Key::new("audnexus:book", [("asin", asin(*n))]))
             .collect();
         let fetched = cache
-            .get_or_fetch_many::<Book, _, _, _>(
-                &keys,
-                FetchOptions::default(),
-                |missing: Vec<Key>| {
-                    let (http, throttled) = (http.clone(), Arc::clone(&throttled));
-                    async move {
-                        let mut answers = Vec::with_capacity(missing.len());
-                        for group in missing.chunks(50) {
-                            let asins: Vec<String> = group
-                                .iter()
-                                .filter_map(|k| k.params()?.into_iter().next().map(|(_, v)| v))
-                                .collect();
-                            let url = format!("{base}/books?asins={}", asins.join(","));
-                            let found: Vec<Book> =
-                                get_json(&http, &url, &throttled).await?.unwrap_or_default();
-                            let mut by_asin: HashMap<String, Book> =
-                                found.into_iter().map(|b| (b.asin.clone(), b)).collect();
-                            for (key, a) in group.iter().zip(asins) {
-                                answers.push((key.clone(), by_asin.remove(&a)));
-                            }
-                        }
-                        Ok::<_, ApiError>(answers)
-                    }
-                },
-            )
+            .get_or_fetch_many(&keys, FetchOptions::default(), async |missing, _| {
+                client.books(&missing).await
+            })
             .await;
         match fetched {
             Ok(values) => {
@@ -388,7 +409,7 @@ async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> 
                 }
             }
             Err(e) => {
-                eprintln!("batch failed: {e}");
+                eprintln!("batch failed: {}", e.report());
                 errors += books.len() as u64;
             }
         }
@@ -399,7 +420,7 @@ async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> 
                         if hits.len() == 1 && Some(&hits[0]) == catalogue_book(*n).as_ref() => {}
                     Ok(_) => wrong += 1,
                     Err(e) => {
-                        eprintln!("search failed: {e}");
+                        eprintln!("search failed: {}", e.report());
                         errors += 1;
                     }
                 },
@@ -421,7 +442,7 @@ async fn run(cache: &TieredCache, base: &str, lookups: &[Lookup], api: &Api) -> 
     };
     Figures {
         upstream: api.requests.load(Ordering::Relaxed) - requests_before,
-        throttled: throttled.load(Ordering::Relaxed),
+        throttled: client.throttled.load(Ordering::Relaxed),
         wall: started.elapsed(),
         l1_hits: ratio(0),
         l2_hits: ratio(1),

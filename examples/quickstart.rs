@@ -74,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let asin = asins[i % asins.len()].clone();
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_fetch(&key(&asin), Ttl::TierDefault, || fetch_book(&asin, &calls))
+                .get_or_fetch(&key(&asin), Ttl::TierDefault, |_| fetch_book(&asin, &calls))
                 .await
         }));
     }
@@ -91,7 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     for asin in &asins {
         let book = restarted
-            .get_or_fetch(&key(asin), Ttl::TierDefault, || fetch_book(asin, &calls))
+            .get_or_fetch(&key(asin), Ttl::TierDefault, |_| fetch_book(asin, &calls))
             .await?;
         assert_eq!(&book.asin, asin);
     }

@@ -68,7 +68,7 @@ async fn host_cache(dir: &str, host: &str, redis_url: &str, prefix: &str) -> Tie
 async fn look_up(cache: &TieredCache, calls: &Arc<AtomicUsize>) -> Vec<Book> {
     let calls = Arc::clone(calls);
     let found = cache
-        .get_or_fetch_many::<Book, _, _, std::io::Error>(&keys(), Ttl::TierDefault, |missing| {
+        .get_or_fetch_many::<Book, _, _, std::io::Error>(&keys(), Ttl::TierDefault, |missing, _| {
             let calls = Arc::clone(&calls);
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;

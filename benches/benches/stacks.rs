@@ -127,7 +127,7 @@ fn stacks(c: &mut Criterion) {
                         .get_or_fetch::<Book, _, _, std::io::Error>(
                             &key(i),
                             Ttl::TierDefault,
-                            || async move { Ok(book(i)) },
+                            |_| async move { Ok(book(i)) },
                         )
                         .await
                         .expect("fetched")

@@ -26,6 +26,7 @@ pub struct RedbTier {
     path: PathBuf,
     db: Arc<Database>,
     tables: Tables,
+    schema_version: u32,
     max_ttl: Option<Duration>,
     writer: GroupCommit,
     counters: Arc<Counters>,
@@ -101,6 +102,7 @@ impl RedbTier {
             path,
             db,
             tables,
+            schema_version,
             max_ttl: config.ttl,
             writer,
             counters,
@@ -158,6 +160,10 @@ impl RedbTier {
 impl Tier for RedbTier {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn schema_version(&self) -> Option<u32> {
+        Some(self.schema_version)
     }
 
     fn capabilities(&self) -> Capabilities {

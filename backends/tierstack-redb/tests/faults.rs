@@ -82,7 +82,7 @@ async fn a_truncated_file_is_an_error_by_name_or_yields_only_right_values() {
                 }
             }
             let v = cache
-                .get_or_fetch(&key(9999), Ttl::TierDefault, || async {
+                .get_or_fetch(&key(9999), Ttl::TierDefault, |_| async {
                     Ok::<_, std::io::Error>(1u8)
                 })
                 .await

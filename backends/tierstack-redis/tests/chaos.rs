@@ -71,7 +71,7 @@ fn start_load(cache: &TieredCache, start: Instant) -> Load {
                     .get_or_fetch::<u64, _, _, std::io::Error>(
                         &key,
                         Ttl::TierDefault,
-                        || async move { Ok(n * 7) },
+                        |_| async move { Ok(n * 7) },
                     )
                     .await;
                 samples.push(Sample {

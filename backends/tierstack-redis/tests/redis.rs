@@ -325,7 +325,7 @@ async fn a_server_that_is_down_makes_misses_not_errors_and_is_used_again_when_ba
             .get_or_fetch::<String, _, _, std::io::Error>(
                 &key(&format!("k{i}")),
                 Ttl::TierDefault,
-                || async { Ok("fetched".to_owned()) },
+                |_| async { Ok("fetched".to_owned()) },
             )
             .await
             .unwrap();

@@ -27,6 +27,7 @@ pub struct SledTier {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    schema_version: u32,
     max_ttl: Option<Duration>,
     flush: Flush,
     sweeper: Option<Sweeper>,
@@ -92,6 +93,7 @@ impl SledTier {
             path,
             db,
             tree,
+            schema_version,
             max_ttl: config.ttl,
             flush: config.flush,
             sweeper,
@@ -243,6 +245,10 @@ impl Drop for SledTier {
 impl Tier for SledTier {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn schema_version(&self) -> Option<u32> {
+        Some(self.schema_version)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -212,6 +212,10 @@ impl Tier for SqliteTier {
         &self.name
     }
 
+    fn schema_version(&self) -> Option<u32> {
+        Some(self.namespace)
+    }
+
     fn capabilities(&self) -> Capabilities {
         CAPABILITIES
     }

@@ -497,7 +497,7 @@ async fn a_damaged_row_is_a_counted_miss_and_a_refetch_repairs_it() {
     assert!(cache.get::<Book>(&k).await.is_none());
     assert_eq!(cache.stats().layers[0].decode_failures, 1);
     let fetched = cache
-        .get_or_fetch(&k, Ttl::TierDefault, || async {
+        .get_or_fetch(&k, Ttl::TierDefault, |_| async {
             Ok::<_, std::io::Error>(dune())
         })
         .await
@@ -557,7 +557,7 @@ async fn a_deleted_wal_or_a_truncated_file_never_yields_a_wrong_value() {
             }
             // The stack still caches through its working tier.
             let v = cache
-                .get_or_fetch(&book_key("new"), Ttl::TierDefault, || async {
+                .get_or_fetch(&book_key("new"), Ttl::TierDefault, |_| async {
                     Ok::<_, std::io::Error>(7u8)
                 })
                 .await

@@ -181,7 +181,7 @@ pub(crate) async fn inspect(cache: &TieredCache, text: &str, json: bool) -> Outc
             Err(e) => TierEntry {
                 tier,
                 present: false,
-                error: Some(e.to_string()),
+                error: Some(e.report().to_string()),
                 entry: None,
             },
         })

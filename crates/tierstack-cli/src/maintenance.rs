@@ -31,6 +31,53 @@ struct SourceView {
     not_found_answers: u64,
 }
 
+/// The stats file's counters that a tier can move: the stored record has
+/// fetch counters too, which only sources move.
+#[derive(Serialize)]
+struct TierCounters {
+    hits: u64,
+    misses: u64,
+    errors: u64,
+    decode_failures: u64,
+    writes: u64,
+    write_errors: u64,
+}
+
+impl From<&tierstack::StoredCounters> for TierCounters {
+    fn from(c: &tierstack::StoredCounters) -> Self {
+        Self {
+            hits: c.hits,
+            misses: c.misses,
+            errors: c.errors,
+            decode_failures: c.decode_failures,
+            writes: c.writes,
+            write_errors: c.write_errors,
+        }
+    }
+}
+
+/// The stats file's counters that a key source can move.
+#[derive(Serialize)]
+struct SourceCounters {
+    hits: u64,
+    misses: u64,
+    fetches: u64,
+    fetch_errors: u64,
+    stale_served: u64,
+}
+
+impl From<&tierstack::StoredCounters> for SourceCounters {
+    fn from(c: &tierstack::StoredCounters) -> Self {
+        Self {
+            hits: c.hits,
+            misses: c.misses,
+            fetches: c.fetches,
+            fetch_errors: c.fetch_errors,
+            stale_served: c.stale_served,
+        }
+    }
+}
+
 /// Counts the entries of one tier by source.
 async fn scan_sources(
     tier: &dyn Tier,
@@ -88,7 +135,7 @@ async fn tier_views(cache: &TieredCache) -> Vec<TierView> {
                 entries: 0,
                 bytes: 0,
                 health,
-                error: Some(e.to_string()),
+                error: Some(e.report().to_string()),
             },
         })
         .collect()
@@ -106,14 +153,24 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
         }
         match scan_sources(tier.as_ref(), &bar).await {
             Ok(found) => sources.extend(found),
-            Err(e) => problems.push(format!("{}: {e}", tier.name())),
+            Err(e) => problems.push(format!("{}: {}", tier.name(), e.report())),
         }
     }
     bar.finish_and_clear();
     let counters = load_counters(cache, &mut problems);
     if json {
         let counters = counters.as_ref().map(|(file, stored)| {
-            serde_json::json!({ "file": file, "since": stored.since, "tiers": stored.tiers, "sources": stored.sources })
+            let tiers: BTreeMap<&str, TierCounters> = stored
+                .tiers
+                .iter()
+                .map(|(name, c)| (name.as_str(), TierCounters::from(c)))
+                .collect();
+            let sources: BTreeMap<&str, SourceCounters> = stored
+                .sources
+                .iter()
+                .map(|(name, c)| (name.as_str(), SourceCounters::from(c)))
+                .collect();
+            serde_json::json!({ "file": file, "since": stored.since, "tiers": tiers, "sources": sources })
         });
         print_json(
             &serde_json::json!({ "tiers": tiers, "sources": sources, "counters": counters }),
@@ -125,7 +182,7 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
                 vec![
                     t.tier.clone(),
                     t.entries.to_string(),
-                    units::format_size(t.bytes),
+                    units::format_size_approx(t.bytes),
                     t.error.clone().unwrap_or_else(|| health_text(&t.health)),
                 ]
             })
@@ -140,7 +197,7 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
                         s.tier.clone(),
                         s.source.clone(),
                         s.entries.to_string(),
-                        units::format_size(s.bytes),
+                        units::format_size_approx(s.bytes),
                         s.fresh.to_string(),
                         s.expired.to_string(),
                         s.not_found_answers.to_string(),
@@ -372,7 +429,7 @@ where
     for tier in tiers {
         match remove(Arc::clone(tier)).await {
             Ok(n) => removed.push((tier.name().to_owned(), n)),
-            Err(e) => failures.push(format!("{}: {e}", tier.name())),
+            Err(e) => failures.push(format!("{}: {}", tier.name(), e.report())),
         }
         bar.inc(1);
     }

@@ -59,7 +59,7 @@ impl From<Error> for Failure {
         };
         Self {
             code,
-            message: error.to_string(),
+            message: error.report().to_string(),
         }
     }
 }

@@ -769,9 +769,25 @@ fn stats_shows_hits_and_misses_of_every_process() {
         counters["sources"]["audnexus:book"]["hits"], 2,
         "{counters}"
     );
+    // Only counters that can move: tiers do not fetch, sources do not write.
+    assert!(
+        counters["tiers"]["sqlite"].get("fetches").is_none(),
+        "{counters}"
+    );
+    assert!(
+        counters["sources"]["audnexus:book"].get("writes").is_none(),
+        "{counters}"
+    );
     let human = sandbox.run(&["stats"]).expect(0).stdout;
     assert!(
         human.contains("hit ratio") && human.contains("66.7%"),
+        "{human}"
+    );
+    // Sizes for people: `87 B`, `12.1 KiB`, not `12400B`.
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains("audnexus:book") && (l.contains(" B ") || l.contains(" KiB "))),
         "{human}"
     );
 }

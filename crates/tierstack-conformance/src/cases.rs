@@ -590,22 +590,21 @@ pub async fn damaged_body_is_a_counted_miss(h: Harness) {
 pub async fn other_schema_versions_are_counted_misses(h: Harness) {
     let older = key("older");
     let newer = key("newer");
+    // Written into the tier's namespace as an import or a foreign writer
+    // would: the header's version is what the reader checks.
     let mut m = meta_for(&older, None, Duration::ZERO);
-    m.schema_version = 1;
+    m.schema_version = SCHEMA - 1;
     h.tier
-        .set(&older, entry_with_meta(&json!("v1"), m))
+        .set(&older, entry_with_meta(&json!("older"), m))
         .await
         .unwrap();
     let mut m = meta_for(&newer, None, Duration::ZERO);
-    m.schema_version = 3;
+    m.schema_version = SCHEMA + 1;
     h.tier
-        .set(&newer, entry_with_meta(&json!("v3"), m))
+        .set(&newer, entry_with_meta(&json!("newer"), m))
         .await
         .unwrap();
-    let cache = TieredCache::builder()
-        .schema_version(2)
-        .shared_tier(Arc::clone(&h.tier))
-        .build();
+    let cache = cache_over(Arc::clone(&h.tier), None);
     assert!(cache.get::<Value>(&older).await.is_none());
     assert!(cache.get::<Value>(&newer).await.is_none());
     assert_eq!(cache.stats().layers[0].decode_failures, 2);

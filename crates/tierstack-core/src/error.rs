@@ -188,6 +188,13 @@ impl Error {
         self.source.as_deref()?.downcast_ref::<E>()
     }
 
+    /// The error and every cause under it on one line
+    /// (`get failed: …: disk I/O error`), for logs and messages where only
+    /// the `Display` of one value is printed.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+
     /// Shorthand for a configuration error.
     pub fn config(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Config, message)
@@ -202,9 +209,32 @@ impl fmt::Display for Error {
         if let Some(op) = self.operation {
             write!(f, "{} failed: ", op.name())?;
         }
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+        // The source is not repeated here: `source()` hands it out, and
+        // printing both shows every cause twice in an error report.
+        f.write_str(&self.message)
+    }
+}
+
+/// An error followed by its chain of causes, each printed once and
+/// separated by `": "`; made by [`Error::report`].
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a>(&'a (dyn std::error::Error + 'static));
+
+impl<'a> Report<'a> {
+    /// The report of any error, for chains that do not start with an
+    /// [`Error`].
+    pub fn of(error: &'a (dyn std::error::Error + 'static)) -> Self {
+        Self(error)
+    }
+}
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
         }
         Ok(())
     }
@@ -248,13 +278,28 @@ mod tests {
     struct Upstream;
 
     #[test]
-    fn display_names_tier_operation_and_source() {
+    fn display_names_tier_and_operation_and_leaves_the_source_to_the_chain() {
         let e = Error::new(ErrorKind::Timeout, "no answer within 500ms")
             .with_tier("redis")
             .with_operation(Operation::Get)
             .with_source(Upstream);
         assert_eq!(
             e.to_string(),
+            "tier redis: get failed: no answer within 500ms"
+        );
+        let chain: Vec<String> =
+            std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        assert_eq!(
+            chain,
+            [
+                "tier redis: get failed: no answer within 500ms",
+                "upstream said 503"
+            ]
+        );
+        assert_eq!(
+            e.report().to_string(),
             "tier redis: get failed: no answer within 500ms: upstream said 503"
         );
         assert!(e.is_temporary());

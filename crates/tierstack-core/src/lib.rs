@@ -26,7 +26,7 @@ pub use envelope::{
     DecodeError, DecodeLimits, Decoded, EncodeError, Entry, EntryFlags, EntryMeta, Extensions,
     Header, key_hash,
 };
-pub use error::{Error, ErrorKind, Operation, Result};
+pub use error::{Error, ErrorKind, Operation, Report, Result};
 pub use key::{Key, KeyBuilder, KeyError, ParamValue};
 pub use registry::{BackendDescriptor, backend, backends};
 pub use tier::{

@@ -156,6 +156,14 @@ pub trait Tier: Send + Sync + fmt::Debug {
     /// What the tier can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// The application schema version whose namespace this tier was opened
+    /// for (`SqliteTier::open(&config, 2)`: `Some(2)`), so that a cache
+    /// refuses to run over a tier of another version. `None` for tiers that
+    /// keep no namespace per version.
+    fn schema_version(&self) -> Option<u32> {
+        None
+    }
+
     /// The longest time this tier keeps an entry fresh; the cache caps each
     /// write (including copy-up) to it. `None` for no cap.
     fn max_ttl(&self) -> Option<Duration> {

@@ -66,6 +66,25 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Formats a size for people: the largest binary unit it reaches, one
+/// decimal (`512 B`, `12.1 KiB`, `41.0 MiB`). Lossy; [`format_size`] is the
+/// exact form that [`parse_size`] reads back.
+pub fn format_size_approx(bytes: u64) -> String {
+    for (unit, size) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes >= size {
+            #[allow(clippy::cast_precision_loss)] // one decimal is shown
+            let scaled = bytes as f64 / size as f64;
+            return format!("{scaled:.1} {unit}");
+        }
+    }
+    format!("{bytes} B")
+}
+
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum TextOrNumber {
@@ -144,6 +163,15 @@ mod tests {
                 .unwrap_err()
                 .contains("expected e.g.")
         );
+    }
+
+    #[test]
+    fn approximate_sizes_use_the_largest_unit_reached() {
+        assert_eq!(format_size_approx(0), "0 B");
+        assert_eq!(format_size_approx(1023), "1023 B");
+        assert_eq!(format_size_approx(12_400), "12.1 KiB");
+        assert_eq!(format_size_approx(41 * (1 << 20) + 52_000), "41.0 MiB");
+        assert_eq!(format_size_approx(3 << 30), "3.0 GiB");
     }
 
     #[test]

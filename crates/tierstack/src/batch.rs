@@ -9,8 +9,8 @@ use tierstack_core::{Decoded, Entry, Error, ErrorKind, Key, Operation, Result, T
 use tracing::Instrument as _;
 
 use crate::cache::{CacheValue, Lookup, TieredCache};
-use crate::fetch::{BoxError, FetchOptions, fetch_error};
-use crate::stats::{add, bump};
+use crate::fetch::{BatchContext, BoxError, FetchOptions};
+use crate::stats::{Tally, add, bump};
 
 impl TieredCache {
     /// Looks up many keys with one batched read per tier, then calls
@@ -27,6 +27,12 @@ impl TieredCache {
     ///   missing key has none, the call fails with the fetch error.
     /// - Offline, `fetch_missing` is not called: missing keys are `None`.
     /// - Batch fetches do not join the single-flight of `get_or_fetch`.
+    ///
+    /// `fetch_missing` is called with the missing keys and a
+    /// [`BatchContext`]; like the closure of
+    /// [`TieredCache::get_or_fetch`] it may borrow what it captures
+    /// (`|missing, _| api.books(missing)`), or be an async closure that
+    /// borrows its arguments too.
     pub async fn get_or_fetch_many<V, F, Fut, E>(
         &self,
         keys: &[Key],
@@ -35,7 +41,7 @@ impl TieredCache {
     ) -> Result<Vec<Option<Arc<V>>>>
     where
         V: CacheValue,
-        F: FnOnce(Vec<Key>) -> Fut,
+        F: FnOnce(Vec<Key>, BatchContext) -> Fut,
         Fut: Future<Output = std::result::Result<Vec<(Key, Option<V>)>, E>>,
         E: Into<BoxError>,
     {
@@ -69,13 +75,16 @@ impl TieredCache {
                 Ok(found) => found,
                 Err(e) => {
                     bump(&layer.counters.errors);
-                    tracing::warn!(tier = %layer.name, error = %e, "tier skipped");
+                    tracing::warn!(tier = %layer.name, error = %e.report(), "tier skipped");
                     continue;
                 }
             };
             let mut still = Vec::with_capacity(pending.len());
             for (key, entry) in pending.into_iter().zip(found) {
-                match self.classify::<V>(layer, index, &key, entry, now).await {
+                match self
+                    .classify::<V>(layer, index, &key, entry, now, Tally::Count)
+                    .await
+                {
                     Some(Lookup::Found(v, _)) => {
                         answers.insert(key, Some(v));
                     }
@@ -127,7 +136,7 @@ impl TieredCache {
     ) -> Result<Vec<Option<Arc<V>>>>
     where
         V: CacheValue,
-        F: FnOnce(Vec<Key>) -> Fut,
+        F: FnOnce(Vec<Key>, BatchContext) -> Fut,
         Fut: Future<Output = std::result::Result<Vec<(Key, Option<V>)>, E>>,
         E: Into<BoxError>,
     {
@@ -138,8 +147,15 @@ impl TieredCache {
             bump(&self.inner.sources.get(source).fetches);
         }
         let asked: HashSet<Key> = pending.iter().cloned().collect();
+        let context = BatchContext::new(
+            pending
+                .iter()
+                .filter(|key| stale.contains_key(*key))
+                .cloned()
+                .collect(),
+        );
         let fetched = self
-            .within_timeouts(fetch_missing(pending.clone()), &options, false)
+            .within_timeouts(fetch_missing(pending.clone(), context), &options, false)
             .await;
         let error = match fetched {
             Some(Ok(list)) => {
@@ -160,9 +176,15 @@ impl TieredCache {
                     .map(|k| answers.get(k).cloned().flatten())
                     .collect());
             }
-            Some(Err(e)) => fetch_error(&pending[0], e.into()),
-            None => Error::new(ErrorKind::Timeout, "batch fetch did not answer in time")
-                .with_operation(Operation::Fetch),
+            Some(Err(e)) => batch_fetch_error(&pending, e.into()),
+            None => Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "batch fetch of {} did not answer in time",
+                    key_list(&pending)
+                ),
+            )
+            .with_operation(Operation::Fetch),
         };
         for source in &sources {
             bump(&self.inner.sources.get(source).fetch_errors);
@@ -194,7 +216,9 @@ impl TieredCache {
             if let Some(v) = &value {
                 match self.encode(&key, &**v) {
                     Ok(entry) => encoded.push((key, entry, Some(Arc::clone(v) as Decoded), false)),
-                    Err(e) => tracing::warn!(key = %key, error = %e, "fetched value not cached"),
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e.report(), "fetched value not cached");
+                    }
                 }
             } else {
                 let negative = self.negative_entry(&key);
@@ -225,11 +249,39 @@ impl TieredCache {
                     }
                     Err(e) => {
                         add(&layer.counters.write_errors, count);
-                        tracing::warn!(tier = %layer.name, error = %e, "batch write skipped");
+                        tracing::warn!(tier = %layer.name, error = %e.report(), "batch write skipped");
                     }
                 }
             }
         });
         join_all(writes).await;
     }
+}
+
+/// Keys named in a failed batch's message; the rest are counted.
+const NAMED_KEYS: usize = 3;
+
+/// `n keys (a, b, c and 47 more)`: every key of a short batch, the first few
+/// of a long one.
+fn key_list(keys: &[Key]) -> String {
+    let named: Vec<String> = keys.iter().take(NAMED_KEYS).map(Key::to_string).collect();
+    let more = keys.len().saturating_sub(NAMED_KEYS);
+    let count = match keys.len() {
+        1 => "1 key".to_owned(),
+        n => format!("{n} keys"),
+    };
+    if more == 0 {
+        format!("{count} ({})", named.join(", "))
+    } else {
+        format!("{count} ({} and {more} more)", named.join(", "))
+    }
+}
+
+fn batch_fetch_error(keys: &[Key], error: BoxError) -> Error {
+    Error::new(
+        ErrorKind::Fetch,
+        format!("batch fetch of {} failed", key_list(keys)),
+    )
+    .with_operation(Operation::Fetch)
+    .with_shared_source(Arc::from(error))
 }

@@ -1,7 +1,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tierstack_core::{Codec, Compression, DecodeLimits, Dictionaries, Dictionary, Tier};
+use tierstack_core::{
+    Codec, Compression, DecodeLimits, Dictionaries, Dictionary, Error, Operation, Result, Tier,
+};
 
 use crate::cache::{Inner, Layer, TieredCache};
 use crate::flight::Flights;
@@ -31,7 +33,8 @@ pub struct TieredCacheBuilder {
     compression: Compression,
     dictionaries: Dictionaries,
     limits: DecodeLimits,
-    schema_version: u32,
+    /// Set by [`TieredCacheBuilder::schema_version`]; otherwise the tiers'.
+    schema_version: Option<u32>,
     default_ttl: Option<Duration>,
     enabled: bool,
     policies: Policies,
@@ -49,7 +52,7 @@ impl Default for TieredCacheBuilder {
             compression: Compression::default(),
             dictionaries: Dictionaries::default(),
             limits: DecodeLimits::default(),
-            schema_version: 1,
+            schema_version: None,
             default_ttl: None,
             enabled: true,
             policies: Policies::default(),
@@ -105,7 +108,7 @@ impl TieredCacheBuilder {
     /// incompatibly.
     #[must_use]
     pub fn schema_version(mut self, version: u32) -> Self {
-        self.schema_version = version;
+        self.schema_version = Some(version);
         self
     }
 
@@ -178,7 +181,28 @@ impl TieredCacheBuilder {
 
     /// Builds the cache. Tiers with the same name get a `#2`, `#3`… suffix
     /// in statistics.
+    ///
+    /// # Panics
+    ///
+    /// When the schema versions disagree (see
+    /// [`TieredCacheBuilder::try_build`]): a tier opened for one version
+    /// under a cache of another would keep every entry in the wrong
+    /// namespace. Use `try_build` to get the error instead.
     pub fn build(self) -> TieredCache {
+        match self.try_build() {
+            Ok(cache) => cache,
+            Err(e) => panic!("{}", e.report()),
+        }
+    }
+
+    /// Builds the cache, or fails with an [`ErrorKind::Config`](crate::ErrorKind::Config) error
+    /// naming the versions when the tiers were opened for different
+    /// application schema versions, or for another version than the one
+    /// given to [`TieredCacheBuilder::schema_version`]. Without that call,
+    /// the cache takes the version its tiers were opened for (1 for tiers
+    /// that keep no per-version namespace, such as memory).
+    pub fn try_build(self) -> Result<TieredCache> {
+        let schema_version = self.agreed_schema_version()?;
         let mut layers: Vec<Layer> = Vec::with_capacity(self.tiers.len());
         for tier in self.tiers {
             let base = tier.name().to_owned();
@@ -195,7 +219,7 @@ impl TieredCacheBuilder {
             });
         }
         let backplane = crate::invalidation::find(&layers);
-        TieredCache::from_inner(Inner {
+        Ok(TieredCache::from_inner(Inner {
             backplane,
             backplane_counters: crate::invalidation::BackplaneCounters::default(),
             stats_file: self.stats_file.map(crate::stats_file::StatsFile::new),
@@ -204,7 +228,7 @@ impl TieredCacheBuilder {
             compression: self.compression,
             dictionaries: self.dictionaries,
             limits: self.limits,
-            schema_version: self.schema_version,
+            schema_version,
             default_ttl: self.default_ttl,
             enabled: self.enabled,
             flights: Flights::default(),
@@ -214,6 +238,36 @@ impl TieredCacheBuilder {
             default_negative_ttl: self.negative_ttl,
             offline: std::sync::atomic::AtomicBool::new(self.offline),
             refreshing: std::sync::Mutex::default(),
-        })
+        }))
+    }
+
+    /// The one schema version of the builder and its tiers.
+    fn agreed_schema_version(&self) -> Result<u32> {
+        let mut agreed: Option<(u32, String)> = self
+            .schema_version
+            .map(|v| (v, "the builder's schema_version".to_owned()));
+        for tier in &self.tiers {
+            let Some(version) = tier.schema_version() else {
+                continue;
+            };
+            match &agreed {
+                Some((expected, origin)) if *expected != version => {
+                    let tier = tier.name();
+                    return Err(Error::config(format!(
+                        "schema versions disagree: tier {tier} was opened for schema version \
+                         {version}, {origin} is {expected}; open every tier with the version \
+                         the cache uses"
+                    ))
+                    .with_operation(Operation::Build));
+                }
+                Some(_) => {}
+                None => agreed = Some((version, format!("tier {}", tier.name()))),
+            }
+        }
+        Ok(agreed.map_or(DEFAULT_SCHEMA_VERSION, |(v, _)| v))
     }
 }
+
+/// The application schema version of a cache built without one and without
+/// tiers that name theirs.
+const DEFAULT_SCHEMA_VERSION: u32 = 1;

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crate::fetch::FetchOptions;
 use crate::flight::Flights;
 use crate::policy::{Policies, SourcePolicy};
-use crate::stats::{CacheStats, LayerCounters, LayerStats, Sources, add, bump};
+use crate::stats::{CacheStats, LayerCounters, LayerStats, Sources, Tally, add, bump};
 
 /// How long a written entry stays fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -291,7 +291,7 @@ impl TieredCache {
                 Ok(v) => out.push(v),
                 Err(e) => {
                     bump(&layer.counters.errors);
-                    tracing::warn!(tier = %layer.name, op = op.name(), error = %e, "tier failed");
+                    tracing::warn!(tier = %layer.name, op = op.name(), error = %e.report(), "tier failed");
                     first.get_or_insert(tier_error(e, &layer.name, op));
                 }
             }
@@ -404,14 +404,14 @@ impl TieredCache {
             }
             Err(e) => {
                 bump(&layer.counters.write_errors);
-                tracing::warn!(tier = %layer.name, key = %key, error = %e, "write skipped");
+                tracing::warn!(tier = %layer.name, key = %key, error = %e.report(), "write skipped");
                 false
             }
         }
     }
 
     pub(crate) async fn lookup<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
-        let found = self.lookup_quietly(key).await;
+        let found = self.look_through(key, Tally::Count).await;
         self.inner.sources.with(key.source(), |source| match found {
             Lookup::Found(..) => bump(&source.hits),
             Lookup::Absent => bump(&source.negative_hits),
@@ -420,8 +420,9 @@ impl TieredCache {
         found
     }
 
-    /// Looks through the tiers without counting a per-source hit or miss.
-    pub(crate) async fn lookup_quietly<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
+    /// Looks through the tiers without counting a per-source hit or miss;
+    /// `tally` says whether the tiers' hits and misses are counted.
+    pub(crate) async fn look_through<V: CacheValue>(&self, key: &Key, tally: Tally) -> Lookup<V> {
         if !self.inner.enabled {
             return Lookup::Missing { stale: None };
         }
@@ -436,14 +437,14 @@ impl TieredCache {
             let entry = match result {
                 Ok(entry) => entry,
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
-                    bump(&layer.counters.decode_failures);
-                    bump(&layer.counters.misses);
-                    tracing::debug!(tier = %layer.name, key = %key, error = %e, "undecodable entry");
+                    tally.bump(&layer.counters.decode_failures);
+                    tally.bump(&layer.counters.misses);
+                    tracing::debug!(tier = %layer.name, key = %key, error = %e.report(), "undecodable entry");
                     continue;
                 }
                 Err(e) => {
                     bump(&layer.counters.errors);
-                    tracing::warn!(tier = %layer.name, key = %key, error = %e, "tier skipped");
+                    tracing::warn!(tier = %layer.name, key = %key, error = %e.report(), "tier skipped");
                     continue;
                 }
             };
@@ -454,11 +455,15 @@ impl TieredCache {
                 entry,
                 now,
                 self.inner.schema_version,
+                tally,
             ) {
                 Ok(found) => return found,
                 Err(entry) => entry,
             };
-            match self.classify::<V>(layer, index, key, entry, now).await {
+            match self
+                .classify::<V>(layer, index, key, entry, now, tally)
+                .await
+            {
                 Some(Lookup::Missing { stale: Some(s) }) => {
                     // A lower tier may hold a fresher copy; keep the first
                     // stale one as the fallback.
@@ -485,6 +490,7 @@ impl TieredCache {
         entry: Option<Entry>,
         now: Timestamp,
         schema_version: u32,
+        tally: Tally,
     ) -> std::result::Result<Lookup<V>, Option<Entry>> {
         let Some(entry) = entry else {
             return Err(None);
@@ -506,7 +512,7 @@ impl TieredCache {
             return Err(Some(entry));
         };
         add(&layer.counters.bytes_read, entry.encoded_len() as u64);
-        bump(&layer.counters.hits);
+        tally.bump(&layer.counters.hits);
         Ok(Lookup::Found(value, entry.header))
     }
 
@@ -520,37 +526,42 @@ impl TieredCache {
         key: &Key,
         entry: Option<Entry>,
         now: Timestamp,
+        tally: Tally,
     ) -> Option<Lookup<V>> {
         let Some(entry) = entry else {
-            bump(&layer.counters.misses);
+            tally.bump(&layer.counters.misses);
             return None;
         };
         if let Err(e) = entry.check_key(key) {
             // Bytes copied under another key (by hand, or by a bug): never
             // that other key's value.
-            bump(&layer.counters.decode_failures);
-            bump(&layer.counters.misses);
+            tally.bump(&layer.counters.decode_failures);
+            tally.bump(&layer.counters.misses);
             tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), "entry is a miss");
             return None;
         }
         add(&layer.counters.bytes_read, entry.encoded_len() as u64);
         let fresh = entry.header.is_fresh(now);
         if !fresh {
-            bump(&layer.counters.expired);
-            bump(&layer.counters.misses);
+            tally.bump(&layer.counters.expired);
+            tally.bump(&layer.counters.misses);
             if !entry.header.is_servable_stale(now) {
                 return None;
             }
         }
         if entry.header.is_negative() {
             if entry.header.schema_version != self.inner.schema_version {
-                bump(&layer.counters.decode_failures);
+                tally.bump(&layer.counters.decode_failures);
+                if fresh {
+                    // Expired entries were counted as misses above.
+                    tally.bump(&layer.counters.misses);
+                }
                 return None;
             }
             if !fresh {
                 return Some(Lookup::Missing { stale: Some(None) });
             }
-            bump(&layer.counters.hits);
+            tally.bump(&layer.counters.hits);
             if index > 0 {
                 self.copy_up(key, &entry, None, index, now).await;
             }
@@ -558,7 +569,7 @@ impl TieredCache {
         }
         match self.decode::<V>(&entry) {
             Ok(value) if fresh => {
-                bump(&layer.counters.hits);
+                tally.bump(&layer.counters.hits);
                 if index > 0 {
                     let decoded = Arc::clone(&value) as Decoded;
                     self.copy_up(key, &entry, Some(decoded), index, now).await;
@@ -569,9 +580,9 @@ impl TieredCache {
                 stale: Some(Some(value)),
             }),
             Err(e) => {
-                bump(&layer.counters.decode_failures);
+                tally.bump(&layer.counters.decode_failures);
                 if fresh {
-                    bump(&layer.counters.misses);
+                    tally.bump(&layer.counters.misses);
                 }
                 tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), error = %e, "entry is a miss");
                 self.discard_if_outdated(layer, key, &e).await;
@@ -603,7 +614,7 @@ impl TieredCache {
         if let DecodeError::SchemaMismatch { found, expected } = error {
             if found < expected {
                 if let Err(e) = layer.tier.delete(key).await {
-                    tracing::debug!(tier = %layer.name, key = %key, error = %e, "could not delete outdated entry");
+                    tracing::debug!(tier = %layer.name, key = %key, error = %e.report(), "could not delete outdated entry");
                 }
             }
         }

@@ -18,7 +18,7 @@
 //!         |(q, author): &(String, Option<String>)| {
 //!             Key::new("audnexus:search", [("q", Some(q.as_str())), ("author", author.as_deref())])
 //!         },
-//!         |(q, author): (String, Option<String>)| search_books(q, author),
+//!         |(q, author): (String, Option<String>), _| search_books(q, author),
 //!     )
 //!     .ttl(Duration::from_secs(3600));
 //!
@@ -35,10 +35,11 @@ use futures_util::future::BoxFuture;
 use tierstack_core::{Header, Key, Result, Timestamp};
 
 use crate::cache::{CacheValue, TieredCache, Ttl};
-use crate::fetch::{BoxError, FetchOptions, Fetched};
+use crate::fetch::{BoxError, FetchContext, FetchOptions, Fetched};
 use crate::stats::bump;
 
-type Loader<A, V> = dyn Fn(A) -> BoxFuture<'static, std::result::Result<V, BoxError>> + Send + Sync;
+type Loader<A, V> =
+    dyn Fn(A, FetchContext) -> BoxFuture<'static, std::result::Result<V, BoxError>> + Send + Sync;
 
 /// A function whose results go through a [`TieredCache`]: the key is built
 /// from the arguments, the function runs only on a miss (once per key at a
@@ -78,16 +79,23 @@ impl TieredCache {
     /// Wraps `load` so that its results are cached under the key `key`
     /// builds from the arguments. Arguments are one value (use a tuple for
     /// several).
+    ///
+    /// `load` is called with the arguments and the call's [`FetchContext`].
+    /// It is kept and called again for every miss and background refresh, so
+    /// its future must own what it uses: clone a client into it
+    /// (`move |args, _| { let api = api.clone(); async move { api.search(args).await } }`).
     pub fn cached_fn<A, V, K, L, Fut, E>(&self, key: K, load: L) -> CachedFn<A, V>
     where
         A: Send + 'static,
         V: CacheValue,
         K: Fn(&A) -> Key + Send + Sync + 'static,
-        L: Fn(A) -> Fut + Send + Sync + 'static,
+        L: Fn(A, FetchContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let load = move |args: A| load(args).map(|r| r.map_err(Into::into)).boxed();
+        let load = move |args: A, context: FetchContext| {
+            load(args, context).map(|r| r.map_err(Into::into)).boxed()
+        };
         CachedFn {
             cache: self.clone(),
             key: Arc::new(key),
@@ -141,7 +149,7 @@ where
         let key = (self.key)(&args);
         let load = Arc::clone(&self.load);
         let fetch_args = args.clone();
-        let fetch = move || async move { load(fetch_args).await.map(Some) };
+        let fetch = move |context| async move { load(fetch_args, context).await.map(Some) };
         let mut header = None;
         let outcome = self
             .cache
@@ -173,14 +181,15 @@ where
                 cache: cache.clone(),
                 key: key.clone(),
             };
-            match load(args).await {
+            // The current value stays whatever the refresh does.
+            match load(args, FetchContext::new(&key, true)).await {
                 Ok(value) => {
                     cache
                         .store_fetched(&key, Some(&Arc::new(value)), options)
                         .await;
                 }
                 Err(e) => {
-                    tracing::warn!(key = %key, error = %e, "background refresh failed; the current value stays");
+                    tracing::warn!(key = %key, error = %tierstack_core::Report::of(&*e), "background refresh failed; the current value stays");
                 }
             }
         });

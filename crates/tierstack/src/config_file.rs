@@ -520,7 +520,7 @@ impl TieredCache {
         }
         if !c.enabled {
             // A pass-through cache opens nothing.
-            return Ok(builder.build());
+            return builder.try_build();
         }
         let stats_file = match (&c.stats_file, &c.location) {
             (Some(file), _) => Some(file.clone()),
@@ -558,7 +558,7 @@ impl TieredCache {
                     // The kind is kept: a read-only directory is not a
                     // config mistake, and the CLI's exit code tells them apart.
                     built.push(tier.build(&ctx).await.map_err(|e| {
-                        Error::new(e.kind(), format!("cache.tiers[{i}]: {e}"))
+                        Error::new(e.kind(), format!("cache.tiers[{i}]: {}", e.report()))
                             .with_operation(Operation::Build)
                     })?);
                 }
@@ -572,7 +572,7 @@ impl TieredCache {
             }
             builder = builder.shared_tier(tier);
         }
-        Ok(builder.build())
+        builder.try_build()
     }
 }
 

@@ -12,7 +12,7 @@ use tierstack_core::{Decoded, Error, ErrorKind, Header, Key, Operation, Result};
 use crate::cache::{CacheValue, Lookup, TieredCache, Ttl};
 use crate::flight::{self, Answer, Joined};
 use crate::policy::SourcePolicy;
-use crate::stats::bump;
+use crate::stats::{Tally, bump};
 
 /// How one `get_or_fetch` call fetches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,7 +74,11 @@ impl From<Duration> for FetchOptions {
 }
 
 /// Where a value returned by [`TieredCache::get_or_fetch_with`] came from.
+///
+/// `#[non_exhaustive]`: a revalidated answer (the upstream said "not
+/// modified") is one more place a value can come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fetched<V> {
     /// A fresh entry of some tier.
     Cached(Arc<V>),
@@ -103,6 +107,63 @@ impl<V> Fetched<V> {
     /// Whether the value is a stale fallback.
     pub fn is_stale(&self) -> bool {
         matches!(self, Self::Stale(_))
+    }
+}
+
+/// What a fetch closure is told about the call it answers.
+///
+/// Handed by value to every fetch closure (`get_or_fetch`, `CachedFn`
+/// loaders, background refreshes), so the closure's future can keep it
+/// without borrowing from the cache. The struct is `#[non_exhaustive]`: new
+/// facts about a call (an upstream budget to spend, the validators of the
+/// retained entry) arrive as new methods, never as a new closure signature.
+/// See `docs/decisions/0008-fetch-closure.md`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FetchContext {
+    key: Key,
+    has_fallback: bool,
+}
+
+impl FetchContext {
+    pub(crate) fn new(key: &Key, has_fallback: bool) -> Self {
+        Self {
+            key: key.clone(),
+            has_fallback,
+        }
+    }
+
+    /// The key being fetched.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Whether a value of this key is at hand and is served if this fetch
+    /// fails or is too slow: an expired one inside its stale window
+    /// (stale-if-error), or the current one during a background refresh.
+    pub fn has_fallback(&self) -> bool {
+        self.has_fallback
+    }
+}
+
+/// What a batch fetch closure ([`TieredCache::get_or_fetch_many`]) is told
+/// about the call, next to the keys it is asked for. `#[non_exhaustive]` for
+/// the same reason as [`FetchContext`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct BatchContext {
+    with_fallback: std::collections::HashSet<Key>,
+}
+
+impl BatchContext {
+    pub(crate) fn new(with_fallback: std::collections::HashSet<Key>) -> Self {
+        Self { with_fallback }
+    }
+
+    /// Whether an expired value of `key` is at hand and is served if the
+    /// batch fetch fails.
+    pub fn has_fallback(&self, key: &Key) -> bool {
+        self.with_fallback.contains(key)
     }
 }
 
@@ -161,6 +222,10 @@ impl TieredCache {
     ///   [`ErrorKind::Unavailable`] error.
     /// - A tier that fails while caching the value does not turn the fetched
     ///   value into an error.
+    ///
+    /// `fetch` is any closure taking the call's [`FetchContext`] and
+    /// returning a future, or an async closure; it may borrow what it
+    /// captures (`|_| api.book(asin)`).
     pub async fn get_or_fetch<V, F, Fut, E>(
         &self,
         key: &Key,
@@ -169,7 +234,7 @@ impl TieredCache {
     ) -> Result<Arc<V>>
     where
         V: CacheValue,
-        F: FnOnce() -> Fut,
+        F: FnOnce(FetchContext) -> Fut,
         Fut: Future<Output = std::result::Result<V, E>>,
         E: Into<BoxError>,
     {
@@ -188,11 +253,11 @@ impl TieredCache {
     ) -> Result<Fetched<V>>
     where
         V: CacheValue,
-        F: FnOnce() -> Fut,
+        F: FnOnce(FetchContext) -> Fut,
         Fut: Future<Output = std::result::Result<V, E>>,
         E: Into<BoxError>,
     {
-        let fetch = || async { fetch().await.map(Some) };
+        let fetch = |context| async { fetch(context).await.map(Some) };
         let outcome = self
             .resolve(key, options.into(), false, &mut None, fetch)
             .await?;
@@ -211,7 +276,7 @@ impl TieredCache {
     ) -> Result<Option<Arc<V>>>
     where
         V: CacheValue,
-        F: FnOnce() -> Fut,
+        F: FnOnce(FetchContext) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
@@ -256,14 +321,14 @@ impl TieredCache {
     ) -> Result<Outcome<V>>
     where
         V: CacheValue,
-        F: FnOnce() -> Fut,
+        F: FnOnce(FetchContext) -> Fut,
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
         let source = self.inner.sources.get(key.source());
         if !self.inner.enabled {
             bump(&source.fetches);
-            return match fetch().await {
+            return match fetch(FetchContext::new(key, false)).await {
                 Ok(v) => Ok(Outcome::fetched(v.map(Arc::new), false)),
                 Err(e) => {
                     bump(&source.fetch_errors);
@@ -278,20 +343,10 @@ impl TieredCache {
             }
             Lookup::Absent if negatives => return Ok(Outcome::Cached(None)),
             Lookup::Absent => None,
-            Lookup::Missing { stale } => stale,
+            Lookup::Missing { stale } => usable_fallback(stale, negatives),
         };
         if self.is_offline() {
-            return match stale {
-                Some(v) => {
-                    bump(&source.stale_served);
-                    Ok(Outcome::Stale(v))
-                }
-                None => Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!("offline, and {key} is not cached"),
-                )
-                .with_operation(Operation::Fetch)),
-            };
+            return offline_answer(key, stale, &source.stale_served);
         }
         let leader = loop {
             match self.inner.flights.join(key) {
@@ -300,7 +355,9 @@ impl TieredCache {
                     bump(&source.coalesced);
                     match flight::wait(rx).await {
                         Some(Ok(answer)) => match typed::<V>(&answer) {
-                            Some(value) if answer.stale => return Ok(Outcome::Stale(value)),
+                            Some(value) if answer.stale && (value.is_some() || negatives) => {
+                                return Ok(Outcome::Stale(value));
+                            }
                             Some(value) if value.is_some() || negatives => {
                                 return Ok(Outcome::Fetched(value));
                             }
@@ -316,7 +373,7 @@ impl TieredCache {
         };
         // A leader that finished just before we joined has already written
         // the value: look again before fetching.
-        match self.lookup_quietly::<V>(key).await {
+        match self.look_through::<V>(key, Tally::Quiet).await {
             Lookup::Found(v, _) => {
                 leader.publish(Ok(answer(Some(&v), false)));
                 return Ok(Outcome::Cached(Some(v)));
@@ -326,10 +383,13 @@ impl TieredCache {
                 return Ok(Outcome::Cached(None));
             }
             Lookup::Absent => {}
-            Lookup::Missing { stale: again } => stale = stale.or(again),
+            Lookup::Missing { stale: again } => {
+                stale = stale.or(usable_fallback(again, negatives));
+            }
         }
         bump(&source.fetches);
-        let run = AssertUnwindSafe(fetch()).catch_unwind();
+        let context = FetchContext::new(key, stale.is_some());
+        let run = AssertUnwindSafe(fetch(context)).catch_unwind();
         let error = match self.within_timeouts(run, &options, stale.is_some()).await {
             Some(Ok(Ok(value))) => {
                 let value = value.map(Arc::new);
@@ -342,21 +402,21 @@ impl TieredCache {
                 bump(&source.fetch_errors);
                 leader.publish(Err(Error::new(
                     ErrorKind::FetchPanicked,
-                    format!("fetch for {key} panicked"),
+                    format!("{key}: the fetch panicked"),
                 )
                 .with_operation(Operation::Fetch)));
                 std::panic::resume_unwind(panic)
             }
             None => Error::new(
                 ErrorKind::Timeout,
-                format!("fetch for {key} did not answer in time"),
+                format!("{key}: the fetch did not answer in time"),
             )
             .with_operation(Operation::Fetch),
         };
         bump(&source.fetch_errors);
         if let Some(value) = stale {
             bump(&source.stale_served);
-            tracing::info!(key = %key, error = %error, "serving a stale value");
+            tracing::info!(key = %key, error = %error.report(), "serving a stale value");
             leader.publish(Ok(answer(value.as_ref(), true)));
             return Ok(Outcome::Stale(value));
         }
@@ -405,11 +465,39 @@ impl TieredCache {
                     .await
             }
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "fetched value not cached");
+                tracing::warn!(key = %key, error = %e.report(), "fetched value not cached");
                 false
             }
         }
     }
+}
+
+/// Offline, only a cached fallback answers.
+#[allow(clippy::option_option)] // the inner `None` is a cached "not found"
+fn offline_answer<V>(
+    key: &Key,
+    stale: Option<Option<Arc<V>>>,
+    stale_served: &std::sync::atomic::AtomicU64,
+) -> Result<Outcome<V>> {
+    match stale {
+        Some(value) => {
+            bump(stale_served);
+            Ok(Outcome::Stale(value))
+        }
+        None => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("offline, and {key} is not cached"),
+        )
+        .with_operation(Operation::Fetch)),
+    }
+}
+
+/// The stale fallback a caller can return: a stale "not found" is none for
+/// callers that need a value, so for them the key is a plain miss (the fetch
+/// error is theirs, no stale answer is counted, no soft timeout applies).
+#[allow(clippy::option_option)] // the inner `None` is a cached "not found"
+fn usable_fallback<V>(stale: Option<Option<Arc<V>>>, negatives: bool) -> Option<Option<Arc<V>>> {
+    stale.filter(|value| negatives || value.is_some())
 }
 
 /// A flight answer from a value (`None`: "not found").
@@ -430,8 +518,10 @@ fn typed<V: CacheValue>(answer: &Answer) -> Option<Option<Arc<V>>> {
     }
 }
 
-pub(crate) fn fetch_error(key: &Key, error: Box<dyn std::error::Error + Send + Sync>) -> Error {
-    Error::new(ErrorKind::Fetch, format!("fetch for {key} failed"))
+/// "fetch failed: {key}", with the fetch's own error as the source (not in
+/// the message, so a report shows it once).
+pub(crate) fn fetch_error(key: &Key, error: BoxError) -> Error {
+    Error::new(ErrorKind::Fetch, key.to_string())
         .with_operation(Operation::Fetch)
         .with_shared_source(Arc::from(error))
 }

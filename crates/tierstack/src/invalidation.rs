@@ -76,7 +76,7 @@ async fn apply(inner: Weak<Inner>, mut events: mpsc::Receiver<BackplaneEvent>) {
             BackplaneEvent::Invalidate(Invalidation::Key(key)) => {
                 for layer in inner.layers.iter().filter(|l| private(l)) {
                     if let Err(e) = layer.tier.delete(&key).await {
-                        tracing::warn!(tier = %layer.name, key = %key, error = %e, "backplane: delete failed");
+                        tracing::warn!(tier = %layer.name, key = %key, error = %e.report(), "backplane: delete failed");
                     }
                 }
                 inner
@@ -87,7 +87,7 @@ async fn apply(inner: Weak<Inner>, mut events: mpsc::Receiver<BackplaneEvent>) {
             BackplaneEvent::Invalidate(Invalidation::Clear(scope)) => {
                 for layer in inner.layers.iter().filter(|l| private(l)) {
                     if let Err(e) = layer.tier.clear(scope.clone()).await {
-                        tracing::warn!(tier = %layer.name, error = %e, "backplane: clear failed");
+                        tracing::warn!(tier = %layer.name, error = %e.report(), "backplane: clear failed");
                     }
                 }
                 inner
@@ -104,7 +104,7 @@ async fn apply(inner: Weak<Inner>, mut events: mpsc::Receiver<BackplaneEvent>) {
                     .filter(|l| private(l) && !l.tier.capabilities().persistent)
                 {
                     if let Err(e) = layer.tier.clear(ClearScope::All).await {
-                        tracing::warn!(tier = %layer.name, error = %e, "backplane: resync clear failed");
+                        tracing::warn!(tier = %layer.name, error = %e.report(), "backplane: resync clear failed");
                     }
                 }
                 inner
@@ -135,7 +135,7 @@ pub(crate) async fn announce(inner: &Inner, invalidation: Invalidation) {
                 .backplane_counters
                 .publish_errors
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "backplane: could not announce {invalidation:?}");
+            tracing::warn!(error = %e.report(), "backplane: could not announce {invalidation:?}");
         }
     }
 }

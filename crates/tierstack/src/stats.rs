@@ -34,6 +34,23 @@ pub(crate) struct SourceCounters {
     pub(crate) refreshes: AtomicU64,
 }
 
+/// Whether a look through the tiers moves their counters. A second look at
+/// the same key for the same call (the single-flight leader's check before
+/// it fetches) is quiet, so that one call counts one miss per tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tally {
+    Count,
+    Quiet,
+}
+
+impl Tally {
+    pub(crate) fn bump(self, counter: &AtomicU64) {
+        if self == Self::Count {
+            bump(counter);
+        }
+    }
+}
+
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }

@@ -123,7 +123,7 @@ impl TieredCache {
                 async move {
                     let fetch_key = key.clone();
                     // The limiter only runs when a fetch is needed.
-                    let fetch = || async move {
+                    let fetch = |_| async move {
                         if let Some(limiter) = limiter {
                             limiter.until_ready().await;
                         }

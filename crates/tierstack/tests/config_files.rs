@@ -206,7 +206,7 @@ async fn disabled_means_pass_through_and_opens_nothing() {
         .unwrap();
     assert!(!cache.is_enabled());
     let v = cache
-        .get_or_fetch(&key(), Ttl::TierDefault, || async {
+        .get_or_fetch(&key(), Ttl::TierDefault, |_| async {
             Ok::<_, std::io::Error>(1u8)
         })
         .await
@@ -237,7 +237,7 @@ async fn offline_and_source_policies_come_from_the_file() {
     // Offline: a miss never reaches the source.
     let called = std::sync::atomic::AtomicBool::new(false);
     let result = cache
-        .get_or_fetch::<String, _, _, std::io::Error>(&key(), Ttl::TierDefault, || async {
+        .get_or_fetch::<String, _, _, std::io::Error>(&key(), Ttl::TierDefault, |_| async {
             called.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok("fetched".to_owned())
         })

@@ -47,20 +47,22 @@ async fn stale_if_error_serves_the_expired_value_when_the_fetch_fails() {
         "expired values are not plain hits"
     );
     let got = cache
-        .get_or_fetch_with::<String, _, _, _>(&k, Ttl::TierDefault, || async { Err(Upstream) })
+        .get_or_fetch_with::<String, _, _, _>(&k, Ttl::TierDefault, |_| async { Err(Upstream) })
         .await
         .unwrap();
     assert_eq!(got, Fetched::Stale(Arc::new("old".to_string())));
     assert_eq!(cache.stats().sources["audnexus:book"].stale_served, 1);
     // Without a stale value the error reaches the caller.
     let err = cache
-        .get_or_fetch::<String, _, _, _>(&key("none"), Ttl::TierDefault, || async { Err(Upstream) })
+        .get_or_fetch::<String, _, _, _>(&key("none"), Ttl::TierDefault, |_| async {
+            Err(Upstream)
+        })
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Fetch);
     // A successful fetch replaces the stale value.
     let fresh = cache
-        .get_or_fetch_with(&k, Ttl::TierDefault, || async {
+        .get_or_fetch_with(&k, Ttl::TierDefault, |_| async {
             Ok::<_, Upstream>("new".to_string())
         })
         .await
@@ -87,7 +89,7 @@ async fn stale_if_error_serves_the_expired_value_when_the_fetch_is_too_slow() {
         .get_or_fetch_with(
             &k,
             FetchOptions::ttl(Ttl::TierDefault).soft_timeout(Duration::from_millis(100)),
-            || async {
+            |_| async {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 Ok::<_, Upstream>("late".to_string())
             },
@@ -106,7 +108,7 @@ async fn stale_if_error_serves_the_expired_value_when_the_fetch_is_too_slow() {
         .get_or_fetch::<String, _, _, _>(
             &key("cold"),
             FetchOptions::ttl(Ttl::TierDefault).hard_timeout(Duration::from_millis(100)),
-            || async {
+            |_| async {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 Ok::<_, Upstream>("late".to_string())
             },
@@ -133,7 +135,7 @@ async fn offline_mode_never_calls_fetch() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let calls = AtomicUsize::new(0);
-    let fetch = || async {
+    let fetch = |_| async {
         calls.fetch_add(1, Ordering::SeqCst);
         Ok::<_, Upstream>(99u32)
     };
@@ -159,7 +161,7 @@ async fn offline_mode_never_calls_fetch() {
         .get_or_fetch_many(
             &[key("fresh"), key("unknown")],
             Ttl::TierDefault,
-            |_| async {
+            |_, _| async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, Upstream>(Vec::new())
             },
@@ -186,7 +188,7 @@ async fn not_found_is_cached_for_the_negative_ttl_only() {
     let cache = stack(dir.path(), |b| b.negative_ttl(Duration::from_millis(200))).await;
     let k = key("B000UNKNOWN");
     let calls = AtomicUsize::new(0);
-    let fetch = || async {
+    let fetch = |_| async {
         calls.fetch_add(1, Ordering::SeqCst);
         Ok::<Option<String>, Upstream>(None)
     };
@@ -220,7 +222,7 @@ async fn not_found_is_cached_for_the_negative_ttl_only() {
     );
     // A negative entry never satisfies a caller that needs a value.
     let v = cache
-        .get_or_fetch(&k, Ttl::TierDefault, || async {
+        .get_or_fetch(&k, Ttl::TierDefault, |_| async {
             Ok::<_, Upstream>("found later".to_string())
         })
         .await
@@ -278,7 +280,7 @@ async fn a_partial_batch_fetches_exactly_the_missing_keys_once() {
         .get_or_fetch_many(
             &asked_with_duplicates,
             Ttl::TierDefault,
-            |missing: Vec<Key>| {
+            |missing: Vec<Key>, _| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 let answer: Vec<(Key, Option<String>)> = missing
                     .iter()
@@ -318,7 +320,7 @@ async fn a_partial_batch_fetches_exactly_the_missing_keys_once() {
     );
     // The fetched 40 were written through: a second call fetches nothing.
     let again = cache
-        .get_or_fetch_many(&keys, Ttl::TierDefault, |missing: Vec<Key>| async move {
+        .get_or_fetch_many(&keys, Ttl::TierDefault, |missing: Vec<Key>, _| async move {
             assert!(missing.is_empty(), "{missing:?}");
             Ok::<Vec<(Key, Option<String>)>, Upstream>(Vec::new())
         })
@@ -347,7 +349,7 @@ async fn refresh_ahead_fetches_once_for_a_hundred_concurrent_late_hits() {
     let book = cache
         .cached_fn(
             |asin: &String| key(asin),
-            move |asin: String| {
+            move |asin: String, _| {
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 async move {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -397,7 +399,7 @@ async fn cached_functions_are_one_line_for_the_rfc_integration_points() {
                 [("q", Some(q.as_str())), ("author", author.as_deref())],
             )
         },
-        move |(q, author): (String, Option<String>)| {
+        move |(q, author): (String, Option<String>), _| {
             counter.fetch_add(1, Ordering::SeqCst);
             async move { Ok::<_, Upstream>(vec![format!("{q}/{}", author.unwrap_or_default())]) }
         },
@@ -488,7 +490,7 @@ async fn a_panicking_background_refresh_does_not_block_later_refreshes() {
     let book = cache
         .cached_fn(
             |asin: &String| key(asin),
-            move |asin: String| {
+            move |asin: String, _| {
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 async move {
                     assert!(n != 2, "the first background refresh panics");

@@ -40,7 +40,7 @@ async fn a_thousand_concurrent_cold_callers_cause_exactly_one_fetch() {
         let fetches = Arc::clone(&fetches);
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_fetch(&book_key("B002V1A0WE"), Ttl::TierDefault, || async move {
+                .get_or_fetch(&book_key("B002V1A0WE"), Ttl::TierDefault, |_| async move {
                     fetches.fetch_add(1, Ordering::SeqCst);
                     // Long enough that every caller arrives while it runs.
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -75,7 +75,7 @@ async fn a_failed_fetch_is_not_cached_and_every_waiter_gets_the_error() {
         let fetches = Arc::clone(&fetches);
         tasks.push(tokio::spawn(async move {
             cache
-                .get_or_fetch::<Book, _, _, _>(&book_key("X"), Ttl::TierDefault, || async move {
+                .get_or_fetch::<Book, _, _, _>(&book_key("X"), Ttl::TierDefault, |_| async move {
                     fetches.fetch_add(1, Ordering::SeqCst);
                     // Long enough for all 50 callers to join, even on a busy machine.
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -93,7 +93,7 @@ async fn a_failed_fetch_is_not_cached_and_every_waiter_gets_the_error() {
     assert!(cache.get::<Book>(&book_key("X")).await.is_none());
     // The next call fetches again: failures are not cached.
     let book = cache
-        .get_or_fetch(&book_key("X"), Ttl::TierDefault, || async {
+        .get_or_fetch(&book_key("X"), Ttl::TierDefault, |_| async {
             Ok::<_, Upstream>(Book {
                 asin: "X".into(),
                 title: "Found".into(),
@@ -113,7 +113,7 @@ async fn a_panicking_fetch_does_not_wedge_the_key() {
         let started = Arc::clone(&started);
         tokio::spawn(async move {
             cache
-                .get_or_fetch::<Book, _, _, _>(&book_key("P"), Ttl::TierDefault, || async move {
+                .get_or_fetch::<Book, _, _, _>(&book_key("P"), Ttl::TierDefault, |_| async move {
                     started.notify_one();
                     // Long enough for the waiter to join, even on a busy machine.
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -132,7 +132,7 @@ async fn a_panicking_fetch_does_not_wedge_the_key() {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .get_or_fetch::<Book, _, _, _>(&book_key("P"), Ttl::TierDefault, || async {
+                .get_or_fetch::<Book, _, _, _>(&book_key("P"), Ttl::TierDefault, |_| async {
                     Ok::<_, Upstream>(Book {
                         asin: "P".into(),
                         title: "second".into(),
@@ -150,7 +150,7 @@ async fn a_panicking_fetch_does_not_wedge_the_key() {
     // The key is usable again at once.
     let book = tokio::time::timeout(
         Duration::from_secs(2),
-        cache.get_or_fetch(&book_key("P"), Ttl::TierDefault, || async {
+        cache.get_or_fetch(&book_key("P"), Ttl::TierDefault, |_| async {
             Ok::<_, Upstream>(Book {
                 asin: "P".into(),
                 title: "third".into(),
@@ -170,7 +170,7 @@ async fn a_cancelled_leader_hands_over_to_a_waiter() {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .get_or_fetch::<Book, _, _, _>(&book_key("C"), Ttl::TierDefault, || async {
+                .get_or_fetch::<Book, _, _, _>(&book_key("C"), Ttl::TierDefault, |_| async {
                     tokio::time::sleep(Duration::from_secs(60)).await;
                     Ok::<_, Upstream>(Book {
                         asin: "C".into(),
@@ -185,7 +185,7 @@ async fn a_cancelled_leader_hands_over_to_a_waiter() {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .get_or_fetch::<Book, _, _, _>(&book_key("C"), Ttl::TierDefault, || async {
+                .get_or_fetch::<Book, _, _, _>(&book_key("C"), Ttl::TierDefault, |_| async {
                     Ok::<_, Upstream>(Book {
                         asin: "C".into(),
                         title: "waiter".into(),
@@ -295,7 +295,7 @@ async fn a_failing_tier_is_skipped_and_counted() {
         .unwrap();
     // A fetch is never turned into an error by the broken tier.
     let fetched = cache
-        .get_or_fetch(&book_key("G"), Ttl::TierDefault, || async {
+        .get_or_fetch(&book_key("G"), Ttl::TierDefault, |_| async {
             Ok::<_, Upstream>(7u32)
         })
         .await
@@ -406,7 +406,7 @@ async fn a_disabled_cache_passes_every_call_through() {
     let calls = AtomicUsize::new(0);
     for _ in 0..3 {
         let v = cache
-            .get_or_fetch(&k, Ttl::TierDefault, || async {
+            .get_or_fetch(&k, Ttl::TierDefault, |_| async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, Upstream>(5u32)
             })

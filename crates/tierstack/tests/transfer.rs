@@ -73,7 +73,7 @@ async fn export_then_import_into_another_backend_is_byte_for_byte() {
         .get_or_fetch_optional::<String, _, _, std::io::Error>(
             &missing,
             Ttl::TierDefault,
-            || async { Ok(None) },
+            |_| async { Ok(None) },
         )
         .await
         .unwrap();
@@ -124,7 +124,7 @@ async fn export_then_import_into_another_backend_is_byte_for_byte() {
             .get_or_fetch_optional::<String, _, _, std::io::Error>(
                 &missing,
                 Ttl::TierDefault,
-                || async { panic!("the imported negative entry answers") },
+                |_| async { panic!("the imported negative entry answers") },
             )
             .await
             .unwrap();

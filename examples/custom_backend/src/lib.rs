@@ -1,5 +1,11 @@
 #![doc = include_str!("docs.md")]
 
+/// The repository's guide to writing a backend, whose snippets use this
+/// crate: compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/adding-a-backend.md")]
+mod adding_a_backend {}
+
 mod backend;
 mod config;
 mod error;
