@@ -38,8 +38,10 @@ pub(crate) struct Shared {
     target: Target,
     conn: RwLock<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
-    /// `{prefix}:{schema_version}:`
+    /// `{prefix}:e:{schema_version}:`
     pub(crate) namespace: String,
+    /// The application schema version whose entries this tier holds.
+    schema_version: u32,
     /// Keys seen in the namespace that are not entries of this tier.
     pub(crate) foreign: std::sync::atomic::AtomicU64,
     /// `SCAN MATCH` pattern of the namespace (glob characters escaped).
@@ -104,6 +106,7 @@ impl RedisTier {
             conn: RwLock::new(conn),
             connecting: tokio::sync::Mutex::new(()),
             namespace: namespace.clone(),
+            schema_version,
             foreign: std::sync::atomic::AtomicU64::new(0),
             pattern,
             ttl: config.ttl,
@@ -441,6 +444,10 @@ impl From<tierstack_core::Error> for Failure {
 impl Tier for RedisTier {
     fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    fn schema_version(&self) -> Option<u32> {
+        Some(self.shared.schema_version)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -414,3 +414,22 @@ async fn the_config_file_form_builds_the_tier() {
     let err = TieredCache::from_config(&config).await.unwrap_err();
     assert!(err.to_string().contains("one of `url`, `cluster`"), "{err}");
 }
+
+#[tokio::test]
+async fn a_cache_of_another_schema_version_than_its_redis_tier_is_not_built() {
+    let server = RedisServer::start();
+    let config = RedisConfig::new(server.url()).prefix(unique_prefix("schema"));
+    let tier = RedisTier::open(&config, 1).await.unwrap();
+    assert_eq!(tier.schema_version(), Some(1));
+    let err = TieredCache::builder()
+        .schema_version(2)
+        .tier(tier)
+        .try_build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string()
+            .contains("tier redis was opened for schema version 1"),
+        "{err}"
+    );
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tierstack::{ClearScope, Config, ConfigOrigin, EMBEDDED_DEFAULT, Key, TieredCache, Ttl, units};
 
-use crate::output::{Failure, Outcome, emit, print_json, print_table, progress};
+use crate::output::{Failure, Outcome, emit, print_json, print_table, progress, progress_over};
 
 /// The stack of the user's config with nothing of the user's in it: each
 /// file-based store is a new one in a scratch directory beside the real one
@@ -363,7 +363,17 @@ async fn measure(
             samples
         }));
     }
-    let bar = progress(json, None, "measuring");
+    // Tasks finish together at the deadline, so the bar follows the clock.
+    let bar = progress_over(json, workload.duration, "measuring");
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(started.elapsed().as_secs());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     let mut all = Samples::default();
     for task in tasks {
         let samples = task
@@ -373,8 +383,8 @@ async fn measure(
         all.writes.extend(samples.writes);
         all.misses += samples.misses;
         all.errors += samples.errors;
-        bar.inc(1);
     }
+    ticker.abort();
     bar.finish_and_clear();
     Ok((all, started.elapsed()))
 }

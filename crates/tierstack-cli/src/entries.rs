@@ -132,6 +132,9 @@ struct TierEntry {
     entry: Option<HeaderView>,
 }
 
+// The JSON of `inspect` is a flat record of the header's facts; each bool
+// is a field scripts read, not a state to fold into an enum.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Serialize)]
 struct HeaderView {
     format_version: u8,
@@ -144,11 +147,15 @@ struct HeaderView {
     created_at: String,
     expires_at: String,
     stale_until: String,
+    retain_until: String,
+    must_revalidate: bool,
+    /// Whether the entry was written for the key it is stored under.
+    bound_to_key: bool,
     fresh: bool,
 }
 
 impl HeaderView {
-    fn new(header: &Header) -> Self {
+    fn new(header: &Header, key: &tierstack::Key) -> Self {
         Self {
             format_version: tierstack::envelope::FORMAT_VERSION,
             schema_version: header.schema_version,
@@ -160,6 +167,11 @@ impl HeaderView {
             created_at: header.created_at.to_string(),
             expires_at: header.expires_at.to_string(),
             stale_until: header.stale_until.to_string(),
+            retain_until: header.retain_until.to_string(),
+            must_revalidate: header
+                .flags
+                .contains(tierstack::EntryFlags::MUST_REVALIDATE),
+            bound_to_key: header.belongs_to(key),
             fresh: header.is_fresh(Timestamp::now()),
         }
     }
@@ -176,7 +188,7 @@ pub(crate) async fn inspect(cache: &TieredCache, text: &str, json: bool) -> Outc
                 tier,
                 present: header.is_some(),
                 error: None,
-                entry: header.as_ref().map(HeaderView::new),
+                entry: header.as_ref().map(|h| HeaderView::new(h, &key)),
             },
             Err(e) => TierEntry {
                 tier,
@@ -219,11 +231,12 @@ fn inspect_row(view: &TierEntry) -> Vec<String> {
     let mut row = vec![view.tier.clone()];
     match (&view.entry, &view.error) {
         (Some(h), _) => {
-            let state = match (h.negative, h.fresh) {
-                (true, true) => "yes (not-found answer)",
-                (true, false) => "yes (not-found answer, expired)",
-                (false, true) => "yes",
-                (false, false) => "yes (expired)",
+            let state = match (h.bound_to_key, h.negative, h.fresh) {
+                (false, _, _) => "yes (written for another key: a miss)",
+                (true, true, true) => "yes (not-found answer)",
+                (true, true, false) => "yes (not-found answer, expired)",
+                (true, false, true) => "yes",
+                (true, false, false) => "yes (expired)",
             };
             row.extend([
                 state.to_owned(),

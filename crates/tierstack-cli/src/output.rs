@@ -133,3 +133,19 @@ pub(crate) fn progress(json: bool, len: Option<u64>, message: &'static str) -> P
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
+
+/// A bar over a span of time (the measuring phase of `bench`), in whole
+/// seconds; the caller moves it with [`ProgressBar::set_position`].
+pub(crate) fn progress_over(json: bool, span: Duration, message: &'static str) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(span.as_secs().max(1)).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} s")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
