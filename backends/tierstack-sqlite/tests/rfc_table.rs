@@ -4,11 +4,13 @@
 //! files that give space back, and files of the previous table version
 //! migrated in place.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{json_cache, open};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 use tierstack::{
@@ -16,21 +18,6 @@ use tierstack::{
     Timestamp, Ttl,
 };
 use tierstack_sqlite::{SqliteConfig, SqliteTier};
-
-async fn open(path: &Path) -> SqliteTier {
-    SqliteTier::open(&SqliteConfig::new(path), 1)
-        .await
-        .expect("opens")
-}
-
-fn json_cache(tier: Arc<dyn Tier>) -> TieredCache {
-    TieredCache::builder()
-        .codec(Codec::Json)
-        .compression(Compression::None)
-        .negative_ttl(Duration::from_secs(3600))
-        .shared_tier(tier)
-        .build()
-}
 
 fn book(i: u32) -> Key {
     Key::new("audnexus:book", [("asin", format!("B{i:09}"))])

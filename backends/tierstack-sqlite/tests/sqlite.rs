@@ -2,16 +2,17 @@
 //! permissions, refusing foreign files, migrations, group commit, the byte
 //! cap, purge, damaged rows and faults.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{json_cache, open};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tierstack::{
-    Codec, Compression, ErrorKind, Key, MemoryConfig, MemoryTier, Tier, TieredCache, Ttl,
-};
+use tierstack::{Compression, ErrorKind, Key, MemoryConfig, MemoryTier, Tier, TieredCache, Ttl};
 use tierstack_sqlite::{RFC_TABLE, SqliteConfig, SqliteTier};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,20 +32,6 @@ fn dune() -> Book {
 
 fn book_key(asin: &str) -> Key {
     Key::new("audnexus:book", [("asin", asin)])
-}
-
-async fn open(path: &Path) -> SqliteTier {
-    SqliteTier::open(&SqliteConfig::new(path), 1)
-        .await
-        .expect("opens")
-}
-
-fn json_cache(tier: Arc<dyn Tier>) -> TieredCache {
-    TieredCache::builder()
-        .codec(Codec::Json)
-        .compression(Compression::None)
-        .shared_tier(tier)
-        .build()
 }
 
 #[tokio::test]

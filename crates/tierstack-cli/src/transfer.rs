@@ -44,9 +44,14 @@ pub(crate) async fn export(
         .max();
     if is_stdio(file) {
         // Nothing but the stream may go to stdout.
-        let report = cache
+        let report = match cache
             .export(std::io::stdout().lock(), &options, |_| {})
-            .await?;
+            .await
+        {
+            // The reader stopped (`export - | head`): it has what it wanted.
+            Err(e) if reader_went_away(&e) => return Ok(()),
+            other => other?,
+        };
         note(&format!(
             "exported {} entries ({} expired left out)",
             report.exported, report.expired
@@ -425,4 +430,18 @@ async fn run_fetch(command: &str, key: &Key) -> Result<Option<Json>, String> {
             String::from_utf8_lossy(&output.stderr).trim()
         )),
     }
+}
+
+/// Whether writing failed because the other end of a pipe was closed.
+fn reader_went_away(error: &tierstack::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }

@@ -20,12 +20,8 @@ fn pages(db: &std::path::Path) -> (i64, i64) {
 #[test]
 fn compact_gives_back_the_space_of_a_file_without_auto_vacuum() {
     let sandbox = Sandbox::new();
-    let location = sandbox.path("cache");
-    let config = sandbox.write(
-        "config.yaml",
-        &format!("cache:\n  location: \"{}\"\n", location.display()),
-    );
-    let config = config.to_str().unwrap();
+    let (config, location) = sandbox.flat_config("cache");
+    let config = config.as_str();
     let big = format!("\"{}\"", "z".repeat(100_000));
     sandbox
         .run(&["--config", config, "set", "k:n=0", "1"])

@@ -9,12 +9,14 @@ use support::Sandbox;
 #[test]
 fn a_row_copied_under_another_key_is_a_miss_that_inspect_explains() {
     let sandbox = Sandbox::new();
-    let location = sandbox.path("cache");
-    let config = sandbox.write(
-        "config.yaml",
-        &format!("cache:\n  location: \"{}\"\n", location.display()),
-    );
-    let config = config.to_str().unwrap();
+    let (config, location) = sandbox.flat_config("cache");
+    let config = config.as_str();
+    let inspect_json = |key: &str| {
+        sandbox
+            .run(&["--config", config, "--json", "inspect", key])
+            .expect(0)
+            .json()
+    };
     sandbox
         .run(&[
             "--config",
@@ -24,16 +26,7 @@ fn a_row_copied_under_another_key_is_a_miss_that_inspect_explains() {
             r#"{"title":"Dune"}"#,
         ])
         .expect(0);
-    let inspect = sandbox
-        .run(&[
-            "--config",
-            config,
-            "--json",
-            "inspect",
-            "audnexus:book:asin=A",
-        ])
-        .expect(0)
-        .json();
+    let inspect = inspect_json("audnexus:book:asin=A");
     assert_eq!(
         inspect["tiers"][1]["entry"]["bound_to_key"], true,
         "{inspect}"
@@ -51,16 +44,7 @@ fn a_row_copied_under_another_key_is_a_miss_that_inspect_explains() {
         .run(&["--config", config, "get", "audnexus:book:asin=B"])
         .expect(1);
     assert!(miss.stdout.is_empty(), "{miss:?}");
-    let inspect = sandbox
-        .run(&[
-            "--config",
-            config,
-            "--json",
-            "inspect",
-            "audnexus:book:asin=B",
-        ])
-        .expect(0)
-        .json();
+    let inspect = inspect_json("audnexus:book:asin=B");
     assert_eq!(
         inspect["tiers"][1]["entry"]["bound_to_key"], false,
         "{inspect}"

@@ -13,13 +13,10 @@ use support::Sandbox;
 /// Runs `tierstack ARGS` on a pseudo-terminal; returns every frame drawn.
 fn on_a_terminal(sandbox: &Sandbox, args: &str) -> String {
     let binary = env!("CARGO_BIN_EXE_tierstack");
-    let out = Command::new("script")
-        .args(["-qfec", &format!("{binary} {args}"), "/dev/null"])
-        .current_dir(sandbox.work())
-        .env("HOME", sandbox.path("home"))
-        .env("XDG_CACHE_HOME", sandbox.path("cache"))
-        .env("XDG_CONFIG_HOME", sandbox.path("config"))
-        .env_remove("TIERSTACK_CONFIG")
+    let mut script = Command::new("script");
+    script.args(["-qfec", &format!("{binary} {args}"), "/dev/null"]);
+    let out = sandbox
+        .sandboxed(script)
         .output()
         .expect("script (util-linux) runs");
     assert!(out.status.success(), "{out:?}");
@@ -29,11 +26,8 @@ fn on_a_terminal(sandbox: &Sandbox, args: &str) -> String {
 #[test]
 fn bench_progress_follows_the_clock_and_reports_survive_a_terminal() {
     let sandbox = Sandbox::new();
-    let config = sandbox.write(
-        "c.yaml",
-        &format!("cache:\n  location: \"{}\"\n", sandbox.path("c").display()),
-    );
-    let config = config.to_str().unwrap();
+    let (config, _) = sandbox.flat_config("c");
+    let config = config.as_str();
 
     let bench = on_a_terminal(&sandbox, &format!("--config {config} bench --duration 3s"));
     for frame in ["measuring", "1/3 s", "2/3 s"] {

@@ -758,10 +758,16 @@ impl Entry {
                 extra: header.len().saturating_sub(head_len),
             });
         }
-        if body.len() != parsed.body_len as usize {
+        let expected = parsed.body_len as usize;
+        if body.len() < expected {
             return Err(DecodeError::Truncated {
                 len: body.len(),
-                expected: parsed.body_len as usize,
+                expected,
+            });
+        }
+        if body.len() > expected {
+            return Err(DecodeError::TrailingBytes {
+                extra: body.len() - expected,
             });
         }
         Ok(Self {

@@ -532,13 +532,20 @@ impl TieredCache {
             }
             (None, None) => None,
         };
-        if let Some(file) = stats_file {
-            let path = tierstack_core::paths::expand(&file)
-                .map_err(|e| Error::config(format!("cache.stats_file: {e}")))?;
-            crate::stats_file::check_path(&path)
-                .map_err(|e| Error::config(format!("cache.stats_file: {}", e.message())))?;
-            builder = builder.stats_file(path);
-        }
+        let check_stats_file = |path: &std::path::Path| {
+            crate::stats_file::check_path(path)
+                .map_err(|e| Error::config(format!("cache.stats_file: {}", e.message())))
+        };
+        let stats_path = match stats_file {
+            Some(file) => {
+                let path = tierstack_core::paths::expand(&file)
+                    .map_err(|e| Error::config(format!("cache.stats_file: {e}")))?;
+                check_stats_file(&path)?;
+                builder = builder.stats_file(path.clone());
+                Some(path)
+            }
+            None => None,
+        };
         let ctx = BuildContext::new(c.schema_version);
         let tiers = match (&c.tiers, flat) {
             (Some(_), true) => {
@@ -571,6 +578,11 @@ impl TieredCache {
                 return Err(zero_ttl(&format!("cache.tiers[{i}].ttl")));
             }
             builder = builder.shared_tier(tier);
+        }
+        // Once more now that the tiers exist: a stats file naming the store
+        // a tier has just created is refused on the first run too.
+        if let Some(path) = &stats_path {
+            check_stats_file(path)?;
         }
         builder.try_build()
     }

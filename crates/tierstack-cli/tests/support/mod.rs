@@ -75,6 +75,17 @@ impl Sandbox {
         self
     }
 
+    /// Writes a config of the RFC's flat form with its `location` at `dir`
+    /// under the sandbox; returns the config's path and the location.
+    pub fn flat_config(&self, dir: &str) -> (String, PathBuf) {
+        let location = self.path(dir);
+        let config = self.write(
+            &format!("{dir}.yaml"),
+            &format!("cache:\n  location: \"{}\"\n", location.display()),
+        );
+        (config.to_string_lossy().into_owned(), location)
+    }
+
     /// Writes a file under the sandbox and returns its path.
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.path(name);
@@ -105,7 +116,8 @@ impl Sandbox {
         Run::from(&self.sandboxed(command).output().unwrap())
     }
 
-    fn sandboxed(&self, mut command: Command) -> Command {
+    /// `command` with the sandbox's directories and environment.
+    pub fn sandboxed(&self, mut command: Command) -> Command {
         command
             .current_dir(self.work())
             .env("HOME", self.path("home"))
