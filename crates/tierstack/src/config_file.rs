@@ -522,30 +522,10 @@ impl TieredCache {
             // A pass-through cache opens nothing.
             return builder.try_build();
         }
-        let stats_file = match (&c.stats_file, &c.location) {
-            (Some(file), _) => Some(file.clone()),
-            (None, Some(location)) => {
-                Some(format!("{}/stats.json", location.trim_end_matches('/')))
-            }
-            (None, None) if config.origin == ConfigOrigin::Embedded => {
-                Some(tierstack_core::paths::default_cache_path("stats.json"))
-            }
-            (None, None) => None,
-        };
-        let check_stats_file = |path: &std::path::Path| {
-            crate::stats_file::check_path(path)
-                .map_err(|e| Error::config(format!("cache.stats_file: {}", e.message())))
-        };
-        let stats_path = match stats_file {
-            Some(file) => {
-                let path = tierstack_core::paths::expand(&file)
-                    .map_err(|e| Error::config(format!("cache.stats_file: {e}")))?;
-                check_stats_file(&path)?;
-                builder = builder.stats_file(path.clone());
-                Some(path)
-            }
-            None => None,
-        };
+        let stats_path = stats_path(c, &config.origin)?;
+        if let Some(path) = &stats_path {
+            builder = builder.stats_file(path.clone());
+        }
         let ctx = BuildContext::new(c.schema_version);
         let tiers = match (&c.tiers, flat) {
             (Some(_), true) => {
@@ -586,6 +566,29 @@ impl TieredCache {
         }
         builder.try_build()
     }
+}
+
+/// Where the cache adds up its counters: `cache.stats_file`, else beside the
+/// flat form's database, else beside the embedded default's; checked to be
+/// a file tierstack may replace.
+fn stats_path(c: &CacheConfig, origin: &ConfigOrigin) -> Result<Option<std::path::PathBuf>> {
+    let file = match (&c.stats_file, &c.location) {
+        (Some(file), _) => file.clone(),
+        (None, Some(location)) => format!("{}/stats.json", location.trim_end_matches('/')),
+        (None, None) if *origin == ConfigOrigin::Embedded => {
+            tierstack_core::paths::default_cache_path("stats.json")
+        }
+        (None, None) => return Ok(None),
+    };
+    let path = tierstack_core::paths::expand(&file)
+        .map_err(|e| Error::config(format!("cache.stats_file: {e}")))?;
+    check_stats_file(&path)?;
+    Ok(Some(path))
+}
+
+fn check_stats_file(path: &std::path::Path) -> Result<()> {
+    crate::stats_file::check_path(path)
+        .map_err(|e| Error::config(format!("cache.stats_file: {}", e.message())))
 }
 
 /// A TTL of zero stores entries that are dead on arrival: every write
