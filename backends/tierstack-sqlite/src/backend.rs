@@ -276,12 +276,17 @@ impl Tier for SqliteTier {
         self.writer.purge().await
     }
 
+    /// The entries a reader can still get (dead rows, which wait for a
+    /// purge, are not counted), so that sizes agree with what a scan and an
+    /// export see.
     async fn size(&self) -> Result<TierSize> {
+        let now = millis(Timestamp::now());
         let (entries, bytes): (i64, i64) = self.read(Operation::Len, |conn| {
             conn.prepare_cached(
-                "SELECT count(*), coalesce(sum(size), 0) FROM metadata_cache WHERE schema_version = ?1",
+                "SELECT count(*), coalesce(sum(size), 0) FROM metadata_cache \
+                 WHERE schema_version = ?1 AND retain_ms > ?2",
             )?
-            .query_row(params![self.namespace], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![self.namespace, now], |r| Ok((r.get(0)?, r.get(1)?)))
         })?;
         Ok(TierSize {
             entries: u64::try_from(entries).unwrap_or(0),

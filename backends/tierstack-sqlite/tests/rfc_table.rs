@@ -328,3 +328,28 @@ async fn a_version_2_file_is_migrated_in_place_with_every_row() {
         .unwrap();
     assert_eq!(indexes, 0);
 }
+
+#[tokio::test]
+async fn sizes_count_what_a_scan_sees_and_dead_rows_wait_for_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let tier = Arc::new(open(&dir.path().join("metadata.db")).await);
+    let cache = json_cache(tier.clone());
+    for i in 0..6 {
+        cache
+            .set(&book(i), json!(i), Ttl::TierDefault)
+            .await
+            .unwrap();
+    }
+    for i in 10..12 {
+        cache
+            .set(&book(i), json!(i), Duration::from_millis(1))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let size = tier.size().await.unwrap();
+    let scanned = tier.scan(None, 100).await.unwrap().entries.len();
+    assert_eq!((size.entries, scanned), (6, 6));
+    assert_eq!(tier.purge().await.unwrap(), 2);
+    assert_eq!(tier.size().await.unwrap(), size);
+}
