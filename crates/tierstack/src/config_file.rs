@@ -452,6 +452,20 @@ fn apply_override(
     let mut walked = String::from("cache");
     for segment in &path {
         node = match node {
+            // A list item can only be overridden where the file has the list:
+            // a new map keyed "1" would only fail later, as "expected a sequence".
+            Value::Object(map)
+                if walked == "cache" && segment == "tiers" && !map.contains_key("tiers") =>
+            {
+                return Err(format!(
+                    "{name}: the config file has no `tiers` list to override{}",
+                    if map.contains_key("location") || map.contains_key("file_ttl_days") {
+                        " (it uses the flat form: override its fields instead, e.g. TIERSTACK_LOCATION)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             Value::Object(map) => map
                 .entry(segment.clone())
                 .or_insert_with(|| Value::Object(serde_json::Map::default())),

@@ -204,3 +204,21 @@ async fn the_embedded_default_is_memory_over_sqlite() {
     assert_eq!(names, ["memory", "sqlite"]);
     assert!(db.exists());
 }
+
+#[test]
+fn a_list_override_on_a_file_without_the_list_says_what_to_use() {
+    let rfc = "cache:\n  enabled: true\n  file_ttl_days: 7\n  location: /tmp/x\n";
+    let error = Config::parse_with_env(
+        rfc,
+        "yaml",
+        vars(&[("TIERSTACK_TIERS__1__PATH", "/tmp/y.db")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("TIERSTACK_TIERS__1__PATH")
+            && error.contains("no `tiers` list")
+            && error.contains("TIERSTACK_LOCATION"),
+        "{error}"
+    );
+}
