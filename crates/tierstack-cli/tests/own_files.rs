@@ -272,3 +272,20 @@ fn the_stats_file_never_replaces_a_store_or_a_foreign_file() {
         .run(&["--config", plain.to_str().unwrap(), "get", BOOK])
         .expect(1);
 }
+
+#[test]
+fn a_refusal_names_what_the_file_is_when_it_is_tierstacks_own_other_kind() {
+    let sandbox = Sandbox::new();
+    let (config, location) = sandbox.flat_config("rfc");
+    sandbox
+        .run(&["--config", &config, "set", BOOK, "1"])
+        .expect(0);
+    let stats = location.join("stats.json");
+    assert!(stats.exists(), "the flat form keeps a stats file");
+    let before = std::fs::read(&stats).unwrap();
+    let run = sandbox
+        .run(&["--config", &config, "export", stats.to_str().unwrap()])
+        .expect(2);
+    assert!(run.stderr.contains("a tierstack stats file"), "{run:?}");
+    assert_eq!(std::fs::read(&stats).unwrap(), before);
+}

@@ -186,9 +186,18 @@ fn describe_head(head: &[u8]) -> Option<&'static str> {
         (b"redb", "a redb database"),
         (&[0x28, 0xb5, 0x2f, 0xfd], "zstd-compressed data"),
     ];
+    // tierstack's own JSON files name their format near the start.
+    const OWN: &[(&[u8], &str)] = &[
+        (b"\"tierstack-stats\"", "a tierstack stats file"),
+        (b"\"tierstack-export\"", "a tierstack export"),
+    ];
     FORMATS
         .iter()
         .find(|(magic, _)| head.starts_with(magic))
+        .or_else(|| {
+            OWN.iter()
+                .find(|(marker, _)| head.windows(marker.len()).any(|w| w == *marker))
+        })
         .map(|&(_, name)| name)
 }
 
@@ -265,14 +274,14 @@ pub fn check_replaceable(path: &Path, kind: &str, is_ours: Recognise) -> Result<
     if meta.len() == 0 || is_ours(&mut file) {
         return Ok(true);
     }
-    let mut head = [0u8; 16];
+    let mut head = [0u8; 64];
     let n = file
         .rewind()
         .and_then(|()| file.read(&mut head))
         .unwrap_or(0);
-    Err(not_ours(
-        describe_head(&head[..n]).unwrap_or("a file tierstack did not write"),
-    ))
+    Err(not_ours(describe_head(&head[..n]).unwrap_or(
+        "a file tierstack does not recognise as one of its own",
+    )))
 }
 
 /// A file written under a fresh temporary name beside its destination and
