@@ -159,3 +159,22 @@ fn closed_full_or_dead_stdout_and_stderr_never_panic() {
     let got = sandbox.run(&["--config", config, "get", BOOK]).expect(0);
     assert_eq!(got.stdout.trim(), "7");
 }
+
+#[test]
+fn without_home_the_embedded_default_says_why_it_has_nowhere_to_go() {
+    let sandbox = Sandbox::new();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let run = run_bare(
+        &[OsStr::new("get"), OsStr::new("k:a=1")],
+        &[(OsStr::new("PATH"), path.as_os_str())],
+        &sandbox.work(),
+        None,
+        None,
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("embedded default") && run.stderr.contains("HOME"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("cache.stats_file"), "{run:?}");
+}

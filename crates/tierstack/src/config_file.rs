@@ -586,16 +586,20 @@ impl TieredCache {
 /// flat form's database, else beside the embedded default's; checked to be
 /// a file tierstack may replace.
 fn stats_path(c: &CacheConfig, origin: &ConfigOrigin) -> Result<Option<std::path::PathBuf>> {
-    let file = match (&c.stats_file, &c.location) {
-        (Some(file), _) => file.clone(),
-        (None, Some(location)) => format!("{}/stats.json", location.trim_end_matches('/')),
-        (None, None) if *origin == ConfigOrigin::Embedded => {
-            tierstack_core::paths::default_cache_path("stats.json")
-        }
+    let (file, field) = match (&c.stats_file, &c.location) {
+        (Some(file), _) => (file.clone(), "cache.stats_file"),
+        (None, Some(location)) => (
+            format!("{}/stats.json", location.trim_end_matches('/')),
+            "cache.location",
+        ),
+        (None, None) if *origin == ConfigOrigin::Embedded => (
+            tierstack_core::paths::default_cache_path("stats.json"),
+            "the embedded default config (no config file was found; it keeps its cache in the user cache directory)",
+        ),
         (None, None) => return Ok(None),
     };
-    let path = tierstack_core::paths::expand(&file)
-        .map_err(|e| Error::config(format!("cache.stats_file: {e}")))?;
+    let path =
+        tierstack_core::paths::expand(&file).map_err(|e| Error::config(format!("{field}: {e}")))?;
     check_stats_file(&path)?;
     Ok(Some(path))
 }
