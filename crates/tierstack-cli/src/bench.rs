@@ -365,15 +365,17 @@ async fn measure(
     }
     // Tasks finish together at the deadline, so the bar follows the clock.
     let bar = progress_over(json, workload.duration, "measuring");
-    let ticker = {
+    // On a thread of its own: the bench tasks may keep every runtime
+    // worker busy without yielding until the deadline.
+    if !bar.is_hidden() {
         let bar = bar.clone();
-        tokio::spawn(async move {
-            loop {
+        std::thread::spawn(move || {
+            while !bar.is_finished() {
                 bar.set_position(started.elapsed().as_secs());
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                std::thread::sleep(Duration::from_millis(200));
             }
-        })
-    };
+        });
+    }
     let mut all = Samples::default();
     for task in tasks {
         let samples = task
@@ -384,7 +386,6 @@ async fn measure(
         all.misses += samples.misses;
         all.errors += samples.errors;
     }
-    ticker.abort();
     bar.finish_and_clear();
     Ok((all, started.elapsed()))
 }
