@@ -1,32 +1,46 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use moka::Expiry;
-use moka::future::Cache;
-use moka::notification::RemovalCause;
+use quick_cache::sync::Cache;
+use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use tierstack_core::{
-    Capabilities, ClearScope, Entry, ErrorKind, Health, Key, Result, ScanCursor, ScanPage, Tier,
-    TierSize, TierStats, Timestamp, async_trait,
+    Capabilities, ClearScope, Entry, ErrorKind, Health, Key, Readiness, Result, ScanCursor,
+    ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
 };
 
 use crate::config::DEFAULT_MAX_ENTRIES;
 use crate::{CAPABILITIES, MemoryConfig};
 
-/// Per-entry overhead counted by the byte weigher: moka's node, the `Arc`s
-/// and the header, so that many tiny entries cannot exceed the budget.
-const ENTRY_OVERHEAD: usize = 128;
+/// Per-entry overhead counted by the byte weigher: the cache's slot, the
+/// `Arc`s and the header, so that many tiny entries cannot exceed the budget.
+const ENTRY_OVERHEAD: u64 = 128;
+
+/// How often a write sweeps out entries past their retention. Between
+/// sweeps they are invisible to reads and the first to go when space is
+/// needed; the sweep only gives their memory back sooner.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+type Engine = Cache<Key, Arc<Entry>, Weigh, foldhash::fast::RandomState, CountEvictions>;
 
 /// The in-process tier. Entries keep their decoded value next to the bytes,
 /// so a hit hands out an `Arc` of the value: no decode, no decompression, no
-/// copy.
+/// copy. Reads are answered synchronously ([`Tier::get_ready`]).
+///
+/// The engine is quick_cache (a CLOCK-Pro/S3-FIFO-like policy, sharded
+/// read locks, no per-entry timers): freshness is the cache's business and
+/// is read from the header it already reads, so the tier only has to keep
+/// entries until their retention ends (see `docs/decisions/0010-hot-path.md`).
 #[derive(Debug)]
 pub struct MemoryTier {
     name: String,
-    cache: Cache<Key, Entry, foldhash::fast::RandomState>,
+    cache: Engine,
     max_ttl: Option<Duration>,
     by_bytes: bool,
     counters: Arc<Counters>,
+    /// When the last sweep of dead entries ran, in milliseconds since the
+    /// Unix epoch.
+    last_sweep_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -35,29 +49,38 @@ struct Counters {
     expirations: AtomicU64,
 }
 
-/// Keeps each entry until the end of its retention, read from its header,
-/// so that stale-if-error and revalidation have something to work with.
-struct UntilStaleWindowEnds;
+/// Weighs entries by bytes (key + encoded entry + overhead) when the tier is
+/// capped in bytes, as one each otherwise.
+#[derive(Debug, Clone, Copy)]
+struct Weigh {
+    by_bytes: bool,
+}
 
-impl UntilStaleWindowEnds {
-    fn remaining(entry: &Entry) -> Option<Duration> {
-        entry.header.retain_until.remaining_from(Timestamp::now())
+impl Weighter<Key, Arc<Entry>> for Weigh {
+    fn weight(&self, key: &Key, entry: &Arc<Entry>) -> u64 {
+        if self.by_bytes {
+            (key.as_str().len() + entry.encoded_len()) as u64 + ENTRY_OVERHEAD
+        } else {
+            1
+        }
     }
 }
 
-impl Expiry<Key, Entry> for UntilStaleWindowEnds {
-    fn expire_after_create(&self, _key: &Key, value: &Entry, _at: Instant) -> Option<Duration> {
-        Self::remaining(value)
-    }
+/// Counts the entries the engine evicts to make room.
+#[derive(Debug, Clone, Default)]
+struct CountEvictions(Arc<Counters>);
 
-    fn expire_after_update(
-        &self,
-        _key: &Key,
-        value: &Entry,
-        _at: Instant,
-        _current: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::remaining(value)
+impl Lifecycle<Key, Arc<Entry>> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, (): &mut Self::RequestState, _key: Key, entry: Arc<Entry>) {
+        // An entry past its retention that makes room was going anyway.
+        let counter = if entry.header.is_retained(Timestamp::now()) {
+            &self.0.evictions
+        } else {
+            &self.0.expirations
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -66,39 +89,36 @@ impl MemoryTier {
     pub fn new(config: &MemoryConfig) -> Result<Self> {
         crate::error::validate(config)?;
         let counters = Arc::new(Counters::default());
-        let listener_counters = Arc::clone(&counters);
-        let mut builder = Cache::builder()
-            .name(&config.name)
-            .expire_after(UntilStaleWindowEnds)
-            .eviction_listener(move |_key, _value, cause| match cause {
-                RemovalCause::Size => {
-                    listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                RemovalCause::Expired => {
-                    listener_counters
-                        .expirations
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                RemovalCause::Explicit | RemovalCause::Replaced => {}
-            });
         let by_bytes = config.max_bytes.is_some();
-        if let Some(max_bytes) = config.max_bytes {
-            builder = builder
-                .max_capacity(max_bytes)
-                .weigher(|key: &Key, entry: &Entry| {
-                    u32::try_from(key.as_str().len() + entry.encoded_len() + ENTRY_OVERHEAD)
-                        .unwrap_or(u32::MAX)
-                });
+        // In bytes, a guess of 1 KiB per entry sizes the tables.
+        let (capacity, estimated_items) = if let Some(max_bytes) = config.max_bytes {
+            (max_bytes, max_bytes / 1024)
         } else {
-            builder = builder.max_capacity(config.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES));
-        }
+            let entries = config.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES);
+            (entries, entries)
+        };
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(usize::try_from(estimated_items.max(1)).unwrap_or(usize::MAX))
+            .weight_capacity(capacity)
+            .build()
+            .map_err(|e| {
+                tierstack_core::Error::config(format!("memory tier options: {e:?}"))
+                    .with_tier(config.name.as_str())
+            })?;
+        let cache = Cache::with_options(
+            options,
+            Weigh { by_bytes },
+            // Seeded per process; SipHash was a tenth of a hit's cost.
+            foldhash::fast::RandomState::default(),
+            CountEvictions(Arc::clone(&counters)),
+        );
         Ok(Self {
             name: config.name.clone(),
-            // Seeded per process; SipHash was a tenth of a hit's cost.
-            cache: builder.build_with_hasher(foldhash::fast::RandomState::default()),
+            cache,
             max_ttl: config.ttl,
             by_bytes,
             counters,
+            last_sweep_ms: AtomicU64::new(Timestamp::now().as_millis()),
         })
     }
 
@@ -107,20 +127,59 @@ impl MemoryTier {
         Self::new(&MemoryConfig::with_max_entries(max_entries))
     }
 
-    async fn remove_where(&self, mut condition: impl FnMut(&Key, &Entry) -> bool) -> u64 {
-        let mut removed = 0;
-        let doomed: Vec<Arc<Key>> = self
-            .cache
-            .iter()
-            .filter(|(k, v)| condition(k, v))
-            .map(|(k, _)| k)
-            .collect();
-        for key in doomed {
-            if self.cache.remove(&*key).await.is_some() {
-                removed += 1;
-            }
+    /// The live entry of `key`: one past its retention is removed and
+    /// counted as expired.
+    fn live(&self, key: &Key, now: Timestamp) -> Option<Arc<Entry>> {
+        let entry = self.cache.get(key)?;
+        if entry.header.is_retained(now) {
+            return Some(entry);
         }
+        if self
+            .cache
+            .remove_if(key, |e| !e.header.is_retained(now))
+            .is_some()
+        {
+            self.counters.expirations.fetch_add(1, Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// Removes what `doomed` selects; returns how many.
+    fn remove_where(&self, doomed: impl Fn(&Key, &Entry) -> bool) -> u64 {
+        let removed = AtomicU64::new(0);
+        self.cache.retain(|key, entry| {
+            let remove = doomed(key, entry);
+            if remove {
+                removed.fetch_add(1, Ordering::Relaxed);
+            }
+            !remove
+        });
+        removed.into_inner()
+    }
+
+    /// Drops entries past their retention; returns how many.
+    fn sweep(&self, now: Timestamp) -> u64 {
+        self.last_sweep_ms.store(now.as_millis(), Ordering::Relaxed);
+        let removed = self.remove_where(|_, e| !e.header.is_retained(now));
+        self.counters
+            .expirations
+            .fetch_add(removed, Ordering::Relaxed);
         removed
+    }
+
+    /// Sweeps when the last sweep is [`SWEEP_EVERY`] old; one writer wins
+    /// the race, the others go on.
+    fn sweep_if_due(&self, now: Timestamp) {
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        let due = last.saturating_add(SWEEP_EVERY.as_millis() as u64);
+        if now.as_millis() >= due
+            && self
+                .last_sweep_ms
+                .compare_exchange(last, now.as_millis(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.sweep(now);
+        }
     }
 }
 
@@ -138,25 +197,44 @@ impl Tier for MemoryTier {
         self.max_ttl
     }
 
+    /// Lends the stored entry as it is: the cache reads freshness and
+    /// retention from its header anyway, so a hit costs one read lock and
+    /// one refcount.
+    fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
+        read(self.cache.get(key).as_deref());
+        Readiness::Answered
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        Ok(self.cache.get(key).await)
+        Ok(self.live(key, Timestamp::now()).map(|e| (*e).clone()))
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
-        self.cache.insert(key.clone(), entry).await;
+        let now = Timestamp::now();
+        if entry.header.is_retained(now) {
+            self.cache.insert(key.clone(), Arc::new(entry));
+        } else {
+            // Already dead: nothing to keep, and an older copy must go.
+            self.cache.remove(key);
+        }
+        self.sweep_if_due(now);
         Ok(())
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {
-        Ok(self.cache.remove(key).await.is_some())
+        Ok(self.cache.remove(key).is_some())
     }
 
     async fn clear(&self, scope: ClearScope) -> Result<u64> {
         let now = Timestamp::now();
         let removed = match scope {
-            ClearScope::All => self.remove_where(|_, _| true).await,
-            ClearScope::Source(source) => self.remove_where(|k, _| k.source() == source).await,
-            ClearScope::Expired => self.remove_where(|_, e| !e.header.is_fresh(now)).await,
+            ClearScope::All => {
+                let count = self.cache.len() as u64;
+                self.cache.clear();
+                count
+            }
+            ClearScope::Source(source) => self.remove_where(|k, _| k.source() == source),
+            ClearScope::Expired => self.remove_where(|_, e| !e.header.is_fresh(now)),
             other => {
                 return Err(tierstack_core::Error::new(
                     ErrorKind::Unsupported,
@@ -165,35 +243,43 @@ impl Tier for MemoryTier {
                 .with_tier(self.name.as_str()));
             }
         };
-        self.cache.run_pending_tasks().await;
         Ok(removed)
     }
 
     async fn size(&self) -> Result<TierSize> {
-        self.cache.run_pending_tasks().await;
-        let bytes = if self.by_bytes {
-            self.cache.weighted_size()
-        } else {
-            self.cache
-                .iter()
-                .map(|(k, e)| (k.as_str().len() + e.encoded_len()) as u64)
-                .sum()
-        };
-        Ok(TierSize {
-            entries: self.cache.entry_count(),
-            bytes,
-        })
+        let now = Timestamp::now();
+        let mut entries = 0;
+        let mut bytes = 0;
+        for (key, entry) in self.cache.iter() {
+            if entry.header.is_retained(now) {
+                entries += 1;
+                bytes += (key.as_str().len() + entry.encoded_len()) as u64;
+                if self.by_bytes {
+                    bytes += ENTRY_OVERHEAD;
+                }
+            }
+        }
+        Ok(TierSize { entries, bytes })
     }
 
     /// The whole tier is one page: it is in memory already.
     async fn scan(&self, _cursor: Option<ScanCursor>, _limit: usize) -> Result<ScanPage> {
-        let mut entries: Vec<(Key, Entry)> =
-            self.cache.iter().map(|(k, e)| ((*k).clone(), e)).collect();
+        let now = Timestamp::now();
+        let mut entries: Vec<(Key, Entry)> = self
+            .cache
+            .iter()
+            .filter(|(_, e)| e.header.is_retained(now))
+            .map(|(k, e)| (k, (*e).clone()))
+            .collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(ScanPage {
             entries,
             next: None,
         })
+    }
+
+    async fn purge(&self) -> Result<u64> {
+        Ok(self.sweep(Timestamp::now()))
     }
 
     fn stats(&self) -> TierStats {

@@ -1,4 +1,4 @@
-//! moka has no failing operations; the only errors of this tier are
+//! The engine has no failing operations; the only errors of this tier are
 //! configuration mistakes, reported before the tier exists.
 
 use tierstack_core::{Error, Operation};

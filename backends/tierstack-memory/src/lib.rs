@@ -16,12 +16,13 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     scan: true,
     size_limit: true,
     keeps_decoded: true,
+    answers_without_io: true,
     ..Capabilities::NONE
 };
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "memory",
-    description: "In-process cache on moka; fastest, lost when the process exits",
+    description: "In-process cache on quick_cache; fastest, lost when the process exits",
     capabilities: CAPABILITIES,
     example_config: "kind: memory\nttl: 1h\nmax_entries: 1000\n",
 });

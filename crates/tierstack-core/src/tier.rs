@@ -31,6 +31,10 @@ pub struct Capabilities {
     pub size_limit: bool,
     /// The tier keeps decoded values, so a hit costs no decode.
     pub keeps_decoded: bool,
+    /// The tier can answer a read without I/O or waiting
+    /// ([`Tier::get_ready`]): the cache asks it before it creates any
+    /// future, so a hit in it costs no allocation.
+    pub answers_without_io: bool,
 }
 
 impl Capabilities {
@@ -44,6 +48,7 @@ impl Capabilities {
         scan: false,
         size_limit: false,
         keeps_decoded: false,
+        answers_without_io: false,
     };
 
     /// The names of the capabilities that are set.
@@ -57,6 +62,7 @@ impl Capabilities {
             (self.scan, "scan"),
             (self.size_limit, "size_limit"),
             (self.keeps_decoded, "keeps_decoded"),
+            (self.answers_without_io, "answers_without_io"),
         ];
         all.into_iter()
             .filter(|(on, _)| *on)
@@ -128,6 +134,18 @@ pub struct ScanPage {
     pub next: Option<ScanCursor>,
 }
 
+/// Whether [`Tier::get_ready`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Readiness {
+    /// The tier answered: the reader was called, with the entry or with
+    /// `None` for a key it does not hold.
+    Answered,
+    /// The tier cannot answer without I/O; the reader was not called and
+    /// [`Tier::get`] must be asked.
+    NeedsIo,
+}
+
 /// What [`Tier::compact`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Compacted {
@@ -172,6 +190,23 @@ pub trait Tier: Send + Sync + fmt::Debug {
 
     /// Reads one entry.
     async fn get(&self, key: &Key) -> Result<Option<Entry>>;
+
+    /// Reads one entry at once, for tiers that hold their entries in memory
+    /// (capability `answers_without_io`): calls `read` with the entry, or
+    /// with `None` for a key the tier does not hold, and returns
+    /// [`Readiness::Answered`]. The entry is lent, so that the caller takes
+    /// only what it needs (for a hit, one `Arc` of the decoded value) and
+    /// the tier need not clone it; it may be past its retention, which the
+    /// caller reads from its header. Must not block or do I/O; a tier that
+    /// cannot answer so returns [`Readiness::NeedsIo`] without calling
+    /// `read` (the default).
+    ///
+    /// The cache calls this on its top tier before anything else: a fresh
+    /// hit there is answered without creating a future or allocating.
+    fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
+        let _ = (key, read);
+        Readiness::NeedsIo
+    }
 
     /// Reads several entries; the result has one slot per key, in order.
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {

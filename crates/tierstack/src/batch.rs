@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use tierstack_core::{Decoded, Entry, Error, ErrorKind, Key, Operation, Result, Timestamp};
-use tracing::Instrument as _;
 
 use crate::cache::{CacheValue, Lookup, TieredCache};
 use crate::fetch::{BatchContext, BoxError, FetchOptions};
@@ -66,15 +65,10 @@ impl TieredCache {
             if pending.is_empty() {
                 break;
             }
-            let found = match layer
-                .tier
-                .get_many(&pending)
-                .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "get_many"))
-                .await
-            {
+            let found = match layer.tier.get_many(&pending).await {
                 Ok(found) => found,
                 Err(e) => {
-                    bump(&layer.counters.errors);
+                    bump(&layer.counters.local().errors);
                     tracing::warn!(tier = %layer.name, error = %e.report(), "tier skipped");
                     continue;
                 }
@@ -103,15 +97,15 @@ impl TieredCache {
         for key in answers.keys().chain(pending.iter()) {
             let source = self.inner.sources.get(key.source());
             if answers.contains_key(key) {
-                bump(&source.hits);
+                bump(&source.local().hits);
             } else {
-                bump(&source.misses);
+                bump(&source.local().misses);
             }
         }
         if pending.is_empty() || self.is_offline() {
             for key in pending {
                 if let Some(value) = stale.remove(&key) {
-                    bump(&self.inner.sources.get(key.source()).stale_served);
+                    bump(&self.inner.sources.get(key.source()).local().stale_served);
                     answers.insert(key, value);
                 }
             }
@@ -144,7 +138,7 @@ impl TieredCache {
         sources.sort_unstable();
         sources.dedup();
         for source in &sources {
-            bump(&self.inner.sources.get(source).fetches);
+            bump(&self.inner.sources.get(source).local().fetches);
         }
         let asked: HashSet<Key> = pending.iter().cloned().collect();
         let context = BatchContext::new(
@@ -187,12 +181,12 @@ impl TieredCache {
             .with_operation(Operation::Fetch),
         };
         for source in &sources {
-            bump(&self.inner.sources.get(source).fetch_errors);
+            bump(&self.inner.sources.get(source).local().fetch_errors);
         }
         for key in &pending {
             match stale.remove(key) {
                 Some(value) => {
-                    bump(&self.inner.sources.get(key.source()).stale_served);
+                    bump(&self.inner.sources.get(key.source()).local().stale_served);
                     answers.insert(key.clone(), value);
                 }
                 None => return Err(error),
@@ -244,11 +238,11 @@ impl TieredCache {
                 );
                 match layer.tier.set_many(batch).await {
                     Ok(()) => {
-                        add(&layer.counters.writes, count);
-                        add(&layer.counters.bytes_written, len);
+                        add(&layer.counters.local().writes, count);
+                        add(&layer.counters.local().bytes_written, len);
                     }
                     Err(e) => {
-                        add(&layer.counters.write_errors, count);
+                        add(&layer.counters.local().write_errors, count);
                         tracing::warn!(tier = %layer.name, error = %e.report(), "batch write skipped");
                     }
                 }

@@ -212,9 +212,11 @@ impl TieredCacheBuilder {
                 n += 1;
                 name = format!("{base}#{n}");
             }
+            let name: Arc<str> = name.into();
             layers.push(Layer {
-                tier,
-                name: name.into(),
+                answers_without_io: tier.capabilities().answers_without_io,
+                tier: crate::traced::Traced::new(tier, Arc::clone(&name)),
+                name,
                 counters: crate::stats::LayerCounters::default(),
             });
         }

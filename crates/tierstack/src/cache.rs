@@ -1,6 +1,8 @@
 //! `TieredCache`: a stack of tiers behind one typed API.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -8,9 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tierstack_core::{
     ClearScope, Codec, Compression, DecodeError, DecodeLimits, Decoded, Dictionaries, Entry,
-    EntryMeta, Error, ErrorKind, Header, Health, Key, Operation, Result, Tier, TierSize, Timestamp,
+    EntryMeta, Error, ErrorKind, Header, Health, Key, Operation, Readiness, Result, Tier, TierSize,
+    Timestamp,
 };
-use tracing::Instrument as _;
 
 use crate::fetch::FetchOptions;
 use crate::flight::Flights;
@@ -50,9 +52,12 @@ pub struct TieredCache {
 }
 
 pub(crate) struct Layer {
-    pub(crate) tier: Arc<dyn Tier>,
+    /// The tier, called through a span per call.
+    pub(crate) tier: crate::traced::Traced,
     pub(crate) name: Arc<str>,
     pub(crate) counters: LayerCounters,
+    /// The tier's `answers_without_io` capability, read once.
+    pub(crate) answers_without_io: bool,
 }
 
 pub(crate) struct Inner {
@@ -127,6 +132,26 @@ impl std::fmt::Debug for TieredCache {
 pub trait CacheValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
 
+/// Where a [`TieredCache::hit_or_else`] future is.
+enum HitOrElse<H, S, F> {
+    Start { hit: H, slow: S },
+    Slow(std::pin::Pin<Box<F>>),
+    Done,
+}
+
+/// What the top tier answered without I/O.
+pub(crate) enum TopAnswer<V> {
+    /// A fresh hit, counted in the tier's counters (not yet the source's).
+    Hit(Arc<V>, Header),
+    /// The top tier holds this entry, which is not a plain fresh hit
+    /// (boxed: the hit path moves this enum, and an entry is large).
+    Held(Box<Entry>),
+    /// The top tier does not hold the key.
+    Missing,
+    /// The top tier was not asked (it needs I/O, or the cache is off).
+    NotAsked,
+}
+
 /// What the tiers hold for a key.
 pub(crate) enum Lookup<V> {
     /// A fresh value and its header (for its age).
@@ -153,11 +178,70 @@ impl TieredCache {
 
     /// Reads a fresh value. A miss, an expired, negative or undecodable entry
     /// and a failing tier all give `None` (and are counted); reads never fail.
-    pub async fn get<V: CacheValue>(&self, key: &Key) -> Option<Arc<V>> {
-        match self.lookup(key).await {
-            Lookup::Found(v, _) => Some(v),
-            Lookup::Absent | Lookup::Missing { .. } => None,
-        }
+    ///
+    /// A fresh hit in a top tier that answers without I/O (the memory tier)
+    /// is answered at the first poll without allocating; the returned
+    /// future is small, so awaiting it copies little.
+    pub fn get<'a, V: CacheValue>(
+        &'a self,
+        key: &'a Key,
+    ) -> impl Future<Output = Option<Arc<V>>> + Send + 'a {
+        self.hit_or_else(
+            key,
+            |value, _| Some(value),
+            move |top| async move {
+                match self.finish_lookup(key, top).await {
+                    Lookup::Found(v, _) => Some(v),
+                    Lookup::Absent | Lookup::Missing { .. } => None,
+                }
+            },
+        )
+    }
+
+    /// A future that answers a fresh hit of the top tier at its first poll
+    /// (`hit`, counted as a hit of the key's source), and otherwise boxes
+    /// `slow`, given what the top tier said, and runs it. The box is paid
+    /// only on that path, where tier calls and fetches cost far more; the
+    /// hit path's future holds a few pointers instead of the whole lookup.
+    pub(crate) fn hit_or_else<'a, V, T, H, S, F>(
+        &'a self,
+        key: &'a Key,
+        hit: H,
+        slow: S,
+    ) -> impl Future<Output = T>
+    where
+        V: CacheValue,
+        H: FnOnce(Arc<V>, Header) -> T,
+        S: FnOnce(TopAnswer<V>) -> F,
+        F: Future<Output = T>,
+    {
+        let mut state = HitOrElse::Start { hit, slow };
+        std::future::poll_fn(move |cx| {
+            loop {
+                match std::mem::replace(&mut state, HitOrElse::Done) {
+                    HitOrElse::Start { hit, slow } => {
+                        match self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count) {
+                            TopAnswer::Hit(value, header) => {
+                                self.inner
+                                    .sources
+                                    .with(key.source(), |source| bump(&source.hits));
+                                return Poll::Ready(hit(value, header));
+                            }
+                            top => state = HitOrElse::Slow(Box::pin(slow(top))),
+                        }
+                    }
+                    HitOrElse::Slow(mut future) => {
+                        let poll = future.as_mut().poll(cx);
+                        if poll.is_pending() {
+                            state = HitOrElse::Slow(future);
+                        }
+                        return poll;
+                    }
+                    // Polled again after it finished: it stays finished.
+                    HitOrElse::Done => return Poll::Pending,
+                }
+            }
+        })
     }
 
     /// Writes a value through every tier. Fails only if the value cannot be
@@ -180,13 +264,7 @@ impl TieredCache {
     /// With a backplane (the Redis tier's `backplane: true`), other processes
     /// drop the key from their private tiers too.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
-        let results = join_all(self.inner.layers.iter().map(|layer| {
-            layer
-                .tier
-                .delete(key)
-                .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "delete"))
-        }))
-        .await;
+        let results = join_all(self.inner.layers.iter().map(|layer| layer.tier.delete(key))).await;
         crate::invalidation::announce(&self.inner, tierstack_core::Invalidation::Key(key.clone()))
             .await;
         self.first_error(results, Operation::Delete)
@@ -197,12 +275,12 @@ impl TieredCache {
     /// top first. Every tier is tried; the first failure is returned after.
     /// With a backplane, other processes clear their private tiers too.
     pub async fn clear(&self, scope: ClearScope) -> Result<Vec<(String, u64)>> {
-        let results = join_all(self.inner.layers.iter().map(|layer| {
-            layer
-                .tier
-                .clear(scope.clone())
-                .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "clear"))
-        }))
+        let results = join_all(
+            self.inner
+                .layers
+                .iter()
+                .map(|layer| layer.tier.clear(scope.clone())),
+        )
         .await;
         crate::invalidation::announce(&self.inner, tierstack_core::Invalidation::Clear(scope))
             .await;
@@ -256,7 +334,7 @@ impl TieredCache {
 
     /// The tiers, top (L1) first.
     pub fn tiers(&self) -> impl Iterator<Item = &Arc<dyn Tier>> {
-        self.inner.layers.iter().map(|l| &l.tier)
+        self.inner.layers.iter().map(|l| l.tier.inner())
     }
 
     /// The application schema version entries are written with and must
@@ -290,7 +368,7 @@ impl TieredCache {
             match result {
                 Ok(v) => out.push(v),
                 Err(e) => {
-                    bump(&layer.counters.errors);
+                    bump(&layer.counters.local().errors);
                     tracing::warn!(tier = %layer.name, op = op.name(), error = %e.report(), "tier failed");
                     first.get_or_insert(tier_error(e, &layer.name, op));
                 }
@@ -391,19 +469,15 @@ impl TieredCache {
     /// Writes one tier's copy; `false` (counted and logged) if it failed.
     pub(crate) async fn write_one(&self, layer: &Layer, key: &Key, entry: Entry) -> bool {
         let len = entry.encoded_len() as u64;
-        let result = layer
-            .tier
-            .set(key, entry)
-            .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "set"))
-            .await;
+        let result = layer.tier.set(key, entry).await;
         match result {
             Ok(()) => {
-                bump(&layer.counters.writes);
-                add(&layer.counters.bytes_written, len);
+                bump(&layer.counters.local().writes);
+                add(&layer.counters.local().bytes_written, len);
                 true
             }
             Err(e) => {
-                bump(&layer.counters.write_errors);
+                bump(&layer.counters.local().write_errors);
                 tracing::warn!(tier = %layer.name, key = %key, error = %e.report(), "write skipped");
                 false
             }
@@ -411,7 +485,20 @@ impl TieredCache {
     }
 
     pub(crate) async fn lookup<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
-        let found = self.look_through(key, Tally::Count).await;
+        let top = self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count);
+        self.finish_lookup(key, top).await
+    }
+
+    /// [`TieredCache::lookup`] after the top tier was asked.
+    pub(crate) async fn finish_lookup<V: CacheValue>(
+        &self,
+        key: &Key,
+        top: TopAnswer<V>,
+    ) -> Lookup<V> {
+        let found = match top {
+            TopAnswer::Hit(value, header) => Lookup::Found(value, header),
+            top => self.look_through_from(key, Tally::Count, top).await,
+        };
         self.inner.sources.with(key.source(), |source| match found {
             Lookup::Found(..) => bump(&source.hits),
             Lookup::Absent => bump(&source.negative_hits),
@@ -423,43 +510,91 @@ impl TieredCache {
     /// Looks through the tiers without counting a per-source hit or miss;
     /// `tally` says whether the tiers' hits and misses are counted.
     pub(crate) async fn look_through<V: CacheValue>(&self, key: &Key, tally: Tally) -> Lookup<V> {
+        match self.ask_top_ready::<V>(key, Timestamp::now(), tally) {
+            TopAnswer::Hit(value, header) => Lookup::Found(value, header),
+            top => self.look_through_from(key, tally, top).await,
+        }
+    }
+
+    /// The answer of the top tier when it can give one without I/O
+    /// ([`Tier::get_ready`]): a fresh hit is finished here, counted, with
+    /// no future created and nothing allocated; anything else is handed to
+    /// [`TieredCache::look_through_from`], which does not ask again.
+    fn ask_top_ready<V: CacheValue>(
+        &self,
+        key: &Key,
+        now: Timestamp,
+        tally: Tally,
+    ) -> TopAnswer<V> {
+        let Some(layer) = self.inner.layers.first() else {
+            return TopAnswer::NotAsked;
+        };
+        if !self.inner.enabled || !layer.answers_without_io {
+            return TopAnswer::NotAsked;
+        }
+        let mut answer = TopAnswer::NotAsked;
+        let readiness = layer.tier.get_ready(key, &mut |entry| {
+            answer = match entry {
+                None => TopAnswer::Missing,
+                Some(entry) => match self.fresh_decoded::<V>(key, entry, now) {
+                    Some(value) => {
+                        Self::count_hit(layer, entry, tally);
+                        TopAnswer::Hit(value, entry.header)
+                    }
+                    None => TopAnswer::Held(Box::new(entry.clone())),
+                },
+            };
+        });
+        match readiness {
+            Readiness::Answered => answer,
+            Readiness::NeedsIo => TopAnswer::NotAsked,
+        }
+    }
+
+    /// Asks the tiers in order, starting with what the top tier already
+    /// answered, if it did.
+    async fn look_through_from<V: CacheValue>(
+        &self,
+        key: &Key,
+        tally: Tally,
+        mut top: TopAnswer<V>,
+    ) -> Lookup<V> {
         if !self.inner.enabled {
             return Lookup::Missing { stale: None };
         }
         let now = Timestamp::now();
         let mut stale: Option<Option<Arc<V>>> = None;
         for (index, layer) in self.inner.layers.iter().enumerate() {
-            let result = layer
-                .tier
-                .get(key)
-                .instrument(tracing::trace_span!("tier", tier = %layer.name, op = "get"))
-                .await;
+            let result = match std::mem::replace(&mut top, TopAnswer::NotAsked) {
+                TopAnswer::Held(entry) => Ok(Some(*entry)),
+                TopAnswer::Missing => Ok(None),
+                TopAnswer::Hit(value, header) => return Lookup::Found(value, header),
+                TopAnswer::NotAsked => layer.tier.get(key).await,
+            };
             let entry = match result {
                 Ok(entry) => entry,
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
-                    tally.bump(&layer.counters.decode_failures);
-                    tally.bump(&layer.counters.misses);
+                    tally.bump(&layer.counters.local().decode_failures);
+                    tally.bump(&layer.counters.local().misses);
                     tracing::debug!(tier = %layer.name, key = %key, error = %e.report(), "undecodable entry");
                     continue;
                 }
                 Err(e) => {
-                    bump(&layer.counters.errors);
+                    bump(&layer.counters.local().errors);
                     tracing::warn!(tier = %layer.name, key = %key, error = %e.report(), "tier skipped");
                     continue;
                 }
             };
-            let entry = match Self::decoded_hit::<V>(
-                layer,
-                index,
-                key,
-                entry,
-                now,
-                self.inner.schema_version,
-                tally,
-            ) {
-                Ok(found) => return found,
-                Err(entry) => entry,
-            };
+            if index == 0 {
+                // A top tier that keeps decoded values but cannot answer
+                // without I/O still skips `classify` for a plain hit.
+                if let Some(entry) = &entry {
+                    if let Some(value) = self.fresh_decoded::<V>(key, entry, now) {
+                        Self::count_hit(layer, entry, tally);
+                        return Lookup::Found(value, entry.header);
+                    }
+                }
+            }
             match self
                 .classify::<V>(layer, index, key, entry, now, tally)
                 .await
@@ -476,44 +611,34 @@ impl TieredCache {
         Lookup::Missing { stale }
     }
 
-    /// The most common answer, a fresh value that the first tier keeps
-    /// decoded, without building [`TieredCache::classify`]'s future (it
-    /// carries the copy-up machinery). Counts as `classify` would; anything
-    /// else is handed back for it.
-    // The entry goes back by move; boxing it would allocate on every read
-    // that misses the fast path.
-    #[allow(clippy::result_large_err)]
-    fn decoded_hit<V: CacheValue>(
-        layer: &Layer,
-        index: usize,
+    /// The value of `entry` when it is the most common answer: fresh, not
+    /// negative, of this schema, bound to `key` and kept decoded as a `V`.
+    /// Anything else (`None`) goes through [`TieredCache::classify`].
+    fn fresh_decoded<V: CacheValue>(
+        &self,
         key: &Key,
-        entry: Option<Entry>,
+        entry: &Entry,
         now: Timestamp,
-        schema_version: u32,
-        tally: Tally,
-    ) -> std::result::Result<Lookup<V>, Option<Entry>> {
-        let Some(entry) = entry else {
-            return Err(None);
-        };
+    ) -> Option<Arc<V>> {
         let header = &entry.header;
-        if index != 0
-            || !header.is_fresh(now)
+        if !header.is_fresh(now)
             || header.is_negative()
-            || header.schema_version != schema_version
+            || header.schema_version != self.inner.schema_version
             || !header.belongs_to(key)
         {
-            return Err(Some(entry));
+            return None;
         }
-        let Some(value) = entry
+        entry
             .decoded
             .as_ref()
             .and_then(|decoded| Arc::clone(decoded).downcast::<V>().ok())
-        else {
-            return Err(Some(entry));
-        };
-        add(&layer.counters.bytes_read, entry.encoded_len() as u64);
-        tally.bump(&layer.counters.hits);
-        Ok(Lookup::Found(value, entry.header))
+    }
+
+    /// Counts a hit as [`TieredCache::classify`] would.
+    fn count_hit(layer: &Layer, entry: &Entry, tally: Tally) {
+        let counts = layer.counters.local();
+        add(&counts.bytes_read, entry.encoded_len() as u64);
+        tally.bump(&counts.hits);
     }
 
     /// What one tier's answer for `key` means: a fresh value or "not found"
@@ -529,39 +654,42 @@ impl TieredCache {
         tally: Tally,
     ) -> Option<Lookup<V>> {
         let Some(entry) = entry else {
-            tally.bump(&layer.counters.misses);
+            tally.bump(&layer.counters.local().misses);
             return None;
         };
         if let Err(e) = entry.check_key(key) {
             // Bytes copied under another key (by hand, or by a bug): never
             // that other key's value.
-            tally.bump(&layer.counters.decode_failures);
-            tally.bump(&layer.counters.misses);
+            tally.bump(&layer.counters.local().decode_failures);
+            tally.bump(&layer.counters.local().misses);
             tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), "entry is a miss");
             return None;
         }
-        add(&layer.counters.bytes_read, entry.encoded_len() as u64);
+        add(
+            &layer.counters.local().bytes_read,
+            entry.encoded_len() as u64,
+        );
         let fresh = entry.header.is_fresh(now);
         if !fresh {
-            tally.bump(&layer.counters.expired);
-            tally.bump(&layer.counters.misses);
+            tally.bump(&layer.counters.local().expired);
+            tally.bump(&layer.counters.local().misses);
             if !entry.header.is_servable_stale(now) {
                 return None;
             }
         }
         if entry.header.is_negative() {
             if entry.header.schema_version != self.inner.schema_version {
-                tally.bump(&layer.counters.decode_failures);
+                tally.bump(&layer.counters.local().decode_failures);
                 if fresh {
                     // Expired entries were counted as misses above.
-                    tally.bump(&layer.counters.misses);
+                    tally.bump(&layer.counters.local().misses);
                 }
                 return None;
             }
             if !fresh {
                 return Some(Lookup::Missing { stale: Some(None) });
             }
-            tally.bump(&layer.counters.hits);
+            tally.bump(&layer.counters.local().hits);
             if index > 0 {
                 self.copy_up(key, &entry, None, index, now).await;
             }
@@ -569,7 +697,7 @@ impl TieredCache {
         }
         match self.decode::<V>(&entry) {
             Ok(value) if fresh => {
-                tally.bump(&layer.counters.hits);
+                tally.bump(&layer.counters.local().hits);
                 if index > 0 {
                     let decoded = Arc::clone(&value) as Decoded;
                     self.copy_up(key, &entry, Some(decoded), index, now).await;
@@ -580,9 +708,9 @@ impl TieredCache {
                 stale: Some(Some(value)),
             }),
             Err(e) => {
-                tally.bump(&layer.counters.decode_failures);
+                tally.bump(&layer.counters.local().decode_failures);
                 if fresh {
-                    tally.bump(&layer.counters.misses);
+                    tally.bump(&layer.counters.local().misses);
                 }
                 tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), error = %e, "entry is a miss");
                 self.discard_if_outdated(layer, key, &e).await;
@@ -638,7 +766,7 @@ impl TieredCache {
             let header = entry
                 .header
                 .with_expiry(entry.header.expires_at.min(capped));
-            bump(&layer.counters.copy_ups);
+            bump(&layer.counters.local().copy_ups);
             self.write_one(
                 layer,
                 key,

@@ -173,7 +173,7 @@ where
         if !started {
             return;
         }
-        bump(&inner.sources.get(key.source()).refreshes);
+        bump(&inner.sources.get(key.source()).local().refreshes);
         let (cache, load, options) = (self.cache.clone(), Arc::clone(&self.load), self.options);
         tokio::spawn(async move {
             // Clears the key even if `load` panics, so the key can refresh again.

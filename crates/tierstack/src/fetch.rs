@@ -226,21 +226,31 @@ impl TieredCache {
     /// `fetch` is any closure taking the call's [`FetchContext`] and
     /// returning a future, or an async closure; it may borrow what it
     /// captures (`|_| api.book(asin)`).
-    pub async fn get_or_fetch<V, F, Fut, E>(
-        &self,
-        key: &Key,
+    pub fn get_or_fetch<'a, V, F, Fut, E>(
+        &'a self,
+        key: &'a Key,
         options: impl Into<FetchOptions>,
         fetch: F,
-    ) -> Result<Arc<V>>
+    ) -> impl Future<Output = Result<Arc<V>>> + 'a
     where
+        F: 'a,
+        Fut: 'a,
+        E: 'a,
         V: CacheValue,
         F: FnOnce(FetchContext) -> Fut,
         Fut: Future<Output = std::result::Result<V, E>>,
         E: Into<BoxError>,
     {
-        self.get_or_fetch_with(key, options, fetch)
-            .await
-            .map(Fetched::into_value)
+        let options = options.into();
+        self.hit_or_else(
+            key,
+            |value, _| Ok(value),
+            move |_| async move {
+                self.get_or_fetch_with(key, options, fetch)
+                    .await
+                    .map(Fetched::into_value)
+            },
+        )
     }
 
     /// [`TieredCache::get_or_fetch`], saying whether the value was cached,
@@ -325,13 +335,13 @@ impl TieredCache {
         Fut: Future<Output = std::result::Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
-        let source = self.inner.sources.get(key.source());
         if !self.inner.enabled {
-            bump(&source.fetches);
+            let source = self.inner.sources.get(key.source());
+            bump(&source.local().fetches);
             return match fetch(FetchContext::new(key, false)).await {
                 Ok(v) => Ok(Outcome::fetched(v.map(Arc::new), false)),
                 Err(e) => {
-                    bump(&source.fetch_errors);
+                    bump(&source.local().fetch_errors);
                     Err(fetch_error(key, e.into()))
                 }
             };
@@ -345,14 +355,16 @@ impl TieredCache {
             Lookup::Absent => None,
             Lookup::Missing { stale } => usable_fallback(stale, negatives),
         };
+        // Fetched for the miss only: a hit counts through `lookup`.
+        let source = self.inner.sources.get(key.source());
         if self.is_offline() {
-            return offline_answer(key, stale, &source.stale_served);
+            return offline_answer(key, stale, &source.local().stale_served);
         }
         let leader = loop {
             match self.inner.flights.join(key) {
                 Joined::Leader(guard) => break guard,
                 Joined::Waiter(rx) => {
-                    bump(&source.coalesced);
+                    bump(&source.local().coalesced);
                     match flight::wait(rx).await {
                         Some(Ok(answer)) => match typed::<V>(&answer) {
                             Some(value) if answer.stale && (value.is_some() || negatives) => {
@@ -387,7 +399,7 @@ impl TieredCache {
                 stale = stale.or(usable_fallback(again, negatives));
             }
         }
-        bump(&source.fetches);
+        bump(&source.local().fetches);
         let context = FetchContext::new(key, stale.is_some());
         let run = AssertUnwindSafe(fetch(context)).catch_unwind();
         let error = match self.within_timeouts(run, &options, stale.is_some()).await {
@@ -399,7 +411,7 @@ impl TieredCache {
             }
             Some(Ok(Err(e))) => fetch_error(key, e.into()),
             Some(Err(panic)) => {
-                bump(&source.fetch_errors);
+                bump(&source.local().fetch_errors);
                 leader.publish(Err(Error::new(
                     ErrorKind::FetchPanicked,
                     format!("{key}: the fetch panicked"),
@@ -413,9 +425,9 @@ impl TieredCache {
             )
             .with_operation(Operation::Fetch),
         };
-        bump(&source.fetch_errors);
+        bump(&source.local().fetch_errors);
         if let Some(value) = stale {
-            bump(&source.stale_served);
+            bump(&source.local().stale_served);
             tracing::info!(key = %key, error = %error.report(), "serving a stale value");
             leader.publish(Ok(answer(value.as_ref(), true)));
             return Ok(Outcome::Stale(value));

@@ -96,7 +96,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `memory` | yes | [`MemoryTier`], the moka-based L1 |
+//! | `memory` | yes | [`MemoryTier`], the quick_cache-based L1 (synchronous hits) |
 //! | `sqlite` | yes | [`SqliteTier`], the RFC's SQLite table (bundled SQLite) |
 //! | `redb` | no | `RedbTier`, a crash-safe embedded key-value file |
 //! | `sled` | no | `SledTier`, a sled directory |
@@ -132,6 +132,7 @@ mod invalidation;
 mod policy;
 mod stats;
 mod stats_file;
+mod traced;
 mod transfer;
 mod warm;
 

@@ -1,15 +1,80 @@
 //! Counters kept by the cache, per tier and per key source.
+//!
+//! Every counter is striped: each thread counts into its own cache-line
+//! padded slot (a thread's slot is fixed at its first count), and a read
+//! sums the slots. Two threads hitting the cache at once then never write
+//! the same cache line, which a single shared counter makes them do on
+//! every hit. Adds are atomic, so threads that share a slot (more threads
+//! than slots) still count exactly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use serde::Serialize;
 use tierstack_core::TierStats;
 
+/// One slot per thread (up to a bound), each on cache lines of its own.
+pub(crate) struct Striped<T> {
+    slots: Box<[Padded<T>]>,
+}
+
+/// 128 bytes: two 64-byte lines, as adjacent-line prefetching pairs them.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T: Default> Default for Striped<T> {
+    fn default() -> Self {
+        Self {
+            slots: (0..slot_count()).map(|_| Padded(T::default())).collect(),
+        }
+    }
+}
+
+impl<T> Striped<T> {
+    /// The calling thread's slot.
+    pub(crate) fn local(&self) -> &T {
+        // `slot_count` is a power of two.
+        &self.slots[thread_slot() & (self.slots.len() - 1)].0
+    }
+
+    /// Every slot, to sum.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|p| &p.0)
+    }
+}
+
+impl<T> std::fmt::Debug for Striped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Striped")
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Four slots per core (threads get slots round robin, so a few more
+/// threads than cores rarely share one), between 8 and 64.
+fn slot_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        (cores * 4).next_power_of_two().clamp(8, 64)
+    })
+}
+
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
+}
+
 /// Counters of one tier as the cache sees it.
+pub(crate) type LayerCounters = Striped<LayerCounts>;
+
 #[derive(Debug, Default)]
-pub(crate) struct LayerCounters {
+pub(crate) struct LayerCounts {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) expired: AtomicU64,
@@ -22,8 +87,11 @@ pub(crate) struct LayerCounters {
     pub(crate) bytes_written: AtomicU64,
 }
 
+/// Counters of one key source.
+pub(crate) type SourceCounters = Striped<SourceCounts>;
+
 #[derive(Debug, Default)]
-pub(crate) struct SourceCounters {
+pub(crate) struct SourceCounts {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) fetches: AtomicU64,
@@ -59,64 +127,77 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
-fn load(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
+/// The sum of one counter over every slot.
+fn sum<T>(striped: &Striped<T>, counter: impl Fn(&T) -> &AtomicU64) -> u64 {
+    striped
+        .slots()
+        .map(|slot| counter(slot).load(Ordering::Relaxed))
+        .fold(0, u64::wrapping_add)
 }
 
+type SourceMap = HashMap<Arc<str>, Arc<SourceCounters>, foldhash::fast::RandomState>;
+
 /// Per-source counters, created on first use of a source.
+///
+/// The handles live in one map, and each thread slot keeps its own copy of
+/// the handles it used behind a lock of its own, so that a hit's lookup
+/// takes a lock no other thread is taking at the same time.
 #[derive(Debug, Default)]
-pub(crate) struct Sources(
-    RwLock<HashMap<Arc<str>, Arc<SourceCounters>, foldhash::fast::RandomState>>,
-);
+pub(crate) struct Sources {
+    all: RwLock<SourceMap>,
+    known: Striped<Mutex<SourceMap>>,
+}
 
 impl Sources {
-    /// Runs `f` on the counters of `source` under the read lock: the hot
-    /// path (every lookup) takes no `Arc` clone and no write lock.
-    pub(crate) fn with<T>(&self, source: &str, f: impl FnOnce(&SourceCounters) -> T) -> T {
-        if let Some(found) = self
-            .0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(source)
-        {
-            return f(found);
+    /// Runs `f` on the counters of `source`, from the calling thread's copy
+    /// of the handles.
+    pub(crate) fn with<T>(&self, source: &str, f: impl FnOnce(&SourceCounts) -> T) -> T {
+        let mut known = self
+            .known
+            .local()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(counters) = known.get(source) {
+            return f(counters.local());
         }
-        f(&self.get(source))
+        let counters = self.get(source);
+        known.insert(Arc::from(source), Arc::clone(&counters));
+        drop(known);
+        f(counters.local())
     }
 
+    /// The counters of `source`, for paths that count several times (a
+    /// fetch) or are not hot.
     pub(crate) fn get(&self, source: &str) -> Arc<SourceCounters> {
         if let Some(found) = self
-            .0
+            .all
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .get(source)
         {
             return Arc::clone(found);
         }
-        let mut map = self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.all.write().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(map.entry(Arc::from(source)).or_default())
     }
 
     pub(crate) fn snapshot(&self) -> BTreeMap<String, SourceStats> {
-        self.0
+        self.all
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(source, c)| {
                 (
                     source.to_string(),
                     SourceStats {
-                        hits: load(&c.hits),
-                        misses: load(&c.misses),
-                        fetches: load(&c.fetches),
-                        fetch_errors: load(&c.fetch_errors),
-                        coalesced: load(&c.coalesced),
-                        stale_served: load(&c.stale_served),
-                        negative_hits: load(&c.negative_hits),
-                        refreshes: load(&c.refreshes),
+                        hits: sum(c, |s| &s.hits),
+                        misses: sum(c, |s| &s.misses),
+                        fetches: sum(c, |s| &s.fetches),
+                        fetch_errors: sum(c, |s| &s.fetch_errors),
+                        coalesced: sum(c, |s| &s.coalesced),
+                        stale_served: sum(c, |s| &s.stale_served),
+                        negative_hits: sum(c, |s| &s.negative_hits),
+                        refreshes: sum(c, |s| &s.refreshes),
                     },
                 )
             })
@@ -159,16 +240,16 @@ impl LayerStats {
     pub(crate) fn from_counters(name: &str, c: &LayerCounters, backend: TierStats) -> Self {
         Self {
             name: name.to_owned(),
-            hits: load(&c.hits),
-            misses: load(&c.misses),
-            expired: load(&c.expired),
-            errors: load(&c.errors),
-            decode_failures: load(&c.decode_failures),
-            writes: load(&c.writes),
-            write_errors: load(&c.write_errors),
-            copy_ups: load(&c.copy_ups),
-            bytes_read: load(&c.bytes_read),
-            bytes_written: load(&c.bytes_written),
+            hits: sum(c, |s| &s.hits),
+            misses: sum(c, |s| &s.misses),
+            expired: sum(c, |s| &s.expired),
+            errors: sum(c, |s| &s.errors),
+            decode_failures: sum(c, |s| &s.decode_failures),
+            writes: sum(c, |s| &s.writes),
+            write_errors: sum(c, |s| &s.write_errors),
+            copy_ups: sum(c, |s| &s.copy_ups),
+            bytes_read: sum(c, |s| &s.bytes_read),
+            bytes_written: sum(c, |s| &s.bytes_written),
             backend,
         }
     }

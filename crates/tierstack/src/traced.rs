@@ -1,0 +1,107 @@
+//! `Traced`: the wrapper through which the cache calls each tier; it puts
+//! every call of the tier beneath it in a `tracing` span, so that each tier
+//! call has the same instrumentation and `cache.rs` holds caching policy
+//! only.
+//!
+//! Spans are at TRACE level, named `tier`, with the fields `tier` (its name
+//! in the cache) and `op`. When no subscriber wants them they cost a cached
+//! level check per poll. `get_ready`, the synchronous hot path, has none: it
+//! does no I/O and its cost is what a span would be.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tierstack_core::{
+    Capabilities, ClearScope, Entry, Health, Key, Readiness, Result, Tier, TierSize, TierStats,
+};
+use tracing::Instrument as _;
+
+/// The tier beneath, with a span around each of its calls. Its methods are
+/// the `Tier` methods' names, inherent, returning the tier's own future
+/// wrapped (no second box).
+pub(crate) struct Traced {
+    inner: Arc<dyn Tier>,
+    /// The tier's name in the cache (`memory`, or `memory#2` for a second one).
+    label: Arc<str>,
+}
+
+type Call<'a, T> =
+    tracing::instrument::Instrumented<std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>>;
+
+impl Traced {
+    pub(crate) fn new(inner: Arc<dyn Tier>, label: Arc<str>) -> Self {
+        Self { inner, label }
+    }
+
+    /// The tier as it was given to the builder.
+    pub(crate) fn inner(&self) -> &Arc<dyn Tier> {
+        &self.inner
+    }
+
+    fn traced<'a, T>(
+        &self,
+        op: &'static str,
+        call: std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>,
+    ) -> Call<'a, T> {
+        call.instrument(tracing::trace_span!("tier", tier = %self.label, op))
+    }
+
+    pub(crate) fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    pub(crate) fn max_ttl(&self) -> Option<Duration> {
+        self.inner.max_ttl()
+    }
+
+    pub(crate) fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
+        self.inner.get_ready(key, read)
+    }
+
+    pub(crate) fn get<'a>(&'a self, key: &'a Key) -> Call<'a, Result<Option<Entry>>> {
+        self.traced("get", self.inner.get(key))
+    }
+
+    pub(crate) fn get_many<'a>(&'a self, keys: &'a [Key]) -> Call<'a, Result<Vec<Option<Entry>>>> {
+        self.traced("get_many", self.inner.get_many(keys))
+    }
+
+    pub(crate) fn set<'a>(&'a self, key: &'a Key, entry: Entry) -> Call<'a, Result<()>> {
+        self.traced("set", self.inner.set(key, entry))
+    }
+
+    pub(crate) fn set_many(&self, entries: Vec<(Key, Entry)>) -> Call<'_, Result<()>> {
+        self.traced("set_many", self.inner.set_many(entries))
+    }
+
+    pub(crate) fn delete<'a>(&'a self, key: &'a Key) -> Call<'a, Result<bool>> {
+        self.traced("delete", self.inner.delete(key))
+    }
+
+    pub(crate) fn clear(&self, scope: ClearScope) -> Call<'_, Result<u64>> {
+        self.traced("clear", self.inner.clear(scope))
+    }
+
+    pub(crate) fn size(&self) -> Call<'_, Result<TierSize>> {
+        self.traced("size", self.inner.size())
+    }
+
+    pub(crate) fn health(&self) -> Call<'_, Health> {
+        self.traced("health", self.inner.health())
+    }
+
+    pub(crate) fn stats(&self) -> TierStats {
+        self.inner.stats()
+    }
+
+    pub(crate) fn backplane(&self) -> Option<Arc<dyn tierstack_core::Backplane>> {
+        self.inner.backplane()
+    }
+}
+
+impl std::fmt::Debug for Traced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
