@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITERION = os.path.join(ROOT, "target", "criterion")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 SVG = os.path.join(ROOT, "docs", "img", "benchmarks.svg")
+SCALING_SVG = os.path.join(ROOT, "docs", "img", "scaling.svg")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 # (section, label, group, raw bench, tierstack bench, target ratio or None,
@@ -24,17 +25,27 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 #  "throughput" when the group times a fixed amount of work and the target
 #  is a minimum of raw-time / tierstack-time)
 ROWS = [
-    ("Memory tier", "hit: `TieredCache::get` vs raw moka", "memory/hit", "raw_moka", "cache", 1.3, "lower"),
-    ("Memory tier", "hit: `MemoryTier::get` vs raw moka", "memory/hit", "raw_moka", "tier", None, "lower"),
-    ("Memory tier", "hit: `TieredCache::get` vs quick_cache", "memory/hit", "raw_quick_cache", "cache", None, "lower"),
-    ("Memory tier", "miss", "memory/miss", "raw_moka", "cache", None, "lower"),
-    ("Memory tier", "insert / set", "memory/insert", "raw_moka", "cache", None, "lower"),
-    ("SQLite", "get + decode", "sqlite/get", "raw_select_decode", "cache", 1.3, "lower"),
-    ("SQLite", "set", "sqlite/set", "raw_upsert", "cache", 1.3, "lower"),
+    ("Memory tier", "hit: `TieredCache::get` (memory over SQLite, prebuilt key) vs raw moka `future::Cache` (TTL)", "memory/hit", "raw_moka", "cache", 1.0, "lower"),
+    ("Memory tier", "hit: `TieredCache::get` vs raw moka `sync::Cache` (TTL; stretch)", "memory/hit", "raw_moka_sync", "cache", 1.0, "lower"),
+    ("Memory tier", "hit: `TieredCache::get` vs raw quick_cache (the engine beneath)", "memory/hit", "raw_quick_cache", "cache", None, "lower"),
+    ("Memory tier", "hit: `TieredCache::get`, memory tier alone, vs raw moka", "memory/hit", "raw_moka", "cache_memory_only", None, "lower"),
+    ("Memory tier", "hit: `MemoryTier::get` (the async trait call) vs raw moka", "memory/hit", "raw_moka", "tier", None, "lower"),
+    ("Memory tier", "hit: `get_or_fetch` vs `get`", "memory/hit", "cache", "get_or_fetch", 1.1, "lower"),
+    ("Memory tier", "hit: `CachedFn::call` vs `Key::new` + `get` by hand", "memory/hit", "key_new_and_get", "cached_fn", 1.1, "lower"),
+    ("Memory tier", "miss vs raw moka", "memory/miss", "raw_moka", "cache_memory_only", None, "lower"),
+    ("Memory tier", "miss vs raw quick_cache", "memory/miss", "raw_quick_cache", "cache_memory_only", None, "lower"),
+    ("Memory tier", "insert: `MemoryTier::set` (encoded entry) vs raw quick_cache insert", "memory/insert", "raw_quick_cache", "tier_set", 1.5, "lower"),
+    ("Memory tier", "insert: `MemoryTier::set` vs raw moka insert", "memory/insert", "raw_moka", "tier_set", 1.5, "lower"),
+    ("Memory tier", "insert: `TieredCache::set` (encodes the value) vs raw moka insert", "memory/insert", "raw_moka", "cache", None, "lower"),
+    ("Memory tier", "1 task, 20,000 L1 hits (throughput, raw time / tierstack time) vs raw moka", "memory/scaling_1_task", "raw_moka", "cache", 1.0, "throughput"),
+    ("Memory tier", "2 tasks on 2 workers, 20,000 L1 hits (throughput) vs raw moka", "memory/scaling_2_tasks", "raw_moka", "cache", 1.0, "throughput"),
+    ("Memory tier", "2 tasks on 2 workers (throughput) vs raw quick_cache", "memory/scaling_2_tasks", "raw_quick_cache", "cache", None, "throughput"),
+    ("SQLite", "get + decode", "sqlite/get", "raw_select_decode", "cache", 1.2, "lower"),
+    ("SQLite", "set", "sqlite/set", "raw_upsert", "cache", 1.5, "lower"),
     ("SQLite", "set_many(1000)", "sqlite/set_many_1000", "raw_one_transaction", "tier", 1.3, "lower"),
-    ("redb", "get + decode", "redb/get", "raw_get_decode", "cache", 1.3, "lower"),
+    ("redb", "get + decode", "redb/get", "raw_get_decode", "cache", 1.2, "lower"),
     ("redb", "set (durable commit)", "redb/set", "raw_insert_commit", "cache", None, "lower"),
-    ("sled", "get + decode", "sled/get", "raw_get_decode", "cache", 1.3, "lower"),
+    ("sled", "get + decode", "sled/get", "raw_get_decode", "cache", 1.2, "lower"),
     ("Redis", "get + decode: `TieredCache::get` vs raw GET", "redis/get", "raw_get_decode", "cache", 1.15, "lower"),
     ("Redis", "get: `Tier::get` vs raw GET", "redis/get", "raw_get", "tier", 1.15, "lower"),
     ("Redis", "set: `TieredCache::set` vs raw SET PX", "redis/set", "raw_set_px", "cache", None, "lower"),
@@ -82,13 +93,22 @@ PLOT = [
 ]
 
 
-def directory(group, bench):
-    return os.path.join(CRITERION, group.replace("/", "_"), bench, "new")
+RUNS = os.path.join(ROOT, "target", "criterion-runs")
 
 
-def load(group, bench):
-    """(median ns, p99 of per-iteration sample times ns) or None."""
-    path = directory(group, bench)
+def run_dirs():
+    """Criterion output of each run kept by scripts/bench.sh (RUNS=3 keeps
+    three), or the last run alone."""
+    if os.path.isdir(RUNS):
+        dirs = sorted(os.path.join(RUNS, d) for d in os.listdir(RUNS))
+        if dirs:
+            return dirs
+    return [CRITERION]
+
+
+def load_one(root, group, bench):
+    """(median ns, p99 of per-iteration sample times ns) of one run, or None."""
+    path = os.path.join(root, group.replace("/", "_"), bench, "new")
     try:
         with open(os.path.join(path, "estimates.json")) as f:
             median = json.load(f)["median"]["point_estimate"]
@@ -99,6 +119,29 @@ def load(group, bench):
         return median, p99
     except (OSError, KeyError, ValueError):
         return None
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def load(group, bench):
+    """(median ns, p99 ns): the median over the kept runs, or None."""
+    runs = [r for r in (load_one(d, group, bench) for d in run_dirs()) if r]
+    if not runs:
+        return None
+    return median([r[0] for r in runs]), median([r[1] for r in runs])
+
+
+def ratio_of(group, raw, ours, kind):
+    """The median over the runs of the ratio taken within each run."""
+    ratios = []
+    for d in run_dirs():
+        a, b = load_one(d, group, raw), load_one(d, group, ours)
+        if a and b:
+            ratios.append(a[0] / b[0] if kind == "throughput" else b[0] / a[0])
+    return (median(ratios), len(ratios)) if ratios else (None, 0)
 
 
 def fmt(ns):
@@ -130,7 +173,7 @@ def tables():
         if a is None or b is None:
             out.append(f"| {label} | not run | not run | – | – | – | – | – |")
             continue
-        ratio = a[0] / b[0] if kind == "throughput" else b[0] / a[0]
+        ratio, runs = ratio_of(group, raw, ours, kind)
         p99 = b[1] / a[1]
         p99_verdict = "–" if kind == "throughput" else ("met" if p99 <= 1.5 else "missed") + f" ({p99:.2f}×)"
         out.append(
@@ -215,6 +258,44 @@ def svg():
     return "\n".join(parts) + "\n"
 
 
+def scaling_svg():
+    """L1 hits per second with 1 and 2 tasks on 2 workers: raw moka,
+    raw quick_cache and tierstack, side by side."""
+    series = [("raw moka", "raw_moka", "#9aa5b1"), ("raw quick_cache", "raw_quick_cache", "#c9a227"), ("tierstack", "cache", "#2f6fba")]
+    rows = []
+    for tasks, group in [(1, "memory/scaling_1_task"), (2, "memory/scaling_2_tasks")]:
+        values = []
+        for _, bench, _ in series:
+            got = load(group, bench)
+            if got is None:
+                return None
+            values.append(20000 * 1e9 / got[0])
+        rows.append((tasks, values))
+    width, left, row, bar = 720, 90, 70, 16
+    height = 60 + row * len(rows) + 20
+    high = max(v for _, values in rows for v in values)
+    span = width - left - 120
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="22" font-size="14" font-weight="bold">L1 hits per second, 2-core machine (higher is better)</text>',
+    ]
+    x = left
+    for name, _, colour in series:
+        parts.append(f'<rect x="{x}" y="32" width="12" height="12" fill="{colour}"/><text x="{x + 16}" y="42">{name}</text>')
+        x += 140
+    for i, (tasks, values) in enumerate(rows):
+        y = 60 + i * row
+        parts.append(f'<text x="{left - 8}" y="{y + 2 * bar}" text-anchor="end">{tasks} task{"s" if tasks > 1 else ""}</text>')
+        for j, (value, (_, _, colour)) in enumerate(zip(values, series)):
+            w = max(1, span * value / high)
+            yy = y + j * (bar + 2)
+            parts.append(f'<rect x="{left}" y="{yy}" width="{w:.1f}" height="{bar}" fill="{colour}"/>')
+            parts.append(f'<text x="{left + w + 4:.1f}" y="{yy + bar - 4}">{value / 1e6:.2f} M/s</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
 def main():
     if not os.path.isdir(CRITERION):
         sys.exit("no target/criterion: run `cargo bench -p tierstack-benches` first")
@@ -231,7 +312,11 @@ def main():
         os.makedirs(os.path.dirname(SVG), exist_ok=True)
         with open(SVG, "w") as f:
             f.write(drawing)
-    print(f"wrote {os.path.relpath(DOC, ROOT)} and {os.path.relpath(SVG, ROOT)}")
+    scaling = scaling_svg()
+    if scaling:
+        with open(SCALING_SVG, "w") as f:
+            f.write(scaling)
+    print(f"wrote {os.path.relpath(DOC, ROOT)}, {os.path.relpath(SVG, ROOT)} and {os.path.relpath(SCALING_SVG, ROOT)}")
 
 
 if __name__ == "__main__":
