@@ -23,9 +23,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 type Engine = Cache<Key, Arc<Entry>, Weigh, foldhash::fast::RandomState, CountEvictions>;
 
-/// The in-process tier. Entries keep their decoded value next to the bytes,
-/// so a hit hands out an `Arc` of the value: no decode, no decompression, no
-/// copy. Reads are answered synchronously ([`Tier::get_ready`]).
+/// The in-process tier. Entries the cache wrote keep their decoded value
+/// instead of their bytes, so a hit hands out an `Arc` of the value (no
+/// decode, no decompression, no copy) and each entry is held in one form;
+/// `get` and `scan` encode the value again for callers that need bytes.
+/// Entries written without a value (imports) keep their bytes. Reads are
+/// answered synchronously ([`Tier::get_ready`]).
 ///
 /// The engine is quick_cache (a CLOCK-Pro/S3-FIFO-like policy, sharded
 /// read locks, no per-entry timers): freshness is the cache's business and
@@ -183,6 +186,17 @@ impl MemoryTier {
     }
 }
 
+/// A stored entry with its body, made again from the value when the tier
+/// kept the value alone.
+fn restored(key: &Key, entry: &Entry) -> Result<Entry> {
+    entry.clone().with_body_restored().map_err(|e| {
+        tierstack_core::Error::new(
+            ErrorKind::Corrupt,
+            format!("{key}: the kept value could not be encoded again: {e}"),
+        )
+    })
+}
+
 #[async_trait]
 impl Tier for MemoryTier {
     fn name(&self) -> &str {
@@ -206,13 +220,18 @@ impl Tier for MemoryTier {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        Ok(self.live(key, Timestamp::now()).map(|e| (*e).clone()))
+        self.live(key, Timestamp::now())
+            .map(|e| restored(key, &e))
+            .transpose()
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
         let now = Timestamp::now();
         if entry.header.is_retained(now) {
-            self.cache.insert(key.clone(), Arc::new(entry));
+            // One form is enough: an entry with its value decoded keeps the
+            // value alone, and its bytes are made again when asked for.
+            self.cache
+                .insert(key.clone(), Arc::new(entry.without_body()));
         } else {
             // Already dead: nothing to keep, and an older copy must go.
             self.cache.remove(key);
@@ -269,8 +288,8 @@ impl Tier for MemoryTier {
             .cache
             .iter()
             .filter(|(_, e)| e.header.is_retained(now))
-            .map(|(k, e)| (k, (*e).clone()))
-            .collect();
+            .map(|(k, e)| restored(&k, &e).map(|e| (k, e)))
+            .collect::<Result<_>>()?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(ScanPage {
             entries,

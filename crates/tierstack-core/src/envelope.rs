@@ -43,9 +43,58 @@ pub const HEADER_LEN: usize = FIXED_LEN + CHECKSUM_LEN;
 pub const MAX_HEADER_LEN: usize = HEADER_LEN + Extensions::MAX_LEN;
 const CHECKSUM_LEN: usize = 4;
 
-/// A decoded value kept next to the bytes by tiers that can hold one (the
-/// memory tier), so that a hit costs no decode.
-pub type Decoded = Arc<dyn Any + Send + Sync>;
+/// A decoded value kept by tiers that can hold one (the memory tier), so
+/// that a hit costs no decode. It can encode itself again, so a tier may keep
+/// the value alone ([`Entry::without_body`]) and still give bytes back when
+/// they are asked for ([`Entry::with_body_restored`]).
+#[derive(Clone)]
+pub struct Decoded {
+    value: Arc<dyn Any + Send + Sync>,
+    encode: EncodeErased,
+}
+
+type EncodeErased = fn(&(dyn Any + Send + Sync), Codec, &mut Vec<u8>) -> Result<(), EncodeError>;
+
+impl Decoded {
+    /// Wraps a value the cache decoded or was given.
+    pub fn new<V: serde::Serialize + Send + Sync + 'static>(value: Arc<V>) -> Self {
+        Self {
+            value,
+            encode: encode_erased::<V>,
+        }
+    }
+
+    /// The value as a `V`, if it is one.
+    pub fn downcast<V: Send + Sync + 'static>(&self) -> Option<Arc<V>> {
+        Arc::clone(&self.value).downcast::<V>().ok()
+    }
+
+    /// Encodes the value with `codec` into `out`.
+    pub fn encode(&self, codec: Codec, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        (self.encode)(&*self.value, codec, out)
+    }
+}
+
+fn encode_erased<V: serde::Serialize + 'static>(
+    value: &(dyn Any + Send + Sync),
+    codec: Codec,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    match value.downcast_ref::<V>() {
+        Some(value) => codec.encode(value, out),
+        // `Decoded::new` pairs the function with its own type.
+        None => Err(EncodeError::Codec {
+            codec: codec.name(),
+            message: "the kept value is not of the type it was kept as".into(),
+        }),
+    }
+}
+
+impl fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoded").finish_non_exhaustive()
+    }
+}
 
 /// Flags stored in the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -698,9 +747,60 @@ impl Entry {
         HEADER_LEN + self.extensions.len()
     }
 
-    /// Length of the serialised entry.
+    /// Length of the serialised entry, as its header declares it (also for
+    /// an entry kept without its body: the encoded size stands for the
+    /// value's).
     pub fn encoded_len(&self) -> usize {
-        self.header_len() + self.body.len()
+        self.header_len() + self.header.body_len as usize
+    }
+
+    /// Whether the body was left out ([`Entry::without_body`]) and only the
+    /// decoded value is kept.
+    pub fn body_left_out(&self) -> bool {
+        self.decoded.is_some() && self.body.len() != self.header.body_len as usize
+    }
+
+    /// The entry without its body, for a tier that keeps the decoded value
+    /// alone (the bytes are in the lower tiers already, and the value can
+    /// encode itself again). Entries without a decoded value, negative
+    /// entries and entries with an empty body are returned as they are.
+    #[must_use]
+    pub fn without_body(self) -> Self {
+        if self.decoded.is_none() || self.header.is_negative() || self.body.is_empty() {
+            return self;
+        }
+        Self {
+            body: Bytes::new(),
+            ..self
+        }
+    }
+
+    /// The entry with a body: as it is when it has one; else its decoded
+    /// value encoded again with the header's codec, uncompressed, under a
+    /// header that says so (same key binding, times, flags and extensions).
+    pub fn with_body_restored(self) -> Result<Self, EncodeError> {
+        if !self.body_left_out() {
+            return Ok(self);
+        }
+        let Some(decoded) = &self.decoded else {
+            return Ok(self);
+        };
+        let mut raw = Vec::with_capacity(self.header.raw_len as usize);
+        decoded.encode(self.header.codec, &mut raw)?;
+        let body = Bytes::from(raw);
+        let header = Header {
+            compression: CompressionKind::None,
+            dict_id: 0,
+            raw_len: body.len() as u32,
+            body_len: body.len() as u32,
+            body_checksum: xxh3_64(&body),
+            ..self.header
+        };
+        Ok(Self {
+            header,
+            body,
+            ..self
+        })
     }
 
     /// The serialised header, for tiers that store it apart from the body.
@@ -788,12 +888,23 @@ impl Entry {
         }
     }
 
-    /// Verifies the body checksum and returns the uncompressed body.
+    /// Verifies the body checksum and returns the uncompressed body (for an
+    /// entry kept without its body, its value encoded again).
     pub fn raw_body(
         &self,
         limits: DecodeLimits,
         dictionaries: &Dictionaries,
     ) -> Result<Cow<'_, [u8]>, DecodeError> {
+        if let (true, Some(decoded)) = (self.body_left_out(), &self.decoded) {
+            let mut raw = Vec::with_capacity(self.header.raw_len as usize);
+            decoded
+                .encode(self.header.codec, &mut raw)
+                .map_err(|e| DecodeError::Codec {
+                    codec: self.header.codec.name(),
+                    message: format!("the kept value could not be encoded again: {e}"),
+                })?;
+            return Ok(Cow::Owned(raw));
+        }
         if self.body.len() != self.header.body_len as usize {
             return Err(DecodeError::Truncated {
                 len: self.body.len(),
@@ -820,6 +931,60 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_kept_without_its_body_gives_an_equal_value_back() {
+        let value: Vec<String> = (0..50).map(|i| format!("item {i}")).collect();
+        let key = Key::bare("kept");
+        let meta = EntryMeta::new(&key, 1, Timestamp::from_millis(1_000))
+            .expiring(Timestamp::from_millis(2_000), Timestamp::from_millis(3_000));
+        let mut entry = Entry::encode(
+            &value,
+            Codec::MsgPack,
+            &Compression::Zstd {
+                level: 3,
+                min_size: 0,
+            },
+            meta,
+            DecodeLimits::default(),
+        )
+        .expect("encodes");
+        assert_eq!(entry.header.compression, CompressionKind::Zstd);
+        entry.decoded = Some(Decoded::new(Arc::new(value.clone())));
+        let kept = entry.clone().without_body();
+        assert!(kept.body.is_empty() && kept.body_left_out());
+        assert_eq!(kept.encoded_len(), entry.encoded_len(), "sized as written");
+        let limits = DecodeLimits::default();
+        let dictionaries = Dictionaries::default();
+        assert_eq!(
+            kept.decode_value::<Vec<String>>(limits, &dictionaries)
+                .expect("decodes"),
+            value
+        );
+        let restored = kept.with_body_restored().expect("encodes again");
+        assert!(!restored.body_left_out());
+        assert_eq!(restored.header.compression, CompressionKind::None);
+        assert!(restored.header.belongs_to(&key));
+        assert_eq!(restored.header.expires_at, entry.header.expires_at);
+        let bytes = Bytes::from(restored.to_vec());
+        let parsed = Entry::from_bytes(bytes, limits).expect("a whole entry");
+        assert_eq!(
+            parsed
+                .decode_value::<Vec<String>>(limits, &dictionaries)
+                .expect("decodes"),
+            value
+        );
+    }
+
+    #[test]
+    fn entries_without_a_value_and_negative_entries_keep_their_bytes() {
+        let plain = sample(40);
+        assert_eq!(plain.clone().without_body().body, plain.body);
+        let meta = EntryMeta::new(&Key::bare("gone"), 1, Timestamp::from_millis(1));
+        let mut negative = Entry::negative(meta, Codec::Json);
+        negative.decoded = Some(Decoded::new(Arc::new(())));
+        assert_eq!(negative.clone().without_body().body, negative.body);
+    }
 
     fn sample(len: usize) -> Entry {
         let value: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();

@@ -209,7 +209,9 @@ impl TieredCache {
         for (key, value) in items {
             if let Some(v) = &value {
                 match self.encode(&key, &**v) {
-                    Ok(entry) => encoded.push((key, entry, Some(Arc::clone(v) as Decoded), false)),
+                    Ok(entry) => {
+                        encoded.push((key, entry, Some(Decoded::new(Arc::clone(v))), false));
+                    }
                     Err(e) => {
                         tracing::warn!(key = %key, error = %e.report(), "fetched value not cached");
                     }

@@ -254,7 +254,7 @@ impl TieredCache {
         let value = Arc::new(value);
         let entry = self.encode(key, &*value)?;
         let options = FetchOptions::ttl(ttl);
-        self.write_through(key, &entry, Some(value as Decoded), options, false)
+        self.write_through(key, &entry, Some(Decoded::new(value)), options, false)
             .await;
         Ok(())
     }
@@ -628,10 +628,7 @@ impl TieredCache {
         {
             return None;
         }
-        entry
-            .decoded
-            .as_ref()
-            .and_then(|decoded| Arc::clone(decoded).downcast::<V>().ok())
+        entry.decoded.as_ref().and_then(Decoded::downcast::<V>)
     }
 
     /// Counts a hit as [`TieredCache::classify`] would.
@@ -699,7 +696,7 @@ impl TieredCache {
             Ok(value) if fresh => {
                 tally.bump(&layer.counters.local().hits);
                 if index > 0 {
-                    let decoded = Arc::clone(&value) as Decoded;
+                    let decoded = Decoded::new(Arc::clone(&value));
                     self.copy_up(key, &entry, Some(decoded), index, now).await;
                 }
                 Some(Lookup::Found(value, entry.header))
@@ -727,7 +724,7 @@ impl TieredCache {
             });
         }
         if let Some(decoded) = &entry.decoded {
-            if let Ok(value) = Arc::clone(decoded).downcast::<V>() {
+            if let Some(value) = decoded.downcast::<V>() {
                 return Ok(value);
             }
         }

@@ -472,7 +472,7 @@ impl TieredCache {
         };
         match self.encode(key, &**value) {
             Ok(entry) => {
-                let decoded = Some(Arc::clone(value) as Decoded);
+                let decoded = Some(Decoded::new(Arc::clone(value)));
                 self.write_through(key, &entry, decoded, options, false)
                     .await
             }
@@ -515,7 +515,7 @@ fn usable_fallback<V>(stale: Option<Option<Arc<V>>>, negatives: bool) -> Option<
 /// A flight answer from a value (`None`: "not found").
 fn answer<V: CacheValue>(value: Option<&Arc<V>>, stale: bool) -> Answer {
     Answer {
-        value: value.map(|v| Arc::clone(v) as Decoded),
+        value: value.map(|v| Decoded::new(Arc::clone(v))),
         stale,
     }
 }
@@ -526,7 +526,7 @@ fn answer<V: CacheValue>(value: Option<&Arc<V>>, stale: bool) -> Answer {
 fn typed<V: CacheValue>(answer: &Answer) -> Option<Option<Arc<V>>> {
     match &answer.value {
         None => Some(None),
-        Some(decoded) => Arc::clone(decoded).downcast::<V>().ok().map(Some),
+        Some(decoded) => decoded.downcast::<V>().map(Some),
     }
 }
 

@@ -195,3 +195,57 @@ fn the_futures_of_get_and_get_or_fetch_are_small() {
         std::mem::size_of_val(&fetch)
     );
 }
+
+/// The memory tier keeps a value the cache wrote in one form (the decoded
+/// value); whoever asks for bytes gets them made again, and a read as
+/// another type still decodes.
+#[tokio::test]
+async fn the_memory_tier_keeps_the_value_alone_and_gives_bytes_back() {
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct TitleOnly {
+        title: String,
+    }
+    let cache = TieredCache::builder()
+        .tier(MemoryTier::new(&MemoryConfig::with_max_entries(100)).expect("memory"))
+        .build();
+    let key = Key::new("books", [("id", "3")]);
+    let book = Book {
+        title: "Persuasion".into(),
+        pages: 249,
+    };
+    cache
+        .set(&key, book.clone(), Duration::from_secs(60))
+        .await
+        .expect("set");
+    let tier = cache.tiers().next().expect("memory");
+    let mut kept_body = None;
+    let _ = tier.get_ready(&key, &mut |e| kept_body = e.map(|e| e.body.len()));
+    assert_eq!(kept_body, Some(0), "the stored entry keeps no bytes");
+
+    let entry = tier.get(&key).await.expect("get").expect("held");
+    assert!(!entry.body.is_empty());
+    assert_eq!(
+        entry
+            .decode_value::<Book>(
+                tierstack::DecodeLimits::default(),
+                &tierstack::Dictionaries::default()
+            )
+            .expect("the bytes made again decode"),
+        book
+    );
+    let serialised =
+        tierstack::Entry::from_bytes(entry.to_vec().into(), tierstack::DecodeLimits::default())
+            .expect("a whole entry");
+    assert_eq!(serialised.header.body_len as usize, serialised.body.len());
+
+    assert_eq!(
+        cache.get::<TitleOnly>(&key).await.as_deref(),
+        Some(&TitleOnly {
+            title: "Persuasion".into()
+        }),
+        "another type decodes from the value encoded again"
+    );
+    let page = tier.scan(None, 10).await.expect("scan");
+    assert_eq!(page.entries.len(), 1);
+    assert!(!page.entries[0].1.body.is_empty());
+}
