@@ -168,7 +168,25 @@ struct Param<'a, N> {
     value: Cow<'a, str>,
 }
 
-impl<N: AsRef<str>> Param<'_, N> {
+impl<'a, N: AsRef<str>> Param<'a, N> {
+    #[inline]
+    fn new(name: N, value: Cow<'a, str>) -> Self {
+        let normalised_name = match nfc(name.as_ref()) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(text) => Some(text),
+        };
+        let value = match nfc(&value) {
+            Cow::Borrowed(_) => value,
+            Cow::Owned(text) => Cow::Owned(text),
+        };
+        Self {
+            name,
+            normalised_name,
+            value,
+        }
+    }
+
+    #[inline]
     fn name(&self) -> &str {
         self.normalised_name
             .as_deref()
@@ -246,23 +264,24 @@ impl Key {
         N: AsRef<str>,
         V: ParamValue<'a>,
     {
+        let mut params = params
+            .into_iter()
+            .filter_map(|(name, value)| Some(Param::new(name, value.into_param()?)));
+        let Some(first) = params.next() else {
+            return Self::bare(source);
+        };
+        let Some(second) = params.next() else {
+            // One parameter, the most common key: nothing to sort or merge.
+            return Self::render(
+                &nfc(source.as_ref()),
+                std::iter::once((first.name(), &*first.value)),
+            );
+        };
         let mut collected = Params::new();
-        for (name, value) in params {
-            if let Some(value) = value.into_param() {
-                let normalised_name = match nfc(name.as_ref()) {
-                    Cow::Borrowed(_) => None,
-                    Cow::Owned(text) => Some(text),
-                };
-                let value = match nfc(&value) {
-                    Cow::Borrowed(_) => value,
-                    Cow::Owned(text) => Cow::Owned(text),
-                };
-                collected.push(Param {
-                    name,
-                    normalised_name,
-                    value,
-                });
-            }
+        collected.push(first);
+        collected.push(second);
+        for param in params {
+            collected.push(param);
         }
         let sorted = collected.sorted();
         // A name followed by an equal one was replaced by it.
@@ -484,9 +503,10 @@ const SCRATCH_KEEP: usize = 4 * MAX_KEY_LEN;
 thread_local! {
     /// Where keys are rendered before their one copy into an `Arc<str>`, so
     /// that making a key allocates once, as a `format!` does.
-    static SCRATCH: RefCell<String> = RefCell::new(String::with_capacity(MAX_KEY_LEN));
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+#[inline]
 fn nfc(text: &str) -> Cow<'_, str> {
     // ASCII is NFC; checking for it is much cheaper than the quick check's
     // per-character table lookups.
@@ -503,28 +523,57 @@ enum Part {
     Param,
 }
 
-/// How many bytes at the start of `bytes` form a character that must be
-/// percent-encoded: `%`, `&`, `=`, `#`, `:` outside the source, and control
-/// characters (Unicode `Cc`: U+0000–U+001F, U+007F–U+009F, the last range
-/// encoded as `C2 80`–`C2 9F`). 0 if the first byte starts no such character.
-fn escaped_len(bytes: &[u8], part: Part) -> usize {
-    match bytes {
-        [b'%' | b'&' | b'=' | b'#' | 0..=0x1f | 0x7f, ..] => 1,
-        [b':', ..] if part == Part::Param => 1,
-        [0xC2, 0x80..=0x9F, ..] => 2,
-        _ => 0,
+/// Bytes that start a character which must be percent-encoded, per part:
+/// bit 0 in the source, bit 1 in names and values. `%`, `&`, `=`, `#`, `:`
+/// (not in the source) and ASCII controls (U+0000–U+001F, U+007F) are
+/// always encoded; `0xC2` starts the other controls (U+0080–U+009F, `C2 80`
+/// to `C2 9F`) but also other characters, so it is only a candidate.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = 0b11;
+        b += 1;
+    }
+    table[0x7f] = 0b11;
+    table[b'%' as usize] = 0b11;
+    table[b'&' as usize] = 0b11;
+    table[b'=' as usize] = 0b11;
+    table[b'#' as usize] = 0b11;
+    table[b':' as usize] = 0b10;
+    table[0xC2] = 0b11;
+    table
+};
+
+impl Part {
+    const fn mask(self) -> u8 {
+        match self {
+            Part::Source => 0b01,
+            Part::Param => 0b10,
+        }
     }
 }
 
-/// Copies `text` into `out`, percent-encoding what must be. Runs of plain
-/// text are copied whole rather than character by character.
+/// Copies `text` into `out`, percent-encoding what must be (see
+/// [`ESCAPE`]). Runs of plain text are copied whole; most texts are one run.
+#[inline]
 fn escape_into(text: &str, out: &mut String, part: Part) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mask = part.mask();
     let bytes = text.as_bytes();
     let mut plain_from = 0;
     let mut i = 0;
-    while i < bytes.len() {
-        let n = escaped_len(&bytes[i..], part);
+    while let Some(at) = bytes[i..]
+        .iter()
+        .position(|&b| ESCAPE[usize::from(b)] & mask != 0)
+    {
+        i += at;
+        let n = match bytes.get(i..i + 2) {
+            Some([0xC2, 0x80..=0x9F]) => 2,
+            // Another character starting with `C2`: plain.
+            _ if bytes[i] == 0xC2 => 0,
+            _ => 1,
+        };
         if n == 0 {
             i += 1;
             continue;
