@@ -19,6 +19,9 @@ use tierstack_core::group_commit::GroupCommit;
 /// Read connections kept for reuse; more are opened under load and closed
 /// when returned to a full pool.
 const MAX_IDLE_READERS: usize = 8;
+/// A stored row as an entry, or why it could not be one.
+type Row = std::result::Result<Entry, tierstack_core::DecodeError>;
+
 /// The smallest accepted byte cap.
 const MIN_MAX_SIZE: u64 = 64 * 1024;
 
@@ -93,6 +96,7 @@ impl SqliteTier {
             namespace: schema_version,
             max_size: config.max_size,
             touched: Arc::clone(&touched),
+            cap_check: crate::writer::CapCheck::default(),
             counters: Arc::clone(&counters),
         };
         let writer = GroupCommit::spawn(
@@ -174,27 +178,24 @@ impl SqliteTier {
         }
     }
 
-    fn lookup(
-        &self,
-        conn: &Connection,
-        key: &Key,
-        now: i64,
-    ) -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    /// The row of `key`, rebuilt into an entry while SQLite still holds it,
+    /// so that its bytes are copied once.
+    fn lookup(&self, conn: &Connection, key: &Key, now: i64) -> rusqlite::Result<Option<Row>> {
         conn.prepare_cached(
             "SELECT header, data FROM metadata_cache \
              WHERE cache_key = ?1 AND schema_version = ?2 AND retain_ms > ?3",
         )?
         .query_row(params![key.as_str(), self.namespace, now], |row| {
-            Ok((
-                row.get_ref(0)?.as_bytes()?.to_vec(),
-                row.get_ref(1)?.as_bytes()?.to_vec(),
+            Ok(schema::entry_from_row(
+                row.get_ref(0)?.as_bytes()?,
+                row.get_ref(1)?.as_bytes()?,
             ))
         })
         .optional()
     }
 
-    fn to_entry(&self, key: &Key, header: &[u8], data: &[u8]) -> Result<Entry> {
-        schema::entry_from_row(header, data).map_err(|e| {
+    fn to_entry(&self, key: &Key, row: Row) -> Result<Entry> {
+        row.map_err(|e| {
             Error::new(
                 ErrorKind::Corrupt,
                 format!("row {key} in {} is damaged", self.path.display()),
@@ -227,11 +228,11 @@ impl Tier for SqliteTier {
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let now = millis(Timestamp::now());
         let row = self.read(Operation::Get, |conn| self.lookup(conn, key, now))?;
-        let Some((header, data)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
         self.touch(key);
-        self.to_entry(key, &header, &data).map(Some)
+        self.to_entry(key, row).map(Some)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
@@ -247,9 +248,9 @@ impl Tier for SqliteTier {
         keys.iter()
             .zip(rows)
             .map(|(key, row)| match row {
-                Some((header, data)) => {
+                Some(row) => {
                     self.touch(key);
-                    self.to_entry(key, &header, &data).map(Some)
+                    self.to_entry(key, row).map(Some)
                 }
                 None => Ok(None),
             })

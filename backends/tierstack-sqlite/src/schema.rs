@@ -91,14 +91,58 @@ const LAST_SQL_TIME_MS: u64 = 253_402_300_799_999;
 /// milliseconds: `2026-12-01 21:04:05.250`. Text of this shape sorts in time
 /// order, compares correctly with `CURRENT_TIMESTAMP`, and is what
 /// `datetime()` and Python's `PARSE_DECLTYPES` converter parse.
+#[cfg(test)]
 pub(crate) fn sql_time(t: Timestamp) -> String {
-    let ms = t.as_millis().min(LAST_SQL_TIME_MS);
-    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    // RFC 3339 `2026-12-01T21:04:05.250Z` → `2026-12-01 21:04:05.250`.
-    let mut text = humantime::format_rfc3339_millis(time).to_string();
-    text.truncate(23);
-    text.replace_range(10..11, " ");
-    text
+    String::from_utf8_lossy(&SqlTime::new(t).0).into_owned()
+}
+
+/// [`sql_time`] on the stack: every write binds two of them, and formatting
+/// through `humantime` and a `String` cost more than the rest of binding a
+/// row.
+pub(crate) struct SqlTime([u8; 23]);
+
+impl SqlTime {
+    pub(crate) fn new(t: Timestamp) -> Self {
+        let ms = t.as_millis().min(LAST_SQL_TIME_MS);
+        let secs = ms / 1000;
+        let (days, of_day) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        let mut out = *b"0000-00-00 00:00:00.000";
+        let mut put = |at: usize, width: usize, mut value: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, of_day / 3600);
+        put(14, 2, of_day / 60 % 60);
+        put(17, 2, of_day % 60);
+        put(20, 3, ms % 1000);
+        Self(out)
+    }
+
+    /// The text, bound without a copy.
+    pub(crate) fn to_sql(&self) -> ToSqlOutput<'_> {
+        ToSqlOutput::Borrowed(ValueRef::Text(&self.0))
+    }
+}
+
+/// Year, month, day of the proleptic Gregorian calendar for a count of days
+/// since 1970-01-01 (Howard Hinnant's `civil_from_days`, for days ≥ 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// The bytes a stored row's `data` must hold for `entry`, and whether they
@@ -132,12 +176,13 @@ pub(crate) fn upsert(
         Some(text) => ValueRef::Text(text.as_bytes()),
         None => ValueRef::Blob(&entry.body),
     });
+    let (expires_at, created_at) = (SqlTime::new(h.expires_at), SqlTime::new(h.created_at));
     stmt.execute(params![
         key.as_str(),
         key.source(),
         data,
-        sql_time(h.expires_at),
-        sql_time(h.created_at),
+        expires_at.to_sql(),
+        created_at.to_sql(),
         namespace,
         h.is_negative(),
         millis(h.expires_at),
@@ -151,7 +196,9 @@ pub(crate) fn upsert(
     ])
 }
 
-/// Rebuilds an entry from its stored header and data.
+/// Rebuilds an entry from its stored header and data, read in place from
+/// the row: the body is copied once, out of SQLite's page into the entry's
+/// `Bytes`, and the header not at all.
 pub(crate) fn entry_from_row(
     header: &[u8],
     data: &[u8],
@@ -448,6 +495,41 @@ mod tests {
             sql_time(Timestamp::from_millis(1_757_186_045_250)).as_bytes(),
         ));
         assert_eq!(t, Some(Timestamp::from_millis(1_757_186_045_250)));
+    }
+
+    /// The formatting `sql_time` used before it moved to the stack.
+    fn humantime_sql_time(t: Timestamp) -> String {
+        let ms = t.as_millis().min(LAST_SQL_TIME_MS);
+        let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let mut text = humantime::format_rfc3339_millis(time).to_string();
+        text.truncate(23);
+        text.replace_range(10..11, " ");
+        text
+    }
+
+    #[test]
+    fn stack_times_match_humantime() {
+        let mut ms: u64 = 0;
+        // Every day boundary, leap day and century rule up to year 9999, at
+        // an odd time of day, then the edges.
+        while ms <= LAST_SQL_TIME_MS {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(sql_time(t), humantime_sql_time(t), "at {ms} ms");
+            ms += 86_400_000 - 1_001;
+        }
+        for ms in [
+            0,
+            1,
+            999,
+            1_000,
+            86_399_999,
+            951_782_400_000,
+            LAST_SQL_TIME_MS,
+            u64::MAX,
+        ] {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(sql_time(t), humantime_sql_time(t), "at {ms} ms");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ const MIN_EVICT: i64 = 8;
 /// Keys read since the last commit, for least-recently-used eviction. Kept
 /// approximately: when the buffer is full, further reads are not recorded.
 #[derive(Debug, Default)]
-pub(crate) struct Touched(std::sync::Mutex<Vec<String>>);
+pub(crate) struct Touched(std::sync::Mutex<Vec<Key>>);
 
 pub(crate) const TOUCH_BUFFER: usize = 4096;
 
@@ -38,12 +38,13 @@ impl Touched {
         if keys.len() >= TOUCH_BUFFER {
             return false;
         }
-        keys.push(key.as_str().to_owned());
+        // A clone is a refcount; a copy of the text was an allocation per read.
+        keys.push(key.clone());
         keys.len() == TOUCH_BUFFER
     }
 
     /// Puts back a read taken for a commit that did not happen.
-    fn record_owned(&self, key: String) {
+    fn record_again(&self, key: Key) {
         let mut keys = self
             .0
             .lock()
@@ -53,7 +54,7 @@ impl Touched {
         }
     }
 
-    fn take(&self) -> Vec<String> {
+    fn take(&self) -> Vec<Key> {
         std::mem::take(
             &mut *self
                 .0
@@ -70,6 +71,68 @@ pub(crate) struct Counters {
     pub(crate) transactions: AtomicU64,
 }
 
+/// When to read the file's size for the byte cap. Reading it costs a read
+/// of the database state per commit, so it is read only when this
+/// process's writes since the last reading could have reached the cap, and
+/// at least every [`CAP_CHECK_EVERY`] commits for what other processes
+/// write.
+#[derive(Debug)]
+pub(crate) struct CapCheck {
+    /// Bytes in use at the last reading.
+    used: u64,
+    /// Upper estimate of what this process's commits added since.
+    written: u64,
+    /// Commits since the last reading.
+    commits: u32,
+}
+
+/// Most commits between two readings of the file's size.
+const CAP_CHECK_EVERY: u32 = 64;
+
+impl Default for CapCheck {
+    /// Unknown: read at the next commit.
+    fn default() -> Self {
+        Self {
+            used: 0,
+            written: 0,
+            commits: CAP_CHECK_EVERY,
+        }
+    }
+}
+
+impl CapCheck {
+    fn due(&mut self, cap: u64) -> bool {
+        self.commits = self.commits.saturating_add(1);
+        // A row can take about twice its bytes in pages (page splits leave
+        // pages half full, and the primary key's index repeats the key).
+        self.commits > CAP_CHECK_EVERY || self.used.saturating_add(self.written * 2) > cap
+    }
+
+    fn measured(&mut self, used: u64) {
+        *self = Self {
+            used,
+            written: 0,
+            commits: 0,
+        };
+    }
+}
+
+/// An upper estimate of the bytes `requests` add to the table.
+fn written_bytes(requests: &[&[WriteOp]]) -> u64 {
+    requests
+        .iter()
+        .flat_map(|ops| ops.iter())
+        .map(|op| match op {
+            // The entry, the key twice (row and index), the source, both
+            // time texts and the integer columns.
+            WriteOp::Put(key, entry) => {
+                (entry.encoded_len() + 2 * key.as_str().len() + key.source().len() + 128) as u64
+            }
+            WriteOp::Delete(_) => 0,
+        })
+        .sum()
+}
+
 pub(crate) struct Writer {
     pub(crate) conn: Connection,
     /// SQLite's wait for another process's write lock, restored after an
@@ -83,6 +146,7 @@ pub(crate) struct Writer {
     pub(crate) max_size: Option<u64>,
     pub(crate) touched: Arc<Touched>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) cap_check: CapCheck,
 }
 
 impl Writer {
@@ -95,7 +159,7 @@ impl Writer {
     fn transaction(
         &mut self,
         requests: &[&[WriteOp]],
-        touched: &[String],
+        touched: &[Key],
     ) -> rusqlite::Result<Vec<u64>> {
         retry_busy(|| self.transaction_once(requests, touched))
     }
@@ -104,28 +168,39 @@ impl Writer {
     fn transaction_once(
         &mut self,
         requests: &[&[WriteOp]],
-        touched: &[String],
+        touched: &[Key],
     ) -> rusqlite::Result<Vec<u64>> {
         let namespace = self.namespace;
+        let conn = &self.conn;
+        let now = Timestamp::now();
+        // `BEGIN IMMEDIATE` and `COMMIT` as cached statements: rusqlite's
+        // `Transaction` parses both again on every commit, which showed in
+        // the profile of a single `set`.
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         let result = (|| {
-            let now = Timestamp::now();
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let counts = apply(&tx, requests, namespace, now)?;
+            let counts = apply(conn, requests, namespace, now)?;
             if !touched.is_empty() {
-                let mut touch = tx.prepare_cached(
+                let mut touch = conn.prepare_cached(
                     "UPDATE metadata_cache SET last_access = ?1 WHERE cache_key = ?2 AND schema_version = ?3",
                 )?;
                 for key in touched {
-                    touch.execute(params![millis(now), key, namespace])?;
+                    touch.execute(params![millis(now), key.as_str(), namespace])?;
                 }
             }
-            tx.commit()?;
+            conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(counts)
         })();
-        if result.is_ok() {
-            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(_) => {
+                self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+                self.cap_check.written += written_bytes(requests);
+            }
+            Err(_) if !conn.is_autocommit() => {
+                if let Err(e) = conn.execute_batch("ROLLBACK") {
+                    tracing::warn!(path = %self.path.display(), error = %e, "rollback failed");
+                }
+            }
+            Err(_) => {}
         }
         result
     }
@@ -198,16 +273,15 @@ impl Writer {
         }
     }
 
+    /// Bytes in use by pages, in one statement (one read of the file's
+    /// state instead of three `PRAGMA` round trips).
     fn used_bytes(&self) -> rusqlite::Result<u64> {
-        let pages: i64 = self
+        let (pages, free, size): (i64, i64, i64) = self
             .conn
-            .pragma_query_value(None, "page_count", |r| r.get(0))?;
-        let free: i64 = self
-            .conn
-            .pragma_query_value(None, "freelist_count", |r| r.get(0))?;
-        let size: i64 = self
-            .conn
-            .pragma_query_value(None, "page_size", |r| r.get(0))?;
+            .prepare_cached(
+                "SELECT * FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(u64::try_from((pages - free) * size).unwrap_or(0))
     }
 
@@ -215,8 +289,13 @@ impl Writer {
     /// 90% of the cap so that eviction does not run on every write.
     fn enforce_cap(&mut self) {
         let Some(cap) = self.max_size else { return };
+        if !self.cap_check.due(cap) {
+            return;
+        }
         let result = (|| -> rusqlite::Result<()> {
-            if self.used_bytes()? <= cap {
+            let used = self.used_bytes()?;
+            self.cap_check.measured(used);
+            if used <= cap {
                 return Ok(());
             }
             let now = millis(Timestamp::now());
@@ -262,9 +341,13 @@ impl Writer {
                     .fetch_add(evicted as u64, Ordering::Relaxed);
             }
             self.vacuum();
+            let used = self.used_bytes()?;
+            self.cap_check.measured(used);
             Ok(())
         })();
         if let Err(e) = result {
+            // Measure again after the next commit.
+            self.cap_check = CapCheck::default();
             tracing::warn!(path = %self.path.display(), error = %e, "could not enforce the size cap");
         }
     }
@@ -353,7 +436,7 @@ impl CommitStore for Writer {
             Err(e) if is_busy(&e) => {
                 // The reads stay recorded for the next commit.
                 for key in touched {
-                    self.touched.record_owned(key);
+                    self.touched.record_again(key);
                 }
                 None
             }

@@ -445,6 +445,66 @@ async fn the_byte_cap_evicts_least_recently_used_and_keeps_the_file_within_ten_p
     );
 }
 
+/// The cap is not read after every commit any more; rows another writer
+/// added must still be trimmed within the documented 64 commits.
+#[tokio::test]
+async fn the_byte_cap_trims_what_another_writer_added_within_64_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let cap = 256 * 1024;
+    let capped = SqliteTier::open(&SqliteConfig::new(&path).max_size(cap), 1)
+        .await
+        .unwrap();
+    let uncapped = SqliteTier::open(&SqliteConfig::new(&path), 1)
+        .await
+        .unwrap();
+    let small = |i: u32| {
+        tierstack::Entry::from_body(
+            tierstack::EntryMeta::new(
+                &book_key(&format!("small{i}")),
+                1,
+                tierstack::Timestamp::now(),
+            ),
+            tierstack::Codec::Json,
+            tierstack::CompressionKind::None,
+            0,
+            1,
+            tierstack::Bytes::from_static(b"1"),
+        )
+    };
+    // One small write, so that the capped tier has measured the file.
+    capped.set(&book_key("small0"), small(0)).await.unwrap();
+    // 1 MiB written by the other writer, which has no cap.
+    let big: Vec<(Key, tierstack::Entry)> = (0..256u32)
+        .map(|i| {
+            let key = book_key(&format!("big{i}"));
+            let body: Vec<u8> = (0..4096u32)
+                .map(|j| b'a' + ((i * 7 + j * 13) % 26) as u8)
+                .collect();
+            let entry = tierstack::Entry::from_body(
+                tierstack::EntryMeta::new(&key, 1, tierstack::Timestamp::now()),
+                tierstack::Codec::Json,
+                tierstack::CompressionKind::None,
+                0,
+                4096,
+                tierstack::Bytes::from(body),
+            );
+            (key, entry)
+        })
+        .collect();
+    uncapped.set_many(big).await.unwrap();
+    assert!(file_bytes(&path) > cap * 3, "{} bytes", file_bytes(&path));
+    for i in 1..=65u32 {
+        capped
+            .set(&book_key(&format!("small{i}")), small(i))
+            .await
+            .unwrap();
+    }
+    assert!(capped.stats().evictions > 0, "{:?}", capped.stats());
+    let size = file_bytes(&path);
+    assert!(size <= cap + cap / 10, "file is {size} bytes, cap {cap}");
+}
+
 #[tokio::test]
 async fn purge_removes_dead_rows_and_keeps_live_ones() {
     let dir = tempfile::tempdir().unwrap();

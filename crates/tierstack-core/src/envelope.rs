@@ -132,8 +132,11 @@ impl EntryFlags {
 
 /// The hash that binds an entry to its key: xxh3-64 of the key's canonical
 /// text. An entry read under another key is a miss, however it got there.
+///
+/// The key computed it when it was made ([`Key::xxh3_64`]), so this costs a
+/// field read.
 pub fn key_hash(key: &Key) -> u64 {
-    xxh3_64(key.as_str().as_bytes())
+    key.xxh3_64()
 }
 
 /// The parsed, validated fixed fields of an entry's header.

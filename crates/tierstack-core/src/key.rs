@@ -22,7 +22,7 @@
 //!   unescaped elsewhere, so a hashed key cannot equal a plain one.
 
 use std::borrow::{Borrow, Cow};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
 use std::fmt;
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
@@ -42,8 +42,13 @@ const HASH_SUFFIX_LEN: usize = 33;
 #[derive(Clone)]
 pub struct Key {
     canonical: Arc<str>,
-    /// Byte length of the source part (before the separating `:`).
-    source_len: usize,
+    /// xxh3-64 of `canonical`, computed once: every hit checks it against
+    /// the entry's header, and rehashing the text there would cost more
+    /// than the rest of an in-memory hit's check.
+    digest: u64,
+    /// Byte length of the source part (before the separating `:`); at most
+    /// [`MAX_KEY_LEN`], so `u16` keeps `Key` at 32 bytes.
+    source_len: u16,
     hashed: bool,
 }
 
@@ -85,60 +90,63 @@ pub enum KeyError {
 }
 
 /// A value that can be a key parameter. `None` omits the parameter.
-pub trait ParamValue {
+///
+/// The text may borrow from the value (`'a`), so that a `&str` or `&Path`
+/// parameter is rendered without a copy of its own.
+pub trait ParamValue<'a> {
     /// The parameter's text, or `None` to leave the parameter out.
-    fn into_param(self) -> Option<Cow<'static, str>>;
+    fn into_param(self) -> Option<Cow<'a, str>>;
 }
 
-impl ParamValue for &str {
-    fn into_param(self) -> Option<Cow<'static, str>> {
-        Some(Cow::Owned(self.to_owned()))
+impl<'a> ParamValue<'a> for &'a str {
+    fn into_param(self) -> Option<Cow<'a, str>> {
+        Some(Cow::Borrowed(self))
     }
 }
 
-impl ParamValue for String {
-    fn into_param(self) -> Option<Cow<'static, str>> {
+impl<'a> ParamValue<'a> for String {
+    fn into_param(self) -> Option<Cow<'a, str>> {
         Some(Cow::Owned(self))
     }
 }
 
-impl ParamValue for &String {
-    fn into_param(self) -> Option<Cow<'static, str>> {
-        Some(Cow::Owned(self.clone()))
+impl<'a> ParamValue<'a> for &'a String {
+    fn into_param(self) -> Option<Cow<'a, str>> {
+        Some(Cow::Borrowed(self.as_str()))
     }
 }
 
-impl ParamValue for Cow<'_, str> {
-    fn into_param(self) -> Option<Cow<'static, str>> {
-        Some(Cow::Owned(self.into_owned()))
+impl<'a> ParamValue<'a> for Cow<'a, str> {
+    fn into_param(self) -> Option<Cow<'a, str>> {
+        Some(self)
     }
 }
 
 /// Paths are rendered with `to_string_lossy`: two non-UTF-8 paths that differ
 /// only in invalid bytes share a key.
-impl ParamValue for &Path {
-    fn into_param(self) -> Option<Cow<'static, str>> {
-        Some(Cow::Owned(self.to_string_lossy().into_owned()))
+impl<'a> ParamValue<'a> for &'a Path {
+    fn into_param(self) -> Option<Cow<'a, str>> {
+        Some(self.to_string_lossy())
     }
 }
 
 /// See the `&Path` implementation.
-impl ParamValue for &PathBuf {
-    fn into_param(self) -> Option<Cow<'static, str>> {
+impl<'a> ParamValue<'a> for &'a PathBuf {
+    fn into_param(self) -> Option<Cow<'a, str>> {
         self.as_path().into_param()
     }
 }
 
-impl<T: ParamValue> ParamValue for Option<T> {
-    fn into_param(self) -> Option<Cow<'static, str>> {
+impl<'a, T: ParamValue<'a>> ParamValue<'a> for Option<T> {
+    fn into_param(self) -> Option<Cow<'a, str>> {
         self.and_then(ParamValue::into_param)
     }
 }
 
 macro_rules! display_param {
     ($($t:ty),*) => {$(
-        impl ParamValue for $t {
-            fn into_param(self) -> Option<Cow<'static, str>> {
+        impl<'a> ParamValue<'a> for $t {
+            fn into_param(self) -> Option<Cow<'a, str>> {
                 Some(Cow::Owned(self.to_string()))
             }
         }
@@ -147,6 +155,97 @@ macro_rules! display_param {
 display_param!(
     bool, char, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
 );
+
+/// Parameters kept on the stack before spilling to the heap: keys of the
+/// RFC's scheme have one to three.
+const INLINE_PARAMS: usize = 4;
+
+/// One parameter after normalisation, still borrowing what it can.
+struct Param<'a, N> {
+    name: N,
+    /// The NFC form of `name` when it differs from `name` itself.
+    normalised_name: Option<String>,
+    value: Cow<'a, str>,
+}
+
+impl<'a, N: AsRef<str>> Param<'a, N> {
+    #[inline]
+    fn new(name: N, value: Cow<'a, str>) -> Self {
+        let normalised_name = match nfc(name.as_ref()) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(text) => Some(text),
+        };
+        let value = match nfc(&value) {
+            Cow::Borrowed(_) => value,
+            Cow::Owned(text) => Cow::Owned(text),
+        };
+        Self {
+            name,
+            normalised_name,
+            value,
+        }
+    }
+
+    #[inline]
+    fn name(&self) -> &str {
+        self.normalised_name
+            .as_deref()
+            .unwrap_or_else(|| self.name.as_ref())
+    }
+}
+
+/// The parameters of one key, in input order: on the stack up to
+/// [`INLINE_PARAMS`], then in a `Vec`. Replaces the `BTreeMap` the general
+/// path needed, which allocated a node and two strings per key.
+struct Params<'a, N> {
+    inline: [Option<Param<'a, N>>; INLINE_PARAMS],
+    len: usize,
+    spilled: Vec<Option<Param<'a, N>>>,
+}
+
+impl<'a, N: AsRef<str>> Params<'a, N> {
+    fn new() -> Self {
+        Self {
+            inline: [const { None }; INLINE_PARAMS],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, param: Param<'a, N>) {
+        if self.spilled.is_empty() && self.len < INLINE_PARAMS {
+            self.inline[self.len] = Some(param);
+            self.len += 1;
+            return;
+        }
+        if self.spilled.is_empty() {
+            self.spilled = Vec::with_capacity(INLINE_PARAMS * 2);
+            self.spilled
+                .extend(self.inline.iter_mut().take(self.len).map(Option::take));
+        }
+        self.spilled.push(Some(param));
+    }
+
+    /// The parameters sorted by name, equal names in input order.
+    fn sorted(&mut self) -> &[Option<Param<'a, N>>] {
+        let items = if self.spilled.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spilled[..]
+        };
+        if items.len() > 1 {
+            // Stable, so that among equal names the last one given stays
+            // last, and wins below, as `BTreeMap::insert` made it win.
+            // (Small slices are insertion-sorted without allocating.)
+            items.sort_by(|a, b| {
+                a.as_ref()
+                    .map(Param::name)
+                    .cmp(&b.as_ref().map(Param::name))
+            });
+        }
+        items
+    }
+}
 
 impl Key {
     /// Renders a key from a source and its parameters.
@@ -158,25 +257,48 @@ impl Key {
     /// let key = Key::new("audnexus:search", [("q", Some("dune")), ("author", None)]);
     /// assert_eq!(key.as_str(), "audnexus:search:q=dune");
     /// ```
-    pub fn new<S, I, N, V>(source: S, params: I) -> Self
+    pub fn new<'a, S, I, N, V>(source: S, params: I) -> Self
     where
         S: AsRef<str>,
         I: IntoIterator<Item = (N, V)>,
         N: AsRef<str>,
-        V: ParamValue,
+        V: ParamValue<'a>,
     {
-        let mut map: BTreeMap<String, String> = BTreeMap::new();
-        for (name, value) in params {
-            if let Some(value) = value.into_param() {
-                map.insert(nfc(name.as_ref()).into_owned(), nfc(&value).into_owned());
-            }
+        let mut params = params
+            .into_iter()
+            .filter_map(|(name, value)| Some(Param::new(name, value.into_param()?)));
+        let Some(first) = params.next() else {
+            return Self::bare(source);
+        };
+        let Some(second) = params.next() else {
+            // One parameter, the most common key: nothing to sort or merge.
+            return Self::render(
+                &nfc(source.as_ref()),
+                std::iter::once((first.name(), &*first.value)),
+            );
+        };
+        let mut collected = Params::new();
+        collected.push(first);
+        collected.push(second);
+        for param in params {
+            collected.push(param);
         }
-        Self::render(&nfc(source.as_ref()), &map)
+        let sorted = collected.sorted();
+        // A name followed by an equal one was replaced by it.
+        let kept = sorted.iter().enumerate().filter_map(|(i, p)| {
+            let p = p.as_ref()?;
+            let replaced = sorted
+                .get(i + 1)
+                .and_then(Option::as_ref)
+                .is_some_and(|next| next.name() == p.name());
+            (!replaced).then(|| (p.name(), &*p.value))
+        });
+        Self::render(&nfc(source.as_ref()), kept)
     }
 
     /// A key with a source and no parameters (`source:`).
     pub fn bare(source: impl AsRef<str>) -> Self {
-        Self::render(&nfc(source.as_ref()), &BTreeMap::new())
+        Self::render(&nfc(source.as_ref()), std::iter::empty())
     }
 
     /// Starts a key with named parameters added one at a time.
@@ -187,32 +309,42 @@ impl Key {
         }
     }
 
-    fn render(source: &str, params: &BTreeMap<String, String>) -> Self {
-        let mut out = String::with_capacity(
-            source.len()
-                + params
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len() + 2)
-                    .sum::<usize>()
-                + 1,
-        );
-        escape_into(source, &mut out, Part::Source);
+    fn render<'p>(source: &str, params: impl Iterator<Item = (&'p str, &'p str)>) -> Self {
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut out) => {
+                out.clear();
+                let key = Self::render_into(source, params, &mut out);
+                if out.capacity() > SCRATCH_KEEP {
+                    *out = String::new();
+                }
+                key
+            }
+            // Only reachable if rendering re-entered itself; never on the
+            // hot path.
+            Err(_) => Self::render_into(source, params, &mut String::new()),
+        })
+    }
+
+    /// Renders into `out` (empty), then copies the result into the key's
+    /// one allocation.
+    fn render_into<'p>(
+        source: &str,
+        params: impl Iterator<Item = (&'p str, &'p str)>,
+        out: &mut String,
+    ) -> Self {
+        escape_into(source, out, Part::Source);
         let source_len = out.len();
         out.push(':');
-        for (i, (name, value)) in params.iter().enumerate() {
+        for (i, (name, value)) in params.enumerate() {
             if i > 0 {
                 out.push('&');
             }
-            escape_into(name, &mut out, Part::Param);
+            escape_into(name, out, Part::Param);
             out.push('=');
-            escape_into(value, &mut out, Part::Param);
+            escape_into(value, out, Part::Param);
         }
         if out.len() <= MAX_KEY_LEN {
-            return Self {
-                canonical: out.into(),
-                source_len,
-                hashed: false,
-            };
+            return Self::from_canonical(out, source_len, false);
         }
         let digest = xxhash_rust::xxh3::xxh3_128(out.as_bytes());
         let mut cut = MAX_KEY_LEN - HASH_SUFFIX_LEN;
@@ -222,10 +354,16 @@ impl Key {
         out.truncate(cut);
         let _ = write!(out, "#{digest:032x}");
         let source_len = hashed_source_len(&out[..cut]);
+        Self::from_canonical(out, source_len, true)
+    }
+
+    /// `canonical` is at most [`MAX_KEY_LEN`] bytes, `source_len` within it.
+    fn from_canonical(canonical: &str, source_len: usize, hashed: bool) -> Self {
         Self {
-            canonical: out.into(),
-            source_len,
-            hashed: true,
+            digest: xxhash_rust::xxh3::xxh3_64(canonical.as_bytes()),
+            canonical: canonical.into(),
+            source_len: u16::try_from(source_len).unwrap_or(u16::MAX),
+            hashed,
         }
     }
 
@@ -278,11 +416,11 @@ impl Key {
         if !well_formed {
             return Err(KeyError::BadHashTail);
         }
-        Ok(Self {
-            canonical: text.into(),
-            source_len: hashed_source_len(&text[..hash_at]),
-            hashed: true,
-        })
+        Ok(Self::from_canonical(
+            text,
+            hashed_source_len(&text[..hash_at]),
+            true,
+        ))
     }
 
     /// The canonical string.
@@ -293,7 +431,13 @@ impl Key {
     /// The source part (`audnexus:search` of `audnexus:search:q=dune`), in its
     /// escaped form. Used for per-source statistics, policies and clearing.
     pub fn source(&self) -> &str {
-        &self.canonical[..self.source_len]
+        &self.canonical[..usize::from(self.source_len)]
+    }
+
+    /// xxh3-64 of [`Key::as_str`], computed when the key was made (what
+    /// [`crate::envelope::key_hash`] returns, without hashing again).
+    pub fn xxh3_64(&self) -> u64 {
+        self.digest
     }
 
     /// Whether the key was too long and ends in a hash. Hashed keys cannot
@@ -307,7 +451,7 @@ impl Key {
         if self.hashed {
             return None;
         }
-        let rest = &self.canonical[self.source_len + 1..];
+        let rest = &self.canonical[usize::from(self.source_len) + 1..];
         if rest.is_empty() {
             return Some(Vec::new());
         }
@@ -339,8 +483,10 @@ pub struct KeyBuilder {
 impl KeyBuilder {
     /// Adds a parameter; a `None` value is left out of the key.
     #[must_use]
-    pub fn param(mut self, name: impl Into<String>, value: impl ParamValue) -> Self {
-        self.params.push((name.into(), value.into_param()));
+    pub fn param<'a>(mut self, name: impl Into<String>, value: impl ParamValue<'a>) -> Self {
+        // The builder outlives the values it is given, so it keeps copies.
+        let value = value.into_param().map(|v| Cow::Owned(v.into_owned()));
+        self.params.push((name.into(), value));
         self
     }
 
@@ -350,8 +496,21 @@ impl KeyBuilder {
     }
 }
 
+/// Scratch capacity kept per thread between renderings; a larger buffer
+/// (left by a very long key) is freed.
+const SCRATCH_KEEP: usize = 4 * MAX_KEY_LEN;
+
+thread_local! {
+    /// Where keys are rendered before their one copy into an `Arc<str>`, so
+    /// that making a key allocates once, as a `format!` does.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+#[inline]
 fn nfc(text: &str) -> Cow<'_, str> {
-    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+    // ASCII is NFC; checking for it is much cheaper than the quick check's
+    // per-character table lookups.
+    if text.is_ascii() || is_nfc_quick(text.chars()) == IsNormalized::Yes {
         Cow::Borrowed(text)
     } else {
         Cow::Owned(text.nfc().collect())
@@ -364,28 +523,72 @@ enum Part {
     Param,
 }
 
-fn needs_escape(c: char, part: Part) -> bool {
-    match c {
-        '%' | '&' | '=' | '#' => true,
-        ':' => part == Part::Param,
-        c => c.is_control(),
+/// Bytes that start a character which must be percent-encoded, per part:
+/// bit 0 in the source, bit 1 in names and values. `%`, `&`, `=`, `#`, `:`
+/// (not in the source) and ASCII controls (U+0000–U+001F, U+007F) are
+/// always encoded; `0xC2` starts the other controls (U+0080–U+009F, `C2 80`
+/// to `C2 9F`) but also other characters, so it is only a candidate.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = 0b11;
+        b += 1;
+    }
+    table[0x7f] = 0b11;
+    table[b'%' as usize] = 0b11;
+    table[b'&' as usize] = 0b11;
+    table[b'=' as usize] = 0b11;
+    table[b'#' as usize] = 0b11;
+    table[b':' as usize] = 0b10;
+    table[0xC2] = 0b11;
+    table
+};
+
+impl Part {
+    const fn mask(self) -> u8 {
+        match self {
+            Part::Source => 0b01,
+            Part::Param => 0b10,
+        }
     }
 }
 
+/// Copies `text` into `out`, percent-encoding what must be (see
+/// [`ESCAPE`]). Runs of plain text are copied whole; most texts are one run.
+#[inline]
 fn escape_into(text: &str, out: &mut String, part: Part) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for c in text.chars() {
-        if needs_escape(c, part) {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push('%');
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 0xF)] as char);
-            }
-        } else {
-            out.push(c);
+    let mask = part.mask();
+    let bytes = text.as_bytes();
+    let mut plain_from = 0;
+    let mut i = 0;
+    while let Some(at) = bytes[i..]
+        .iter()
+        .position(|&b| ESCAPE[usize::from(b)] & mask != 0)
+    {
+        i += at;
+        let n = match bytes.get(i..i + 2) {
+            Some([0xC2, 0x80..=0x9F]) => 2,
+            // Another character starting with `C2`: plain.
+            _ if bytes[i] == 0xC2 => 0,
+            _ => 1,
+        };
+        if n == 0 {
+            i += 1;
+            continue;
         }
+        // `i` is at an ASCII byte or a lead byte: a character boundary.
+        out.push_str(&text[plain_from..i]);
+        for &b in &bytes[i..i + n] {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
+        }
+        i += n;
+        plain_from = i;
     }
+    out.push_str(&text[plain_from..]);
 }
 
 fn unescape(text: &str, offset: usize) -> Result<String, KeyError> {
@@ -583,5 +786,174 @@ mod tests {
         assert_eq!(k.as_str(), "audnexus:search:page=2&q=dune");
         assert_eq!(Key::bare("stats").as_str(), "stats:");
         assert_eq!(Key::parse("stats:").unwrap(), Key::bare("stats"));
+    }
+
+    #[test]
+    fn later_duplicates_win_and_none_does_not_remove() {
+        let k = Key::new("s", [("a", Some("1")), ("b", Some("x")), ("a", Some("2"))]);
+        assert_eq!(k.as_str(), "s:a=2&b=x");
+        let k = Key::new("s", [("a", Some("1")), ("a", None)]);
+        assert_eq!(k.as_str(), "s:a=1");
+        // Names equal after NFC are the same name.
+        let k = Key::new("s", [("caf\u{e9}", "1"), ("cafe\u{301}", "2")]);
+        assert_eq!(k.as_str(), "s:caf\u{e9}=2");
+        // More parameters than fit on the stack, with duplicates on both sides
+        // of the spill.
+        let many: Vec<(String, String)> = (0..10)
+            .map(|i| (format!("p{}", i % 6), i.to_string()))
+            .collect();
+        let k = Key::new("s", many.iter().map(|(n, v)| (n, v)));
+        assert_eq!(k.as_str(), "s:p0=6&p1=7&p2=8&p3=9&p4=4&p5=5");
+    }
+
+    #[test]
+    fn escapes_unicode_controls_but_not_other_two_byte_characters() {
+        let k = Key::new("s", [("t", "\u{80}\u{9f}\u{a0}\u{e9}:")]);
+        assert_eq!(k.as_str(), "s:t=%C2%80%C2%9F\u{a0}\u{e9}%3A");
+    }
+
+    #[test]
+    fn the_digest_is_the_canonical_texts_xxh3() {
+        for k in [
+            Key::new("audnexus:book", [("asin", "B002V1A0WE")]),
+            Key::bare("stats"),
+            Key::new("p", [("path", "x".repeat(2000))]),
+            Key::parse("audnexus:search:q=dune").unwrap(),
+        ] {
+            assert_eq!(
+                k.xxh3_64(),
+                xxhash_rust::xxh3::xxh3_64(k.as_str().as_bytes())
+            );
+        }
+        let long = Key::new("p", [("path", "x".repeat(2000))]);
+        assert_eq!(Key::parse(long.as_str()).unwrap().xxh3_64(), long.xxh3_64());
+        assert_eq!(std::mem::size_of::<Key>(), 32);
+    }
+
+    /// The rendering as it was before the fast paths: every text through
+    /// the NFC iterator, parameters through a `BTreeMap`, every character
+    /// through `char` checks. The fast path must agree with it byte for byte.
+    mod reference {
+        use std::collections::BTreeMap;
+        use std::fmt::Write as _;
+
+        use unicode_normalization::UnicodeNormalization;
+
+        use super::super::{HASH_SUFFIX_LEN, MAX_KEY_LEN};
+
+        fn needs_escape(c: char, param: bool) -> bool {
+            match c {
+                '%' | '&' | '=' | '#' => true,
+                ':' => param,
+                c => c.is_control(),
+            }
+        }
+
+        fn escape_into(text: &str, out: &mut String, param: bool) {
+            for c in text.chars() {
+                if needs_escape(c, param) {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "%{b:02X}");
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+
+        pub(super) fn render(source: &str, params: &[(String, Option<String>)]) -> String {
+            let mut map: BTreeMap<String, String> = BTreeMap::new();
+            for (name, value) in params {
+                if let Some(value) = value {
+                    map.insert(name.nfc().collect(), value.nfc().collect());
+                }
+            }
+            let mut out = String::new();
+            escape_into(&source.nfc().collect::<String>(), &mut out, false);
+            out.push(':');
+            for (i, (name, value)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                escape_into(name, &mut out, true);
+                out.push('=');
+                escape_into(value, &mut out, true);
+            }
+            if out.len() <= MAX_KEY_LEN {
+                return out;
+            }
+            let digest = xxhash_rust::xxh3::xxh3_128(out.as_bytes());
+            let mut cut = MAX_KEY_LEN - HASH_SUFFIX_LEN;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            let _ = write!(out, "#{digest:032x}");
+            out
+        }
+    }
+
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let atoms = prop::sample::select(vec![
+            "a",
+            "b",
+            "1",
+            "&",
+            "=",
+            ":",
+            "%",
+            "#",
+            " ",
+            "/",
+            "\u{0}",
+            "\n",
+            "\u{7f}",
+            "\u{80}",
+            "\u{9f}",
+            "\u{a0}",
+            "\u{e9}",
+            "e\u{301}",
+            "\u{1e0b}\u{323}",
+            "\u{212b}",
+            "\u{1F600}",
+            "\u{fffd}",
+        ]);
+        prop_oneof![
+            prop::collection::vec(atoms, 0..5).prop_map(|parts| parts.concat()),
+            // Anything at all, including unassigned and combining characters.
+            any::<String>(),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000, ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn fast_path_renders_as_the_reference(
+            source in text(),
+            // Up to 9 parameters: past the inline ones, with repeated names.
+            params in proptest::collection::vec(
+                (proptest::prop_oneof![text(), proptest::sample::select(vec!["a".to_owned(), "b".to_owned()])],
+                 proptest::option::of(text())),
+                0..9,
+            ),
+            pad in proptest::option::of(0usize..700),
+        ) {
+            let mut params = params;
+            if let Some(pad) = pad {
+                params.push(("pad".into(), Some("\u{e9}".repeat(pad))));
+            }
+            let expected = reference::render(&source, &params);
+            let key = Key::new(&source, params.iter().map(|(n, v)| (n, v.as_deref())));
+            proptest::prop_assert_eq!(key.as_str(), expected.as_str());
+            proptest::prop_assert_eq!(key.xxh3_64(), xxhash_rust::xxh3::xxh3_64(expected.as_bytes()));
+            // Owned values take the same path as borrowed ones.
+            let owned = Key::new(&source, params.iter().map(|(n, v)| (n.clone(), v.clone())));
+            proptest::prop_assert_eq!(owned.as_str(), expected.as_str());
+        }
     }
 }

@@ -100,4 +100,18 @@ proptest! {
     fn parse_never_panics(s in ".{0,80}") {
         let _ = Key::parse(&s);
     }
+
+    /// The `parse_key` fuzz target's property, on text shaped like keys
+    /// (reserved characters, escapes, non-ASCII), for runs without
+    /// cargo-fuzz.
+    #[test]
+    fn whatever_parses_renders_back_to_itself(
+        parts in prop::collection::vec(prop_oneof![text(), Just("%2".to_owned()), Just("%C2%80".to_owned()), Just("%e9".to_owned())], 0..8),
+    ) {
+        let s = parts.concat();
+        if let Ok(key) = Key::parse(&s) {
+            prop_assert_eq!(key.as_str(), s.as_str());
+            prop_assert_eq!(key.xxh3_64(), xxhash_rust::xxh3::xxh3_64(s.as_bytes()));
+        }
+    }
 }
