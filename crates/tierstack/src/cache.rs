@@ -133,8 +133,8 @@ pub trait CacheValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
 
 /// Where a [`TieredCache::hit_or_else`] future is.
-enum HitOrElse<H, S, F> {
-    Start { hit: H, slow: S },
+enum HitOrElse<H, M, S, F> {
+    Start { hit: H, miss: Option<M>, slow: S },
     Slow(std::pin::Pin<Box<F>>),
     Done,
 }
@@ -189,6 +189,7 @@ impl TieredCache {
         self.hit_or_else(
             key,
             |value, _| Some(value),
+            Some(|| None),
             move |top| async move {
                 match self.finish_lookup(key, top).await {
                     Lookup::Found(v, _) => Some(v),
@@ -198,34 +199,64 @@ impl TieredCache {
         )
     }
 
+    /// A fresh hit of the top tier answered without I/O, counted as a hit of
+    /// the key's source; `None` for anything else (nothing is counted then:
+    /// the caller's full lookup counts it).
+    pub(crate) fn ready_hit<V: CacheValue>(&self, key: &Key) -> Option<(Arc<V>, Header)> {
+        match self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count) {
+            TopAnswer::Hit(value, header) => {
+                self.inner
+                    .sources
+                    .with(key.source(), |source| bump(&source.hits));
+                Some((value, header))
+            }
+            _ => None,
+        }
+    }
+
     /// A future that answers a fresh hit of the top tier at its first poll
-    /// (`hit`, counted as a hit of the key's source), and otherwise boxes
-    /// `slow`, given what the top tier said, and runs it. The box is paid
-    /// only on that path, where tier calls and fetches cost far more; the
-    /// hit path's future holds a few pointers instead of the whole lookup.
-    pub(crate) fn hit_or_else<'a, V, T, H, S, F>(
+    /// (`hit`, counted as a hit of the key's source), and a miss of a cache
+    /// whose only tier answered "not held" (`miss`, when given: a plain
+    /// read has nothing else to do); otherwise it boxes `slow`, given what
+    /// the top tier said, and runs it. The box is paid only on that path,
+    /// where tier calls and fetches cost far more; the fast paths' future
+    /// holds a few pointers instead of the whole lookup.
+    pub(crate) fn hit_or_else<'a, V, T, H, M, S, F>(
         &'a self,
         key: &'a Key,
         hit: H,
+        miss: Option<M>,
         slow: S,
     ) -> impl Future<Output = T>
     where
         V: CacheValue,
         H: FnOnce(Arc<V>, Header) -> T,
+        M: FnOnce() -> T,
         S: FnOnce(TopAnswer<V>) -> F,
         F: Future<Output = T>,
     {
-        let mut state = HitOrElse::Start { hit, slow };
+        let mut state = HitOrElse::Start { hit, miss, slow };
         std::future::poll_fn(move |cx| {
             loop {
                 match std::mem::replace(&mut state, HitOrElse::Done) {
-                    HitOrElse::Start { hit, slow } => {
+                    HitOrElse::Start { hit, miss, slow } => {
                         match self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count) {
                             TopAnswer::Hit(value, header) => {
                                 self.inner
                                     .sources
                                     .with(key.source(), |source| bump(&source.hits));
                                 return Poll::Ready(hit(value, header));
+                            }
+                            TopAnswer::Missing if self.inner.layers.len() == 1 => {
+                                if let Some(miss) = miss {
+                                    // Counted as `classify` and `lookup` would.
+                                    bump(&self.inner.layers[0].counters.local().misses);
+                                    self.inner
+                                        .sources
+                                        .with(key.source(), |source| bump(&source.misses));
+                                    return Poll::Ready(miss());
+                                }
+                                state = HitOrElse::Slow(Box::pin(slow(TopAnswer::Missing)));
                             }
                             top => state = HitOrElse::Slow(Box::pin(slow(top))),
                         }

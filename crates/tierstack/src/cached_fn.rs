@@ -141,12 +141,33 @@ where
 
     /// Calls the function through the cache.
     pub async fn call(&self, args: A) -> Result<Arc<V>> {
-        self.call_with(args).await.map(Fetched::into_value)
+        let key = (self.key)(&args);
+        if let Some((value, header)) = self.cache.ready_hit::<V>(&key) {
+            self.refresh_if_due(&header, key, args);
+            return Ok(value);
+        }
+        // Boxed: the lookup and fetch machinery would make this future
+        // large, and a hit above would pay for moving it.
+        Box::pin(self.call_keyed(key, args))
+            .await
+            .map(Fetched::into_value)
     }
 
     /// Calls the function through the cache, saying where the value came from.
     pub async fn call_with(&self, args: A) -> Result<Fetched<V>> {
         let key = (self.key)(&args);
+        self.call_keyed(key, args).await
+    }
+
+    fn refresh_if_due(&self, header: &Header, key: Key, args: A) {
+        if let Some(fraction) = self.refresh_ahead {
+            if refresh_due(header, fraction, Timestamp::now()) {
+                self.refresh_in_background(key, args);
+            }
+        }
+    }
+
+    async fn call_keyed(&self, key: Key, args: A) -> Result<Fetched<V>> {
         let load = Arc::clone(&self.load);
         let fetch_args = args.clone();
         let fetch = move |context| async move { load(fetch_args, context).await.map(Some) };
@@ -155,10 +176,8 @@ where
             .cache
             .resolve(&key, self.options, false, &mut header, fetch)
             .await?;
-        if let (Some(fraction), Some(header)) = (self.refresh_ahead, header) {
-            if refresh_due(&header, fraction, Timestamp::now()) {
-                self.refresh_in_background(key.clone(), args);
-            }
+        if let Some(header) = header {
+            self.refresh_if_due(&header, key.clone(), args);
         }
         outcome.into_fetched(&key)
     }

@@ -245,6 +245,7 @@ impl TieredCache {
         self.hit_or_else(
             key,
             |value, _| Ok(value),
+            None::<fn() -> Result<Arc<V>>>,
             move |_| async move {
                 self.get_or_fetch_with(key, options, fetch)
                     .await
