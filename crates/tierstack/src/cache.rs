@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use tierstack_core::{
 use crate::fetch::FetchOptions;
 use crate::flight::Flights;
 use crate::policy::{Policies, SourcePolicy};
-use crate::stats::{CacheStats, LayerCounters, LayerStats, Sources, Tally, add, bump};
+use crate::stats::{
+    CacheStats, LayerCounters, LayerStats, SourceCounts, Sources, Tally, add, bump,
+};
 
 /// How long a written entry stays fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -205,9 +208,7 @@ impl TieredCache {
     pub(crate) fn ready_hit<V: CacheValue>(&self, key: &Key) -> Option<(Arc<V>, Header)> {
         match self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count) {
             TopAnswer::Hit(value, header) => {
-                self.inner
-                    .sources
-                    .with(key.source(), |source| bump(&source.hits));
+                self.count_for_source(key, |source| &source.hits);
                 Some((value, header))
             }
             _ => None,
@@ -242,18 +243,14 @@ impl TieredCache {
                     HitOrElse::Start { hit, miss, slow } => {
                         match self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count) {
                             TopAnswer::Hit(value, header) => {
-                                self.inner
-                                    .sources
-                                    .with(key.source(), |source| bump(&source.hits));
+                                self.count_for_source(key, |source| &source.hits);
                                 return Poll::Ready(hit(value, header));
                             }
                             TopAnswer::Missing if self.inner.layers.len() == 1 => {
                                 if let Some(miss) = miss {
                                     // Counted as `classify` and `lookup` would.
                                     bump(&self.inner.layers[0].counters.local().misses);
-                                    self.inner
-                                        .sources
-                                        .with(key.source(), |source| bump(&source.misses));
+                                    self.count_for_source(key, |source| &source.misses);
                                     return Poll::Ready(miss());
                                 }
                                 state = HitOrElse::Slow(Box::pin(slow(TopAnswer::Missing)));
@@ -530,12 +527,23 @@ impl TieredCache {
             TopAnswer::Hit(value, header) => Lookup::Found(value, header),
             top => self.look_through_from(key, Tally::Count, top).await,
         };
-        self.inner.sources.with(key.source(), |source| match found {
-            Lookup::Found(..) => bump(&source.hits),
-            Lookup::Absent => bump(&source.negative_hits),
-            Lookup::Missing { .. } => bump(&source.misses),
-        });
+        self.count_for_source(
+            key,
+            match found {
+                Lookup::Found(..) => |source| &source.hits,
+                Lookup::Absent => |source| &source.negative_hits,
+                Lookup::Missing { .. } => |source| &source.misses,
+            },
+        );
         found
+    }
+
+    /// Adds one to `counter` of `key`'s source: how every read path counts
+    /// its answer per source.
+    fn count_for_source(&self, key: &Key, counter: fn(&SourceCounts) -> &AtomicU64) {
+        self.inner
+            .sources
+            .with(key.source(), |source| bump(counter(source)));
     }
 
     /// Looks through the tiers without counting a per-source hit or miss;
