@@ -11,33 +11,12 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tierstack::{Compression, Key, MemoryConfig, MemoryTier, TieredCache, Ttl};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Book {
-    asin: String,
-    title: String,
-    authors: Vec<String>,
-    narrators: Vec<String>,
-    runtime_minutes: u32,
-    summary: String,
-}
-
-fn book(i: u64) -> Book {
-    Book {
-        asin: format!("B{i:09}"),
-        title: format!("Book number {i}"),
-        authors: vec![format!("Author {}", i % 97)],
-        narrators: vec![format!("Narrator {}", i % 31)],
-        runtime_minutes: 600 + (i % 300) as u32,
-        summary: "A long summary of the book. ".repeat(8),
-    }
-}
-
-fn key(i: u64) -> Key {
-    Key::new("audnexus:book", [("asin", format!("B{i:09}"))])
-}
+// The benches' record (~400 bytes in MessagePack) and keys.
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::{Book, book, key};
 
 /// VmRSS in bytes, from /proc/self/status.
 fn rss() -> Option<u64> {
