@@ -6,6 +6,7 @@ pub mod backplane;
 pub mod codec;
 pub mod compression;
 pub mod config;
+pub mod coordinator;
 pub mod envelope;
 pub mod error;
 pub mod group_commit;
@@ -22,6 +23,7 @@ pub use bytes::Bytes;
 pub use codec::Codec;
 pub use compression::{Compression, CompressionKind, Dictionaries, Dictionary};
 pub use config::{BuildContext, TierConfig};
+pub use coordinator::{CircuitState, Coordinator, LeaseOwner, Rate, Spend};
 pub use envelope::{
     DecodeError, DecodeLimits, Decoded, EncodeError, Entry, EntryFlags, EntryMeta, Extensions,
     Header, key_hash,

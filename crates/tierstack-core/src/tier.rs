@@ -272,4 +272,11 @@ pub trait Tier: Send + Sync + fmt::Debug {
     fn backplane(&self) -> Option<std::sync::Arc<dyn crate::backplane::Backplane>> {
         None
     }
+
+    /// Coordination state in this tier's shared store (cross-process leases,
+    /// a shared rate limit, shared "slow down" circuits), if it keeps any.
+    /// The cache uses the lowest shared tier that offers one.
+    fn coordinator(&self) -> Option<std::sync::Arc<dyn crate::coordinator::Coordinator>> {
+        None
+    }
 }
