@@ -64,6 +64,13 @@ struct SourceCounters {
     fetches: u64,
     fetch_errors: u64,
     stale_served: u64,
+    throttled_waits: u64,
+    throttled_rejections: u64,
+    circuit_open: u64,
+    lease_won: u64,
+    lease_waited: u64,
+    lease_takeovers: u64,
+    coordination_fallbacks: u64,
 }
 
 impl From<&tierstack::StoredCounters> for SourceCounters {
@@ -74,6 +81,13 @@ impl From<&tierstack::StoredCounters> for SourceCounters {
             fetches: c.fetches,
             fetch_errors: c.fetch_errors,
             stale_served: c.stale_served,
+            throttled_waits: c.throttled_waits,
+            throttled_rejections: c.throttled_rejections,
+            circuit_open: c.circuit_open,
+            lease_won: c.lease_won,
+            lease_waited: c.lease_waited,
+            lease_takeovers: c.lease_takeovers,
+            coordination_fallbacks: c.coordination_fallbacks,
         }
     }
 }
@@ -329,6 +343,58 @@ fn print_counters(counters: Option<&(std::path::PathBuf, tierstack::StoredStats)
             &rows,
         );
     }
+    print_budget_table(stored);
+}
+
+/// The upstream budget's counters per source, for the sources that moved
+/// one (a cache without rate limits or coordination prints nothing).
+fn print_budget_table(stored: &tierstack::StoredStats) {
+    let rows: Vec<Vec<String>> = stored
+        .sources
+        .iter()
+        .filter(|(_, c)| {
+            [
+                c.throttled_waits,
+                c.throttled_rejections,
+                c.circuit_open,
+                c.lease_won,
+                c.lease_waited,
+                c.lease_takeovers,
+                c.coordination_fallbacks,
+            ]
+            .iter()
+            .any(|n| *n > 0)
+        })
+        .map(|(source, c)| {
+            vec![
+                source.clone(),
+                c.throttled_waits.to_string(),
+                c.throttled_rejections.to_string(),
+                c.circuit_open.to_string(),
+                c.lease_won.to_string(),
+                c.lease_waited.to_string(),
+                c.lease_takeovers.to_string(),
+                c.coordination_fallbacks.to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    emit("");
+    print_table(
+        &[
+            "source",
+            "throttled waits",
+            "throttled rejections",
+            "circuit open",
+            "leases won",
+            "leases waited",
+            "lease takeovers",
+            "coordination fallbacks",
+        ],
+        &rows,
+    );
 }
 
 /// What `tierstack clear` was asked to remove.

@@ -36,6 +36,11 @@ pub enum ErrorKind {
     FetchPanicked,
     /// The tier does not support the operation.
     Unsupported,
+    /// An upstream's request budget is spent: its rate limit would make the
+    /// call wait past its deadline, or the upstream asked to slow down
+    /// (`Retry-After`) and its circuit is open.
+    /// [`Error::retry_after`] says when a request may go again.
+    Throttled,
     /// Anything else.
     Other,
 }
@@ -43,7 +48,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether errors of this kind are usually temporary.
     pub const fn is_usually_temporary(self) -> bool {
-        matches!(self, Self::Unavailable | Self::Timeout)
+        matches!(self, Self::Unavailable | Self::Timeout | Self::Throttled)
     }
 }
 
@@ -103,6 +108,7 @@ pub struct Error {
     message: Cow<'static, str>,
     tier: Option<Arc<str>>,
     operation: Option<Operation>,
+    retry_after: Option<std::time::Duration>,
     source: Option<Source>,
 }
 
@@ -118,6 +124,7 @@ impl Error {
             message: message.into(),
             tier: None,
             operation: None,
+            retry_after: None,
             source: None,
         }
     }
@@ -148,6 +155,19 @@ impl Error {
     pub fn with_operation(mut self, operation: Operation) -> Self {
         self.operation = Some(operation);
         self
+    }
+
+    /// Says when the call may be tried again (a [`ErrorKind::Throttled`]
+    /// error's wait).
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// How long to wait before trying again, when the error knows it.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// Overrides whether the error is temporary.
@@ -247,6 +267,7 @@ impl fmt::Debug for Error {
             .field("temporary", &self.temporary)
             .field("tier", &self.tier)
             .field("operation", &self.operation)
+            .field("retry_after", &self.retry_after)
             .field("message", &self.message)
             .field("source", &self.source)
             .finish()

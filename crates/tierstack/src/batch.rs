@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use tierstack_core::{Decoded, Entry, Error, ErrorKind, Key, Operation, Result, Timestamp};
 
+use crate::budget::Budget;
 use crate::cache::{CacheValue, Lookup, TieredCache};
 use crate::fetch::{BatchContext, BoxError, FetchOptions};
 use crate::stats::{Tally, add, bump};
@@ -118,6 +119,18 @@ impl TieredCache {
             .await
     }
 
+    /// The budget of each source among `pending`, for the batch closure.
+    fn batch_budgets(&self, pending: &[Key]) -> HashMap<String, Budget> {
+        let mut budgets = HashMap::new();
+        for key in pending {
+            if !budgets.contains_key(key.source()) {
+                let policy = self.policy(key.source());
+                budgets.insert(key.source().to_owned(), self.budget(&policy, key));
+            }
+        }
+        budgets
+    }
+
     /// The fetch half of [`TieredCache::get_or_fetch_many`].
     async fn fetch_batch<V, F, Fut, E>(
         &self,
@@ -141,16 +154,45 @@ impl TieredCache {
             bump(&self.inner.sources.get(source).local().fetches);
         }
         let asked: HashSet<Key> = pending.iter().cloned().collect();
-        let context = BatchContext::new(
-            pending
-                .iter()
-                .filter(|key| stale.contains_key(*key))
-                .cloned()
-                .collect(),
-        );
-        let fetched = self
-            .within_timeouts(fetch_missing(pending.clone(), context), &options, false)
-            .await;
+        let budgets = self.batch_budgets(&pending);
+        let started = std::time::Instant::now();
+        let fetched = match spend_for_batch(&budgets, &options, &stale).await {
+            Err(error) => Some(Err(error)),
+            Ok(spent) => {
+                let context = BatchContext::new(
+                    pending
+                        .iter()
+                        .filter(|key| stale.contains_key(*key))
+                        .cloned()
+                        .collect(),
+                    budgets.clone(),
+                );
+                let options = options.less(started.elapsed());
+                match self
+                    .within_timeouts(fetch_missing(pending.clone(), context), &options, false)
+                    .await
+                {
+                    Some(Ok(list)) => Some(Ok(list)),
+                    Some(Err(e)) => {
+                        let e: BoxError = e.into();
+                        let slow_down = crate::fetch::slow_down(&*e);
+                        for (budget, probe) in &spent {
+                            budget.answered(slow_down, *probe).await;
+                        }
+                        Some(Err(batch_fetch_error(&pending, e)))
+                    }
+                    None => None,
+                }
+                .inspect(|fetched| {
+                    if fetched.is_ok() {
+                        for (budget, probe) in spent {
+                            // A probe that got an answer closes its circuit.
+                            tokio::spawn(async move { budget.answered(None, probe).await });
+                        }
+                    }
+                })
+            }
+        };
         let error = match fetched {
             Some(Ok(list)) => {
                 let mut writes = Vec::with_capacity(list.len());
@@ -170,7 +212,7 @@ impl TieredCache {
                     .map(|k| answers.get(k).cloned().flatten())
                     .collect());
             }
-            Some(Err(e)) => batch_fetch_error(&pending, e.into()),
+            Some(Err(error)) => error,
             None => Error::new(
                 ErrorKind::Timeout,
                 format!(
@@ -252,6 +294,26 @@ impl TieredCache {
         });
         join_all(writes).await;
     }
+}
+
+/// Spends one request of each rate group the batch's sources belong to,
+/// before the batch fetch runs. The first group that turns the batch away
+/// fails it (keys with a stale value are served it).
+async fn spend_for_batch<V>(
+    budgets: &HashMap<String, Budget>,
+    options: &FetchOptions,
+    stale: &HashMap<Key, Option<Arc<V>>>,
+) -> Result<Vec<(Budget, bool)>> {
+    let limit = crate::fetch::wait_limit(options, !stale.is_empty(), None);
+    let mut spent: Vec<(Budget, bool)> = Vec::with_capacity(budgets.len());
+    for budget in budgets.values() {
+        if spent.iter().any(|(b, _)| b.group() == budget.group()) {
+            continue;
+        }
+        let probe = budget.pass(limit).await?;
+        spent.push((budget.clone(), probe));
+    }
+    Ok(spent)
 }
 
 /// Keys named in a failed batch's message; the rest are counted.

@@ -7,7 +7,7 @@ use tierstack_core::{
 
 use crate::cache::{Inner, Layer, TieredCache};
 use crate::flight::Flights;
-use crate::policy::{Policies, SourcePolicy};
+use crate::policy::{Coordination, Policies, SourcePolicy};
 use crate::stats::Sources;
 
 /// Builds a [`TieredCache`] in code.
@@ -42,6 +42,9 @@ pub struct TieredCacheBuilder {
     negative_ttl: Duration,
     offline: bool,
     stats_file: Option<std::path::PathBuf>,
+    coordination: Coordination,
+    lease_ttl: Duration,
+    expected_processes: u32,
 }
 
 impl Default for TieredCacheBuilder {
@@ -60,6 +63,9 @@ impl Default for TieredCacheBuilder {
             negative_ttl: Duration::from_secs(300),
             offline: false,
             stats_file: None,
+            coordination: Coordination::default(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            expected_processes: 1,
         }
     }
 }
@@ -170,6 +176,34 @@ impl TieredCacheBuilder {
         self
     }
 
+    /// How far single-flight reaches for sources whose policy does not say
+    /// (default [`Coordination::Shared`]: across the processes sharing the
+    /// lowest tier that coordinates, in-process when none does).
+    #[must_use]
+    pub fn coordination(mut self, coordination: Coordination) -> Self {
+        self.coordination = coordination;
+        self
+    }
+
+    /// How long a cross-process lease lasts unless its holder renews it
+    /// (default 5 s; renewed every third of it while the fetch runs). A
+    /// holder that crashes delays its key's other callers by at most this.
+    #[must_use]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How many processes share a budget with
+    /// [`RateScope::Shared`](crate::RateScope::Shared) (default 1): while the
+    /// coordinating tier cannot be reached, each spends `rate / n` alone, so
+    /// together they stay within the budget.
+    #[must_use]
+    pub fn expected_processes(mut self, processes: u32) -> Self {
+        self.expected_processes = processes.max(1);
+        self
+    }
+
     /// Adds this cache's counters to `path` when it is dropped (and on
     /// [`TieredCache::flush_stats`]), so totals over every process are kept;
     /// `tierstack stats` shows them.
@@ -221,6 +255,8 @@ impl TieredCacheBuilder {
             });
         }
         let backplane = crate::invalidation::find(&layers);
+        let shared = coordinating_tier(&layers);
+        let budgets = crate::budget::Budgets::new(&self.policies, shared, self.expected_processes)?;
         Ok(TieredCache::from_inner(Inner {
             backplane,
             backplane_counters: crate::invalidation::BackplaneCounters::default(),
@@ -234,6 +270,9 @@ impl TieredCacheBuilder {
             default_ttl: self.default_ttl,
             enabled: self.enabled,
             flights: Flights::default(),
+            budgets,
+            coordination: self.coordination,
+            lease_ttl: self.lease_ttl,
             sources: Sources::default(),
             policies: self.policies,
             default_stale_for: self.stale_for,
@@ -268,6 +307,26 @@ impl TieredCacheBuilder {
         }
         Ok(agreed.map_or(DEFAULT_SCHEMA_VERSION, |(v, _)| v))
     }
+}
+
+/// How long a lease lasts without renewal unless the builder says.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// The lowest tier whose store is shared and keeps coordination state: the
+/// one that reaches the most processes.
+fn coordinating_tier(layers: &[Layer]) -> Option<crate::budget::Shared> {
+    layers.iter().rev().find_map(|layer| {
+        let tier = layer.tier.inner();
+        let capabilities = tier.capabilities();
+        if !(capabilities.shared_across_processes || capabilities.shared_across_hosts) {
+            return None;
+        }
+        tier.coordinator().map(|coordinator| crate::budget::Shared {
+            coordinator,
+            owner: tierstack_core::LeaseOwner::random(),
+            tier: Arc::clone(&layer.name),
+        })
+    })
 }
 
 /// The application schema version of a cache built without one and without

@@ -73,6 +73,12 @@ pub(crate) struct Inner {
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) enabled: bool,
     pub(crate) flights: Flights,
+    /// Rate limits and circuits per group, and the coordinating tier.
+    pub(crate) budgets: crate::budget::Budgets,
+    /// How far single-flight reaches for sources whose policy does not say.
+    pub(crate) coordination: crate::policy::Coordination,
+    /// How long a cross-process lease lasts without renewal.
+    pub(crate) lease_ttl: Duration,
     pub(crate) sources: Sources,
     pub(crate) policies: Policies,
     pub(crate) default_stale_for: Duration,

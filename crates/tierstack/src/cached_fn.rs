@@ -200,14 +200,29 @@ where
                 cache: cache.clone(),
                 key: key.clone(),
             };
+            // A refresh reaches the upstream, so it spends the budget; one
+            // that would wait past the deadline is skipped.
+            let budget = cache.budget(&cache.policy(key.source()), &key);
+            let probe = match budget
+                .pass(crate::fetch::wait_limit(&options, true, None))
+                .await
+            {
+                Ok(probe) => probe,
+                Err(e) => {
+                    tracing::debug!(key = %key, error = %e.report(), "background refresh skipped; the current value stays");
+                    return;
+                }
+            };
             // The current value stays whatever the refresh does.
-            match load(args, FetchContext::new(&key, true)).await {
+            match load(args, FetchContext::new(&key, true, Some(budget.clone()))).await {
                 Ok(value) => {
+                    budget.answered(None, probe).await;
                     cache
                         .store_fetched(&key, Some(&Arc::new(value)), options)
                         .await;
                 }
                 Err(e) => {
+                    budget.answered(crate::fetch::slow_down(&*e), probe).await;
                     tracing::warn!(key = %key, error = %tierstack_core::Report::of(&*e), "background refresh failed; the current value stays");
                 }
             }

@@ -42,10 +42,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tierstack_core::{
-    BuildContext, Codec, Compression, Error, Operation, Result, TierConfig, units,
+    BuildContext, Codec, Compression, Error, Operation, Rate, Result, TierConfig, units,
 };
 
-use crate::{SourcePolicy, TieredCache};
+use crate::{Coordination, RateScope, SourcePolicy, TieredCache};
 
 /// A config file: everything lives under `cache:`.
 #[derive(Debug, Deserialize)]
@@ -125,6 +125,9 @@ pub const CACHE_FIELDS: &[&str] = &[
     "negative_ttl",
     "offline",
     "sources",
+    "coordination",
+    "lease_ttl",
+    "expected_processes",
     "stats_file",
     "tiers",
     "file_ttl_days",
@@ -161,6 +164,80 @@ pub struct SourceConfig {
     /// How long "not found" is cached.
     #[serde(default, with = "units::duration_opt")]
     pub negative_ttl: Option<Duration>,
+    /// The upstream's request budget, `"10/s"`, `"600/min"`, `"3/10s"`.
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// Requests allowed at once after a quiet spell (default 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Sources with the same group spend one budget and share one circuit.
+    #[serde(default)]
+    pub rate_group: Option<String>,
+    /// `local` (each process its own budget, the default) or `shared`
+    /// (one budget for every process sharing the coordinating tier).
+    #[serde(default)]
+    pub rate_scope: Option<RateScope>,
+    /// The longest a call waits for a slot of the budget.
+    #[serde(default, with = "units::duration_opt")]
+    pub max_wait: Option<Duration>,
+    /// `off`, `local` or `shared` single-flight for this source.
+    #[serde(default)]
+    pub coordination: Option<Coordination>,
+}
+
+impl SourceConfig {
+    /// The policy this block gives `pattern`'s sources.
+    fn policy(&self, pattern: &str) -> Result<SourcePolicy> {
+        let field = |name: &str| format!("cache.sources.{pattern:?}.{name}");
+        let mut policy = SourcePolicy {
+            ttl: self.ttl,
+            stale_for: self.stale_for,
+            negative_ttl: self.negative_ttl,
+            max_wait: self.max_wait,
+            coordination: self.coordination,
+            rate_scope: self.rate_scope.unwrap_or_default(),
+            ..SourcePolicy::default()
+        };
+        if let Some(group) = &self.rate_group {
+            if group.trim().is_empty() {
+                return Err(Error::config(format!("{} is empty", field("rate_group"))));
+            }
+            policy.rate_group = Some(Arc::from(group.as_str()));
+        }
+        match (&self.rate, self.burst) {
+            (Some(rate), burst) => {
+                let rate: Rate = rate
+                    .parse()
+                    .map_err(|e| Error::config(format!("{}: {e}", field("rate"))))?;
+                let rate = rate.with_burst(burst.unwrap_or(1)).ok_or_else(|| {
+                    Error::config(format!(
+                        "{} is 0: no request could ever go; use 1 or more",
+                        field("burst")
+                    ))
+                })?;
+                policy.rate = Some(rate);
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(format!(
+                    "{} is set without {}: a burst belongs to a rate",
+                    field("burst"),
+                    field("rate")
+                )));
+            }
+            (None, None) => {}
+        }
+        if self.rate_scope == Some(RateScope::Shared)
+            && policy.rate.is_none()
+            && policy.rate_group.is_none()
+        {
+            return Err(Error::config(format!(
+                "{} is shared, but the source has no rate to share; set {}",
+                field("rate_scope"),
+                field("rate")
+            )));
+        }
+        Ok(policy)
+    }
 }
 
 /// The `cache:` section.
@@ -204,6 +281,16 @@ pub struct CacheConfig {
     /// Policies by source pattern (`audnexus:*`, `pathinfo`).
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// `off`, `local` or `shared` (default) single-flight.
+    #[serde(default)]
+    pub coordination: Option<Coordination>,
+    /// How long a cross-process lease lasts without renewal (default 5s).
+    #[serde(default, with = "units::duration_opt")]
+    pub lease_ttl: Option<Duration>,
+    /// Processes sharing a `rate_scope: shared` budget, for each one's share
+    /// while the coordinating tier cannot be reached (default 1).
+    #[serde(default)]
+    pub expected_processes: Option<u32>,
     /// A JSON file where every process adds its hit/miss counters when its
     /// cache is dropped (shown by `tierstack stats`); `~` and `$VAR` are
     /// expanded. Default: `{location}/stats.json` in the flat form and
@@ -525,13 +612,9 @@ impl TieredCache {
         }
         check_ttls(c)?;
         for (pattern, policy) in &c.sources {
-            let policy = SourcePolicy {
-                ttl: policy.ttl,
-                stale_for: policy.stale_for,
-                negative_ttl: policy.negative_ttl,
-            };
-            builder = builder.source_policy(pattern, policy);
+            builder = builder.source_policy(pattern, policy.policy(pattern)?);
         }
+        builder = with_coordination(builder, c)?;
         if !c.enabled {
             // A pass-through cache opens nothing.
             return builder.try_build();
@@ -607,6 +690,35 @@ fn stats_path(c: &CacheConfig, origin: &ConfigOrigin) -> Result<Option<std::path
 fn check_stats_file(path: &std::path::Path) -> Result<()> {
     crate::stats_file::check_path(path)
         .map_err(|e| Error::config(format!("cache.stats_file: {}", e.message())))
+}
+
+/// The cache-wide coordination settings: single-flight's reach, the lease
+/// TTL, and how many processes share a shared budget.
+fn with_coordination(
+    mut builder: crate::TieredCacheBuilder,
+    c: &CacheConfig,
+) -> Result<crate::TieredCacheBuilder> {
+    if let Some(coordination) = c.coordination {
+        builder = builder.coordination(coordination);
+    }
+    if let Some(ttl) = c.lease_ttl {
+        if ttl < Duration::from_millis(100) {
+            return Err(Error::config(format!(
+                "cache.lease_ttl is {}: a lease must outlast a round trip to its store; use 100ms or more (default 5s)",
+                units::format_duration(ttl)
+            )));
+        }
+        builder = builder.lease_ttl(ttl);
+    }
+    if let Some(n) = c.expected_processes {
+        if n == 0 {
+            return Err(Error::config(
+                "cache.expected_processes is 0: at least this process spends the budget; use 1 or more",
+            ));
+        }
+        builder = builder.expected_processes(n);
+    }
+    Ok(builder)
 }
 
 /// A TTL of zero stores entries that are dead on arrival: every write

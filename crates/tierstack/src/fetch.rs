@@ -2,6 +2,7 @@
 //! offline mode and negative caching, on one shared path (`resolve`).
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +10,13 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use tierstack_core::{Decoded, Error, ErrorKind, Header, Key, Operation, Result};
 
+use crate::budget::{self, Budget, Gate, Spent};
 use crate::cache::{CacheValue, Lookup, TieredCache, Ttl};
-use crate::flight::{self, Answer, Joined};
-use crate::policy::SourcePolicy;
-use crate::stats::{Tally, bump};
+use crate::fetch_error::FetchError;
+use crate::flight::{self, Answer, Joined, LeaderGuard};
+use crate::lease::Lease;
+use crate::policy::{Coordination, SourcePolicy};
+use crate::stats::{SourceCounters, Tally, bump};
 
 /// How one `get_or_fetch` call fetches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,6 +61,17 @@ impl FetchOptions {
     #[must_use]
     pub fn stale_for(mut self, window: Duration) -> Self {
         self.stale_for = Some(window);
+        self
+    }
+}
+
+impl FetchOptions {
+    /// These options for a fetch that starts `waited` into its call (it
+    /// waited for a lease or a slot of the budget): the timeouts count the
+    /// whole call.
+    pub(crate) fn less(mut self, waited: Duration) -> Self {
+        self.soft_timeout = self.soft_timeout.map(|t| t.saturating_sub(waited));
+        self.hard_timeout = self.hard_timeout.map(|t| t.saturating_sub(waited));
         self
     }
 }
@@ -123,13 +138,28 @@ impl<V> Fetched<V> {
 pub struct FetchContext {
     key: Key,
     has_fallback: bool,
+    budget: Option<Budget>,
 }
 
 impl FetchContext {
-    pub(crate) fn new(key: &Key, has_fallback: bool) -> Self {
+    pub(crate) fn new(key: &Key, has_fallback: bool, budget: Option<Budget>) -> Self {
         Self {
             key: key.clone(),
             has_fallback,
+            budget,
+        }
+    }
+
+    /// Spends one more request of the source's budget (its rate limit and
+    /// `Retry-After` circuit), for a fetch that sends more than one request
+    /// (pages, a second endpoint). The cache has already spent one before
+    /// calling the fetch. Waits for the slot; fails with
+    /// [`ErrorKind::Throttled`] when it is further away than the source's
+    /// `max_wait`, or the upstream asked to slow down.
+    pub async fn spend(&self) -> Result<()> {
+        match &self.budget {
+            Some(budget) => budget.spend().await,
+            None => Ok(()),
         }
     }
 
@@ -153,11 +183,31 @@ impl FetchContext {
 #[non_exhaustive]
 pub struct BatchContext {
     with_fallback: std::collections::HashSet<Key>,
+    budgets: std::collections::HashMap<String, Budget>,
 }
 
 impl BatchContext {
-    pub(crate) fn new(with_fallback: std::collections::HashSet<Key>) -> Self {
-        Self { with_fallback }
+    pub(crate) fn new(
+        with_fallback: std::collections::HashSet<Key>,
+        budgets: std::collections::HashMap<String, Budget>,
+    ) -> Self {
+        Self {
+            with_fallback,
+            budgets,
+        }
+    }
+
+    /// Spends one more request of the budget of `key`'s source, for a batch
+    /// fetch that sends more than one request: the cache has spent one per
+    /// rate group before calling the fetch, so a closure that splits 50 keys
+    /// into 5 requests calls this before each of the 4 after the first.
+    /// Waits for the slot; fails with [`ErrorKind::Throttled`] like
+    /// [`FetchContext::spend`].
+    pub async fn spend(&self, key: &Key) -> Result<()> {
+        match self.budgets.get(key.source()) {
+            Some(budget) => budget.spend().await,
+            None => Ok(()),
+        }
     }
 
     /// Whether an expired value of `key` is at hand and is served if the
@@ -339,7 +389,7 @@ impl TieredCache {
         if !self.inner.enabled {
             let source = self.inner.sources.get(key.source());
             bump(&source.local().fetches);
-            return match fetch(FetchContext::new(key, false)).await {
+            return match fetch(FetchContext::new(key, false, None)).await {
                 Ok(v) => Ok(Outcome::fetched(v.map(Arc::new), false)),
                 Err(e) => {
                     bump(&source.local().fetch_errors);
@@ -347,7 +397,7 @@ impl TieredCache {
                 }
             };
         }
-        let mut stale = match self.lookup(key).await {
+        let stale = match self.lookup(key).await {
             Lookup::Found(v, header) => {
                 *cached_header = Some(header);
                 return Ok(Outcome::Cached(Some(v)));
@@ -361,63 +411,150 @@ impl TieredCache {
         if self.is_offline() {
             return offline_answer(key, stale, &source.local().stale_served);
         }
-        let leader = loop {
+        let policy = self.inner.policies.get(key.source());
+        let coordination = policy.coordination.unwrap_or(self.inner.coordination);
+        let leader = match coordination {
+            Coordination::Off => None,
+            Coordination::Local | Coordination::Shared => {
+                match self.join_flight::<V>(key, negatives, &source).await {
+                    Ok(leader) => Some(leader),
+                    Err(answered) => return answered,
+                }
+            }
+        };
+        let mut miss = Miss {
+            key,
+            options,
+            started: std::time::Instant::now(),
+            source,
+            leader,
+            stale,
+            lease: None,
+        };
+        let ended = self
+            .fetch_as_leader(&mut miss, &policy, coordination, negatives, fetch)
+            .await;
+        miss.end(ended).await
+    }
+
+    /// Joins the in-process flight of `key`: `Ok` with the guard when this
+    /// caller leads, `Err` with the leader's answer when another did.
+    async fn join_flight<V: CacheValue>(
+        &self,
+        key: &Key,
+        negatives: bool,
+        source: &SourceCounters,
+    ) -> std::result::Result<LeaderGuard<'_>, Result<Outcome<V>>> {
+        loop {
             match self.inner.flights.join(key) {
-                Joined::Leader(guard) => break guard,
+                Joined::Leader(guard) => return Ok(guard),
                 Joined::Waiter(rx) => {
                     bump(&source.local().coalesced);
                     match flight::wait(rx).await {
                         Some(Ok(answer)) => match typed::<V>(&answer) {
                             Some(value) if answer.stale && (value.is_some() || negatives) => {
-                                return Ok(Outcome::Stale(value));
+                                return Err(Ok(Outcome::Stale(value)));
                             }
                             Some(value) if value.is_some() || negatives => {
-                                return Ok(Outcome::Fetched(value));
+                                return Err(Ok(Outcome::Fetched(value)));
                             }
                             // Another caller fetched the key as a different
                             // type, or as "not found" that we cannot return.
                             _ => tokio::task::yield_now().await,
                         },
-                        Some(Err(e)) => return Err(e),
+                        Some(Err(e)) => return Err(Err(e)),
                         None => {}
                     }
                 }
             }
+        }
+    }
+
+    /// The leader's way to the upstream: the circuit, the cross-process
+    /// lease, a last look, the budget, then the fetch. An `Err` is served
+    /// stale where a stale value is at hand ([`Miss::end`]).
+    async fn fetch_as_leader<V, F, Fut, E>(
+        &self,
+        miss: &mut Miss<'_, V>,
+        policy: &SourcePolicy,
+        coordination: Coordination,
+        negatives: bool,
+        fetch: F,
+    ) -> Result<Outcome<V>>
+    where
+        V: CacheValue,
+        F: FnOnce(FetchContext) -> Fut,
+        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        E: Into<BoxError>,
+    {
+        let key = miss.key;
+        let group = self.inner.budgets.group(policy, key.source());
+        // Circuits and leases are shared only where single-flight is.
+        let shared = match coordination {
+            Coordination::Shared => self.inner.budgets.shared(),
+            Coordination::Off | Coordination::Local => None,
+        };
+        let probe = match self
+            .pass_circuit_and_lease(miss, &group, shared, negatives)
+            .await?
+        {
+            ControlFlow::Continue(probe) => probe,
+            ControlFlow::Break(answered) => return Ok(answered),
         };
         // A leader that finished just before we joined has already written
         // the value: look again before fetching.
-        match self.look_through::<V>(key, Tally::Quiet).await {
-            Lookup::Found(v, _) => {
-                leader.publish(Ok(answer(Some(&v), false)));
-                return Ok(Outcome::Cached(Some(v)));
-            }
-            Lookup::Absent if negatives => {
-                leader.publish(Ok(answer::<V>(None, false)));
-                return Ok(Outcome::Cached(None));
-            }
-            Lookup::Absent => {}
-            Lookup::Missing { stale: again } => {
-                stale = stale.or(usable_fallback(again, negatives));
+        if let Some(answered) = self.look_again(miss, negatives).await {
+            return Ok(answered);
+        }
+        let source = Arc::clone(&miss.source);
+        let limit = wait_limit(&miss.options, miss.stale.is_some(), policy.max_wait);
+        match group
+            .spend(
+                self.inner.budgets.shared(),
+                remaining(limit, miss.started),
+                &source,
+            )
+            .await
+        {
+            Ok(Spent::AtOnce) => {}
+            Ok(Spent::Waited(_)) => bump(&source.local().throttled_waits),
+            Err(wait) => {
+                bump(&source.local().throttled_rejections);
+                return Err(budget::throttled(
+                    key.source(),
+                    "the rate limit's next slot is past the call's deadline",
+                    wait,
+                ));
             }
         }
         bump(&source.local().fetches);
-        let context = FetchContext::new(key, stale.is_some());
+        let has_stale = miss.stale.is_some();
+        let context = FetchContext::new(key, has_stale, Some(self.budget(policy, key)));
         let run = AssertUnwindSafe(fetch(context)).catch_unwind();
-        let error = match self.within_timeouts(run, &options, stale.is_some()).await {
+        let options = miss.options.less(miss.started.elapsed());
+        let error = match self.within_timeouts(run, &options, has_stale).await {
             Some(Ok(Ok(value))) => {
+                group.answered(None, probe, shared, &source).await;
                 let value = value.map(Arc::new);
                 let stored = self.store_fetched(key, value.as_ref(), options).await;
-                leader.publish(Ok(answer(value.as_ref(), false)));
                 return Ok(Outcome::fetched(value, stored));
             }
-            Some(Ok(Err(e))) => fetch_error(key, e.into()),
+            Some(Ok(Err(e))) => {
+                let e = e.into();
+                group.answered(slow_down(&*e), probe, shared, &source).await;
+                fetch_error(key, e)
+            }
             Some(Err(panic)) => {
                 bump(&source.local().fetch_errors);
-                leader.publish(Err(Error::new(
-                    ErrorKind::FetchPanicked,
-                    format!("{key}: the fetch panicked"),
-                )
-                .with_operation(Operation::Fetch)));
+                drop(miss.lease.take());
+                publish(
+                    miss.leader.take(),
+                    Err(Error::new(
+                        ErrorKind::FetchPanicked,
+                        format!("{key}: the fetch panicked"),
+                    )
+                    .with_operation(Operation::Fetch)),
+                );
                 std::panic::resume_unwind(panic)
             }
             None => Error::new(
@@ -427,14 +564,113 @@ impl TieredCache {
             .with_operation(Operation::Fetch),
         };
         bump(&source.local().fetch_errors);
-        if let Some(value) = stale {
-            bump(&source.local().stale_served);
-            tracing::info!(key = %key, error = %error.report(), "serving a stale value");
-            leader.publish(Ok(answer(value.as_ref(), true)));
-            return Ok(Outcome::Stale(value));
-        }
-        leader.publish(Err(error.clone()));
         Err(error)
+    }
+
+    /// Passes the group's circuit, then takes the key's lease in the
+    /// coordinating tier (when single-flight is shared), waiting while
+    /// another process holds it. `Continue(probe)`: fetch (`probe`: this
+    /// fetch decides whether the circuit closes); `Break`: the holder's
+    /// value was found.
+    async fn pass_circuit_and_lease<V: CacheValue>(
+        &self,
+        miss: &mut Miss<'_, V>,
+        group: &budget::Group,
+        shared: Option<&budget::Shared>,
+        negatives: bool,
+    ) -> Result<ControlFlow<Outcome<V>, bool>> {
+        let (key, source) = (miss.key, Arc::clone(&miss.source));
+        let mut waited = false;
+        loop {
+            let probe = match group.gate(shared, &source).await {
+                Gate::Go { probe } => probe,
+                Gate::Open(wait) => {
+                    bump(&source.local().circuit_open);
+                    return Err(budget::throttled(
+                        key.source(),
+                        "the upstream asked to slow down",
+                        wait,
+                    ));
+                }
+            };
+            let Some(shared) = shared else {
+                return Ok(ControlFlow::Continue(probe));
+            };
+            let ttl = self.inner.lease_ttl;
+            match shared.coordinator.acquire(key, &shared.owner, ttl).await {
+                Ok(true) => {
+                    // Free after a wait without a value: the holder died or failed.
+                    let won = if waited {
+                        &source.local().lease_takeovers
+                    } else {
+                        &source.local().lease_won
+                    };
+                    bump(won);
+                    miss.lease = Some(Lease::hold(shared, key, ttl));
+                    return Ok(ControlFlow::Continue(probe));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    bump(&source.local().coordination_fallbacks);
+                    crate::lease::warn_sometimes(&shared.tier, "lease", &e);
+                    return Ok(ControlFlow::Continue(probe));
+                }
+            }
+            if !waited {
+                bump(&source.local().lease_waited);
+                waited = true;
+            }
+            let limit = wait_limit(&miss.options, miss.stale.is_some(), None);
+            let left = remaining(limit, miss.started);
+            if left == Some(Duration::ZERO) {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("{key}: another process's fetch did not answer in time"),
+                )
+                .with_operation(Operation::Fetch));
+            }
+            let wait = left.map_or(ttl, |left| left.min(ttl));
+            if let Err(e) = shared.coordinator.wait_released(key, wait).await {
+                bump(&source.local().coordination_fallbacks);
+                crate::lease::warn_sometimes(&shared.tier, "lease", &e);
+                return Ok(ControlFlow::Continue(probe));
+            }
+            // The holder wrote the value before it let go.
+            if let Some(answered) = self.look_again(miss, negatives).await {
+                return Ok(ControlFlow::Break(answered));
+            }
+        }
+    }
+
+    /// Looks through the tiers again (quietly: the call's miss is counted
+    /// once) for a value another leader wrote; keeps a stale one found.
+    async fn look_again<V: CacheValue>(
+        &self,
+        miss: &mut Miss<'_, V>,
+        negatives: bool,
+    ) -> Option<Outcome<V>> {
+        match self.look_through::<V>(miss.key, Tally::Quiet).await {
+            Lookup::Found(v, _) => Some(Outcome::Cached(Some(v))),
+            Lookup::Absent if negatives => Some(Outcome::Cached(None)),
+            Lookup::Absent => None,
+            Lookup::Missing { stale } => {
+                let found = usable_fallback(stale, negatives);
+                miss.stale = miss.stale.take().or(found);
+                None
+            }
+        }
+    }
+
+    /// The budget handle a fetch closure of `key` gets.
+    pub(crate) fn budget(&self, policy: &SourcePolicy, key: &Key) -> Budget {
+        let budgets = &self.inner.budgets;
+        Budget::new(
+            budgets.group(policy, key.source()),
+            budgets.shared().cloned(),
+            policy.max_wait,
+            key.source(),
+            self.inner.sources.get(key.source()),
+        )
     }
 
     /// Waits for `run`: up to the soft timeout when a stale fallback exists,
@@ -483,6 +719,97 @@ impl TieredCache {
             }
         }
     }
+}
+
+/// One leader's miss: what it must hand its waiters and give back when it
+/// ends, however it ends.
+struct Miss<'a, V> {
+    key: &'a Key,
+    options: FetchOptions,
+    started: std::time::Instant,
+    source: Arc<SourceCounters>,
+    leader: Option<LeaderGuard<'a>>,
+    #[allow(clippy::option_option)] // the inner `None` is a cached "not found"
+    stale: Option<Option<Arc<V>>>,
+    lease: Option<Lease>,
+}
+
+impl<V: CacheValue> Miss<'_, V> {
+    /// Releases the lease, hands the result to the callers waiting in this
+    /// process and returns it; an error is served stale when a stale value
+    /// is at hand.
+    async fn end(mut self, ended: Result<Outcome<V>>) -> Result<Outcome<V>> {
+        release(self.lease.take()).await;
+        let result = match ended {
+            Err(error) => match self.stale.take() {
+                Some(value) => {
+                    bump(&self.source.local().stale_served);
+                    tracing::info!(key = %self.key, error = %error.report(), "serving a stale value");
+                    Ok(Outcome::Stale(value))
+                }
+                None => Err(error),
+            },
+            ok => ok,
+        };
+        let answer = match &result {
+            Ok(Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Unstored(v)) => {
+                Ok(answer(v.as_ref(), false))
+            }
+            Ok(Outcome::Stale(v)) => Ok(answer(v.as_ref(), true)),
+            Err(e) => Err(e.clone()),
+        };
+        publish(self.leader.take(), answer);
+        result
+    }
+}
+
+/// Hands a result to the callers waiting in this process, if single-flight
+/// is on.
+fn publish(leader: Option<LeaderGuard<'_>>, result: flight::FlightResult) {
+    if let Some(leader) = leader {
+        leader.publish(result);
+    }
+}
+
+async fn release(lease: Option<Lease>) {
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+}
+
+/// How long a call may wait before its fetch starts: its `max_wait`, and
+/// its soft (when a stale value is at hand) and hard timeouts.
+pub(crate) fn wait_limit(
+    options: &FetchOptions,
+    has_stale: bool,
+    max_wait: Option<Duration>,
+) -> Option<Duration> {
+    [
+        max_wait,
+        options.soft_timeout.filter(|_| has_stale),
+        options.hard_timeout,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// What is left of `limit` since `started`.
+fn remaining(limit: Option<Duration>, started: std::time::Instant) -> Option<Duration> {
+    limit.map(|limit| limit.saturating_sub(started.elapsed()))
+}
+
+/// The `Retry-After` a fetch error carries: a [`FetchError`] anywhere in its
+/// chain of sources.
+pub(crate) fn slow_down(error: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<FetchError>() {
+            return found.retry_after;
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Offline, only a cached fallback answers.

@@ -122,13 +122,16 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod batch;
+mod budget;
 mod builder;
 mod cache;
 mod cached_fn;
 mod config_file;
 mod fetch;
+mod fetch_error;
 mod flight;
 mod invalidation;
+mod lease;
 mod policy;
 mod stats;
 mod stats_file;
@@ -144,8 +147,9 @@ pub use config_file::{
     SourceConfig,
 };
 pub use fetch::{BatchContext, FetchContext, FetchOptions, Fetched};
+pub use fetch_error::FetchError;
 pub use invalidation::BackplaneStats;
-pub use policy::SourcePolicy;
+pub use policy::{Coordination, RateScope, SourcePolicy};
 pub use stats::{CacheStats, LayerStats, SourceStats};
 pub use stats_file::{StoredCounters, StoredStats};
 pub use transfer::{

@@ -1,11 +1,45 @@
 //! Per-source caching policy: how long answers of one source stay fresh, how
-//! long they may be served stale when the source fails, and how long a "not
-//! found" is remembered.
+//! long they may be served stale when the source fails, how long a "not
+//! found" is remembered, and how much of the upstream's request budget the
+//! cache may spend.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tierstack_core::Rate;
+
+/// Where the request budget of a rate-limited source is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateScope {
+    /// Each process spends its own budget.
+    #[default]
+    Local,
+    /// Every process sharing the cache's coordinating tier (Redis, or one
+    /// SQLite file) spends one budget together; while that tier cannot be
+    /// reached, each process spends `rate / expected_processes` alone.
+    Shared,
+}
+
+/// How far single-flight reaches: one fetch per cold key at a time in
+/// the process, or across every process sharing the coordinating tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coordination {
+    /// No single-flight: every caller of a cold key fetches.
+    Off,
+    /// One fetch per key at a time in this process.
+    Local,
+    /// One fetch per key at a time across the processes (and hosts) that
+    /// share the lowest tier that coordinates (a lease there); in-process
+    /// only when no tier coordinates or it cannot be reached. Circuits
+    /// opened by a `Retry-After` are shared the same way.
+    #[default]
+    Shared,
+}
+
 /// Policy for the keys of one source (or a family of sources).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct SourcePolicy {
     /// Freshness of values written with [`Ttl::TierDefault`](crate::Ttl),
@@ -16,6 +50,23 @@ pub struct SourcePolicy {
     pub stale_for: Option<Duration>,
     /// How long a "not found" answer is cached. `None`: the cache's default.
     pub negative_ttl: Option<Duration>,
+    /// The upstream's request budget: calls that reach the upstream
+    /// (misses, refreshes, warming) wait for a slot; hits never do.
+    /// `None`: no limit.
+    pub rate: Option<Rate>,
+    /// Sources with the same group spend one budget and share one
+    /// `Retry-After` circuit (several endpoints of one API quota).
+    /// `None`: the source is its own group.
+    pub rate_group: Option<Arc<str>>,
+    /// Where the budget is counted. Default: each process alone.
+    pub rate_scope: RateScope,
+    /// The longest a call waits for a slot of the budget (also bounded by
+    /// its soft and hard timeouts); past it the call is served stale or
+    /// fails with [`ErrorKind::Throttled`](crate::ErrorKind::Throttled).
+    /// `None`: as long as the budget needs.
+    pub max_wait: Option<Duration>,
+    /// How far single-flight reaches. `None`: the cache's default.
+    pub coordination: Option<Coordination>,
 }
 
 impl SourcePolicy {
@@ -39,6 +90,47 @@ impl SourcePolicy {
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = Some(ttl);
         self
+    }
+
+    /// Limits the calls that reach the upstream to `rate`.
+    #[must_use]
+    pub fn rate(mut self, rate: Rate) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+
+    /// Spends the budget and circuit of `group`, shared with every source
+    /// in it.
+    #[must_use]
+    pub fn rate_group(mut self, group: impl Into<Arc<str>>) -> Self {
+        self.rate_group = Some(group.into());
+        self
+    }
+
+    /// Sets where the budget is counted.
+    #[must_use]
+    pub fn rate_scope(mut self, scope: RateScope) -> Self {
+        self.rate_scope = scope;
+        self
+    }
+
+    /// Sets the longest wait for a slot of the budget.
+    #[must_use]
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = Some(wait);
+        self
+    }
+
+    /// Sets how far single-flight reaches for this source.
+    #[must_use]
+    pub fn coordination(mut self, coordination: Coordination) -> Self {
+        self.coordination = Some(coordination);
+        self
+    }
+
+    /// The name of the budget and circuit `source` spends under this policy.
+    pub(crate) fn group_of<'a>(&'a self, source: &'a str) -> &'a str {
+        self.rate_group.as_deref().unwrap_or(source)
     }
 }
 
@@ -74,8 +166,16 @@ impl Policies {
                     .iter()
                     .find(|(p, _)| source.starts_with(p.as_str()))
             })
-            .map(|(_, policy)| *policy)
+            .map(|(_, policy)| policy.clone())
             .unwrap_or_default()
+    }
+
+    /// Every pattern and its policy.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &SourcePolicy)> {
+        self.exact
+            .iter()
+            .chain(&self.prefixes)
+            .map(|(p, policy)| (p.as_str(), policy))
     }
 }
 

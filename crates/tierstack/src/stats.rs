@@ -100,6 +100,13 @@ pub(crate) struct SourceCounts {
     pub(crate) stale_served: AtomicU64,
     pub(crate) negative_hits: AtomicU64,
     pub(crate) refreshes: AtomicU64,
+    pub(crate) throttled_waits: AtomicU64,
+    pub(crate) throttled_rejections: AtomicU64,
+    pub(crate) circuit_open: AtomicU64,
+    pub(crate) lease_won: AtomicU64,
+    pub(crate) lease_waited: AtomicU64,
+    pub(crate) lease_takeovers: AtomicU64,
+    pub(crate) coordination_fallbacks: AtomicU64,
 }
 
 /// Whether a look through the tiers moves their counters. A second look at
@@ -198,6 +205,13 @@ impl Sources {
                         stale_served: sum(c, |s| &s.stale_served),
                         negative_hits: sum(c, |s| &s.negative_hits),
                         refreshes: sum(c, |s| &s.refreshes),
+                        throttled_waits: sum(c, |s| &s.throttled_waits),
+                        throttled_rejections: sum(c, |s| &s.throttled_rejections),
+                        circuit_open: sum(c, |s| &s.circuit_open),
+                        lease_won: sum(c, |s| &s.lease_won),
+                        lease_waited: sum(c, |s| &s.lease_waited),
+                        lease_takeovers: sum(c, |s| &s.lease_takeovers),
+                        coordination_fallbacks: sum(c, |s| &s.coordination_fallbacks),
                     },
                 )
             })
@@ -288,6 +302,20 @@ pub struct SourceStats {
     pub negative_hits: u64,
     /// Background refreshes started by refresh-ahead.
     pub refreshes: u64,
+    /// Calls that waited for a slot of the source's rate limit.
+    pub throttled_waits: u64,
+    /// Calls turned away because the rate limit's next slot was past their deadline.
+    pub throttled_rejections: u64,
+    /// Calls that found the source's circuit open (the upstream had asked to slow down): served stale or turned away.
+    pub circuit_open: u64,
+    /// Fetches this process made holding the cross-process lease of their key.
+    pub lease_won: u64,
+    /// Callers that waited for another process's lease instead of fetching.
+    pub lease_waited: u64,
+    /// Leases taken over after the holder's expired without a value (it crashed or failed).
+    pub lease_takeovers: u64,
+    /// Times the coordinating tier could not be reached and this process decided alone (in-process single-flight, its own share of the budget).
+    pub coordination_fallbacks: u64,
 }
 
 /// A snapshot of the cache's counters.
@@ -321,6 +349,13 @@ impl CacheStats {
                 stale_served: a.stale_served + s.stale_served,
                 negative_hits: a.negative_hits + s.negative_hits,
                 refreshes: a.refreshes + s.refreshes,
+                throttled_waits: a.throttled_waits + s.throttled_waits,
+                throttled_rejections: a.throttled_rejections + s.throttled_rejections,
+                circuit_open: a.circuit_open + s.circuit_open,
+                lease_won: a.lease_won + s.lease_won,
+                lease_waited: a.lease_waited + s.lease_waited,
+                lease_takeovers: a.lease_takeovers + s.lease_takeovers,
+                coordination_fallbacks: a.coordination_fallbacks + s.coordination_fallbacks,
             })
     }
 }

@@ -113,6 +113,20 @@ pub struct StoredCounters {
     pub fetch_errors: u64,
     /// Expired values served because the source failed (sources only).
     pub stale_served: u64,
+    /// Calls that waited for a slot of the source's rate limit (sources only).
+    pub throttled_waits: u64,
+    /// Calls turned away because the rate limit's next slot was past their deadline (sources only).
+    pub throttled_rejections: u64,
+    /// Calls that found the source's circuit open (the upstream had asked to slow down): served stale or turned away (sources only).
+    pub circuit_open: u64,
+    /// Fetches this process made holding the cross-process lease of their key (sources only).
+    pub lease_won: u64,
+    /// Callers that waited for another process's lease instead of fetching (sources only).
+    pub lease_waited: u64,
+    /// Leases taken over after the holder's expired without a value (it crashed or failed) (sources only).
+    pub lease_takeovers: u64,
+    /// Times the coordinating tier could not be reached and this process decided alone (in-process single-flight, its own share of the budget) (sources only).
+    pub coordination_fallbacks: u64,
 }
 
 impl StoredCounters {
@@ -133,6 +147,13 @@ impl StoredCounters {
         self.fetches += other.fetches;
         self.fetch_errors += other.fetch_errors;
         self.stale_served += other.stale_served;
+        self.throttled_waits += other.throttled_waits;
+        self.throttled_rejections += other.throttled_rejections;
+        self.circuit_open += other.circuit_open;
+        self.lease_won += other.lease_won;
+        self.lease_waited += other.lease_waited;
+        self.lease_takeovers += other.lease_takeovers;
+        self.coordination_fallbacks += other.coordination_fallbacks;
     }
 
     fn minus(&self, earlier: &Self) -> Self {
@@ -146,6 +167,17 @@ impl StoredCounters {
             fetches: self.fetches.saturating_sub(earlier.fetches),
             fetch_errors: self.fetch_errors.saturating_sub(earlier.fetch_errors),
             stale_served: self.stale_served.saturating_sub(earlier.stale_served),
+            throttled_waits: self.throttled_waits.saturating_sub(earlier.throttled_waits),
+            throttled_rejections: self
+                .throttled_rejections
+                .saturating_sub(earlier.throttled_rejections),
+            circuit_open: self.circuit_open.saturating_sub(earlier.circuit_open),
+            lease_won: self.lease_won.saturating_sub(earlier.lease_won),
+            lease_waited: self.lease_waited.saturating_sub(earlier.lease_waited),
+            lease_takeovers: self.lease_takeovers.saturating_sub(earlier.lease_takeovers),
+            coordination_fallbacks: self
+                .coordination_fallbacks
+                .saturating_sub(earlier.coordination_fallbacks),
         }
     }
 }
@@ -208,6 +240,13 @@ impl StoredStats {
                     fetches: s.fetches,
                     fetch_errors: s.fetch_errors,
                     stale_served: s.stale_served,
+                    throttled_waits: s.throttled_waits,
+                    throttled_rejections: s.throttled_rejections,
+                    circuit_open: s.circuit_open,
+                    lease_won: s.lease_won,
+                    lease_waited: s.lease_waited,
+                    lease_takeovers: s.lease_takeovers,
+                    coordination_fallbacks: s.coordination_fallbacks,
                     ..StoredCounters::default()
                 };
                 (name.clone(), counters)
