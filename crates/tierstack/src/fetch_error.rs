@@ -37,6 +37,15 @@ pub struct FetchError {
 }
 
 impl FetchError {
+    /// A failed fetch, saying what happened.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: None,
+            message: Some(message.into()),
+            source: None,
+        }
+    }
+
     /// The upstream asked to wait `retry_after` before the next request.
     pub fn throttled(retry_after: Duration) -> Self {
         Self {

@@ -1,0 +1,416 @@
+//! The upstream budget in one process: rate limits that only upstream calls
+//! spend, deadlines that turn a wait into a stale answer or a `Throttled`
+//! error, rate groups, batch budgets, and the `Retry-After` circuit against
+//! a real HTTP server on loopback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tierstack::{
+    Config, ErrorKind, FetchError, FetchOptions, Fetched, Key, MemoryConfig, MemoryTier, Rate,
+    SourcePolicy, TieredCache, Ttl,
+};
+
+fn memory() -> MemoryTier {
+    MemoryTier::new(&MemoryConfig::with_max_entries(100_000)).unwrap()
+}
+
+fn key(source: &str, n: u64) -> Key {
+    Key::new(source, [("n", n.to_string())])
+}
+
+fn rate(text: &str) -> Rate {
+    text.parse().unwrap()
+}
+
+fn cache_with(pattern: &str, policy: SourcePolicy) -> TieredCache {
+    TieredCache::builder()
+        .tier(memory())
+        .source_policy(pattern, policy)
+        .build()
+}
+
+#[tokio::test]
+async fn hits_never_wait_on_a_spent_budget() {
+    let cache = cache_with(
+        "api",
+        SourcePolicy::default()
+            .rate(rate("1/h"))
+            .max_wait(Duration::from_millis(20)),
+    );
+    let calls = AtomicU64::new(0);
+    let fetch = |_| async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, FetchError>(7u64)
+    };
+    // The one request of the hour.
+    cache
+        .get_or_fetch(&key("api", 0), Ttl::TierDefault, fetch)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..10_000 {
+        let v = cache
+            .get_or_fetch(&key("api", 0), Ttl::TierDefault, |_| async {
+                Ok::<_, FetchError>(0u64)
+            })
+            .await
+            .unwrap();
+        assert_eq!(*v, 7);
+    }
+    // Far less than the one slot's wait (an hour), whatever the machine.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let s = cache.stats().sources["api"];
+    assert_eq!((s.throttled_waits, s.throttled_rejections), (0, 0));
+    assert_eq!(s.hits, 10_000);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A miss now would wait an hour: it fails at once, naming the source
+    // and the wait.
+    let err = cache
+        .get_or_fetch(&key("api", 1), Ttl::TierDefault, fetch)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err:?}");
+    assert!(err.is_temporary());
+    assert!(err.to_string().contains("api"), "{err}");
+    let wait = err.retry_after().unwrap();
+    assert!(wait > Duration::from_secs(3500), "{wait:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats().sources["api"].throttled_rejections, 1);
+}
+
+#[tokio::test]
+async fn misses_are_paced_to_the_rate() {
+    let cache = cache_with("api", SourcePolicy::default().rate(rate("20/s")));
+    let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let calls = (0..10).map(|n| {
+        let (cache, times) = (cache.clone(), Arc::clone(&times));
+        tokio::spawn(async move {
+            cache
+                .get_or_fetch(&key("api", n), Ttl::TierDefault, |_| async move {
+                    times.lock().unwrap().push(started.elapsed());
+                    Ok::<_, FetchError>(n)
+                })
+                .await
+                .unwrap()
+        })
+    });
+    for call in calls {
+        call.await.unwrap();
+    }
+    let mut times = times.lock().unwrap().clone();
+    times.sort();
+    // 10 requests at 20/s with a burst of 1: the last no sooner than 9 gaps
+    // of 50 ms after the first (a little slack for the clock).
+    assert!(
+        times[9] - times[0] >= Duration::from_millis(430),
+        "{times:?}"
+    );
+    let s = cache.stats().sources["api"];
+    assert_eq!(s.fetches, 10);
+    assert!(s.throttled_waits >= 8, "{s:?}");
+}
+
+#[tokio::test]
+async fn a_wait_past_the_deadline_serves_the_stale_value() {
+    let cache = TieredCache::builder()
+        .tier(memory())
+        .stale_for(Duration::from_secs(3600))
+        .source_policy("api", SourcePolicy::default().rate(rate("1/h")))
+        .build();
+    let k = key("api", 1);
+    cache
+        .get_or_fetch(&k, Duration::from_millis(30), |_| async {
+            Ok::<_, FetchError>(1u64)
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let started = Instant::now();
+    let answer = cache
+        .get_or_fetch_with(
+            &k,
+            FetchOptions::ttl(Duration::from_secs(60)).soft_timeout(Duration::from_millis(50)),
+            |_| async { Ok::<_, FetchError>(2u64) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, Fetched::Stale(Arc::new(1)));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let s = cache.stats().sources["api"];
+    assert_eq!(
+        (s.stale_served, s.throttled_rejections, s.fetches),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_rate_group_is_one_budget_for_its_sources() {
+    let cache = TieredCache::builder()
+        .tier(memory())
+        .source_policy(
+            "api:*",
+            SourcePolicy::default()
+                .rate(rate("1/h"))
+                .rate_group("api")
+                .max_wait(Duration::ZERO),
+        )
+        .source_policy(
+            "api:search",
+            SourcePolicy::default()
+                .rate_group("api")
+                .max_wait(Duration::ZERO),
+        )
+        .source_policy("other", SourcePolicy::default().rate(rate("1/h")))
+        .build();
+    let ok = |v: u64| move |_| async move { Ok::<_, FetchError>(v) };
+    cache
+        .get_or_fetch(&key("api:book", 1), Ttl::TierDefault, ok(1))
+        .await
+        .unwrap();
+    let err = cache
+        .get_or_fetch(&key("api:search", 1), Ttl::TierDefault, ok(2))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled);
+    // Another source has its own budget.
+    cache
+        .get_or_fetch(&key("other", 1), Ttl::TierDefault, ok(3))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn a_rate_group_with_two_rates_is_refused() {
+    let err = TieredCache::builder()
+        .source_policy(
+            "a",
+            SourcePolicy::default().rate(rate("1/s")).rate_group("g"),
+        )
+        .source_policy(
+            "b",
+            SourcePolicy::default().rate(rate("2/s")).rate_group("g"),
+        )
+        .try_build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("\"g\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_batch_spends_one_request_and_its_closure_spends_the_others() {
+    let cache = cache_with(
+        "api",
+        SourcePolicy::default()
+            .rate(rate("2/h").with_burst(2).unwrap())
+            .max_wait(Duration::ZERO),
+    );
+    let keys: Vec<Key> = (0..4).map(|n| key("api", n)).collect();
+    // Two requests: the one the cache spent, and one the closure spends.
+    let values = cache
+        .get_or_fetch_many(&keys[..2], Ttl::TierDefault, async |missing, ctx| {
+            let mut out = Vec::new();
+            for (i, k) in missing.iter().enumerate() {
+                if i > 0 {
+                    ctx.spend(k).await?;
+                }
+                out.push((k.clone(), Some(1u64)));
+            }
+            Ok::<_, tierstack::Error>(out)
+        })
+        .await
+        .unwrap();
+    assert_eq!(values.len(), 2);
+    // The budget is spent: the next batch is turned away before it runs.
+    let ran = AtomicU64::new(0);
+    let err = cache
+        .get_or_fetch_many(&keys[2..], Ttl::TierDefault, async |missing, _| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, FetchError>(missing.into_iter().map(|k| (k, Some(1u64))).collect())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err:?}");
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    // A single-key fetch's closure can spend more too, and is refused.
+    let err = cache
+        .get_or_fetch(&key("api", 9), Ttl::TierDefault, |ctx| async move {
+            ctx.spend().await?;
+            Ok::<_, tierstack::Error>(1u64)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err:?}");
+}
+
+#[tokio::test]
+async fn bad_budget_config_names_the_field() {
+    for (yaml, field) in [
+        ("rate: ten", "cache.sources.\"api\".rate"),
+        ("rate: 0/s", "cache.sources.\"api\".rate"),
+        ("rate: 10/s\n      burst: 0", "cache.sources.\"api\".burst"),
+        ("burst: 3", "cache.sources.\"api\".burst"),
+        ("rate_scope: shared", "cache.sources.\"api\".rate_scope"),
+    ] {
+        let text =
+            format!("cache:\n  tiers:\n    - kind: memory\n  sources:\n    api:\n      {yaml}\n");
+        let config = Config::parse(&text, "yaml").unwrap();
+        let err = TieredCache::from_config(&config).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{yaml}");
+        assert!(err.to_string().contains(field), "{yaml}: {err}");
+    }
+    let ok = "cache:\n  tiers:\n    - kind: memory\n  coordination: local\n  sources:\n    api:\n      rate: 10/s\n      burst: 5\n      rate_group: g\n      max_wait: 2s\n";
+    let cache = TieredCache::from_config(&Config::parse(ok, "yaml").unwrap())
+        .await
+        .unwrap();
+    let policy = cache.policy("api");
+    assert_eq!(policy.rate, Some(rate("10/s").with_burst(5).unwrap()));
+    assert_eq!(policy.max_wait, Some(Duration::from_secs(2)));
+    assert_eq!(policy.rate_group.as_deref(), Some("g"));
+}
+
+// ------------------------------------------------ Retry-After, over HTTP --
+
+/// An API on loopback that answers 429 with `Retry-After: 2` to its first
+/// request and 200 to every other, counting requests.
+async fn start_api() -> (String, Arc<AtomicU64>) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let requests = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&requests);
+    let app = axum::Router::new().route(
+        "/item/{n}",
+        axum::routing::get(move |axum::extract::Path(n): axum::extract::Path<u64>| {
+            let counted = Arc::clone(&counted);
+            async move {
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "2")],
+                        String::new(),
+                    )
+                        .into_response()
+                } else {
+                    n.to_string().into_response()
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, requests)
+}
+
+/// The docs' reqwest recipe: a 429 or 503 becomes a `FetchError` with the
+/// server's `Retry-After`.
+async fn fetch_item(http: &reqwest::Client, url: String) -> Result<u64, FetchError> {
+    let response = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| FetchError::new(e.to_string()))?;
+    let status = response.status();
+    if status == 429 || status == 503 {
+        let wait = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(FetchError::parse_retry_after)
+            .unwrap_or(Duration::from_secs(60));
+        return Err(FetchError::throttled(wait).with_message(format!("{url}: HTTP {status}")));
+    }
+    let text = response
+        .text()
+        .await
+        .map_err(|e| FetchError::new(e.to_string()))?;
+    text.parse().map_err(|_| FetchError::new("not a number"))
+}
+
+#[tokio::test]
+async fn a_retry_after_stops_every_fetch_of_the_source_serves_stale_then_one_probe() {
+    let (base, requests) = start_api().await;
+    let http = reqwest::Client::new();
+    let cache = TieredCache::builder()
+        .tier(memory())
+        .stale_for(Duration::from_secs(3600))
+        .build();
+    let fetch = |n: u64| {
+        let (http, url) = (http.clone(), format!("{base}/item/{n}"));
+        move |_| async move { fetch_item(&http, url).await }
+    };
+    // A value that is stale when the upstream says "slow down".
+    cache
+        .set(&key("api", 1), 100u64, Ttl::For(Duration::from_millis(10)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let first = cache
+        .get_or_fetch_with(&key("api", 1), Ttl::TierDefault, fetch(1))
+        .await
+        .unwrap();
+    assert_eq!(first, Fetched::Stale(Arc::new(100)));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    let opened = Instant::now();
+
+    // For the next 2 s: stale where there is one, Throttled at once where
+    // there is none, and no request.
+    while opened.elapsed() < Duration::from_millis(1700) {
+        let stale = cache
+            .get_or_fetch_with(&key("api", 1), Ttl::TierDefault, fetch(1))
+            .await
+            .unwrap();
+        assert!(stale.is_stale());
+        let asked = Instant::now();
+        let err = cache
+            .get_or_fetch(&key("api", 2), Ttl::TierDefault, fetch(2))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Throttled, "{err:?}");
+        assert!(
+            asked.elapsed() < Duration::from_millis(200),
+            "turned away at once"
+        );
+        assert!(err.retry_after().unwrap() <= Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "no request while open");
+    tokio::time::sleep(
+        Duration::from_secs(2).saturating_sub(opened.elapsed()) + Duration::from_millis(100),
+    )
+    .await;
+
+    // Half-open: of 5 callers at once, one probes; the others are turned away.
+    let calls: Vec<_> = (10..15)
+        .map(|n| {
+            let cache = cache.clone();
+            let f = fetch(n);
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(&key("api", n), Ttl::TierDefault, f)
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Throttled, "{e:?}"),
+        }
+    }
+    assert_eq!(ok, 1, "one probe");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    // The probe's answer closed the circuit.
+    let v = cache
+        .get_or_fetch(&key("api", 3), Ttl::TierDefault, fetch(3))
+        .await
+        .unwrap();
+    assert_eq!(*v, 3);
+    let s = cache.stats().sources["api"];
+    assert!(s.circuit_open >= 10, "{s:?}");
+    assert!(s.stale_served >= 2, "{s:?}");
+}
