@@ -86,3 +86,21 @@ fn every_backend_example_config_parses() {
         Config::parse(&text, "yaml").unwrap_or_else(|e| panic!("{}: {e}\n{text}", backend.name));
     }
 }
+
+#[test]
+fn the_source_policy_table_lists_the_source_fields() {
+    let tables = tables(&doc());
+    let documented = &tables["Fields of a source policy"];
+    let text = r#"{"cache": {"sources": {"api": {"zz_no_such_field": 1}}}}"#;
+    let error = Config::parse(text, "json").unwrap_err().to_string();
+    let fields: BTreeSet<String> = error
+        .split("expected one of ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("serde lists the fields: {error}"))
+        .split(',')
+        .map(|f| f.trim().trim_start_matches('`'))
+        .map(|f| f.split('`').next().unwrap().to_owned())
+        .filter(|f| !f.is_empty())
+        .collect();
+    assert_eq!(documented, &fields);
+}
