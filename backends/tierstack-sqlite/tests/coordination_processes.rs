@@ -34,6 +34,9 @@ fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// One check of the parent: `Ok` with its figures, or why it failed.
+type Check = fn() -> Result<String, String>;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
@@ -45,7 +48,7 @@ fn main() {
     }
     let mut passed = 0;
     let mut failed = 0;
-    let tests: [(&str, fn() -> Result<String, String>); 2] = [
+    let tests: [(&str, Check); 2] = [
         ("sqlite::a_lease_has_one_winner_across_processes", leases),
         (
             "sqlite::processes_spending_one_budget_never_exceed_its_rate",
@@ -248,7 +251,10 @@ fn spends() -> Result<String, String> {
         return Err(format!("a process got no request through: {per_process:?}"));
     }
     let first = sends.iter().copied().min().unwrap_or(0);
-    let mut seconds: Vec<f64> = sends.iter().map(|&us| (us - first) as f64 / 1e6).collect();
+    let mut seconds: Vec<f64> = sends
+        .iter()
+        .map(|&us| Duration::from_micros(us - first).as_secs_f64())
+        .collect();
     never_faster_than(&mut seconds, rate(), 1)?;
     // 1 at once, then one each 50 ms for about 1.5 s.
     if sends.len() < 20 {

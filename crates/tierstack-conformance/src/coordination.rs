@@ -640,7 +640,7 @@ pub async fn coordination_state_is_not_an_entry(h: CoordinationHarness) {
         scanned.extend(page.entries.into_iter().map(|(k, _)| k));
         next = page.next;
     }
-    assert_eq!(scanned, [entry_key.clone()]);
+    assert_eq!(scanned, std::slice::from_ref(&entry_key));
     for scope in [
         ClearScope::Expired,
         ClearScope::Source("coord{api}".to_owned()),
