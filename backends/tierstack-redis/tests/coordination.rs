@@ -227,3 +227,59 @@ async fn a_server_that_never_answered_is_an_error_at_once_after_the_breaker_open
         Ok(Spend::Granted(_))
     ));
 }
+
+#[tokio::test]
+async fn an_acl_user_coordinates_in_its_namespace_and_is_refused_outside_it() {
+    let server = RedisServer::start_with(&["--requirepass", "adminpw"], Some("adminpw"));
+    let prefix = unique_prefix("acl");
+    redis_cli(
+        server.port(),
+        &[
+            "-a",
+            "adminpw",
+            "--no-auth-warning",
+            "ACL",
+            "SETUSER",
+            "team",
+            "on",
+            ">teampw",
+            &format!("~{prefix}:*"),
+            "+@all",
+            "-@dangerous",
+        ],
+    );
+    let config = RedisConfig::new(server.url())
+        .prefix(&prefix)
+        .credentials(Some("team".to_owned()), Some("teampw".to_owned()));
+    let inside = coordinator(&RedisTier::open(&config, 1).await.unwrap());
+    let key = Key::new("src", [("id", "1")]);
+    let owner = LeaseOwner::random();
+    let rate = Rate::new(10, Duration::from_secs(1)).unwrap();
+    assert!(
+        inside
+            .acquire(&key, &owner, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        inside
+            .renew(&key, &owner, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        inside.spend("b", rate, Duration::ZERO).await.unwrap(),
+        Spend::Granted(Duration::ZERO)
+    );
+
+    let outside_tier = RedisTier::open(&config.clone().prefix("elsewhere"), 1)
+        .await
+        .unwrap();
+    let outside = coordinator(&outside_tier);
+    for _ in 0..10 {
+        let err = outside.spend("b", rate, Duration::ZERO).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    }
+    // A refusal shows the server is up: the breaker stays closed.
+    assert_eq!(outside_tier.stats().unavailable, 0);
+}
