@@ -6,15 +6,16 @@ use futures_util::future::try_join_all;
 use redis::{RedisResult, Value};
 use tierstack_core::envelope::MAX_HEADER_LEN;
 use tierstack_core::{
-    Backplane, Bytes, Capabilities, ClearScope, DecodeLimits, Entry, ErrorKind, Header, Health,
-    Key, Operation, Result, ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp,
-    async_trait,
+    Backplane, Bytes, Capabilities, ClearScope, Coordinator, DecodeLimits, Entry, ErrorKind,
+    Header, Health, Key, Operation, Result, ScanCursor, ScanPage, Tier, TierSize, TierStats,
+    Timestamp, async_trait,
 };
 
 use crate::backplane::RedisBackplane;
 use crate::breaker::{Admit, Breaker};
 use crate::config::{BREAKER_COOLDOWN, RESPONSE_TIMEOUT, RedisConfig};
 use crate::connection::{Conn, NodeConn, Target};
+use crate::coordinator::RedisCoordinator;
 use crate::{CAPABILITIES, error};
 
 /// Keys fetched and removed per round trip by `clear`, `size` and `scan`.
@@ -34,14 +35,18 @@ pub struct RedisTier {
 }
 
 pub(crate) struct Shared {
-    name: String,
+    pub(crate) name: String,
     target: Target,
     conn: RwLock<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
     /// `{prefix}:e:{schema_version}:`
     pub(crate) namespace: String,
     /// The application schema version whose entries this tier holds.
-    schema_version: u32,
+    pub(crate) schema_version: u32,
+    /// `{prefix}:c:`, where coordination state lives (leases, rate
+    /// buckets, circuits, the invalidation channel): never scanned, counted
+    /// or cleared as entries.
+    pub(crate) coordination: String,
     /// Keys seen in the namespace that are not entries of this tier.
     pub(crate) foreign: std::sync::atomic::AtomicU64,
     /// `SCAN MATCH` pattern of the namespace (glob characters escaped).
@@ -107,6 +112,7 @@ impl RedisTier {
             connecting: tokio::sync::Mutex::new(()),
             namespace: namespace.clone(),
             schema_version,
+            coordination: coordination_namespace(&config.prefix),
             foreign: std::sync::atomic::AtomicU64::new(0),
             pattern,
             ttl: config.ttl,
@@ -118,7 +124,10 @@ impl RedisTier {
             backplane: config.backplane.then(|| {
                 Arc::new(RedisBackplane::new(
                     weak.clone(),
-                    format!("{}:c:invalidations:{schema_version}", config.prefix),
+                    format!(
+                        "{}invalidations:{schema_version}",
+                        coordination_namespace(&config.prefix)
+                    ),
                 ))
             }),
         });
@@ -733,6 +742,12 @@ impl Tier for RedisTier {
             .clone()
             .map(|b| b as Arc<dyn Backplane>)
     }
+
+    /// Leases, the shared rate budget and circuits in `{prefix}:c:`, on the
+    /// tier's connection and behind its breaker (see the crate docs).
+    fn coordinator(&self) -> Option<Arc<dyn Coordinator>> {
+        Some(Arc::new(RedisCoordinator::new(Arc::clone(&self.shared))))
+    }
 }
 
 impl Shared {
@@ -771,6 +786,13 @@ struct OwnEntry {
 /// state (leases, rate limits, the invalidation channel).
 pub(crate) fn entry_namespace(prefix: &str, schema_version: u32) -> String {
     format!("{prefix}:e:{schema_version}:")
+}
+
+/// Where coordination state lives: `{prefix}:c:`. Entries are under
+/// `{prefix}:e:`, so no scan, size or clear of entries ever meets a lease,
+/// a rate bucket or a circuit.
+pub(crate) fn coordination_namespace(prefix: &str) -> String {
+    format!("{prefix}:c:")
 }
 
 /// Prefixes are one segment of a Redis key name: no `:` (it separates the

@@ -7,6 +7,7 @@ mod backplane;
 mod breaker;
 mod config;
 mod connection;
+mod coordinator;
 mod error;
 
 pub use backend::RedisTier;

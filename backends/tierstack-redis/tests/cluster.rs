@@ -23,3 +23,73 @@ async fn make() -> Harness {
 }
 
 conformance_suite!(make);
+
+/// The coordination cases on the same Cluster: two tiers (two cluster
+/// connections) per case. The cases' keys, buckets and circuit names hold
+/// `{` and `}`, so some are hash-tagged and some are not; each operation
+/// touches one key and runs on that key's master.
+mod coordination {
+    use std::sync::Arc;
+
+    use tierstack_conformance::coordination::CoordinationHarness;
+    use tierstack_conformance::coordination_suite;
+    use tierstack_conformance::redis_server::unique_prefix;
+    use tierstack_redis::{RedisConfig, RedisTier};
+
+    async fn make() -> CoordinationHarness {
+        let config = RedisConfig::cluster(super::cluster().urls()).prefix(unique_prefix("coord"));
+        let first = RedisTier::open(&config, 1).await.expect("opens");
+        let second = RedisTier::open(&config, 1).await.expect("opens");
+        CoordinationHarness::new(Arc::new(first), Arc::new(second))
+    }
+
+    coordination_suite!(make);
+}
+
+/// Coordination keys land on every master: names that differ only inside
+/// or outside a hash tag go to the slot Redis computes for each, and every
+/// operation still succeeds on its own node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordination_keys_spread_over_every_master() {
+    use std::time::Duration;
+
+    use tierstack::{Key, LeaseOwner, Tier};
+    use tierstack_conformance::redis_server::redis_cli;
+
+    let prefix = unique_prefix("spread");
+    let config = RedisConfig::cluster(cluster().urls()).prefix(&prefix);
+    let tier = RedisTier::open(&config, 1).await.expect("opens");
+    let coordination = tier.coordinator().expect("coordinates");
+    let owner = LeaseOwner::random();
+    for n in 0..60 {
+        let name = match n % 3 {
+            0 => format!("{{tag{n}}}"),
+            1 => format!("}}{n}{{"),
+            _ => format!("plain{n}{{}}"),
+        };
+        let key = Key::new("src", [("id", name.as_str())]);
+        assert!(
+            coordination
+                .acquire(&key, &owner, Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+        assert!(
+            coordination
+                .renew(&key, &owner, Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+    }
+    let mut holding = 0;
+    for node in cluster().nodes() {
+        let keys = redis_cli(
+            node.port(),
+            &["--scan", "--pattern", &format!("{prefix}:c:l:*")],
+        );
+        let here = keys.lines().count();
+        assert!(here > 0, "no lease on node {}", node.port());
+        holding += here;
+    }
+    assert_eq!(holding, 60);
+}

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tierstack_core::{
-    Capabilities, ClearScope, Compacted, Entry, Error, ErrorKind, Health, Key, Operation, Result,
-    ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
+    Capabilities, ClearScope, Compacted, Coordinator, Entry, Error, ErrorKind, Health, Key,
+    Operation, Result, ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
 };
 
+use crate::coordinator::SqliteCoordinator;
 use crate::error::sqlite;
 use crate::schema::{self, millis};
 use crate::writer::{Counters, Touched, Writer};
@@ -41,7 +42,10 @@ pub struct SqliteTier {
     busy_timeout: Duration,
     synchronous: &'static str,
     readers: Mutex<Vec<Connection>>,
-    /// Declared after `readers`, so it is dropped last: the writer closes
+    /// Leases, rate buckets and circuits in the `tierstack_*` tables, on a
+    /// connection of its own (opened at its first call).
+    coordinator: Arc<SqliteCoordinator>,
+    /// Declared after `readers` and `coordinator`, so it is dropped last: the writer closes
     /// (and checkpoints) when no reader holds the file any more.
     writer: GroupCommit,
     touched: Arc<Touched>,
@@ -112,6 +116,13 @@ impl SqliteTier {
                 "cannot start the writer thread for",
             ))
         })?;
+        let coordinator = Arc::new(SqliteCoordinator::new(
+            config.name.clone(),
+            path.clone(),
+            schema_version,
+            busy_timeout,
+            synchronous,
+        ));
         Ok(Self {
             name: config.name.clone(),
             path,
@@ -120,6 +131,7 @@ impl SqliteTier {
             busy_timeout,
             synchronous,
             readers: Mutex::new(Vec::new()),
+            coordinator,
             writer,
             touched,
             counters,
@@ -379,6 +391,12 @@ impl Tier for SqliteTier {
             expirations: self.counters.expirations.load(Ordering::Relaxed),
             ..TierStats::default()
         }
+    }
+
+    /// Leases, the shared rate budget and circuits for the processes that
+    /// share this file (see the crate docs).
+    fn coordinator(&self) -> Option<Arc<dyn Coordinator>> {
+        Some(Arc::clone(&self.coordinator) as Arc<dyn Coordinator>)
     }
 
     async fn health(&self) -> Health {

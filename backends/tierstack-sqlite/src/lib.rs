@@ -4,6 +4,7 @@
 
 mod backend;
 mod config;
+mod coordinator;
 mod error;
 mod schema;
 mod writer;

@@ -34,6 +34,29 @@ pub(crate) const USER_VERSION: i64 = 3;
 /// Tables of this prefix belong to tierstack (leases, rate-limit state).
 pub(crate) const RESERVED_PREFIX: &str = "tierstack_";
 
+/// The coordination state (see `coordinator.rs`), created beside the cache
+/// table by every open: a lease per key being fetched, a theoretical arrival
+/// time per rate bucket, an open period (and its probe) per circuit. They
+/// are not versioned with `user_version`: a file without them gets them,
+/// and a tierstack that predates them accepts them as reserved tables.
+pub(crate) const COORDINATION_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS tierstack_leases (
+    key        TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tierstack_rates (
+    bucket TEXT PRIMARY KEY,
+    tat_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tierstack_circuits (
+    name           TEXT PRIMARY KEY,
+    until_ms       INTEGER NOT NULL,
+    probe_owner    TEXT,
+    probe_until_ms INTEGER
+);
+";
+
 const CREATE: &str = "
 CREATE TABLE metadata_cache (
     cache_key      TEXT NOT NULL,
@@ -309,8 +332,9 @@ pub(crate) fn connect(
     Ok(conn)
 }
 
-/// Brings the table to [`USER_VERSION`], in one `BEGIN IMMEDIATE`
-/// transaction so that processes opening the file at once do not race.
+/// Brings the table to [`USER_VERSION`] and creates the coordination tables
+/// where missing, in one `BEGIN IMMEDIATE` transaction so that processes
+/// opening the file at once do not race.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path, namespace: u32) -> Result<(), Error> {
     let fail = |e| sqlite(e, path, Operation::Build);
     let tx = conn
@@ -323,6 +347,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, namespace: u32) -> Res
         return Err(newer(path, version));
     }
     if version == USER_VERSION {
+        tx.execute_batch(COORDINATION_TABLES).map_err(fail)?;
         return tx.commit().map_err(fail);
     }
     let tables = tables(&tx).map_err(fail)?;
@@ -344,6 +369,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, namespace: u32) -> Res
             ),
         ));
     }
+    tx.execute_batch(COORDINATION_TABLES).map_err(fail)?;
     tx.commit().map_err(fail)
 }
 

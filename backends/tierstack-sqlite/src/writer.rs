@@ -235,8 +235,8 @@ impl Writer {
     }
 
     /// Removes dead rows of every namespace (past their retention: no
-    /// reader can use them), returns space to the file system and truncates
-    /// the WAL.
+    /// reader can use them) and dead coordination rows, returns space to the
+    /// file system and truncates the WAL.
     fn purge_dead(&mut self) -> rusqlite::Result<u64> {
         let now = millis(Timestamp::now());
         let removed = retry_busy(|| {
@@ -248,6 +248,17 @@ impl Writer {
         self.counters
             .expirations
             .fetch_add(removed, Ordering::Relaxed);
+        // Coordination rows are not entries (not counted), and a failure to
+        // drop them (a reserved table of another shape) must not fail the
+        // purge of the entries.
+        match retry_busy(|| crate::coordinator::purge_coordination(&self.conn)) {
+            Ok(dropped) => {
+                tracing::debug!(path = %self.path.display(), dropped, "dropped dead coordination rows");
+            }
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "coordination rows not purged");
+            }
+        }
         self.vacuum();
         if let Err(e) = self
             .conn

@@ -2,6 +2,7 @@
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
 pub mod cases;
+pub mod coordination;
 pub mod processes;
 pub mod redis_server;
 

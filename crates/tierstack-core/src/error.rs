@@ -73,6 +73,9 @@ pub enum Operation {
     Publish,
     /// Rewriting a store to give space back.
     Compact,
+    /// A coordination call on a shared store (a lease, the shared rate
+    /// budget, a shared circuit; see [`Coordinator`](crate::Coordinator)).
+    Coordinate,
 }
 
 impl Operation {
@@ -93,6 +96,7 @@ impl Operation {
             Self::Fetch => "fetch",
             Self::Publish => "publish",
             Self::Compact => "compact",
+            Self::Coordinate => "coordinate",
         }
     }
 }
