@@ -47,7 +47,9 @@ async fn leases_buckets_and_circuits_are_one_key_each_under_the_reserved_namespa
             .await
             .unwrap()
     );
-    let rate = Rate::new(10, Duration::from_secs(1)).unwrap();
+    // One a minute: the bucket's key lives a minute, long enough to look
+    // at on a loaded machine.
+    let rate = Rate::new(1, Duration::from_secs(60)).unwrap();
     coordination
         .spend("audnexus", rate, Duration::ZERO)
         .await
@@ -68,15 +70,15 @@ async fn leases_buckets_and_circuits_are_one_key_each_under_the_reserved_namespa
     assert_eq!(keys, [lease.clone(), circuit.clone(), bucket.clone()]);
 
     // Every key expires by itself: the lease with its TTL, the bucket when
-    // its theoretical arrival time has passed (one interval here), the
-    // circuit a minute after its open period.
+    // its theoretical arrival time has passed (one interval after the
+    // spend), the circuit a minute after its open period.
     assert_eq!(redis_cli(port, &["GET", &lease]).trim(), owner.as_str());
     let lease_ttl = pttl(port, &lease);
-    assert!((29_000..=30_000).contains(&lease_ttl), "{lease_ttl}");
+    assert!((20_000..=30_000).contains(&lease_ttl), "{lease_ttl}");
     let bucket_ttl = pttl(port, &bucket);
-    assert!((1..=100).contains(&bucket_ttl), "{bucket_ttl}");
+    assert!((50_000..=60_000).contains(&bucket_ttl), "{bucket_ttl}");
     let circuit_ttl = pttl(port, &circuit);
-    assert!((69_000..=70_000).contains(&circuit_ttl), "{circuit_ttl}");
+    assert!((60_000..=70_000).contains(&circuit_ttl), "{circuit_ttl}");
     let fields = redis_cli(port, &["HGETALL", &circuit]);
     assert!(fields.starts_with("until\n"), "{fields}");
 
@@ -85,7 +87,10 @@ async fn leases_buckets_and_circuits_are_one_key_each_under_the_reserved_namespa
     let time = redis_cli(port, &["TIME"]);
     let mut parts = time.lines().map(|l| l.trim().parse::<u64>().unwrap());
     let now = parts.next().unwrap() * 1_000_000 + parts.next().unwrap();
-    assert!(tat > now && tat <= now + 100_000, "tat {tat}, now {now}");
+    assert!(
+        tat > now + 50_000_000 && tat <= now + 60_000_000,
+        "tat {tat}, now {now}"
+    );
 
     coordination.release(&key, &owner).await.unwrap();
     coordination.close_circuit("audnexus").await.unwrap();

@@ -147,16 +147,20 @@ async fn expired_rows_do_not_pile_up() {
     let tier = common::open(&path).await;
     let coordination = coordinator(&tier);
     let owner = LeaseOwner::random();
+    // Long enough that none expires while the 50 are taken on a loaded
+    // machine.
+    let ttl = Duration::from_millis(1500);
+    let started = Instant::now();
     for n in 0..50 {
         assert!(
             coordination
-                .acquire(&key(&n.to_string()), &owner, Duration::from_millis(100))
+                .acquire(&key(&n.to_string()), &owner, ttl)
                 .await
                 .unwrap()
         );
     }
     assert_eq!(count(&path, "tierstack_leases"), 50);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep((ttl + Duration::from_millis(100)).saturating_sub(started.elapsed())).await;
     // Any acquire drops the expired leases it passes.
     assert!(
         coordination
