@@ -169,33 +169,28 @@ impl Group {
         &self.name
     }
 
-    /// Whether a request may go now, asking the shared circuit when there
-    /// is one (`shared`), else this process's.
+    /// Whether a request may go now: the shared circuit decides when there
+    /// is one (`shared`), this process's otherwise and while the shared one
+    /// cannot be asked. The shared answer is not copied here: another
+    /// process's probe may close it any time.
     pub(crate) async fn gate(&self, shared: Option<&Shared>, counters: &SourceCounters) -> Gate {
-        let local = self.lock_circuit().gate(Instant::now());
-        if let Gate::Open(_) = local {
-            return local;
-        }
-        let Some(shared) = shared else { return local };
+        let Some(shared) = shared else {
+            return self.lock_circuit().gate(Instant::now());
+        };
         match shared
             .coordinator
             .circuit(&self.name, &shared.owner, PROBE_TTL)
             .await
         {
             Ok(CircuitState::Closed) => {
-                // Another process's probe closed it.
                 self.lock_circuit().close();
                 Gate::Go { probe: false }
             }
             Ok(CircuitState::Probe) => Gate::Go { probe: true },
-            Ok(CircuitState::Open(wait)) => {
-                // Kept here too, so that until it ends no call asks the store.
-                self.lock_circuit().open(Instant::now(), wait);
-                Gate::Open(wait)
-            }
+            Ok(CircuitState::Open(wait)) => Gate::Open(wait),
             Err(e) => {
                 fell_back(shared, counters, "circuit", &e);
-                local
+                self.lock_circuit().gate(Instant::now())
             }
         }
     }
