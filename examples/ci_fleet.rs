@@ -227,6 +227,64 @@ fn field(line: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Prints the fleet's figures; returns what went wrong.
+fn report(api: &Api, keys: u64, results: &[(bool, String)], wall: Duration) -> Vec<String> {
+    let requests = api
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let upstream: u64 = requests.values().sum();
+    let distinct = requests.len() as u64;
+    let throttled = *api.throttled.lock().unwrap_or_else(PoisonError::into_inner);
+    let sum = |name: &str| results.iter().map(|(_, l)| field(l, name)).sum::<u64>();
+    println!(
+        "{:>9} {:>9} {:>5} {:>8} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6}",
+        "upstream",
+        "distinct",
+        "429s",
+        "wall",
+        "leases won",
+        "lease waits",
+        "takeovers",
+        "fallbacks",
+        "wrong",
+        "errors"
+    );
+    println!(
+        "{upstream:>9} {distinct:>9} {throttled:>5} {:>7.1}s {:>10} {:>11} {:>9} {:>9} {:>6} {:>6}",
+        wall.as_secs_f64(),
+        sum("lease_won"),
+        sum("lease_waited"),
+        sum("takeovers"),
+        sum("fallbacks"),
+        sum("wrong"),
+        sum("errors"),
+    );
+    let mut failures = Vec::new();
+    if upstream != keys || distinct != keys {
+        failures.push(format!(
+            "{upstream} upstream calls for {keys} distinct keys ({distinct} keys asked)"
+        ));
+    }
+    if throttled > 0 {
+        failures.push(format!("the API answered 429 {throttled} times"));
+    }
+    if sum("wrong") + sum("errors") > 0 {
+        failures.push(format!(
+            "{} wrong values, {} errors",
+            sum("wrong"),
+            sum("errors")
+        ));
+    }
+    for (ok, line) in results {
+        if !ok || !line.starts_with("RESULT ok") {
+            failures.push(format!("a process failed: {line}"));
+        }
+    }
+    failures
+}
+
 #[tokio::main]
 async fn main() {
     let redis_url = std::env::var("TIERSTACK_REDIS_URL")
@@ -292,59 +350,7 @@ async fn main() {
     let wall = started.elapsed();
     let _ = probe.clear(ClearScope::All).await;
 
-    let requests = api
-        .requests
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let upstream: u64 = requests.values().sum();
-    let distinct = requests.len() as u64;
-    let throttled = *api.throttled.lock().unwrap_or_else(PoisonError::into_inner);
-    let sum = |name: &str| results.iter().map(|(_, l)| field(l, name)).sum::<u64>();
-    println!(
-        "{:>9} {:>9} {:>5} {:>8} {:>10} {:>11} {:>9} {:>9} {:>6} {:>6}",
-        "upstream",
-        "distinct",
-        "429s",
-        "wall",
-        "leases won",
-        "lease waits",
-        "takeovers",
-        "fallbacks",
-        "wrong",
-        "errors"
-    );
-    println!(
-        "{upstream:>9} {distinct:>9} {throttled:>5} {:>7.1}s {:>10} {:>11} {:>9} {:>9} {:>6} {:>6}",
-        wall.as_secs_f64(),
-        sum("lease_won"),
-        sum("lease_waited"),
-        sum("takeovers"),
-        sum("fallbacks"),
-        sum("wrong"),
-        sum("errors"),
-    );
-    let mut failures = Vec::new();
-    if upstream != keys || distinct != keys {
-        failures.push(format!(
-            "{upstream} upstream calls for {keys} distinct keys ({distinct} keys asked)"
-        ));
-    }
-    if throttled > 0 {
-        failures.push(format!("the API answered 429 {throttled} times"));
-    }
-    if sum("wrong") + sum("errors") > 0 {
-        failures.push(format!(
-            "{} wrong values, {} errors",
-            sum("wrong"),
-            sum("errors")
-        ));
-    }
-    for (ok, line) in &results {
-        if !ok || !line.starts_with("RESULT ok") {
-            failures.push(format!("a process failed: {line}"));
-        }
-    }
+    let failures = report(&api, keys, &results, wall);
     if !failures.is_empty() {
         eprintln!("ci_fleet failed: {}", failures.join("; "));
         std::process::exit(1);
