@@ -32,6 +32,7 @@ ROWS = [
     ("Memory tier", "hit: `MemoryTier::get` (the async trait call) vs raw moka", "memory/hit", "raw_moka", "tier", None, "lower"),
     ("Memory tier", "hit: `get_or_fetch` vs `get`", "memory/hit", "cache", "get_or_fetch", 1.1, "lower"),
     ("Memory tier", "hit: `CachedFn::call` vs `Key::new` + `get` by hand", "memory/hit", "key_new_and_get", "cached_fn", 1.1, "lower"),
+    ("Memory tier", "hit: `get_or_fetch` with the source's rate limit spent (1/h) vs without (memory only)", "memory/hit", "get_or_fetch_memory_only", "get_or_fetch_rate_limited", None, "lower"),
     ("Memory tier", "miss vs raw moka", "memory/miss", "raw_moka", "cache_memory_only", None, "lower"),
     ("Memory tier", "miss vs raw quick_cache", "memory/miss", "raw_quick_cache", "cache_memory_only", None, "lower"),
     ("Memory tier", "insert: `MemoryTier::set` (encoded entry) vs raw quick_cache insert (value made beforehand)", "memory/insert", "raw_quick_cache_prebuilt", "tier_set", 1.5, "lower"),

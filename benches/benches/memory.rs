@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use tierstack::{
-    Compression, FetchOptions, Key, MemoryConfig, MemoryTier, SqliteConfig, SqliteTier, Tier,
-    TieredCache, Ttl,
+    Compression, FetchOptions, Key, MemoryConfig, MemoryTier, SourcePolicy, SqliteConfig,
+    SqliteTier, Tier, TieredCache, Ttl,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,8 +118,22 @@ fn memory(c: &mut Criterion) {
         .shared_tier(tier.clone())
         .tier(sqlite)
         .build();
+    // The same memory-only cache with the source's budget spent (1/h):
+    // a hit must not notice it.
+    let limited = TieredCache::builder()
+        .compression(Compression::None)
+        .shared_tier(memory_tier())
+        .source_policy(
+            "audnexus:*",
+            SourcePolicy::default().rate("1/h".parse().expect("a rate")),
+        )
+        .build();
     rt.block_on(async {
         for (i, k) in keys.iter().enumerate() {
+            limited
+                .set(k, book(i), Ttl::TierDefault)
+                .await
+                .expect("set");
             raw.insert(k.clone(), Arc::new(book(i))).await;
             raw_sync.insert(k.clone(), Arc::new(book(i)));
             quick.insert(k.clone(), Arc::new(book(i)));
@@ -209,6 +223,27 @@ fn memory(c: &mut Criterion) {
             }
         });
     });
+    for (name, cache) in [
+        ("get_or_fetch_memory_only", &only_memory),
+        ("get_or_fetch_rate_limited", &limited),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                i = (i + 1) % KEYS;
+                let (k, n) = (&keys[i], i);
+                async move {
+                    cache
+                        .get_or_fetch::<Book, _, _, Infallible>(
+                            k,
+                            FetchOptions::default(),
+                            |_| async move { Ok(book(n)) },
+                        )
+                        .await
+                        .expect("hit")
+                }
+            });
+        });
+    }
     group.bench_function("key_new_and_get", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % KEYS;

@@ -26,6 +26,8 @@ use tierstack::{
 use tierstack_conformance::redis_server::{RedisServer, unique_prefix};
 
 const TASKS: usize = 16;
+/// How often a paced round asks for its next key.
+const PACE: Duration = Duration::from_millis(50);
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -144,11 +146,29 @@ async fn redis_cache(url: &str, prefix: &str, lease_ttl: Duration) -> TieredCach
 
 /// Resolves keys `0..keys` with 16 tasks; prints `RESULT wrong=… errors=…`.
 async fn resolve_all(cache: &TieredCache, api: &str, keys: u64) {
+    resolve_range(cache, api, 0..keys, None).await;
+}
+
+/// Resolves `keys` with 16 tasks; prints `RESULT wrong=… errors=…
+/// fallbacks=…` (the fallbacks so far).
+/// With `pace`, the i-th key is asked no sooner than `i * pace` after the
+/// start, so that every process asks for a key at about the same time.
+async fn resolve_range(
+    cache: &TieredCache,
+    api: &str,
+    keys: std::ops::Range<u64>,
+    pace: Option<Duration>,
+) {
     let http = reqwest::Client::new();
-    let outcomes: Vec<Result<bool, String>> = futures_util::stream::iter(0..keys)
+    let (first, start) = (keys.start, tokio::time::Instant::now());
+    let outcomes: Vec<Result<bool, String>> = futures_util::stream::iter(keys)
         .map(|n| {
             let (cache, http) = (cache, &http);
             async move {
+                if let Some(pace) = pace {
+                    let i = u32::try_from(n - first).unwrap();
+                    tokio::time::sleep_until(start + pace * i).await;
+                }
                 cache
                     .get_or_fetch(&key(n), Ttl::TierDefault, |_| {
                         fetch_item(http, format!("{api}/items/{n}"))
@@ -166,7 +186,12 @@ async fn resolve_all(cache: &TieredCache, api: &str, keys: u64) {
     if let Some(Err(first)) = outcomes.iter().find(|o| o.is_err()) {
         eprintln!("first error: {first}");
     }
-    println!("RESULT wrong={wrong} errors={errors}");
+    let fallbacks = cache
+        .stats()
+        .sources
+        .get("items")
+        .map_or(0, |s| s.coordination_fallbacks);
+    println!("RESULT wrong={wrong} errors={errors} fallbacks={fallbacks}");
 }
 
 /// Fetches distinct keys (`pid * 10^6 + i`) through a shared 9/s budget
@@ -258,6 +283,19 @@ async fn child(role: &str, args: &[String]) {
             .await;
         }
         ("hang", [url, prefix, api]) => hang_as_leader(url, prefix, api).await,
+        ("outage", [url, prefix, api, keys]) => {
+            // Three rounds of fresh keys; the parent says when each starts
+            // (Redis up, down, back).
+            let keys: u64 = keys.parse().unwrap();
+            let cache = redis_cache(url, prefix, Duration::from_secs(5)).await;
+            let mut lines = std::io::stdin().lines();
+            for round in 0..3 {
+                assert_eq!(lines.next().unwrap().unwrap(), "GO");
+                // The last round is paced: Redis comes back as it starts.
+                let pace = (round == 2).then_some(PACE);
+                resolve_range(&cache, api, round * keys..(round + 1) * keys, pace).await;
+            }
+        }
         _ => panic!("unknown role {role} {args:?}"),
     }
 }
@@ -589,6 +627,151 @@ async fn redis_down_degrades_to_each_process_and_recovers() {
     );
 }
 
+async fn a_fleet_keeps_answering_through_a_redis_outage_and_coordinates_again() {
+    let mut server = RedisServer::start();
+    let prefix = unique_prefix("fleet-outage-processes");
+    let api = Arc::new(Api::default());
+    let base = start_api(Arc::clone(&api)).await;
+    let keys = 60; // a paced round of 3 s
+    let mut children: Vec<Child> = (0..8)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .env("TIERSTACK_FLEET_ROLE", "outage")
+                .args([server.url(), &prefix, &base, &keys.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut inputs: Vec<_> = children
+        .iter_mut()
+        .map(|c| c.stdin.take().unwrap())
+        .collect();
+    let mut outputs: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().unwrap()).lines())
+        .collect();
+    let mut round = |inputs: &mut Vec<std::process::ChildStdin>| -> Vec<String> {
+        use std::io::Write as _;
+        for input in inputs.iter_mut() {
+            writeln!(input, "GO").unwrap();
+        }
+        outputs
+            .iter_mut()
+            .map(|lines| {
+                lines
+                    .find(|l| l.as_ref().unwrap().starts_with("RESULT"))
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let calls_for = |api: &Api, round: u64| -> (u64, u64) {
+        let requests = api.requests.lock().unwrap();
+        let range = round * keys..(round + 1) * keys;
+        let of_round: Vec<u64> = requests
+            .iter()
+            .filter(|(k, _)| range.contains(k))
+            .map(|(_, n)| *n)
+            .collect();
+        (of_round.len() as u64, of_round.iter().sum())
+    };
+    // Redis up: one call per key.
+    let up = round(&mut inputs);
+    assert_eq!(calls_for(&api, 0), (keys, keys), "{up:?}");
+    // Redis down: every answer still comes, each process fetching alone.
+    server.kill();
+    let down = round(&mut inputs);
+    for line in &down {
+        assert_eq!(
+            (field(line, "wrong"), field(line, "errors")),
+            (0, 0),
+            "{line}"
+        );
+        assert!(
+            field(line, "fallbacks") > 0,
+            "the outage is counted: {line}"
+        );
+    }
+    let (asked, made) = calls_for(&api, 1);
+    assert_eq!(asked, keys);
+    assert!(made <= 8 * keys, "{made} calls for {keys} keys");
+    // Redis back as the last round starts, which asks a key every 50 ms
+    // in every process: the keys asked 2 s or more after it came back are
+    // fetched once each again.
+    server.restart();
+    let back = round(&mut inputs);
+    for line in &back {
+        assert_eq!(
+            (field(line, "wrong"), field(line, "errors")),
+            (0, 0),
+            "{line}"
+        );
+    }
+    let after_two_seconds = 2 * keys + u64::try_from(2000 / PACE.as_millis()).unwrap();
+    let requests = api.requests.lock().unwrap();
+    let repeated: Vec<_> = (after_two_seconds..3 * keys)
+        .filter(|k| requests.get(k) != Some(&1))
+        .map(|k| (k, requests.get(&k).copied()))
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "not coordinated 2 s after Redis came back: {repeated:?}"
+    );
+    let first_once =
+        (2 * keys..3 * keys).find(|k| (*k..3 * keys).all(|later| requests.get(&later) == Some(&1)));
+    drop(requests);
+    drop(inputs);
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let recovered = first_once.map(|k| PACE * u32::try_from(k - 2 * keys).unwrap());
+    println!(
+        "  8 processes, {keys} keys a round: {keys} calls with Redis, {made} while it was down; one call per key again from {recovered:?} after it came back"
+    );
+}
+
+async fn a_shared_budget_falls_back_to_its_share_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let prefix = unique_prefix("fleet-share");
+    let redis = RedisConfig::new(server.url())
+        .prefix(&prefix)
+        .breaker(3, Duration::from_millis(300));
+    // 10/s for 5 processes: 2/s each, burst 1, while they cannot share.
+    let cache = TieredCache::builder()
+        .tier(memory())
+        .tier(RedisTier::open(&redis, 1).await.unwrap())
+        .expected_processes(5)
+        .source_policy(
+            "items",
+            SourcePolicy::default()
+                .rate(Rate::new(10, Duration::from_secs(1)).unwrap())
+                .rate_scope(RateScope::Shared),
+        )
+        .build();
+    server.kill();
+    let started = Instant::now();
+    for n in 0..5 {
+        cache
+            .get_or_fetch(&key(n), Ttl::TierDefault, |_| async move {
+                Ok::<_, FetchError>(value(n))
+            })
+            .await
+            .unwrap();
+    }
+    // 5 requests at 2/s with a burst of 1: four gaps of 500 ms.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "{took:?}: not at this process's share"
+    );
+    let s = cache.stats().sources["items"];
+    assert!(s.coordination_fallbacks >= 5, "{s:?}");
+    assert!(s.throttled_waits >= 3, "{s:?}");
+    println!("  Redis down: 5 requests at this process's share (2/s) took {took:?}");
+}
+
 #[tokio::main]
 async fn main() {
     if let Ok(role) = std::env::var("TIERSTACK_FLEET_ROLE") {
@@ -608,4 +791,6 @@ async fn main() {
     case!(a_shared_budget_keeps_a_fleet_under_the_apis_limit);
     case!(one_processes_retry_after_stops_every_process_then_one_probe_goes);
     case!(redis_down_degrades_to_each_process_and_recovers);
+    case!(a_fleet_keeps_answering_through_a_redis_outage_and_coordinates_again);
+    case!(a_shared_budget_falls_back_to_its_share_while_redis_is_down);
 }

@@ -107,6 +107,26 @@ fn broken_configs_are_usage_errors_that_say_where() {
             "cache:\n  file_ttl_days: -1\n  location: /tmp/x\n",
             "file_ttl_days",
         ),
+        (
+            "rate.yaml",
+            "cache:\n  tiers:\n    - kind: memory\n  sources:\n    api:\n      rate: ten\n",
+            "cache.sources.\"api\".rate",
+        ),
+        (
+            "zero_rate.yaml",
+            "cache:\n  tiers:\n    - kind: memory\n  sources:\n    api:\n      rate: 0/s\n",
+            "cache.sources.\"api\".rate",
+        ),
+        (
+            "burst.yaml",
+            "cache:\n  tiers:\n    - kind: memory\n  sources:\n    api:\n      rate: 10/s\n      burst: 0\n",
+            "cache.sources.\"api\".burst",
+        ),
+        (
+            "lease.yaml",
+            "cache:\n  tiers:\n    - kind: memory\n  lease_ttl: 1ms\n",
+            "cache.lease_ttl",
+        ),
     ];
     for (name, text, expected) in cases {
         let path = sandbox.write(name, text);
