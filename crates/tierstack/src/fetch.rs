@@ -387,13 +387,21 @@ impl TieredCache {
         E: Into<BoxError>,
     {
         if !self.inner.enabled {
+            // Nothing is cached, but the upstream's budget still holds.
             let source = self.inner.sources.get(key.source());
+            let budget = self.budget(&self.inner.policies.get(key.source()), key);
+            let probe = budget.pass(wait_limit(&options, false, None)).await?;
             bump(&source.local().fetches);
-            return match fetch(FetchContext::new(key, false, None)).await {
-                Ok(v) => Ok(Outcome::fetched(v.map(Arc::new), false)),
+            return match fetch(FetchContext::new(key, false, Some(budget.clone()))).await {
+                Ok(v) => {
+                    budget.answered(None, probe).await;
+                    Ok(Outcome::fetched(v.map(Arc::new), false))
+                }
                 Err(e) => {
+                    let e = e.into();
+                    budget.answered(slow_down(&*e), probe).await;
                     bump(&source.local().fetch_errors);
-                    Err(fetch_error(key, e.into()))
+                    Err(fetch_error(key, e))
                 }
             };
         }

@@ -308,7 +308,8 @@ pub struct SourceStats {
     pub throttled_rejections: u64,
     /// Calls that found the source's circuit open (the upstream had asked to slow down): served stale or turned away.
     pub circuit_open: u64,
-    /// Fetches this process made holding the cross-process lease of their key.
+    /// Cross-process leases this process took for a key it was about to
+    /// fetch (it then fetches, unless the value arrived just before).
     pub lease_won: u64,
     /// Callers that waited for another process's lease instead of fetching.
     pub lease_waited: u64,

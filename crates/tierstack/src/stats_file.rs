@@ -119,7 +119,7 @@ pub struct StoredCounters {
     pub throttled_rejections: u64,
     /// Calls that found the source's circuit open (the upstream had asked to slow down): served stale or turned away (sources only).
     pub circuit_open: u64,
-    /// Fetches this process made holding the cross-process lease of their key (sources only).
+    /// Cross-process leases taken for a key about to be fetched (sources only).
     pub lease_won: u64,
     /// Callers that waited for another process's lease instead of fetching (sources only).
     pub lease_waited: u64,

@@ -414,3 +414,28 @@ async fn a_retry_after_stops_every_fetch_of_the_source_serves_stale_then_one_pro
     assert!(s.circuit_open >= 10, "{s:?}");
     assert!(s.stale_served >= 2, "{s:?}");
 }
+
+#[tokio::test]
+async fn a_pass_through_cache_still_keeps_the_budget() {
+    let cache = TieredCache::builder()
+        .enabled(false)
+        .source_policy(
+            "api",
+            SourcePolicy::default()
+                .rate(rate("1/h"))
+                .max_wait(Duration::ZERO),
+        )
+        .build();
+    let ok = |_| async { Ok::<_, FetchError>(1u64) };
+    cache
+        .get_or_fetch(&key("api", 1), Ttl::TierDefault, ok)
+        .await
+        .unwrap();
+    let err = cache
+        .get_or_fetch(&key("api", 1), Ttl::TierDefault, ok)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err:?}");
+    let s = cache.stats().sources["api"];
+    assert_eq!((s.fetches, s.throttled_rejections), (1, 1));
+}
