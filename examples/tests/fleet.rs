@@ -521,7 +521,9 @@ async fn one_processes_retry_after_stops_every_process_then_one_probe_goes() {
         .get_or_fetch(&key(1), Ttl::TierDefault, slow_down(Arc::clone(&calls)))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Fetch);
+    // The call whose request got the "slow down" is throttled too.
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
     let opened = Instant::now();
     // The other cache (another process's view of the same Redis) is turned
     // away at once, without a request.

@@ -132,7 +132,7 @@ if (not probe) or (not probe_until) or probe_until <= now or probe == ARGV[1] th
   end
   return {2, 0}
 end
-return {1, probe_until - now}
+return {3, probe_until - now}
 ",
     )
 });
@@ -360,6 +360,7 @@ impl Coordinator for RedisCoordinator {
         Ok(match state {
             0 => CircuitState::Closed,
             2 => CircuitState::Probe,
+            3 => CircuitState::Probing(returned_millis(left)),
             _ => CircuitState::Open(returned_millis(left)),
         })
     }

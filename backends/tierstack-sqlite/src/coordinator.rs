@@ -357,7 +357,7 @@ impl Coordinator for SqliteCoordinator {
             };
             if !probe_is_free {
                 let probe_until = probe_until.unwrap_or(now);
-                return Ok(CircuitState::Open(from_millis(probe_until - now)));
+                return Ok(CircuitState::Probing(from_millis(probe_until - now)));
             }
             tx.prepare_cached(
                 "UPDATE tierstack_circuits SET probe_owner = ?2, probe_until_ms = ?3 WHERE name = ?1",

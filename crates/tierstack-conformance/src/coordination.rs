@@ -114,6 +114,13 @@ fn open_for(state: CircuitState) -> Duration {
     }
 }
 
+fn probing_for(state: CircuitState) -> Duration {
+    match state {
+        CircuitState::Probing(left) => left,
+        other => panic!("expected another caller's probe, got {other:?}"),
+    }
+}
+
 /// Two owners on two handles race for each of 20 keys: exactly one wins
 /// each, and the winner cannot take its own lease twice.
 pub async fn one_of_two_owners_wins_a_lease(h: CoordinationHarness) {
@@ -509,7 +516,7 @@ pub async fn a_circuit_opens_then_lets_one_probe(h: CoordinationHarness) {
         h.first.circuit(name, &a, probe_ttl).await.unwrap(),
         CircuitState::Probe
     );
-    let wait = open_for(h.second.circuit(name, &b, probe_ttl).await.unwrap());
+    let wait = probing_for(h.second.circuit(name, &b, probe_ttl).await.unwrap());
     assert!(wait > Duration::ZERO && wait <= probe_ttl, "{wait:?}");
     assert_eq!(
         h.second.circuit(name, &a, probe_ttl).await.unwrap(),
@@ -524,7 +531,7 @@ pub async fn a_circuit_opens_then_lets_one_probe(h: CoordinationHarness) {
     );
     assert!(matches!(
         h.first.circuit(name, &a, probe_ttl).await.unwrap(),
-        CircuitState::Open(_)
+        CircuitState::Probing(_)
     ));
     h.second.close_circuit(name).await.unwrap();
     for (coordinator, owner) in [(&h.first, &a), (&h.second, &b)] {

@@ -141,6 +141,9 @@ pub enum CircuitState {
     /// decides whether the circuit closes ([`Coordinator::close_circuit`]) or
     /// opens again ([`Coordinator::open_circuit`]).
     Probe,
+    /// The open period is over and another caller is probing; its probe
+    /// slot ends after this long at most (its answer usually comes sooner).
+    Probing(Duration),
 }
 
 /// Who holds a lease: a random id per cache instance, so two caches in one
@@ -215,7 +218,8 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
 
     /// The circuit `name` as seen by `owner`. When its open period is over,
     /// the first caller gets [`CircuitState::Probe`] (for up to `probe_ttl`,
-    /// after which another caller may probe); the others see it open.
+    /// after which another caller may probe); the others get
+    /// [`CircuitState::Probing`].
     async fn circuit(
         &self,
         name: &str,

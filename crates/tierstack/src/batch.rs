@@ -179,7 +179,7 @@ impl TieredCache {
                         for (budget, probe) in &spent {
                             budget.answered(slow_down, *probe).await;
                         }
-                        Some(Err(batch_fetch_error(&pending, e)))
+                        Some(Err(batch_fetch_error(&pending, e, slow_down)))
                     }
                     None => None,
                 }
@@ -335,11 +335,26 @@ fn key_list(keys: &[Key]) -> String {
     }
 }
 
-fn batch_fetch_error(keys: &[Key], error: BoxError) -> Error {
-    Error::new(
-        ErrorKind::Fetch,
-        format!("batch fetch of {} failed", key_list(keys)),
-    )
-    .with_operation(Operation::Fetch)
-    .with_shared_source(Arc::from(error))
+fn batch_fetch_error(
+    keys: &[Key],
+    error: BoxError,
+    slow_down: Option<std::time::Duration>,
+) -> Error {
+    let failed = match slow_down {
+        Some(wait) => Error::new(
+            ErrorKind::Throttled,
+            format!(
+                "batch fetch of {}: the upstream asked to slow down",
+                key_list(keys)
+            ),
+        )
+        .with_retry_after(wait),
+        None => Error::new(
+            ErrorKind::Fetch,
+            format!("batch fetch of {} failed", key_list(keys)),
+        ),
+    };
+    failed
+        .with_operation(Operation::Fetch)
+        .with_shared_source(Arc::from(error))
 }

@@ -21,6 +21,11 @@ use crate::stats::{SourceCounters, bump};
 /// How long a probe may take before another caller may probe instead.
 const PROBE_TTL: Duration = Duration::from_secs(30);
 
+/// The wait told to callers turned away while another caller probes: the
+/// probe's answer usually comes within a request's time, so telling them
+/// the whole probe slot would make them back off for nothing.
+const WHILE_PROBING: Duration = Duration::from_secs(1);
+
 /// The longest wait asked of a shared budget when the caller has no
 /// deadline (the store needs a number).
 const NO_DEADLINE: Duration = Duration::from_secs(365 * 86_400);
@@ -54,6 +59,15 @@ impl Budgets {
     ) -> Result<Self> {
         let mut named: HashMap<Arc<str>, (Option<Rate>, RateScope, String)> = HashMap::new();
         for (pattern, policy) in policies.iter() {
+            if policy.rate_scope == RateScope::Shared
+                && policy.rate.is_none()
+                && policy.rate_group.is_none()
+            {
+                return Err(Error::config(format!(
+                    "source {pattern:?}: rate_scope is shared, but the source has no rate to share; set its rate"
+                ))
+                .with_operation(Operation::Build));
+            }
             let Some(group) = &policy.rate_group else {
                 continue;
             };
@@ -61,7 +75,7 @@ impl Budgets {
                 None => {
                     named.insert(
                         Arc::clone(group),
-                        (policy.rate, policy.rate_scope, pattern.to_owned()),
+                        (policy.rate, policy.rate_scope, pattern.clone()),
                     );
                 }
                 Some((rate, scope, first)) => {
@@ -69,7 +83,7 @@ impl Budgets {
                         && *scope == policy.rate_scope;
                     if !agrees {
                         return Err(Error::config(format!(
-                            "rate group {group:?}: sources {first:?} and {pattern:?} give it different rates or scopes; a group has one budget, so set its rate once (or the same everywhere)"
+                            "rate_group {group:?}: the policies of {first:?} and {pattern:?} give it different rates or rate_scopes; a group has one budget, so set its rate once (or the same everywhere)"
                         ))
                         .with_operation(Operation::Build));
                     }
@@ -135,6 +149,9 @@ pub(crate) enum Gate {
     Go { probe: bool },
     /// The upstream asked to slow down; no request for this long.
     Open(Duration),
+    /// The open period is over and another call is probing; try again
+    /// after this long.
+    Probing(Duration),
 }
 
 /// How a call went through the budget.
@@ -188,9 +205,65 @@ impl Group {
             }
             Ok(CircuitState::Probe) => Gate::Go { probe: true },
             Ok(CircuitState::Open(wait)) => Gate::Open(wait),
+            Ok(CircuitState::Probing(wait)) => Gate::Probing(wait.min(WHILE_PROBING)),
             Err(e) => {
                 fell_back(shared, counters, "circuit", &e);
                 self.lock_circuit().gate(Instant::now())
+            }
+        }
+    }
+
+    /// Lets a call through the circuit: `Ok(probe)`, or the `Throttled`
+    /// error (counted as `circuit_open`) of a call turned away.
+    pub(crate) async fn admit(
+        &self,
+        source: &str,
+        shared: Option<&Shared>,
+        counters: &SourceCounters,
+    ) -> Result<bool> {
+        let (why, wait) = match self.gate(shared, counters).await {
+            Gate::Go { probe } => return Ok(probe),
+            Gate::Open(wait) => ("the upstream asked to slow down", wait),
+            Gate::Probing(wait) => (
+                "the upstream asked to slow down, and one request is probing whether it recovered",
+                wait,
+            ),
+        };
+        bump(&counters.local().circuit_open);
+        Err(throttled(source, why, wait))
+    }
+
+    /// Waits for a slot of the budget (at most `limit`), counting the wait
+    /// or the refusal. A call that waited asks the circuit again, since an
+    /// upstream may have said "slow down" meanwhile (a probe never is
+    /// stopped by the circuit it probes).
+    pub(crate) async fn take_slot(
+        &self,
+        source: &str,
+        shared: Option<&Shared>,
+        shared_circuit: Option<&Shared>,
+        limit: Option<Duration>,
+        probe: bool,
+        counters: &SourceCounters,
+    ) -> Result<()> {
+        match self.spend(shared, limit, counters).await {
+            Ok(Spent::AtOnce) => Ok(()),
+            Ok(Spent::Waited(_)) => {
+                bump(&counters.local().throttled_waits);
+                if probe {
+                    return Ok(());
+                }
+                self.admit(source, shared_circuit, counters)
+                    .await
+                    .map(|_| ())
+            }
+            Err(wait) => {
+                bump(&counters.local().throttled_rejections);
+                Err(throttled(
+                    source,
+                    "the rate limit's next slot is past the call's deadline",
+                    wait,
+                ))
             }
         }
     }
@@ -319,7 +392,7 @@ impl Circuit {
             None => Gate::Go { probe: false },
             Some(until) if now < until => Gate::Open(until - now),
             Some(_) => match self.probe_until {
-                Some(probing) if now < probing => Gate::Open(probing - now),
+                Some(probing) if now < probing => Gate::Probing((probing - now).min(WHILE_PROBING)),
                 _ => {
                     self.probe_until = Some(now + PROBE_TTL);
                     Gate::Go { probe: true }
@@ -394,33 +467,15 @@ impl Budget {
     /// probe ([`Budget::answered`] tells how it went).
     pub(crate) async fn pass(&self, limit: Option<Duration>) -> Result<bool> {
         let shared = self.shared.as_ref();
-        let probe = match self.group.gate(shared, &self.counters).await {
-            Gate::Go { probe } => probe,
-            Gate::Open(wait) => {
-                bump(&self.counters.local().circuit_open);
-                return Err(throttled(
-                    &self.source,
-                    "the upstream asked to slow down",
-                    wait,
-                ));
-            }
-        };
+        let probe = self
+            .group
+            .admit(&self.source, shared, &self.counters)
+            .await?;
         let limit = [self.max_wait, limit].into_iter().flatten().min();
-        match self.group.spend(shared, limit, &self.counters).await {
-            Ok(Spent::AtOnce) => Ok(probe),
-            Ok(Spent::Waited(_)) => {
-                bump(&self.counters.local().throttled_waits);
-                Ok(probe)
-            }
-            Err(wait) => {
-                bump(&self.counters.local().throttled_rejections);
-                Err(throttled(
-                    &self.source,
-                    "the rate limit's next slot is past the call's deadline",
-                    wait,
-                ))
-            }
-        }
+        self.group
+            .take_slot(&self.source, shared, shared, limit, probe, &self.counters)
+            .await?;
+        Ok(probe)
     }
 
     /// Takes the upstream's answer to a request that passed (see
@@ -460,7 +515,7 @@ mod tests {
         let after = t0 + Duration::from_secs(2);
         assert_eq!(c.gate(after), Gate::Go { probe: true });
         assert!(
-            matches!(c.gate(after), Gate::Open(_)),
+            matches!(c.gate(after), Gate::Probing(w) if w <= WHILE_PROBING),
             "one probe at a time"
         );
         assert_eq!(

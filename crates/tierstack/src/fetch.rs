@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use tierstack_core::{Decoded, Error, ErrorKind, Header, Key, Operation, Result};
 
-use crate::budget::{self, Budget, Gate, Spent};
+use crate::budget::{self, Budget};
 use crate::cache::{CacheValue, Lookup, TieredCache, Ttl};
 use crate::fetch_error::FetchError;
 use crate::flight::{self, Answer, Joined, LeaderGuard};
@@ -399,9 +399,10 @@ impl TieredCache {
                 }
                 Err(e) => {
                     let e = e.into();
-                    budget.answered(slow_down(&*e), probe).await;
+                    let wait = slow_down(&*e);
+                    budget.answered(wait, probe).await;
                     bump(&source.local().fetch_errors);
-                    Err(fetch_error(key, e))
+                    Err(fetch_error(key, e, wait))
                 }
             };
         }
@@ -516,25 +517,16 @@ impl TieredCache {
         }
         let source = Arc::clone(&miss.source);
         let limit = wait_limit(&miss.options, miss.stale.is_some(), policy.max_wait);
-        match group
-            .spend(
+        group
+            .take_slot(
+                key.source(),
                 self.inner.budgets.shared(),
+                shared,
                 remaining(limit, miss.started),
+                probe,
                 &source,
             )
-            .await
-        {
-            Ok(Spent::AtOnce) => {}
-            Ok(Spent::Waited(_)) => bump(&source.local().throttled_waits),
-            Err(wait) => {
-                bump(&source.local().throttled_rejections);
-                return Err(budget::throttled(
-                    key.source(),
-                    "the rate limit's next slot is past the call's deadline",
-                    wait,
-                ));
-            }
-        }
+            .await?;
         bump(&source.local().fetches);
         let has_stale = miss.stale.is_some();
         let context = FetchContext::new(key, has_stale, Some(self.budget(policy, key)));
@@ -549,8 +541,9 @@ impl TieredCache {
             }
             Some(Ok(Err(e))) => {
                 let e = e.into();
-                group.answered(slow_down(&*e), probe, shared, &source).await;
-                fetch_error(key, e)
+                let slow_down = slow_down(&*e);
+                group.answered(slow_down, probe, shared, &source).await;
+                fetch_error(key, e, slow_down)
             }
             Some(Err(panic)) => {
                 bump(&source.local().fetch_errors);
@@ -590,17 +583,7 @@ impl TieredCache {
         let (key, source) = (miss.key, Arc::clone(&miss.source));
         let mut waited = false;
         loop {
-            let probe = match group.gate(shared, &source).await {
-                Gate::Go { probe } => probe,
-                Gate::Open(wait) => {
-                    bump(&source.local().circuit_open);
-                    return Err(budget::throttled(
-                        key.source(),
-                        "the upstream asked to slow down",
-                        wait,
-                    ));
-                }
-            };
+            let probe = group.admit(key.source(), shared, &source).await?;
             let Some(shared) = shared else {
                 return Ok(ControlFlow::Continue(probe));
             };
@@ -867,9 +850,18 @@ fn typed<V: CacheValue>(answer: &Answer) -> Option<Option<Arc<V>>> {
 }
 
 /// "fetch failed: {key}", with the fetch's own error as the source (not in
-/// the message, so a report shows it once).
-pub(crate) fn fetch_error(key: &Key, error: BoxError) -> Error {
-    Error::new(ErrorKind::Fetch, key.to_string())
+/// the message, so a report shows it once). A fetch the upstream answered
+/// with "slow down" is `Throttled`, like the calls its circuit turns away.
+pub(crate) fn fetch_error(key: &Key, error: BoxError, slow_down: Option<Duration>) -> Error {
+    let failed = match slow_down {
+        Some(wait) => Error::new(
+            ErrorKind::Throttled,
+            format!("{key}: the upstream asked to slow down"),
+        )
+        .with_retry_after(wait),
+        None => Error::new(ErrorKind::Fetch, key.to_string()),
+    };
+    failed
         .with_operation(Operation::Fetch)
         .with_shared_source(Arc::from(error))
 }

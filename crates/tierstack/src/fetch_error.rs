@@ -106,6 +106,19 @@ impl fmt::Display for FetchError {
     }
 }
 
+/// A tierstack error inside a fetch (`ctx.spend().await?` turned away by
+/// the budget) becomes a plain fetch failure with it as the source. Its
+/// `retry_after` is not the upstream's "slow down", so it opens no circuit.
+impl From<tierstack_core::Error> for FetchError {
+    fn from(error: tierstack_core::Error) -> Self {
+        Self {
+            retry_after: None,
+            message: Some(error.message().to_owned()),
+            source: Some(Box::new(error)),
+        }
+    }
+}
+
 impl std::error::Error for FetchError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source

@@ -170,12 +170,14 @@ impl Policies {
             .unwrap_or_default()
     }
 
-    /// Every pattern and its policy.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &SourcePolicy)> {
-        self.exact
+    /// Every pattern (as written: prefixes end in `*`) and its policy.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (String, &SourcePolicy)> {
+        let exact = self.exact.iter().map(|(p, policy)| (p.clone(), policy));
+        let prefixes = self
+            .prefixes
             .iter()
-            .chain(&self.prefixes)
-            .map(|(p, policy)| (p.as_str(), policy))
+            .map(|(p, policy)| (format!("{p}*"), policy));
+        exact.chain(prefixes)
     }
 }
 

@@ -198,6 +198,7 @@ fn a_rate_group_with_two_rates_is_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("\"g\""), "{err}");
+    assert!(err.to_string().contains("rate_group"), "{err}");
 }
 
 #[tokio::test]
@@ -399,7 +400,12 @@ async fn a_retry_after_stops_every_fetch_of_the_source_serves_stale_then_one_pro
     for call in calls {
         match call.await.unwrap() {
             Ok(_) => ok += 1,
-            Err(e) => assert_eq!(e.kind(), ErrorKind::Throttled, "{e:?}"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Throttled, "{e:?}");
+                // Told to come back soon, not after the whole probe slot.
+                assert!(e.retry_after().unwrap() <= Duration::from_secs(1), "{e:?}");
+                assert!(e.to_string().contains("probing"), "{e}");
+            }
         }
     }
     assert_eq!(ok, 1, "one probe");
@@ -438,4 +444,66 @@ async fn a_pass_through_cache_still_keeps_the_budget() {
     assert_eq!(err.kind(), ErrorKind::Throttled, "{err:?}");
     let s = cache.stats().sources["api"];
     assert_eq!((s.fetches, s.throttled_rejections), (1, 1));
+}
+
+#[tokio::test]
+async fn a_slow_down_stops_the_calls_already_waiting_for_a_slot_and_is_throttled_itself() {
+    let cache = cache_with("api", SourcePolicy::default().rate(rate("10/s")));
+    let calls = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..5)
+        .map(|n| {
+            let (cache, calls) = (cache.clone(), Arc::clone(&calls));
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(&key("api", n), Ttl::TierDefault, |_| async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        Err::<u64, _>(
+                            FetchError::throttled(Duration::from_secs(5)).with_message("HTTP 429"),
+                        )
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for handle in handles {
+        errors.push(handle.await.unwrap().unwrap_err());
+    }
+    // The first request got the 429; the four queued behind the rate limit
+    // asked the circuit again after their wait, and none was sent.
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    for e in &errors {
+        assert_eq!(e.kind(), ErrorKind::Throttled, "{e:?}");
+        let wait = e.retry_after().unwrap();
+        assert!(
+            wait <= Duration::from_secs(5) && wait > Duration::from_secs(3),
+            "{e:?}"
+        );
+    }
+    // The one whose own request got the 429 says so, with the upstream's error.
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.report().to_string().contains("HTTP 429")),
+        "{errors:?}"
+    );
+    let s = cache.stats().sources["api"];
+    assert_eq!(
+        (s.fetches, s.fetch_errors, s.circuit_open),
+        (1, 1, 4),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn a_shared_budget_without_a_rate_is_refused_by_the_builder_too() {
+    let err = TieredCache::builder()
+        .source_policy(
+            "api:*",
+            SourcePolicy::default().rate_scope(tierstack::RateScope::Shared),
+        )
+        .try_build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("\"api:*\""), "{err}");
 }
