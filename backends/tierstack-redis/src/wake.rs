@@ -345,3 +345,52 @@ impl Complaints {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RedisConfig;
+
+    fn wakes() -> Wakes {
+        let target = Target::from_config(&RedisConfig::new("redis://127.0.0.1:1")).unwrap();
+        Wakes::new("p:c:released:1".to_owned(), target)
+    }
+
+    /// Outside a runtime no subscriber starts, which lets this test drive
+    /// the registry by hand.
+    #[test]
+    fn a_message_wakes_the_waiters_of_its_lease_only_and_the_last_waiter_cleans_up() {
+        let wakes = wakes();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut first = wakes.register("p:c:l:1:a".to_owned());
+        let mut second = wakes.register("p:c:l:1:a".to_owned());
+        let mut other = wakes.register("p:c:l:1:b".to_owned());
+        assert_eq!(wakes.state.waiting().len(), 2);
+        for waiter in [&mut first, &mut second, &mut other] {
+            waiter.checking();
+        }
+        wakes.state.wake(b"p:c:l:1:a");
+        let soon = Duration::from_millis(50);
+        runtime.block_on(async {
+            tokio::time::timeout(soon, first.woken()).await.unwrap();
+            tokio::time::timeout(soon, second.woken()).await.unwrap();
+            assert!(tokio::time::timeout(soon, other.woken()).await.is_err());
+            // Seen: the next wait needs a new message.
+            first.checking();
+            assert!(tokio::time::timeout(soon, first.woken()).await.is_err());
+            // A message that came before the pause is not missed.
+            wakes.state.wake(b"p:c:l:1:a");
+            tokio::time::timeout(soon, first.woken()).await.unwrap();
+        });
+        drop(second);
+        assert_eq!(wakes.state.waiting().len(), 2, "one waiter of a is left");
+        drop(first);
+        drop(other);
+        assert!(wakes.state.waiting().is_empty());
+        wakes.state.wake(b"p:c:l:1:a");
+        assert!(!wakes.subscribed());
+    }
+}
