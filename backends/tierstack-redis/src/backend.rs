@@ -13,9 +13,10 @@ use tierstack_core::{
 
 use crate::backplane::RedisBackplane;
 use crate::breaker::{Admit, Breaker};
-use crate::config::{BREAKER_COOLDOWN, RESPONSE_TIMEOUT, RedisConfig};
+use crate::config::{BREAKER_COOLDOWN, LEASE_POLL, RESPONSE_TIMEOUT, RedisConfig};
 use crate::connection::{Conn, NodeConn, Target};
 use crate::coordinator::RedisCoordinator;
+use crate::wake::Wakes;
 use crate::{CAPABILITIES, error};
 
 /// Keys fetched and removed per round trip by `clear`, `size` and `scan`.
@@ -55,6 +56,11 @@ pub(crate) struct Shared {
     timeout: Duration,
     breaker: Breaker,
     backplane: Option<Arc<RedisBackplane>>,
+    /// Wakes this tier's lease waiters when a lease is released.
+    pub(crate) wakes: Wakes,
+    /// Longest pause between two checks of a waited-on lease while
+    /// releases arrive as messages.
+    pub(crate) lease_poll: Duration,
 }
 
 impl std::fmt::Debug for Shared {
@@ -105,6 +111,13 @@ impl RedisTier {
         let conn = target.lazy()?;
         let namespace = entry_namespace(&config.prefix, schema_version);
         let pattern = format!("{}*", glob_escape(&namespace));
+        let wakes = Wakes::new(
+            format!(
+                "{}released:{schema_version}",
+                coordination_namespace(&config.prefix)
+            ),
+            target.clone(),
+        );
         let shared = Arc::new_cyclic(|weak| Shared {
             name: config.name.clone(),
             target,
@@ -130,6 +143,8 @@ impl RedisTier {
                     ),
                 ))
             }),
+            wakes,
+            lease_poll: config.lease_poll.unwrap_or(LEASE_POLL),
         });
         let tier = Self { shared };
         if tier.current().is_none() {

@@ -337,6 +337,28 @@ impl Target {
         Ok(out)
     }
 
+    /// The time one command's answer may take.
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// How long subscribing may take: [`Target::pubsub_client`] may try
+    /// every Cluster seed (or ask a sentinel) before the connection and the
+    /// `SUBSCRIBE` answer.
+    pub(crate) fn subscribe_timeout(&self) -> Duration {
+        let attempts = match &self.mode {
+            Mode::Single(_) => 1,
+            Mode::Cluster(seeds) => seeds.len(),
+            Mode::Sentinel { nodes, .. } => nodes.len(),
+        };
+        let attempts = u32::try_from(attempts)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        self.connect_timeout
+            .saturating_mul(attempts)
+            .saturating_add(self.response_timeout)
+    }
+
     /// A client for pub/sub: the single server, the first reachable Cluster
     /// seed (Cluster pub/sub reaches every node), or the current master.
     pub(crate) async fn pubsub_client(&self) -> Result<Client> {

@@ -5,6 +5,8 @@
 //! it is atomic on a single server and runs on the key's own node on a
 //! Cluster, whatever `{`/`}` (hash tags) the key or the bucket name holds.
 //! Times come from the server (`PX`, `TIME`), never from the hosts' clocks.
+//! A release also publishes on the tier's release channel, which wakes the
+//! waiters (see [`crate::wake`]); publishing touches no key.
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -28,11 +30,17 @@ pub(crate) const CIRCUIT_LINGER: Duration = Duration::from_secs(60);
 /// garbage. 2^50 µs is 35 years.
 const LARGEST_LUA_NUMBER: u64 = 1 << 50;
 
-/// First pause between two polls in `wait_released`.
+/// First pause between two polls in `wait_released`. Short, because
+/// before the tier's first subscription is confirmed polling is the only
+/// way to see a release, and most leases are held for a short fetch; the
+/// pause doubles, so a long wait costs a few polls more, not a poll every
+/// 5 ms.
 const FIRST_POLL: Duration = Duration::from_millis(5);
-/// Longest pause between two polls: a released lease is seen this late at
-/// most.
-const LONGEST_POLL: Duration = Duration::from_millis(50);
+/// Longest pause between two polls while no subscription is live (the
+/// subscriber is reconnecting, or the server refuses it): without messages,
+/// a release is seen this late at most, as before wake-ups existed. The
+/// configured `lease_poll` applies while releases arrive as messages.
+const POLL_WITHOUT_WAKE: Duration = Duration::from_millis(50);
 
 /// Extends a lease only if `ARGV[1]` still holds it.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
@@ -46,15 +54,26 @@ return 0
     )
 });
 
-/// Deletes a lease only if `ARGV[1]` holds it: a holder whose lease expired
-/// and was taken over never frees the new holder's.
+/// Deletes a lease only if `ARGV[1]` holds it (a holder whose lease expired
+/// and was taken over never frees the new holder's), then announces it on
+/// the channel `ARGV[2]` with the lease's key name. `PUBLISH` is no key
+/// access: the script still touches one key, and on a Cluster the message
+/// reaches every node's subscribers. `pcall`: a refused `PUBLISH` (an ACL
+/// user without rights on the channel) must not fail the release, whose
+/// `DEL` already happened; waiters then see it by polling. Returns 0 (not
+/// the owner), 1 (released and announced), 2 (released, not announced).
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+redis.call('DEL', KEYS[1])
+local sent = redis.pcall('PUBLISH', ARGV[2], KEYS[1])
+if type(sent) == 'table' and sent.err then
+  return 2
+end
+return 1
 ",
     )
 });
@@ -143,7 +162,8 @@ return {3, probe_until - now}
 ///
 /// Keys, all under `{prefix}:c:`, the namespace reserved for coordination:
 /// leases `{prefix}:c:l:{schema_version}:{key}`, rate buckets
-/// `{prefix}:c:r:{bucket}`, circuits `{prefix}:c:o:{name}`.
+/// `{prefix}:c:r:{bucket}`, circuits `{prefix}:c:o:{name}`; releases are
+/// announced on the channel `{prefix}:c:released:{schema_version}`.
 pub(crate) struct RedisCoordinator {
     shared: Arc<Shared>,
 }
@@ -267,26 +287,44 @@ impl Coordinator for RedisCoordinator {
         Ok(renewed == 1)
     }
 
-    /// Waiters poll, so they see the release within [`LONGEST_POLL`].
+    /// Deletes the lease if `owner` holds it and publishes its key name on
+    /// the release channel, which wakes the waiters of every process.
     async fn release(&self, key: &Key, owner: &LeaseOwner) -> Result<()> {
-        let _deleted: i64 = self
+        let released: i64 = self
             .script(
                 &RELEASE,
                 self.lease_key(key),
-                vec![owner.as_str().to_owned()],
+                vec![
+                    owner.as_str().to_owned(),
+                    self.shared.wakes.channel().to_owned(),
+                ],
             )
             .await?;
+        if released == 2 {
+            tracing::debug!(
+                tier = %self.shared.name,
+                channel = self.shared.wakes.channel(),
+                "lease released but the release could not be published (no channel rights?); waiters see it by polling"
+            );
+        }
         Ok(())
     }
 
-    /// Polls `EXISTS` with a backoff from 5 ms to 50 ms. (No pub/sub: the
-    /// tier keeps no subscription it could share, and a connection per
-    /// waiter would cost more than the polls.)
+    /// Registers for the release message, then polls `EXISTS` with a
+    /// backoff from 5 ms to `lease_poll` (250 ms by default) while the
+    /// tier's subscription is live, or to 50 ms while it is not. A message
+    /// about the lease (or the subscription coming or going) cuts the pause
+    /// short. The wait never outlasts `timeout` by more than one `EXISTS`.
     async fn wait_released(&self, key: &Key, timeout: Duration) -> Result<bool> {
         let name = self.lease_key(key);
         let deadline = Instant::now() + timeout;
-        let mut pause = FIRST_POLL;
+        // Before the first check: a release between the check and the
+        // pause must still cut the pause short.
+        let mut waiter = self.shared.wakes.register(name.clone());
+        let longest = self.shared.lease_poll.max(Duration::from_millis(1));
+        let mut pause = FIRST_POLL.min(longest);
         loop {
+            waiter.checking();
             let mut cmd = redis::cmd("EXISTS");
             cmd.arg(&name);
             let held: i64 = self.command(cmd).await?;
@@ -297,8 +335,18 @@ impl Coordinator for RedisCoordinator {
             if left.is_zero() {
                 return Ok(false);
             }
-            tokio::time::sleep(pause.min(left)).await;
-            pause = (pause * 2).min(LONGEST_POLL);
+            // Read at every pause: a subscription lost during a long pause
+            // wakes the waiter, which then polls at the short interval.
+            let cap = if self.shared.wakes.subscribed() {
+                longest
+            } else {
+                longest.min(POLL_WITHOUT_WAKE)
+            };
+            pause = pause.min(cap);
+            tokio::select! {
+                () = tokio::time::sleep(pause.min(left)) => pause = pause.saturating_mul(2),
+                () = waiter.woken() => {}
+            }
         }
     }
 

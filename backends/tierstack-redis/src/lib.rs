@@ -9,6 +9,7 @@ mod config;
 mod connection;
 mod coordinator;
 mod error;
+mod wake;
 
 pub use backend::RedisTier;
 pub use config::{RedisConfig, SentinelConfig};

@@ -93,3 +93,106 @@ async fn coordination_keys_spread_over_every_master() {
     }
     assert_eq!(holding, 60);
 }
+
+/// A release is published on the master of its lease's slot; classic
+/// PUBLISH reaches every node, so a waiter whose tier subscribed on one
+/// node (the first seed) is woken for leases on all three masters, long
+/// before its next poll (`lease_poll` 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_on_any_master_wakes_a_waiter_subscribed_on_one_node() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tierstack::{Key, LeaseOwner, Tier};
+    use tierstack_conformance::redis_server::redis_cli;
+
+    let prefix = unique_prefix("wake");
+    let config = RedisConfig::cluster(cluster().urls())
+        .prefix(&prefix)
+        .lease_poll(Duration::from_secs(10));
+    let holder_tier = RedisTier::open(&config, 1).await.expect("opens");
+    let waiter_tier = RedisTier::open(&config, 1).await.expect("opens");
+    let holder = holder_tier.coordinator().expect("coordinates");
+    let waiter = waiter_tier.coordinator().expect("coordinates");
+    let channel = format!("{prefix}:c:released:1");
+    let subscribers = || -> u64 {
+        cluster()
+            .nodes()
+            .iter()
+            .map(|node| {
+                redis_cli(node.port(), &["PUBSUB", "NUMSUB", &channel])
+                    .lines()
+                    .nth(1)
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    assert!(
+        waiter
+            .wait_released(
+                &Key::new("src", [("id", "warm-up")]),
+                Duration::from_secs(1)
+            )
+            .await
+            .unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while subscribers() != 1 {
+        assert!(Instant::now() < deadline, "no subscription");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let owner = LeaseOwner::random();
+    let keys: Vec<Key> = (0..9)
+        .map(|n| Key::new("src", [("id", format!("{{w{n}}}"))]))
+        .collect();
+    for key in &keys {
+        assert!(
+            holder
+                .acquire(key, &owner, Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+    }
+    let masters_holding = cluster()
+        .nodes()
+        .iter()
+        .filter(|node| {
+            !redis_cli(
+                node.port(),
+                &["--scan", "--pattern", &format!("{prefix}:c:l:*")],
+            )
+            .trim()
+            .is_empty()
+        })
+        .count();
+    assert_eq!(masters_holding, 3, "the leases spread over every master");
+    let waiting: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (waiter, key) = (Arc::clone(&waiter), key.clone());
+            tokio::spawn(async move {
+                let free = waiter
+                    .wait_released(&key, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                (free, Instant::now())
+            })
+        })
+        .collect();
+    // Past the waiters' early polls: the next is ~475 ms away.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut latencies = Vec::new();
+    for (key, task) in keys.iter().zip(waiting) {
+        let releasing = Instant::now();
+        holder.release(key, &owner).await.unwrap();
+        let (free, at) = task.await.unwrap();
+        assert!(free);
+        latencies.push(at.saturating_duration_since(releasing));
+    }
+    eprintln!("Cluster: woken {latencies:?} after each release");
+    for latency in &latencies {
+        assert!(*latency < Duration::from_millis(100), "{latencies:?}");
+    }
+}

@@ -276,6 +276,21 @@ async fn an_acl_user_coordinates_in_its_namespace_and_is_refused_outside_it() {
         inside.spend("b", rate, Duration::ZERO).await.unwrap(),
         Spend::Granted(Duration::ZERO)
     );
+    // The user has no channel rights (`&`): the release script's PUBLISH
+    // is refused, the release itself is not, and a wait sees it by polling.
+    inside.release(&key, &owner).await.unwrap();
+    let lease = format!("{prefix}:c:l:1:{}", key.as_str());
+    let exists = redis_cli(
+        server.port(),
+        &["-a", "adminpw", "--no-auth-warning", "EXISTS", &lease],
+    );
+    assert_eq!(exists.trim(), "0");
+    assert!(
+        inside
+            .wait_released(&key, Duration::from_secs(1))
+            .await
+            .unwrap()
+    );
 
     let outside_tier = RedisTier::open(&config.clone().prefix("elsewhere"), 1)
         .await

@@ -166,6 +166,54 @@ async fn a_master_found_through_sentinel() {
     // The entry is on the master Sentinel named.
     let keys = redis_cli(master.port(), &["--scan"]);
     assert!(keys.contains("audnexus:book:asin=rt"), "{keys}");
+
+    // Lease waiters subscribe on the master Sentinel named, and a release
+    // wakes them long before their next poll (lease_poll 10 s).
+    let coordination = RedisTier::open(&config.clone().lease_poll(Duration::from_secs(10)), 1)
+        .await
+        .unwrap()
+        .coordinator()
+        .unwrap();
+    let lease = key("sentinel-lease");
+    assert!(
+        coordination
+            .wait_released(&lease, Duration::from_secs(1))
+            .await
+            .unwrap()
+    );
+    let channel = format!("{}:c:released:1", config.prefix);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !redis_cli(master.port(), &["PUBSUB", "NUMSUB", &channel]).ends_with("\n1\n") {
+        assert!(Instant::now() < deadline, "no subscriber on the master");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let owner = tierstack::LeaseOwner::random();
+    assert!(
+        coordination
+            .acquire(&lease, &owner, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    let waiting = {
+        let (coordination, lease) = (Arc::clone(&coordination), lease.clone());
+        tokio::spawn(async move {
+            let free = coordination
+                .wait_released(&lease, Duration::from_secs(30))
+                .await
+                .unwrap();
+            (free, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let releasing = Instant::now();
+    coordination.release(&lease, &owner).await.unwrap();
+    let (free, at) = waiting.await.unwrap();
+    let latency = at.saturating_duration_since(releasing);
+    assert!(free);
+    assert!(
+        latency < Duration::from_millis(100),
+        "woken {latency:?} after the release"
+    );
 }
 
 #[tokio::test]
