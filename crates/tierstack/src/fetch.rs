@@ -588,7 +588,7 @@ impl TieredCache {
                 return Ok(ControlFlow::Continue(probe));
             };
             let ttl = self.inner.lease_ttl;
-            match shared.coordinator.acquire(key, &shared.owner, ttl).await {
+            match self.take_lease(shared, key, ttl).await {
                 Ok(true) => {
                     // Free after a wait without a value: the holder died or failed.
                     let won = if waited {
@@ -631,6 +631,18 @@ impl TieredCache {
                 return Ok(ControlFlow::Break(answered));
             }
         }
+    }
+
+    /// Takes the lease of `key`. A lease this cache holds already is one
+    /// whose release failed (the store was unreachable when the last fetch
+    /// ended): single-flight makes this caller the only one of the process
+    /// fetching the key, so it takes that lease back instead of waiting it
+    /// out.
+    async fn take_lease(&self, shared: &budget::Shared, key: &Key, ttl: Duration) -> Result<bool> {
+        if shared.coordinator.acquire(key, &shared.owner, ttl).await? {
+            return Ok(true);
+        }
+        shared.coordinator.renew(key, &shared.owner, ttl).await
     }
 
     /// Looks through the tiers again (quietly: the call's miss is counted
