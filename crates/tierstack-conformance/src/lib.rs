@@ -1,12 +1,15 @@
 #![doc = include_str!("../README.md")]
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
+pub mod broken;
 pub mod cases;
 pub mod coordination;
 pub mod processes;
 pub mod redis_server;
 
 use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tierstack::Tier;
@@ -41,14 +44,40 @@ impl Harness {
     }
 }
 
-/// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
-/// function (or closure returning a future) that returns a [`Harness`] with
-/// an empty tier. The calling crate needs `tokio` (with `macros` and
-/// `rt-multi-thread`) as a dev-dependency.
+/// One conformance case, callable on its own: the self-test
+/// (`tests/self_test.rs`) runs every case against the deliberately
+/// [`broken`] tiers and checks that each is caught.
+#[derive(Clone, Copy)]
+pub struct Case {
+    /// The case's name, as in [`cases`] and in the tests
+    /// [`conformance_suite!`] generates.
+    pub name: &'static str,
+    /// Runs the case on a harness; panics when the tier misbehaves.
+    pub run: fn(Harness) -> CaseFuture,
+}
+
+/// The future a [`Case`] returns.
+pub type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every conformance case, in the order [`conformance_suite!`] lists them
+/// (both come from one list).
+pub fn all_cases() -> Vec<Case> {
+    crate::__with_conformance_cases! { @list }
+}
+
+/// The one list of conformance cases: calls [`conformance_suite!`] with
+/// `$prefix` followed by the case names. Not for direct use.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! conformance_suite {
-    ($make:expr) => {
-        $crate::conformance_suite!(@cases $make;
+macro_rules! __with_conformance_cases {
+    ($($prefix:tt)*) => {
+        $crate::conformance_suite! { $($prefix)*
             get_of_missing_key_is_none,
             set_then_get_returns_the_entry,
             set_overwrites_previous_value,
@@ -80,7 +109,23 @@ macro_rules! conformance_suite {
             other_schema_versions_are_counted_misses,
             value_of_another_type_is_a_miss_not_an_error,
             entry_under_another_key_is_a_counted_miss,
-        );
+        }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
+/// function (or closure returning a future) that returns a [`Harness`] with
+/// an empty tier. The calling crate needs `tokio` (with `macros` and
+/// `rt-multi-thread`) as a dev-dependency.
+#[macro_export]
+macro_rules! conformance_suite {
+    (@list $($case:ident),* $(,)?) => {
+        vec![$(
+            $crate::Case {
+                name: stringify!($case),
+                run: |harness| Box::pin($crate::cases::$case(harness)),
+            }
+        ),*]
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
@@ -90,5 +135,8 @@ macro_rules! conformance_suite {
                 $crate::cases::$case(harness).await;
             }
         )*
+    };
+    ($make:expr) => {
+        $crate::__with_conformance_cases! { @cases $make; }
     };
 }
