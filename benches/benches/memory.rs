@@ -206,24 +206,8 @@ fn memory(c: &mut Criterion) {
             async move { cache.get::<Book>(k).await.expect("hit") }
         });
     });
-    group.bench_function("get_or_fetch", |b| {
-        b.to_async(&rt).iter(|| {
-            i = (i + 1) % KEYS;
-            let (k, n) = (&keys[i], i);
-            let cache = &cache;
-            async move {
-                cache
-                    .get_or_fetch::<Book, _, _, Infallible>(
-                        k,
-                        FetchOptions::default(),
-                        |_| async move { Ok(book(n)) },
-                    )
-                    .await
-                    .expect("hit")
-            }
-        });
-    });
     for (name, cache) in [
+        ("get_or_fetch", &cache),
         ("get_or_fetch_memory_only", &only_memory),
         ("get_or_fetch_rate_limited", &limited),
     ] {

@@ -373,7 +373,7 @@ fn quota(rate: Rate) -> Quota {
 
 /// A coordination call failed: this process decides alone until the store
 /// answers again. Counted; logged at most once a minute per cache.
-fn fell_back(shared: &Shared, counters: &SourceCounters, what: &str, error: &Error) {
+pub(crate) fn fell_back(shared: &Shared, counters: &SourceCounters, what: &str, error: &Error) {
     bump(&counters.local().coordination_fallbacks);
     crate::lease::warn_sometimes(&shared.tier, what, error);
 }

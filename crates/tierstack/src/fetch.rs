@@ -602,8 +602,7 @@ impl TieredCache {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    bump(&source.local().coordination_fallbacks);
-                    crate::lease::warn_sometimes(&shared.tier, "lease", &e);
+                    budget::fell_back(shared, &source, "lease", &e);
                     return Ok(ControlFlow::Continue(probe));
                 }
             }
@@ -622,8 +621,7 @@ impl TieredCache {
             }
             let wait = left.map_or(ttl, |left| left.min(ttl));
             if let Err(e) = shared.coordinator.wait_released(key, wait).await {
-                bump(&source.local().coordination_fallbacks);
-                crate::lease::warn_sometimes(&shared.tier, "lease", &e);
+                budget::fell_back(shared, &source, "lease", &e);
                 return Ok(ControlFlow::Continue(probe));
             }
             // The holder wrote the value before it let go.
