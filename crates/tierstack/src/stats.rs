@@ -7,6 +7,7 @@
 //! every hit. Adds are atomic, so threads that share a slot (more threads
 //! than slots) still count exactly.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -146,31 +147,109 @@ type SourceMap = HashMap<Arc<str>, Arc<SourceCounters>, foldhash::fast::RandomSt
 
 /// Per-source counters, created on first use of a source.
 ///
-/// The handles live in one map, and each thread slot keeps its own copy of
-/// the handles it used behind a lock of its own, so that a hit's lookup
-/// takes a lock no other thread is taking at the same time.
-#[derive(Debug, Default)]
+/// The handles live in one map. A hit finds its source's handle in a small
+/// per-thread memo of the sources it counted last, which takes no lock and
+/// hashes nothing; on a memo miss, it looks in its thread slot's copy of
+/// the handles, behind a lock no other thread is taking at the same time.
+#[derive(Debug)]
 pub(crate) struct Sources {
+    /// Tells this cache's entries in the per-thread memo from another's.
+    id: u64,
     all: RwLock<SourceMap>,
     known: Striped<Mutex<SourceMap>>,
 }
 
+impl Default for Sources {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            all: RwLock::default(),
+            known: Striped::default(),
+        }
+    }
+}
+
+/// Sources a thread remembers; a service's hot path reads a few.
+const RECENT_SOURCES: usize = 4;
+
+/// One source a thread counted lately, and which cache it belongs to.
+struct RecentSource {
+    owner: u64,
+    source: Arc<str>,
+    counters: Arc<SourceCounters>,
+}
+
+/// The per-thread memo of [`Sources::with`]: the last sources counted,
+/// replaced round robin. It holds at most [`RECENT_SOURCES`] handles of
+/// caches that may be gone, which the thread frees when it ends.
+struct RecentSources {
+    entries: [Option<RecentSource>; RECENT_SOURCES],
+    next: usize,
+}
+
+thread_local! {
+    static RECENT: RefCell<RecentSources> = const {
+        RefCell::new(RecentSources {
+            entries: [const { None }; RECENT_SOURCES],
+            next: 0,
+        })
+    };
+}
+
 impl Sources {
-    /// Runs `f` on the counters of `source`, from the calling thread's copy
-    /// of the handles.
+    /// Runs `f` on the calling thread's slot of the counters of `source`.
     pub(crate) fn with<T>(&self, source: &str, f: impl FnOnce(&SourceCounts) -> T) -> T {
+        let remembered = RECENT.with(|recent| {
+            let Ok(recent) = recent.try_borrow() else {
+                return Err(f);
+            };
+            let found = recent
+                .entries
+                .iter()
+                .flatten()
+                .find(|r| r.owner == self.id && &*r.source == source);
+            match found {
+                Some(r) => Ok(f(r.counters.local())),
+                None => Err(f),
+            }
+        });
+        let f = match remembered {
+            Ok(answer) => return answer,
+            Err(f) => f,
+        };
+        let (source, counters) = self.known_to_this_slot(source);
+        let answer = f(counters.local());
+        RECENT.with(|recent| {
+            // Busy only if `f` re-entered; the memo is then left as it is.
+            if let Ok(mut recent) = recent.try_borrow_mut() {
+                let at = recent.next;
+                recent.next = (at + 1) % RECENT_SOURCES;
+                recent.entries[at] = Some(RecentSource {
+                    owner: self.id,
+                    source,
+                    counters,
+                });
+            }
+        });
+        answer
+    }
+
+    /// The handle of `source` from the calling thread slot's copy, added
+    /// there on first use.
+    fn known_to_this_slot(&self, source: &str) -> (Arc<str>, Arc<SourceCounters>) {
         let mut known = self
             .known
             .local()
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(counters) = known.get(source) {
-            return f(counters.local());
+        if let Some((name, counters)) = known.get_key_value(source) {
+            return (Arc::clone(name), Arc::clone(counters));
         }
         let counters = self.get(source);
-        known.insert(Arc::from(source), Arc::clone(&counters));
-        drop(known);
-        f(counters.local())
+        let name: Arc<str> = Arc::from(source);
+        known.insert(Arc::clone(&name), Arc::clone(&counters));
+        (name, counters)
     }
 
     /// The counters of `source`, for paths that count several times (a
@@ -358,5 +437,76 @@ impl CacheStats {
                 lease_takeovers: a.lease_takeovers + s.lease_takeovers,
                 coordination_fallbacks: a.coordination_fallbacks + s.coordination_fallbacks,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hits(sources: &Sources) -> BTreeMap<String, u64> {
+        sources
+            .snapshot()
+            .into_iter()
+            .map(|(source, stats)| (source, stats.hits))
+            .collect()
+    }
+
+    #[test]
+    fn the_memo_keeps_caches_and_sources_apart() {
+        let first = Sources::default();
+        let second = Sources::default();
+        // More sources than the memo holds, so entries are replaced while
+        // counting, and the same names in two caches.
+        let names: Vec<String> = (0..RECENT_SOURCES + 2).map(|i| format!("s{i}")).collect();
+        for round in 0..100u64 {
+            for (i, name) in names.iter().enumerate() {
+                first.with(name, |c| add(&c.hits, 1));
+                if i % 2 == 0 {
+                    second.with(name, |c| add(&c.hits, round + 1));
+                }
+            }
+        }
+        let first = hits(&first);
+        let second = hits(&second);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(first[name], 100, "{name} in the first cache");
+            let want = if i % 2 == 0 { 5050 } else { 0 };
+            assert_eq!(
+                second.get(name).copied().unwrap_or(0),
+                want,
+                "{name} in the second"
+            );
+        }
+    }
+
+    #[test]
+    fn counting_from_inside_a_count_is_exact() {
+        let sources = Sources::default();
+        for _ in 0..10 {
+            sources.with("outer", |c| {
+                add(&c.hits, 1);
+                sources.with("inner", |c| add(&c.hits, 2));
+            });
+        }
+        let hits = hits(&sources);
+        assert_eq!((hits["outer"], hits["inner"]), (10, 20));
+    }
+
+    #[test]
+    fn threads_count_into_one_total() {
+        let sources = Sources::default();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for i in 0..10_000 {
+                        let name = if i % 3 == 0 { "a" } else { "b" };
+                        sources.with(name, |c| add(&c.hits, 1));
+                    }
+                });
+            }
+        });
+        let hits = hits(&sources);
+        assert_eq!((hits["a"], hits["b"]), (4 * 3334, 4 * 6666));
     }
 }
