@@ -11,7 +11,9 @@
 //!   `key_new_and_get` / `cached_fn` (a `CachedFn::call` hit next to what a
 //!   user would write by hand: `Key::new` + `get`).
 //! - `memory/miss`, `memory/insert` (`cache` encodes the value; `tier_set`
-//!   inserts a pre-encoded entry, next to the raw engines' inserts).
+//!   inserts a pre-encoded entry through the async `Tier::set`,
+//!   `tier_set_ready` through `Tier::set_ready`, the cache's path; next to
+//!   the raw engines' inserts).
 //! - `memory/scaling_1_task`, `memory/scaling_2_tasks`: a fixed number of
 //!   L1 hits spread over 1 or 2 Tokio tasks on 2 workers (throughput).
 #![allow(missing_docs)]
@@ -311,6 +313,17 @@ fn memory(c: &mut Criterion) {
             let (k, e) = (&keys[i], entries[i].clone());
             let tier = &insert_tier;
             async move { tier.set(k, e).await.expect("set") }
+        });
+    });
+    // What the cache calls on an in-memory tier: the synchronous write,
+    // no future.
+    group.bench_function("tier_set_ready", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            match insert_tier.set_ready(&keys[i], entries[i].clone()) {
+                tierstack::SetReadiness::Done(result) => result.expect("set"),
+                tierstack::SetReadiness::NeedsIo(_) => panic!("the memory tier stores at once"),
+            }
         });
     });
     group.bench_function("cache", |b| {

@@ -6,7 +6,7 @@ use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use tierstack_core::{
     Capabilities, ClearScope, Entry, ErrorKind, Health, Key, Readiness, Result, ScanCursor,
-    ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
+    ScanPage, SetReadiness, Tier, TierSize, TierStats, Timestamp, async_trait,
 };
 
 use crate::config::DEFAULT_MAX_ENTRIES;
@@ -73,10 +73,32 @@ impl Weighter<Key, Arc<Entry>> for Weigh {
 #[derive(Debug, Clone, Default)]
 struct CountEvictions(Arc<Counters>);
 
-impl Lifecycle<Key, Arc<Entry>> for CountEvictions {
-    type RequestState = ();
+/// What one write took out of the engine. quick_cache reports an older
+/// version that a write replaces through the same hook as an eviction;
+/// this tells the two apart.
+#[derive(Default)]
+struct Written {
+    /// The key's digest and the address of the entry being written. An
+    /// entry of that key that is not the one being written is the version
+    /// it replaces; the one being written can itself be refused as too
+    /// heavy, which is an eviction. (Two keys with one 64-bit digest would
+    /// only miscount a statistic.)
+    writing: Option<(u64, usize)>,
+    /// The replaced version, dropped after the shard's lock is released.
+    replaced: Option<Arc<Entry>>,
+}
 
-    fn on_evict(&self, (): &mut Self::RequestState, _key: Key, entry: Arc<Entry>) {
+impl Lifecycle<Key, Arc<Entry>> for CountEvictions {
+    type RequestState = Written;
+
+    fn on_evict(&self, written: &mut Written, key: Key, entry: Arc<Entry>) {
+        if let Some((digest, address)) = written.writing
+            && key.xxh3_64() == digest
+            && Arc::as_ptr(&entry) as usize != address
+        {
+            written.replaced = Some(entry);
+            return;
+        }
         // An entry past its retention that makes room was going anyway.
         let counter = if entry.header.is_retained(Timestamp::now()) {
             &self.0.evictions
@@ -145,6 +167,26 @@ impl MemoryTier {
             self.counters.expirations.fetch_add(1, Ordering::Relaxed);
         }
         None
+    }
+
+    /// What [`Tier::set`] and [`Tier::set_ready`] do: nothing can fail.
+    fn store(&self, key: &Key, entry: Entry) {
+        let now = Timestamp::now();
+        if entry.header.is_retained(now) {
+            // One form is enough: an entry with its value decoded keeps the
+            // value alone, and its bytes are made again when asked for.
+            let entry = Arc::new(entry.without_body());
+            let mut written = Written {
+                writing: Some((key.xxh3_64(), Arc::as_ptr(&entry) as usize)),
+                replaced: None,
+            };
+            self.cache
+                .insert_with_lifecycle(key.clone(), entry, &mut written);
+        } else {
+            // Already dead: nothing to keep, and an older copy must go.
+            self.cache.remove(key);
+        }
+        self.sweep_if_due(now);
     }
 
     /// Removes what `doomed` selects; returns how many.
@@ -226,18 +268,13 @@ impl Tier for MemoryTier {
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
-        let now = Timestamp::now();
-        if entry.header.is_retained(now) {
-            // One form is enough: an entry with its value decoded keeps the
-            // value alone, and its bytes are made again when asked for.
-            self.cache
-                .insert(key.clone(), Arc::new(entry.without_body()));
-        } else {
-            // Already dead: nothing to keep, and an older copy must go.
-            self.cache.remove(key);
-        }
-        self.sweep_if_due(now);
+        self.store(key, entry);
         Ok(())
+    }
+
+    fn set_ready(&self, key: &Key, entry: Entry) -> SetReadiness {
+        self.store(key, entry);
+        SetReadiness::Done(Ok(()))
     }
 
     async fn delete(&self, key: &Key) -> Result<bool> {

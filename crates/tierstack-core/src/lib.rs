@@ -32,8 +32,8 @@ pub use error::{Error, ErrorKind, Operation, Report, Result};
 pub use key::{Key, KeyBuilder, KeyError, ParamValue};
 pub use registry::{BackendDescriptor, backend, backends};
 pub use tier::{
-    Capabilities, ClearScope, Compacted, Health, Readiness, ScanCursor, ScanPage, Tier, TierSize,
-    TierStats,
+    Capabilities, ClearScope, Compacted, Health, Readiness, ScanCursor, ScanPage, SetReadiness,
+    Tier, TierSize, TierStats,
 };
 pub use time::Timestamp;
 

@@ -146,6 +146,17 @@ pub enum Readiness {
     NeedsIo,
 }
 
+/// What [`Tier::set_ready`] did with an entry.
+#[derive(Debug)]
+#[must_use]
+pub enum SetReadiness {
+    /// The tier stored the entry at once, or failed to.
+    Done(Result<()>),
+    /// The tier cannot store without I/O: the entry, handed back for
+    /// [`Tier::set`].
+    NeedsIo(Entry),
+}
+
 /// What [`Tier::compact`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Compacted {
@@ -219,6 +230,19 @@ pub trait Tier: Send + Sync + fmt::Debug {
 
     /// Stores one entry, replacing any previous one.
     async fn set(&self, key: &Key, entry: Entry) -> Result<()>;
+
+    /// Stores one entry at once, for tiers that hold their entries in
+    /// memory (capability `answers_without_io`), with the effect of
+    /// [`Tier::set`]; returns [`SetReadiness::Done`]. Must not block or do
+    /// I/O; a tier that cannot store so hands the entry back in
+    /// [`SetReadiness::NeedsIo`] (the default), and the caller calls `set`.
+    ///
+    /// The cache writes its top tier through this first, so a write to an
+    /// in-memory tier costs no boxed future.
+    fn set_ready(&self, key: &Key, entry: Entry) -> SetReadiness {
+        let _ = key;
+        SetReadiness::NeedsIo(entry)
+    }
 
     /// Stores several entries.
     async fn set_many(&self, entries: Vec<(Key, Entry)>) -> Result<()> {

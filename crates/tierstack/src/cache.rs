@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tierstack_core::{
     ClearScope, Codec, Compression, DecodeError, DecodeLimits, Decoded, Dictionaries, Entry,
-    EntryMeta, Error, ErrorKind, Header, Health, Key, Operation, Readiness, Result, Tier, TierSize,
-    Timestamp,
+    EntryMeta, Error, ErrorKind, Header, Health, Key, Operation, Readiness, Result, SetReadiness,
+    Tier, TierSize, Timestamp,
 };
 
 use crate::fetch::FetchOptions;
@@ -503,7 +503,10 @@ impl TieredCache {
     /// Writes one tier's copy; `false` (counted and logged) if it failed.
     pub(crate) async fn write_one(&self, layer: &Layer, key: &Key, entry: Entry) -> bool {
         let len = entry.encoded_len() as u64;
-        let result = layer.tier.set(key, entry).await;
+        let result = match layer.tier.set_ready(key, entry) {
+            SetReadiness::Done(result) => result,
+            SetReadiness::NeedsIo(entry) => layer.tier.set(key, entry).await,
+        };
         match result {
             Ok(()) => {
                 bump(&layer.counters.local().writes);

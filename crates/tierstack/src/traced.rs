@@ -5,15 +5,16 @@
 //!
 //! Spans are at TRACE level, named `tier`, with the fields `tier` (its name
 //! in the cache) and `op`. When no subscriber wants them they cost a cached
-//! level check per poll. `get_ready`, the synchronous hot path, has none: it
-//! does no I/O and its cost is what a span would be.
+//! level check per poll. `get_ready` and `set_ready`, the synchronous hot
+//! path, have none: they do no I/O, and their cost is what a span would be.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tierstack_core::{
-    Capabilities, ClearScope, Entry, Health, Key, Readiness, Result, Tier, TierSize, TierStats,
+    Capabilities, ClearScope, Entry, Health, Key, Readiness, Result, SetReadiness, Tier, TierSize,
+    TierStats,
 };
 use tracing::Instrument as _;
 
@@ -57,6 +58,10 @@ impl Traced {
 
     pub(crate) fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
         self.inner.get_ready(key, read)
+    }
+
+    pub(crate) fn set_ready(&self, key: &Key, entry: Entry) -> SetReadiness {
+        self.inner.set_ready(key, entry)
     }
 
     pub(crate) fn get<'a>(&'a self, key: &'a Key) -> Call<'a, Result<Option<Entry>>> {
