@@ -736,7 +736,7 @@ impl TieredCache {
             }
             tally.bump(&layer.counters.local().hits);
             if index > 0 {
-                self.copy_up(key, &entry, None, index, now).await;
+                Box::pin(self.copy_up(key, &entry, None, index, now)).await;
             }
             return Some(Lookup::Absent);
         }
@@ -745,7 +745,11 @@ impl TieredCache {
                 tally.bump(&layer.counters.local().hits);
                 if index > 0 {
                     let decoded = Decoded::new(Arc::clone(&value));
-                    self.copy_up(key, &entry, Some(decoded), index, now).await;
+                    // Boxed, like the other awaits here: inline, their
+                    // state would make every read's future (a hit in a
+                    // lower tier, a miss) larger, and moving it costs more
+                    // than the box on the paths that await them.
+                    Box::pin(self.copy_up(key, &entry, Some(decoded), index, now)).await;
                 }
                 Some(Lookup::Found(value, entry.header))
             }
@@ -758,7 +762,7 @@ impl TieredCache {
                     tally.bump(&layer.counters.local().misses);
                 }
                 tracing::debug!(tier = %layer.name, key = %key, reason = e.reason(), error = %e, "entry is a miss");
-                self.discard_if_outdated(layer, key, &e).await;
+                Box::pin(self.discard_if_outdated(layer, key, &e)).await;
                 None
             }
         }
