@@ -127,9 +127,12 @@ impl SledTier {
         }
     }
 
-    fn decode(&self, key: &str, bytes: &[u8], now: Timestamp) -> Result<Option<Entry>> {
+    /// Takes sled's value itself rather than a copy: an `IVec` is the
+    /// value's own reference-counted buffer (sled copies on write when it
+    /// is shared), so the entry keeps exactly its bytes alive.
+    fn decode(&self, key: &str, bytes: sled::IVec, now: Timestamp) -> Result<Option<Entry>> {
         let entry =
-            Entry::from_bytes(Bytes::copy_from_slice(bytes), STRUCTURE_ONLY).map_err(|e| {
+            Entry::from_bytes(Bytes::from_owner(bytes), STRUCTURE_ONLY).map_err(|e| {
                 Error::new(
                     ErrorKind::Corrupt,
                     format!("entry {key} in {} is damaged", self.path.display()),
@@ -265,7 +268,7 @@ impl Tier for SledTier {
             .get(key.as_str())
             .map_err(|e| self.failed(e, Operation::Get))?;
         match found {
-            Some(bytes) => self.decode(key.as_str(), &bytes, Timestamp::now()),
+            Some(bytes) => self.decode(key.as_str(), bytes, Timestamp::now()),
             None => Ok(None),
         }
     }
@@ -352,7 +355,7 @@ impl Tier for SledTier {
         let mut entries = Vec::with_capacity(items.len());
         for (k, v) in items {
             let text = String::from_utf8_lossy(&k);
-            match (Key::parse(&text), self.decode(&text, &v, now)) {
+            match (Key::parse(&text), self.decode(&text, v, now)) {
                 (Ok(key), Ok(Some(entry))) => entries.push((key, entry)),
                 (Ok(_), Ok(None)) => {}
                 _ => tracing::debug!(key = %text, "scan skipped an unreadable entry"),
