@@ -138,21 +138,30 @@ impl RedbTier {
         Ok(entry.header.is_retained(now).then_some(entry))
     }
 
-    fn read_many(&self, keys: &[Key], op: Operation) -> Result<Vec<Option<Entry>>> {
-        let now = Timestamp::now();
+    /// Runs `read` on the entries table in one read transaction.
+    fn reading<T>(
+        &self,
+        op: Operation,
+        read: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>) -> Result<T>,
+    ) -> Result<T> {
         let txn = self.db.begin_read().map_err(|e| self.failed(e, op))?;
         let table = txn
             .open_table(self.tables.entries())
             .map_err(|e| self.failed(e, op))?;
-        keys.iter()
-            .map(|key| {
-                let found = table.get(key.as_str()).map_err(|e| self.failed(e, op))?;
-                match found {
-                    Some(bytes) => self.decode(key.as_str(), bytes.value(), now),
-                    None => Ok(None),
-                }
-            })
-            .collect()
+        read(&table)
+    }
+
+    fn read_one(
+        &self,
+        table: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        key: &Key,
+        op: Operation,
+        now: Timestamp,
+    ) -> Result<Option<Entry>> {
+        match table.get(key.as_str()).map_err(|e| self.failed(e, op))? {
+            Some(bytes) => self.decode(key.as_str(), bytes.value(), now),
+            None => Ok(None),
+        }
     }
 }
 
@@ -175,12 +184,19 @@ impl Tier for RedbTier {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let mut found = self.read_many(std::slice::from_ref(key), Operation::Get)?;
-        Ok(found.pop().flatten())
+        let now = Timestamp::now();
+        self.reading(Operation::Get, |table| {
+            self.read_one(table, key, Operation::Get, now)
+        })
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
-        self.read_many(keys, Operation::GetMany)
+        let now = Timestamp::now();
+        self.reading(Operation::GetMany, |table| {
+            keys.iter()
+                .map(|key| self.read_one(table, key, Operation::GetMany, now))
+                .collect()
+        })
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {

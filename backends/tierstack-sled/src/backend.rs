@@ -131,16 +131,15 @@ impl SledTier {
     /// value's own reference-counted buffer (sled copies on write when it
     /// is shared), so the entry keeps exactly its bytes alive.
     fn decode(&self, key: &str, bytes: sled::IVec, now: Timestamp) -> Result<Option<Entry>> {
-        let entry =
-            Entry::from_bytes(Bytes::from_owner(bytes), STRUCTURE_ONLY).map_err(|e| {
-                Error::new(
-                    ErrorKind::Corrupt,
-                    format!("entry {key} in {} is damaged", self.path.display()),
-                )
-                .with_tier(self.name.as_str())
-                .with_operation(Operation::Get)
-                .with_source(e)
-            })?;
+        let entry = Entry::from_bytes(Bytes::from_owner(bytes), STRUCTURE_ONLY).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("entry {key} in {} is damaged", self.path.display()),
+            )
+            .with_tier(self.name.as_str())
+            .with_operation(Operation::Get)
+            .with_source(e)
+        })?;
         // Dead entries are never served; the sweep removes them.
         Ok(entry.header.is_retained(now).then_some(entry))
     }
