@@ -11,6 +11,8 @@
 //! [`DecodeLimits::max_raw_len`]: every malformed input becomes a
 //! [`DecodeError`], which the cache turns into a counted miss.
 
+#[cfg(test)]
+mod checks;
 mod extensions;
 pub mod v1;
 
