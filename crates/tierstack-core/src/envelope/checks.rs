@@ -83,7 +83,11 @@ fn declared_len_reads_the_length_field() {
     );
     let bytes = entry.to_vec();
     assert_eq!(Header::declared_len(&bytes), Some(entry.header_len()));
-    assert_eq!(entry.header_len(), HEADER_LEN + 3 + 4, "kind, length, value");
+    assert_eq!(
+        entry.header_len(),
+        HEADER_LEN + 3 + 4,
+        "kind, length, value"
+    );
     assert_eq!(entry.encoded_len(), bytes.len());
     assert_eq!(sample().encoded_len(), sample().to_vec().len());
     assert_eq!(Header::declared_len(&bytes[..73]), None);
@@ -266,5 +270,76 @@ fn every_decode_error_has_its_own_label() {
         labels
             .iter()
             .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    );
+}
+
+#[test]
+fn a_restored_body_declares_its_own_length() {
+    // A body written by hand with spaces; encoding the value again gives
+    // a shorter one, and the header must say so.
+    let body = Bytes::from_static(b"{ \"a\" : 1 }");
+    let meta = EntryMeta::new(&Key::bare("spaced"), 1, Timestamp::from_millis(1))
+        .expiring(Timestamp::from_millis(2), Timestamp::from_millis(3));
+    let mut entry = Entry::from_body(
+        meta,
+        Codec::Json,
+        CompressionKind::None,
+        0,
+        body.len() as u32,
+        body,
+    );
+    let value: std::collections::BTreeMap<String, u32> = [("a".to_owned(), 1)].into();
+    entry.decoded = Some(Decoded::new(Arc::new(value)));
+    let restored = entry.without_body().with_body_restored().expect("encodes");
+    assert_eq!(&restored.body[..], br#"{"a":1}"#);
+    assert_eq!((restored.header.raw_len, restored.header.body_len), (7, 7));
+    Entry::from_bytes(Bytes::from(restored.to_vec()), DecodeLimits::default())
+        .expect("a valid entry");
+}
+
+#[test]
+fn short_and_long_entries_say_by_how_much() {
+    let entry = sample();
+    let whole = entry.to_vec();
+    let n = whole.len();
+    let cut = Bytes::copy_from_slice(&whole[..n - 3]);
+    assert_eq!(
+        Entry::from_bytes(cut, DecodeLimits::default()).unwrap_err(),
+        DecodeError::Truncated {
+            len: n - 3,
+            expected: n
+        }
+    );
+    let mut longer = whole.clone();
+    longer.extend_from_slice(b"xyz");
+    assert_eq!(
+        Entry::from_bytes(Bytes::from(longer), DecodeLimits::default()).unwrap_err(),
+        DecodeError::TrailingBytes { extra: 3 }
+    );
+
+    let header = entry.header_bytes();
+    let body = entry.body.clone();
+    let parts = |h: &[u8], b: &[u8]| {
+        Entry::from_parts(h, Bytes::copy_from_slice(b), DecodeLimits::default())
+    };
+    assert_eq!(parts(&header, &body).expect("whole").body, body);
+    let mut long_header = header.clone();
+    long_header.extend_from_slice(b"zz");
+    assert_eq!(
+        parts(&long_header, &body).unwrap_err(),
+        DecodeError::TrailingBytes { extra: 2 }
+    );
+    assert_eq!(
+        parts(&header, &body[..body.len() - 2]).unwrap_err(),
+        DecodeError::Truncated {
+            len: body.len() - 2,
+            expected: body.len()
+        }
+    );
+    let mut long_body = body.to_vec();
+    long_body.extend_from_slice(b"zzzz");
+    assert_eq!(
+        parts(&header, &long_body).unwrap_err(),
+        DecodeError::TrailingBytes { extra: 4 }
     );
 }
