@@ -206,10 +206,9 @@ impl Tier for BrokenTier {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            answers_without_io: false,
-            ..self.inner.capabilities()
-        }
+        let mut capabilities = self.inner.capabilities();
+        capabilities.answers_without_io = false;
+        capabilities
     }
 
     fn schema_version(&self) -> Option<u32> {
