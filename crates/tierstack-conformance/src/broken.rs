@@ -93,11 +93,15 @@ pub enum Fault {
     /// False claim: declares `answers_without_io`, but `get_ready` and
     /// `set_ready` never answer (the trait's defaults).
     ClaimsAnswersWithoutIo,
+    /// False claim: declares `shared_across_hosts` but not
+    /// `shared_across_processes`, so the second-process case, which proves
+    /// the sharing of both, would be skipped.
+    ClaimsSharedAcrossHostsOnly,
 }
 
 impl Fault {
     /// Every fault, [`Fault::None`] first.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::None,
         Self::DropsEveryWrite,
         Self::IgnoresTtl,
@@ -117,6 +121,7 @@ impl Fault {
         Self::ClaimsNativeTtl,
         Self::ForgetsDecoded,
         Self::ClaimsAnswersWithoutIo,
+        Self::ClaimsSharedAcrossHostsOnly,
     ];
 }
 
@@ -289,6 +294,7 @@ impl Tier for BrokenTier {
             Fault::ClaimsSharedAcrossProcesses => capabilities.shared_across_processes = true,
             Fault::ClaimsNativeTtl => capabilities.native_ttl = true,
             Fault::ClaimsAnswersWithoutIo => capabilities.answers_without_io = true,
+            Fault::ClaimsSharedAcrossHostsOnly => capabilities.shared_across_hosts = true,
             _ => {}
         }
         capabilities

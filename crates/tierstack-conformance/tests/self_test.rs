@@ -69,6 +69,7 @@ fn must_catch(fault: Fault) -> &'static [&'static str] {
         Fault::ClaimsNativeTtl => &["the_store_expires_entries_itself"],
         Fault::ForgetsDecoded => &["hits_are_served_from_the_kept_decoded_value"],
         Fault::ClaimsAnswersWithoutIo => &["get_ready_and_set_ready_answer_without_io"],
+        Fault::ClaimsSharedAcrossHostsOnly => &["declared_capabilities_are_consistent"],
         _ => unreachable!("a new fault needs its expected cases here"),
     }
 }
