@@ -4,6 +4,7 @@
 pub mod broken;
 pub mod cases;
 pub mod coordination;
+pub mod environment;
 pub mod processes;
 pub mod redis_server;
 
