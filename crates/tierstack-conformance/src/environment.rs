@@ -84,7 +84,7 @@ pub fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-/// The user id [`as_unprivileged_user`] runs commands as: `nobody` by
+/// The user id [`Runnable::as_unprivileged_user`] runs commands as: `nobody` by
 /// convention, needing no account (`setpriv` takes a number).
 pub const UNPRIVILEGED: u32 = 65534;
 
