@@ -229,6 +229,16 @@ impl Suite {
         Self { label, make }
     }
 
+    /// One test per case, as [`run_suites`] runs them: a case gated on a
+    /// capability the tier does not declare is ignored at run time, with
+    /// the reason. Public so that the self-test can run the runner itself.
+    pub fn trials(self) -> Vec<Trial> {
+        all_cases()
+            .into_iter()
+            .map(|case| self.trial(case))
+            .collect()
+    }
+
     fn trial(self, case: Case) -> Trial {
         let name = if self.label.is_empty() {
             case.name.to_owned()
@@ -262,10 +272,7 @@ impl Suite {
 pub fn run_suites(suites: &[Suite]) -> ! {
     processes::serve_as_second_process_if_asked();
     let args = Arguments::from_args();
-    let trials = suites
-        .iter()
-        .flat_map(|suite| all_cases().into_iter().map(move |case| suite.trial(case)))
-        .collect();
+    let trials = suites.iter().flat_map(|suite| suite.trials()).collect();
     libtest_mimic::run(&args, trials).exit()
 }
 

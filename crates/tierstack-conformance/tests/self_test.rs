@@ -13,11 +13,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Conclusion, Failed, Trial};
 use tierstack::{MemoryConfig, MemoryTier, SqliteConfig, SqliteTier, Tier};
 use tierstack_conformance::broken::{BrokenTier, Fault};
 use tierstack_conformance::processes::serve_as_second_process_if_asked;
-use tierstack_conformance::{Case, Harness, SCHEMA_VERSION, all_cases};
+use tierstack_conformance::{Case, Harness, SCHEMA_VERSION, Suite, all_cases};
 
 /// The cases that must catch each fault (they may not be the only ones).
 fn must_catch(fault: Fault) -> &'static [&'static str] {
@@ -274,6 +274,47 @@ fn the_sqlite_tier_passes_the_persistence_and_second_process_cases() -> Result<(
     }
 }
 
+/// Runs the runner's own trials for `suite` (quietly, one at a time).
+fn conclusion(suite: Suite) -> Conclusion {
+    let args = Arguments {
+        quiet: true,
+        test_threads: Some(1),
+        ..Arguments::default()
+    };
+    quietly(|| libtest_mimic::run(&args, suite.trials()))
+}
+
+/// The runner (what `conformance_suite!` expands to) reports the cases the
+/// memory tier does not declare the capability for as ignored, runs and
+/// passes the rest, and fails a false claim rather than skipping it.
+fn the_runner_reports_undeclared_cases_as_ignored_and_runs_the_rest() -> Result<(), Failed> {
+    let cases = all_cases().len() as u64;
+    let skipped = SKIPPED_ON_BARE_MEMORY.len() as u64;
+    let bare = conclusion(Suite::new("memory", || Box::pin(async { memory() })));
+    let mut problems = Vec::new();
+    if (bare.num_passed, bare.num_failed, bare.num_ignored) != (cases - skipped, 0, skipped) {
+        problems.push(format!(
+            "the memory tier: {bare:?}, expected {} passed and {skipped} ignored",
+            cases - skipped
+        ));
+    }
+    let lying = conclusion(Suite::new("claims persistent", || {
+        Box::pin(async { BrokenTier::harness(Fault::ClaimsPersistentButForgets) })
+    }));
+    // The wrapper clears `answers_without_io`; it claims `persistent`, so
+    // that case runs (and fails) instead of being ignored.
+    if (lying.num_failed, lying.num_ignored) != (1, 3) {
+        problems.push(format!(
+            "a tier claiming `persistent` falsely: {lying:?}, expected 1 failed and 3 ignored"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n").into())
+    }
+}
+
 fn main() {
     serve_as_second_process_if_asked();
     let mut args = Arguments::from_args();
@@ -287,6 +328,10 @@ fn main() {
         Trial::test(
             "the_sqlite_tier_passes_the_persistence_and_second_process_cases",
             the_sqlite_tier_passes_the_persistence_and_second_process_cases,
+        ),
+        Trial::test(
+            "the_runner_reports_undeclared_cases_as_ignored_and_runs_the_rest",
+            the_runner_reports_undeclared_cases_as_ignored_and_runs_the_rest,
         ),
     ];
     libtest_mimic::run(&args, trials).exit();
