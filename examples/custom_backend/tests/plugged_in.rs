@@ -14,7 +14,11 @@ async fn a_config_file_selects_the_external_kind() {
     let key = Key::new("audnexus:book", [("asin", "B002V1A0WE")]);
     {
         let cache = TieredCache::from_config(&config).await.unwrap();
-        assert_eq!(cache.tiers().nth(1).unwrap().name(), "files");
+        let files = cache.tiers().nth(1).unwrap();
+        assert_eq!(files.name(), "files");
+        // Naming the crate also links it, and with it its registration: a
+        // test binary that never names it has no `files` kind.
+        assert_eq!(files.capabilities(), tierstack_example_files::CAPABILITIES);
         cache
             .set(&key, "Dune".to_string(), Ttl::TierDefault)
             .await
