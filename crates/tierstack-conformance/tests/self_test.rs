@@ -290,6 +290,7 @@ fn conclusion(suite: Suite) -> Conclusion {
 fn the_runner_reports_undeclared_cases_as_ignored_and_runs_the_rest() -> Result<(), Failed> {
     let cases = all_cases().len() as u64;
     let skipped = SKIPPED_ON_BARE_MEMORY.len() as u64;
+    println!("the runner on the memory tier (must ignore {skipped} cases):");
     let bare = conclusion(Suite::new("memory", || Box::pin(async { memory() })));
     let mut problems = Vec::new();
     if (bare.num_passed, bare.num_failed, bare.num_ignored) != (cases - skipped, 0, skipped) {
@@ -298,6 +299,9 @@ fn the_runner_reports_undeclared_cases_as_ignored_and_runs_the_rest() -> Result<
             cases - skipped
         ));
     }
+    // The nested run prints its own summary, "FAILED" included: that
+    // failure is the expected outcome, checked below.
+    println!("the runner on a tier that falsely claims `persistent` (must fail one case):");
     let lying = conclusion(Suite::new("claims persistent", || {
         Box::pin(async { BrokenTier::harness(Fault::ClaimsPersistentButForgets) })
     }));
