@@ -12,13 +12,11 @@ pub use config::MemoryConfig;
 use tierstack_core::{BackendDescriptor, Capabilities};
 
 /// What the memory tier can do.
-pub const CAPABILITIES: Capabilities = Capabilities {
-    scan: true,
-    size_limit: true,
-    keeps_decoded: true,
-    answers_without_io: true,
-    ..Capabilities::NONE
-};
+pub const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_scan()
+    .with_size_limit()
+    .with_keeps_decoded()
+    .with_answers_without_io();
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "memory",

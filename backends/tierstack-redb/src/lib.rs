@@ -13,13 +13,11 @@ pub use config::{RedbConfig, RedbDurability};
 use tierstack_core::{BackendDescriptor, Capabilities};
 
 /// What the redb tier can do.
-pub const CAPABILITIES: Capabilities = Capabilities {
-    persistent: true,
-    native_batch: true,
-    scan: true,
-    size_limit: true,
-    ..Capabilities::NONE
-};
+pub const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_persistent()
+    .with_native_batch()
+    .with_scan()
+    .with_size_limit();
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "redb",

@@ -17,15 +17,13 @@ pub use config::{RedisConfig, SentinelConfig};
 use tierstack_core::{BackendDescriptor, Capabilities};
 
 /// What the Redis tier can do.
-pub const CAPABILITIES: Capabilities = Capabilities {
-    persistent: true,
-    shared_across_processes: true,
-    shared_across_hosts: true,
-    native_ttl: true,
-    native_batch: true,
-    scan: true,
-    ..Capabilities::NONE
-};
+pub const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_persistent()
+    .with_shared_across_processes()
+    .with_shared_across_hosts()
+    .with_native_ttl()
+    .with_native_batch()
+    .with_scan();
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "redis",

@@ -1,6 +1,7 @@
-//! Redis-specific behaviour on real servers: ACLs and passwords, TLS,
+//! Redis-specific behaviour on real servers: ACLs and passwords,
 //! Sentinel, foreign values, namespace isolation, an unreachable server and
-//! the circuit breaker, and the config file form.
+//! the circuit breaker, and the config file form. TLS, which needs a
+//! `redis-server` built with it and `openssl`, is `tests/tls.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,9 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tierstack::{ClearScope, ErrorKind, Health, Key, Tier, TieredCache, Ttl};
 use tierstack_conformance::cases::entry;
-use tierstack_conformance::redis_server::{
-    RedisServer, free_port, redis_cli, start_tls_server, unique_prefix,
-};
+use tierstack_conformance::redis_server::{RedisServer, free_port, redis_cli, unique_prefix};
 use tierstack_redis::{RedisConfig, RedisTier, SentinelConfig};
 
 fn key(name: &str) -> Key {
@@ -93,28 +92,6 @@ async fn a_password_and_an_acl_user_restricted_to_the_namespace() {
     let tier = RedisTier::open(&wrong, 1).await.unwrap();
     assert!(tier.get(&key("x")).await.is_err());
     assert!(matches!(tier.health().await, Health::Unhealthy(_)));
-}
-
-#[tokio::test]
-async fn tls_with_a_private_certificate_authority() {
-    let (server, files) = match start_tls_server() {
-        Ok(started) => started,
-        Err(why) => {
-            println!("SKIPPED tls_with_a_private_certificate_authority: {why}");
-            return;
-        }
-    };
-    let config = RedisConfig::new(server.url())
-        .prefix(unique_prefix("tls"))
-        .tls_ca_file(files.ca.to_str().unwrap());
-    let tier = RedisTier::open(&config, 1).await.unwrap();
-    round_trip(&tier).await;
-    assert_eq!(tier.health().await, Health::Healthy);
-
-    // Without the CA the server's certificate is not trusted.
-    let untrusted = RedisConfig::new(server.url()).prefix(unique_prefix("tls"));
-    let tier = RedisTier::open(&untrusted, 1).await.unwrap();
-    assert!(tier.get(&key("x")).await.is_err());
 }
 
 /// Kills a helper process when the test ends.

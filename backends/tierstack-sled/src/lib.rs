@@ -12,12 +12,10 @@ pub use config::{Flush, SledConfig};
 use tierstack_core::{BackendDescriptor, Capabilities};
 
 /// What the sled tier can do.
-pub const CAPABILITIES: Capabilities = Capabilities {
-    persistent: true,
-    native_batch: true,
-    scan: true,
-    ..Capabilities::NONE
-};
+pub const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_persistent()
+    .with_native_batch()
+    .with_scan();
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "sled",

@@ -18,14 +18,12 @@ pub use schema::RFC_TABLE;
 use tierstack_core::{BackendDescriptor, Capabilities};
 
 /// What the SQLite tier can do.
-pub const CAPABILITIES: Capabilities = Capabilities {
-    persistent: true,
-    shared_across_processes: true,
-    native_batch: true,
-    scan: true,
-    size_limit: true,
-    ..Capabilities::NONE
-};
+pub const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_persistent()
+    .with_shared_across_processes()
+    .with_native_batch()
+    .with_scan()
+    .with_size_limit();
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "sqlite",

@@ -9,6 +9,11 @@
 //! Faults are deterministic (counters, never randomness), so a case either
 //! always catches a fault or never does.
 //!
+//! The last faults are false claims: the tier declares a capability (or
+//! keeps the memory tier's) that it does not have, and the case gated on
+//! that capability must catch it. [`BrokenTier::harness`] gives each the
+//! hooks (reopen, capped, config) that make the claim testable.
+//!
 //! Two deviations from pure delegation, the same for every fault (and for
 //! [`Fault::None`], the control that must pass every case):
 //!
@@ -22,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::Harness;
 use tierstack::{
     Bytes, Capabilities, ClearScope, Entry, Health, Key, MemoryConfig, MemoryTier, Result,
     ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
@@ -66,11 +72,36 @@ pub enum Fault {
     /// Subtle: reports entries and bytes 10% low (whole tenths lost,
     /// rounding down: 3 entries stay 3, 20 become 18).
     SizesTenPercentLow,
+    /// False claim: declares `persistent`, but the store it opens again
+    /// ([`BrokenTier::harness`]'s reopen hook) is a new, empty one.
+    ClaimsPersistentButForgets,
+    /// False claim: declares `shared_across_processes`, but a second
+    /// process that opens its config gets a store of its own (a memory
+    /// tier).
+    ClaimsSharedAcrossProcesses,
+    /// False claim: declares `size_limit` (as the memory tier does), but
+    /// the tier built with a cap ([`BrokenTier::harness`]'s capped hook)
+    /// ignores it and never evicts.
+    ClaimsSizeLimitButNeverEvicts,
+    /// False claim: declares `native_ttl`, but only hides dead entries
+    /// until a purge removes them (as the memory tier does).
+    ClaimsNativeTtl,
+    /// False claim: declares `keeps_decoded` (as the memory tier does), but
+    /// drops the decoded value from every entry it reads, so every hit
+    /// decodes.
+    ForgetsDecoded,
+    /// False claim: declares `answers_without_io`, but `get_ready` and
+    /// `set_ready` never answer (the trait's defaults).
+    ClaimsAnswersWithoutIo,
+    /// False claim: declares `shared_across_hosts` but not
+    /// `shared_across_processes`, so the second-process case, which proves
+    /// the sharing of both, would be skipped.
+    ClaimsSharedAcrossHostsOnly,
 }
 
 impl Fault {
     /// Every fault, [`Fault::None`] first.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 20] = [
         Self::None,
         Self::DropsEveryWrite,
         Self::IgnoresTtl,
@@ -84,6 +115,13 @@ impl Fault {
         Self::WritesFullDefaultTtl,
         Self::FlipsAByteIn1Of100Reads,
         Self::SizesTenPercentLow,
+        Self::ClaimsPersistentButForgets,
+        Self::ClaimsSharedAcrossProcesses,
+        Self::ClaimsSizeLimitButNeverEvicts,
+        Self::ClaimsNativeTtl,
+        Self::ForgetsDecoded,
+        Self::ClaimsAnswersWithoutIo,
+        Self::ClaimsSharedAcrossHostsOnly,
     ];
 }
 
@@ -116,6 +154,43 @@ impl BrokenTier {
         Self::new(Arc::new(tier), fault)
     }
 
+    /// A harness for a broken memory tier with `fault`, with every hook the
+    /// gated cases use: its reopen hook opens the same memory tier again
+    /// (a store that outlives its handle), except for
+    /// [`Fault::ClaimsPersistentButForgets`]; its capped hook builds a
+    /// memory tier capped by bytes, except for
+    /// [`Fault::ClaimsSizeLimitButNeverEvicts`]; its config, which a second
+    /// process opens, is a memory tier's (so a claim to share the store
+    /// across processes is false).
+    pub fn harness(fault: Fault) -> Harness {
+        let inner: Arc<dyn Tier> = Arc::new(
+            MemoryTier::new(&MemoryConfig::with_max_entries(10_000)).expect("valid config"),
+        );
+        let tier = Self::new(Arc::clone(&inner), fault);
+        Harness::new(tier)
+            .config(MemoryConfig::with_max_entries(10_000))
+            .reopen_with(move || {
+                let inner = if fault == Fault::ClaimsPersistentButForgets {
+                    MemoryTier::new(&MemoryConfig::with_max_entries(10_000))
+                        .map(|t| Arc::new(t) as Arc<dyn Tier>)
+                } else {
+                    Ok(Arc::clone(&inner))
+                };
+                async move { inner.map(|inner| Arc::new(Self::new(inner, fault)) as Arc<dyn Tier>) }
+            })
+            .capped(move |bytes| {
+                let config = if fault == Fault::ClaimsSizeLimitButNeverEvicts {
+                    MemoryConfig::with_max_entries(10_000)
+                } else {
+                    MemoryConfig::with_max_bytes(bytes)
+                };
+                let inner = MemoryTier::new(&config);
+                async move {
+                    inner.map(|inner| Arc::new(Self::new(Arc::new(inner), fault)) as Arc<dyn Tier>)
+                }
+            })
+    }
+
     /// The fault this tier has.
     pub fn fault(&self) -> Fault {
         self.fault
@@ -145,6 +220,12 @@ impl BrokenTier {
 
     /// The entry as this tier answers a read of it.
     fn read(&self, entry: Option<Entry>) -> Option<Entry> {
+        if self.fault == Fault::ForgetsDecoded {
+            return entry.map(|mut e| {
+                e.decoded = None;
+                e
+            });
+        }
         if self.fault != Fault::FlipsAByteIn1Of100Reads
             || self.reads.fetch_add(1, Ordering::Relaxed) % 100 != 99
         {
@@ -206,10 +287,17 @@ impl Tier for BrokenTier {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            answers_without_io: false,
-            ..self.inner.capabilities()
+        let mut capabilities = self.inner.capabilities();
+        capabilities.answers_without_io = false;
+        match self.fault {
+            Fault::ClaimsPersistentButForgets => capabilities.persistent = true,
+            Fault::ClaimsSharedAcrossProcesses => capabilities.shared_across_processes = true,
+            Fault::ClaimsNativeTtl => capabilities.native_ttl = true,
+            Fault::ClaimsAnswersWithoutIo => capabilities.answers_without_io = true,
+            Fault::ClaimsSharedAcrossHostsOnly => capabilities.shared_across_hosts = true,
+            _ => {}
         }
+        capabilities
     }
 
     fn schema_version(&self) -> Option<u32> {

@@ -2,17 +2,20 @@
 //! panics (fails the test) when the tier misbehaves.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tierstack::{
     Bytes, ClearScope, Codec, Compression, DecodeLimits, Dictionaries, Entry, EntryMeta, Health,
-    Key, MemoryConfig, MemoryTier, Tier, TieredCache, Timestamp, Ttl,
+    Key, MemoryConfig, MemoryTier, Readiness, SetReadiness, Tier, TieredCache, Timestamp, Ttl,
 };
 
 use crate::Harness;
 
 const SOURCE: &str = "conformance";
+/// The cap of [`a_capped_tier_stays_within_its_cap`]: 64 KiB is the SQLite
+/// tier's least, and a quarter of what the case writes.
+const CAP: u64 = 256 * 1024;
 const SCHEMA: u32 = 1;
 
 fn key(name: &str) -> Key {
@@ -70,8 +73,33 @@ async fn read(tier: &dyn Tier, key: &Key) -> Option<Value> {
         .map(|e| value_of(&e))
 }
 
-fn skip(case: &str, capability: &str) {
-    println!("{case}: not applicable, the tier does not declare `{capability}`");
+/// The decoded JSON value of `entry`.
+pub(crate) fn json_of(entry: &Entry) -> Result<Value, String> {
+    entry
+        .decode_value(DecodeLimits::default(), &Dictionaries::default())
+        .map_err(|e| e.to_string())
+}
+
+/// The key the first process writes in
+/// [`a_second_process_sees_a_write_and_writes_back`].
+pub(crate) fn written_by_first_process() -> Key {
+    key("written-by-the-first-process")
+}
+
+/// The key the second process writes back.
+pub(crate) fn written_by_second_process() -> Key {
+    key("written-by-the-second-process")
+}
+
+/// Panics unless the tier declares the capability a gated case proves:
+/// run directly (not through the runner, which skips it), a case must not
+/// pass on a tier it does not apply to.
+fn require(h: &Harness, capability: &str, declared: bool) {
+    assert!(
+        declared,
+        "{} does not declare `{capability}`: this case does not apply to it",
+        h.tier.name()
+    );
 }
 
 fn cache_over(tier: Arc<dyn Tier>, l1: Option<MemoryTier>) -> TieredCache {
@@ -463,9 +491,7 @@ pub async fn unicode_and_hashed_keys_round_trip(h: Harness) {
 /// number of pages. The page size is not checked: `limit` is a hint (the
 /// memory tier answers in one page, Redis's `COUNT` is approximate).
 pub async fn scan_pages_through_every_entry(h: Harness) {
-    if !h.tier.capabilities().scan {
-        return skip("scan_pages_through_every_entry", "scan");
-    }
+    require(&h, "scan", h.tier.capabilities().scan);
     for i in 0..25 {
         h.tier
             .set(
@@ -658,4 +684,259 @@ pub async fn entry_under_another_key_is_a_counted_miss(h: Harness) {
         cache.get::<Value>(&own).await.as_deref(),
         Some(&json!("belongs to own"))
     );
+}
+
+/// What a tier declares hangs together: a store shared across hosts is
+/// shared by processes on one host too (each host runs processes), so the
+/// `shared_across_processes` case proves the sharing of both.
+pub async fn declared_capabilities_are_consistent(h: Harness) {
+    let c = h.tier.capabilities();
+    assert!(
+        !c.shared_across_hosts || c.shared_across_processes,
+        "declares `shared_across_hosts` without `shared_across_processes`: {:?}",
+        c.names()
+    );
+}
+
+/// `persistent`: what was written before the tier was dropped and the
+/// store opened again is there, headers and bodies intact; what was
+/// deleted stays deleted; the reopened store takes writes.
+pub async fn entries_survive_a_reopen(h: Harness) {
+    require(&h, "persistent", h.tier.capabilities().persistent);
+    let timed = entry(
+        &key("timed"),
+        &json!({"title": "Dune"}),
+        Some(Duration::from_secs(600)),
+    );
+    let forever = entry(&key("forever"), &json!("forever"), None);
+    h.tier.set(&key("timed"), timed.clone()).await.unwrap();
+    h.tier.set(&key("forever"), forever.clone()).await.unwrap();
+    h.tier
+        .set(&key("deleted"), entry(&key("deleted"), &json!(0), None))
+        .await
+        .unwrap();
+    assert!(h.tier.delete(&key("deleted")).await.unwrap());
+    let batch: Vec<(Key, Entry)> = (0..20)
+        .map(|i| {
+            let k = key(&format!("batch-{i}"));
+            let e = entry(&k, &json!(i), None);
+            (k, e)
+        })
+        .collect();
+    h.tier.set_many(batch).await.unwrap();
+
+    let h = h.reopened().await;
+    for (k, written) in [(key("timed"), &timed), (key("forever"), &forever)] {
+        let got = h
+            .tier
+            .get(&k)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{k} lost on reopen"));
+        assert_eq!(got.header, written.header, "{k}");
+        assert_eq!(got.body, written.body, "{k}");
+    }
+    assert_eq!(
+        read(&*h.tier, &key("deleted")).await,
+        None,
+        "a deleted entry came back"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            read(&*h.tier, &key(&format!("batch-{i}"))).await,
+            Some(json!(i)),
+            "batch entry {i} after reopen"
+        );
+    }
+    assert_eq!(h.tier.size().await.unwrap().entries, 22);
+    h.tier
+        .set(&key("after"), entry(&key("after"), &json!("after"), None))
+        .await
+        .unwrap();
+    assert_eq!(read(&*h.tier, &key("after")).await, Some(json!("after")));
+}
+
+/// `shared_across_processes`: another process, opening the store from the
+/// harness's config while this one holds it open, reads what this one
+/// wrote, and this one reads what it wrote back.
+pub async fn a_second_process_sees_a_write_and_writes_back(h: Harness) {
+    require(
+        &h,
+        "shared_across_processes",
+        h.tier.capabilities().shared_across_processes,
+    );
+    let config = h.config_json().expect(
+        "the tier declares `shared_across_processes`, but the harness has no `Harness::config` for a second process to open it with",
+    );
+    let value = json!({"written by": "the first process", "n": 18});
+    let k = written_by_first_process();
+    h.tier.set(&k, entry(&k, &value, None)).await.unwrap();
+    let lines = tokio::task::spawn_blocking(move || crate::processes::run_second_process(&config))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = lines.iter().find_map(|l| l.strip_prefix("seen "));
+    assert_eq!(
+        seen.map(|v| serde_json::from_str::<Value>(v).unwrap()),
+        Some(value),
+        "the second process did not see the write: {lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "wrote"), "{lines:?}");
+    let back = read(&*h.tier, &written_by_second_process())
+        .await
+        .expect("the second process's write is visible here");
+    assert!(
+        back["pid"]
+            .as_u64()
+            .is_some_and(|pid| pid != u64::from(std::process::id()))
+    );
+}
+
+/// `size_limit`: a tier capped at 256 KiB that is written 1 MiB (1000
+/// entries of about 1 KiB) stays within its cap, checked as it fills and at
+/// the end, evicts, and keeps the entry written last.
+pub async fn a_capped_tier_stays_within_its_cap(h: Harness) {
+    require(&h, "size_limit", h.tier.capabilities().size_limit);
+    let tier = h.capped_tier(CAP).await;
+    let value = json!("v".repeat(1000));
+    for i in 0..1000 {
+        let k = key(&format!("capped-{i:04}"));
+        tier.set(&k, entry(&k, &value, None)).await.unwrap();
+        if i % 250 == 249 {
+            let size = tier.size().await.unwrap();
+            assert!(
+                size.bytes <= CAP,
+                "{} bytes in {} entries after {} writes, over the cap of {CAP}",
+                size.bytes,
+                size.entries,
+                i + 1
+            );
+        }
+    }
+    let size = tier.size().await.unwrap();
+    assert!(
+        size.bytes <= CAP,
+        "{} bytes, over the cap of {CAP}",
+        size.bytes
+    );
+    assert!(
+        size.entries > 0 && size.entries < 1000,
+        "{} of 1000 entries kept under a cap of a quarter of them",
+        size.entries
+    );
+    assert!(
+        read(&*tier, &key("capped-0999")).await.is_some(),
+        "the entry written last was evicted"
+    );
+}
+
+/// `native_ttl`: the store removes an entry past its retention by itself:
+/// it is not counted, not scanned, a purge finds nothing left to remove (a
+/// tier that only hides dead entries until a purge or a read removes them
+/// does not expire them itself), and it is not read.
+pub async fn the_store_expires_entries_itself(h: Harness) {
+    let capabilities = h.tier.capabilities();
+    require(&h, "native_ttl", capabilities.native_ttl);
+    let short = entry_with_meta(
+        &json!("short-lived"),
+        meta_for(
+            &key("short"),
+            Some(Duration::from_millis(200)),
+            Duration::from_millis(100),
+        ),
+    );
+    h.tier.set(&key("short"), short).await.unwrap();
+    h.tier
+        .set(&key("stays"), entry(&key("stays"), &json!("stays"), None))
+        .await
+        .unwrap();
+    assert_eq!(h.tier.size().await.unwrap().entries, 2);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Nothing may touch the dead entry before the purge: a read that
+    // removes what it finds dead (as the memory tier's does) would hide a
+    // tier that never removes entries by itself.
+    assert_eq!(
+        h.tier.size().await.unwrap().entries,
+        1,
+        "the dead entry is still counted"
+    );
+    if capabilities.scan {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        for _ in 0..100 {
+            let page = h.tier.scan(cursor, 100).await.unwrap();
+            keys.extend(page.entries.into_iter().map(|(k, _)| k));
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(keys, vec![key("stays")], "the dead entry is still scanned");
+    }
+    assert_eq!(
+        h.tier.purge().await.unwrap(),
+        0,
+        "a purge still found the dead entry: the store had not removed it"
+    );
+    assert_eq!(read(&*h.tier, &key("short")).await, None);
+    assert_eq!(read(&*h.tier, &key("stays")).await, Some(json!("stays")));
+}
+
+/// `keeps_decoded`: a hit through the cache on a value the cache wrote
+/// costs no decode: two reads hand out the very value kept with the entry
+/// (one allocation, shared), not two decoded copies.
+pub async fn hits_are_served_from_the_kept_decoded_value(h: Harness) {
+    require(&h, "keeps_decoded", h.tier.capabilities().keeps_decoded);
+    let cache = cache_over(Arc::clone(&h.tier), None);
+    let k = key("decoded");
+    let value = json!({"title": "Dune", "narrators": ["Scott Brick", "Orlagh Cassidy"]});
+    cache
+        .set(&k, value.clone(), Ttl::For(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let first = cache.get::<Value>(&k).await.expect("hit");
+    let second = cache.get::<Value>(&k).await.expect("hit");
+    assert_eq!(*first, value);
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "each hit decoded the value again instead of using the kept one"
+    );
+    assert_eq!(cache.stats().layers[0].hits, 2);
+}
+
+/// `answers_without_io`: `get_ready` answers at once, with the entry for a
+/// key the tier holds and with `None` for one it does not, and `set_ready`
+/// stores at once, so the cache's synchronous hot path is taken.
+pub async fn get_ready_and_set_ready_answer_without_io(h: Harness) {
+    require(
+        &h,
+        "answers_without_io",
+        h.tier.capabilities().answers_without_io,
+    );
+    let k = key("ready");
+    let e = entry(&k, &json!("ready"), Some(Duration::from_secs(60)));
+    h.tier.set(&k, e.clone()).await.unwrap();
+    let mut seen = None;
+    let started = Instant::now();
+    let answered = h
+        .tier
+        .get_ready(&k, &mut |found| seen = Some(found.map(|f| f.header)));
+    assert_eq!(answered, Readiness::Answered, "get_ready of a held key");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(seen, Some(Some(e.header)));
+
+    let mut seen = None;
+    let answered = h
+        .tier
+        .get_ready(&key("not-held"), &mut |found| seen = Some(found.is_some()));
+    assert_eq!(answered, Readiness::Answered, "get_ready of a missing key");
+    assert_eq!(seen, Some(false));
+
+    let k2 = key("ready-set");
+    let e2 = entry(&k2, &json!("set at once"), None);
+    match h.tier.set_ready(&k2, e2) {
+        SetReadiness::Done(result) => result.unwrap(),
+        SetReadiness::NeedsIo(_) => panic!("set_ready handed the entry back"),
+    }
+    assert_eq!(read(&*h.tier, &k2).await, Some(json!("set at once")));
 }

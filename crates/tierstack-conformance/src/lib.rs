@@ -4,6 +4,7 @@
 pub mod broken;
 pub mod cases;
 pub mod coordination;
+pub mod environment;
 pub mod processes;
 pub mod redis_server;
 
@@ -11,15 +12,34 @@ use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tierstack::Tier;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use tierstack::{BuildContext, Capabilities, Tier, TierConfig};
+
+/// A future that opens a tier: what [`Harness::reopen_with`] and
+/// [`Harness::capped`] hooks return.
+pub type OpenFuture = Pin<Box<dyn Future<Output = tierstack::Result<Arc<dyn Tier>>> + Send>>;
+
+type Reopen = Arc<dyn Fn() -> OpenFuture + Send + Sync>;
+type Capped = Arc<dyn Fn(u64) -> OpenFuture + Send + Sync>;
+
+/// The schema version every case writes with, and the one a [`Harness`]'s
+/// config is built for.
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// A tier under test, plus whatever must live as long as it (a temporary
-/// directory, a server guard).
+/// directory, a server guard), plus the hooks the capability-gated cases
+/// need: how to open the same store again ([`Harness::config`],
+/// [`Harness::reopen_with`]) and how to build a tier with a size cap
+/// ([`Harness::capped`]).
 pub struct Harness {
     /// The tier under test; empty when handed to a case.
     pub tier: Arc<dyn Tier>,
     guards: Vec<Box<dyn Any + Send + Sync>>,
+    config: Option<Arc<dyn TierConfig>>,
+    reopen: Option<Reopen>,
+    capped: Option<Capped>,
 }
 
 impl Harness {
@@ -33,6 +53,9 @@ impl Harness {
         Self {
             tier,
             guards: Vec::new(),
+            config: None,
+            reopen: None,
+            capped: None,
         }
     }
 
@@ -42,6 +65,111 @@ impl Harness {
         self.guards.push(Box::new(guard));
         self
     }
+
+    /// The config that opens the same store as [`Harness::tier`] (built
+    /// with [`SCHEMA_VERSION`]). A tier that declares `persistent` is
+    /// reopened from it (unless [`Harness::reopen_with`] says otherwise),
+    /// and one that declares `shared_across_processes` is opened from it,
+    /// serialised, by a second process.
+    #[must_use]
+    pub fn config(mut self, config: impl TierConfig + 'static) -> Self {
+        self.config = Some(Arc::new(config));
+        self
+    }
+
+    /// How to open the same store again after the tier was dropped, for
+    /// the `persistent` case, when building [`Harness::config`] is not it.
+    #[must_use]
+    pub fn reopen_with<F, Fut>(mut self, reopen: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = tierstack::Result<Arc<dyn Tier>>> + Send + 'static,
+    {
+        self.reopen = Some(Arc::new(move || Box::pin(reopen())));
+        self
+    }
+
+    /// How to build a fresh, empty tier of the same kind whose size cap is
+    /// the given number of bytes, for the `size_limit` case. The tier may
+    /// live in a directory the harness keeps.
+    #[must_use]
+    pub fn capped<F, Fut>(mut self, capped: F) -> Self
+    where
+        F: Fn(u64) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = tierstack::Result<Arc<dyn Tier>>> + Send + 'static,
+    {
+        self.capped = Some(Arc::new(move |bytes| Box::pin(capped(bytes))));
+        self
+    }
+
+    /// The config, serialised for a second process.
+    pub(crate) fn config_json(&self) -> Option<String> {
+        self.config
+            .as_ref()
+            .map(|c| serde_json::to_string(&**c).expect("a tier config serialises"))
+    }
+
+    /// A fresh tier capped at `bytes`, from the [`Harness::capped`] hook.
+    pub(crate) async fn capped_tier(&self, bytes: u64) -> Arc<dyn Tier> {
+        let capped = self.capped.as_ref().expect(
+            "the tier declares `size_limit`, but the harness has no `Harness::capped` hook to build one with a small cap",
+        );
+        capped(bytes).await.expect("the capped tier opens")
+    }
+
+    /// Drops the tier and opens the same store again. A store may hold a
+    /// lock for a moment after its last handle is dropped (a flusher
+    /// thread finishing), so opening is retried for up to 10 s.
+    pub(crate) async fn reopened(self) -> Self {
+        let reopen: Reopen = match (&self.reopen, &self.config) {
+            (Some(reopen), _) => Arc::clone(reopen),
+            (None, Some(config)) => {
+                let config = Arc::clone(config);
+                Arc::new(move || {
+                    let config = Arc::clone(&config);
+                    Box::pin(async move { config.build(&BuildContext::new(SCHEMA_VERSION)).await })
+                })
+            }
+            (None, None) => panic!(
+                "the tier declares `persistent`, but the harness gives no way to reopen it (`Harness::config` or `Harness::reopen_with`)"
+            ),
+        };
+        let Self {
+            tier,
+            guards,
+            config,
+            reopen: hook,
+            capped,
+        } = self;
+        drop(tier);
+        let started = Instant::now();
+        let tier = loop {
+            match reopen().await {
+                Ok(tier) => break tier,
+                Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("the store does not open again: {e}"),
+            }
+        };
+        Self {
+            tier,
+            guards,
+            config,
+            reopen: hook,
+            capped,
+        }
+    }
+}
+
+/// The capability a [`Case`] proves, and so needs: a tier that does not
+/// declare it skips the case (reported as ignored, with the reason).
+#[derive(Clone, Copy)]
+pub struct Gate {
+    /// The capability's name, as [`Capabilities::names`] gives it.
+    pub capability: &'static str,
+    /// Whether a tier's capabilities include it.
+    pub declared: fn(&Capabilities) -> bool,
 }
 
 /// One conformance case, callable on its own: the self-test
@@ -54,6 +182,22 @@ pub struct Case {
     pub name: &'static str,
     /// Runs the case on a harness; panics when the tier misbehaves.
     pub run: fn(Harness) -> CaseFuture,
+    /// The capability the case needs, if any.
+    pub needs: Option<Gate>,
+}
+
+impl Case {
+    /// Why the case does not apply to a tier with `capabilities`, or
+    /// `None` when it does. The runner reports such a case as ignored with
+    /// this reason; it never passes a case it did not run.
+    pub fn skip_reason(&self, capabilities: &Capabilities) -> Option<String> {
+        let gate = self.needs?;
+        if (gate.declared)(capabilities) {
+            None
+        } else {
+            Some(format!("the tier does not declare `{}`", gate.capability))
+        }
+    }
 }
 
 /// The future a [`Case`] returns.
@@ -71,8 +215,70 @@ pub fn all_cases() -> Vec<Case> {
     crate::__with_conformance_cases! { @list }
 }
 
+/// A backend's tiers under one label: what [`conformance_suite!`] runs.
+#[derive(Clone, Copy)]
+pub struct Suite {
+    label: &'static str,
+    make: fn() -> Pin<Box<dyn Future<Output = Harness>>>,
+}
+
+impl Suite {
+    /// A suite whose tests are named `label::case` (just `case` for an
+    /// empty label), each on a fresh harness from `make`.
+    pub fn new(label: &'static str, make: fn() -> Pin<Box<dyn Future<Output = Harness>>>) -> Self {
+        Self { label, make }
+    }
+
+    /// One test per case, as [`run_suites`] runs them: a case gated on a
+    /// capability the tier does not declare is ignored at run time, with
+    /// the reason. Public so that the self-test can run the runner itself.
+    pub fn trials(self) -> Vec<Trial> {
+        all_cases()
+            .into_iter()
+            .map(|case| self.trial(case))
+            .collect()
+    }
+
+    fn trial(self, case: Case) -> Trial {
+        let name = if self.label.is_empty() {
+            case.name.to_owned()
+        } else {
+            format!("{}::{}", self.label, case.name)
+        };
+        Trial::ignorable_test(name, move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
+            runtime.block_on(async move {
+                let harness = (self.make)().await;
+                if let Some(reason) = case.skip_reason(&harness.tier.capabilities()) {
+                    return Ok(Completion::ignored_with(reason));
+                }
+                (case.run)(harness).await;
+                Ok::<_, Failed>(Completion::Completed)
+            })
+        })
+    }
+}
+
+/// The `main` of a conformance test binary (`harness = false`), which
+/// [`conformance_suite!`] writes: one test per case and suite, with the
+/// command-line interface of `cargo test` (filters, `--list`,
+/// `--test-threads`). A case gated on a capability the tier does not
+/// declare is reported as ignored, with the reason. When the binary is
+/// started as a case's second process it plays that part instead.
+pub fn run_suites(suites: &[Suite]) -> ! {
+    processes::serve_as_second_process_if_asked();
+    let args = Arguments::from_args();
+    let trials = suites.iter().flat_map(|suite| suite.trials()).collect();
+    libtest_mimic::run(&args, trials).exit()
+}
+
 /// The one list of conformance cases: calls [`conformance_suite!`] with
-/// `$prefix` followed by the case names. Not for direct use.
+/// `$prefix` followed by the case names, each with the capability it needs
+/// in brackets. Not for direct use.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __with_conformance_cases {
@@ -100,8 +306,9 @@ macro_rules! __with_conformance_cases {
             concurrent_writers_on_distinct_keys_are_all_visible,
             keys_with_reserved_characters_are_distinct,
             unicode_and_hashed_keys_round_trip,
-            scan_pages_through_every_entry,
+            scan_pages_through_every_entry [scan],
             health_is_reported,
+            declared_capabilities_are_consistent,
             cache_copies_up_with_the_remaining_ttl,
             cache_caps_copy_up_to_the_upper_tier_ttl,
             cache_writes_through_to_the_tier,
@@ -109,34 +316,66 @@ macro_rules! __with_conformance_cases {
             other_schema_versions_are_counted_misses,
             value_of_another_type_is_a_miss_not_an_error,
             entry_under_another_key_is_a_counted_miss,
+            entries_survive_a_reopen [persistent],
+            a_second_process_sees_a_write_and_writes_back [shared_across_processes],
+            a_capped_tier_stays_within_its_cap [size_limit],
+            the_store_expires_entries_itself [native_ttl],
+            hits_are_served_from_the_kept_decoded_value [keeps_decoded],
+            get_ready_and_set_ready_answer_without_io [answers_without_io],
         }
     };
 }
 
-/// Expands to one `#[tokio::test]` per conformance case. `$make` is an async
-/// function (or closure returning a future) that returns a [`Harness`] with
-/// an empty tier. The calling crate needs `tokio` (with `macros` and
-/// `rt-multi-thread`) as a dev-dependency.
+/// Writes the `main` of a conformance test binary: one test per case (see
+/// [`run_suites`]). `$make` is an async function (or closure returning a
+/// future) that returns a [`Harness`] with an empty tier; several labelled
+/// factories (`"by_bytes" => by_bytes::make`) run the suite on each. The
+/// test target needs `harness = false` in `Cargo.toml`:
+///
+/// ```toml
+/// [[test]]
+/// name = "conformance"
+/// harness = false
+/// ```
 #[macro_export]
 macro_rules! conformance_suite {
-    (@list $($case:ident),* $(,)?) => {
+    (@list $($case:ident $([$capability:ident])?),* $(,)?) => {
         vec![$(
             $crate::Case {
                 name: stringify!($case),
                 run: |harness| Box::pin($crate::cases::$case(harness)),
+                needs: $crate::__gate!($($capability)?),
             }
         ),*]
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let harness: $crate::Harness = ($make)().await;
-                $crate::cases::$case(harness).await;
-            }
-        )*
+    ($($label:literal => $make:expr),+ $(,)?) => {
+        fn main() {
+            $crate::run_suites(&[$(
+                $crate::Suite::new(
+                    $label,
+                    || -> ::std::pin::Pin<Box<dyn ::std::future::Future<Output = $crate::Harness>>> {
+                        Box::pin(($make)())
+                    },
+                ),
+            )+]);
+        }
     };
     ($make:expr) => {
-        $crate::__with_conformance_cases! { @cases $make; }
+        $crate::conformance_suite! { "" => $make }
+    };
+}
+
+/// The [`Gate`] of a capability name, or `None`. Not for direct use.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __gate {
+    () => {
+        None
+    };
+    ($capability:ident) => {
+        Some($crate::Gate {
+            capability: stringify!($capability),
+            declared: |c| c.$capability,
+        })
     };
 }

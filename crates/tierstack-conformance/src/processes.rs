@@ -1,5 +1,7 @@
 //! Tests with real operating-system processes: several processes on one
-//! store, and `kill -9` while writing.
+//! store, and `kill -9` while writing; and the second process of the
+//! `shared_across_processes` conformance case
+//! ([`serve_as_second_process_if_asked`]).
 //!
 //! A backend's test file declares `harness = false` and calls [`main`]; the
 //! same binary then serves as parent (running the checks) and as child
@@ -349,4 +351,102 @@ fn tempfile_dir() -> std::result::Result<PathBuf, String> {
         .tempdir()
         .map(tempfile::TempDir::keep)
         .map_err(|e| e.to_string())
+}
+
+/// Set in the environment of a conformance case's second process, to the
+/// tier config (JSON) it opens the store with.
+const SECOND_PROCESS: &str = "TIERSTACK_CONFORMANCE_SECOND_PROCESS";
+
+/// Plays a conformance case's second process and exits, when this process
+/// was started as one (the conformance `main`, [`crate::run_suites`], and
+/// the self-test call it first); returns at once otherwise.
+///
+/// The second process opens the store from the config it was given, reads
+/// the key the first process wrote (`seen VALUE` or `missing`), writes a
+/// key of its own (`wrote`) and exits 0; it prints `error …` and exits 2
+/// when the store fails.
+pub fn serve_as_second_process_if_asked() {
+    let Ok(config) = std::env::var(SECOND_PROCESS) else {
+        return;
+    };
+    let code = runtime().block_on(second_process(&config));
+    std::process::exit(code);
+}
+
+async fn second_process(config: &str) -> i32 {
+    use tierstack::{BuildContext, TierConfig};
+    let config: Box<dyn TierConfig> = match serde_json::from_str(config) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("error the config does not parse: {e}");
+            return 2;
+        }
+    };
+    let tier = match config
+        .build(&BuildContext::new(crate::SCHEMA_VERSION))
+        .await
+    {
+        Ok(tier) => tier,
+        Err(e) => {
+            println!("error the store does not open: {e}");
+            return 2;
+        }
+    };
+    match tier.get(&crate::cases::written_by_first_process()).await {
+        Ok(Some(entry)) => match crate::cases::json_of(&entry) {
+            Ok(value) => println!("seen {value}"),
+            Err(e) => println!("error undecodable entry: {e}"),
+        },
+        Ok(None) => println!("missing"),
+        Err(e) => {
+            println!("error get: {e}");
+            return 2;
+        }
+    }
+    let key = crate::cases::written_by_second_process();
+    let value = serde_json::json!({"pid": std::process::id()});
+    if let Err(e) = tier
+        .set(&key, crate::cases::entry(&key, &value, None))
+        .await
+    {
+        println!("error set: {e}");
+        return 2;
+    }
+    println!("wrote");
+    0
+}
+
+/// Starts this test binary as a second process on the store that
+/// `config` (JSON) opens, waits for it (at most 60 s) and returns what it
+/// printed.
+pub(crate) fn run_second_process(config: &str) -> std::result::Result<Vec<String>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .env(SECOND_PROCESS, config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the second process: {e}"))?;
+    let lines = collect(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => {
+                let lines = lines
+                    .join()
+                    .map_err(|_| "output thread panicked".to_string())?;
+                if !status.success() {
+                    return Err(format!("the second process failed ({status}): {lines:?}"));
+                }
+                return Ok(lines);
+            }
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("the second process did not finish in 60 s".to_string());
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }

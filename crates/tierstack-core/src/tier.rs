@@ -12,16 +12,35 @@ use crate::key::Key;
 
 /// What a backend can do. The cache and the conformance suite use these to
 /// decide which behaviour applies; `tierstack backends` prints them.
+///
+/// `#[non_exhaustive]`, so that adding a flag is not a breaking change:
+/// outside this crate a value is built from [`Capabilities::NONE`] (or
+/// [`Capabilities::new`]) with the `with_*` setters, which are `const` so
+/// that a backend can keep a `const CAPABILITIES`:
+///
+/// ```
+/// use tierstack_core::Capabilities;
+///
+/// const CAPABILITIES: Capabilities = Capabilities::new().with_persistent().with_scan();
+/// assert!(CAPABILITIES.persistent && !CAPABILITIES.native_ttl);
+/// ```
+///
+/// Each flag is read by the cache or gates conformance cases that prove it
+/// (see the `tierstack-conformance` README); a backend declares only what
+/// those cases show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[allow(clippy::struct_excessive_bools)]
+#[non_exhaustive]
 pub struct Capabilities {
-    /// Entries survive a restart of the process.
+    /// Entries survive a restart of the process (the store is closed and
+    /// opened again).
     pub persistent: bool,
     /// Several processes on one host can share the store.
     pub shared_across_processes: bool,
     /// Several hosts can share the store.
     pub shared_across_hosts: bool,
-    /// The store expires entries itself.
+    /// The store expires entries itself: an entry past its retention is
+    /// gone from reads, sizes and scans without a purge.
     pub native_ttl: bool,
     /// `get_many` / `set_many` are native batch operations.
     pub native_batch: bool,
@@ -50,6 +69,75 @@ impl Capabilities {
         keeps_decoded: false,
         answers_without_io: false,
     };
+
+    /// No capabilities, the start of a builder chain (the same as
+    /// [`Capabilities::NONE`]).
+    pub const fn new() -> Self {
+        Self::NONE
+    }
+
+    /// Sets [`persistent`](Self::persistent).
+    #[must_use]
+    pub const fn with_persistent(mut self) -> Self {
+        self.persistent = true;
+        self
+    }
+
+    /// Sets [`shared_across_processes`](Self::shared_across_processes).
+    #[must_use]
+    pub const fn with_shared_across_processes(mut self) -> Self {
+        self.shared_across_processes = true;
+        self
+    }
+
+    /// Sets [`shared_across_hosts`](Self::shared_across_hosts).
+    #[must_use]
+    pub const fn with_shared_across_hosts(mut self) -> Self {
+        self.shared_across_hosts = true;
+        self
+    }
+
+    /// Sets [`native_ttl`](Self::native_ttl).
+    #[must_use]
+    pub const fn with_native_ttl(mut self) -> Self {
+        self.native_ttl = true;
+        self
+    }
+
+    /// Sets [`native_batch`](Self::native_batch).
+    #[must_use]
+    pub const fn with_native_batch(mut self) -> Self {
+        self.native_batch = true;
+        self
+    }
+
+    /// Sets [`scan`](Self::scan).
+    #[must_use]
+    pub const fn with_scan(mut self) -> Self {
+        self.scan = true;
+        self
+    }
+
+    /// Sets [`size_limit`](Self::size_limit).
+    #[must_use]
+    pub const fn with_size_limit(mut self) -> Self {
+        self.size_limit = true;
+        self
+    }
+
+    /// Sets [`keeps_decoded`](Self::keeps_decoded).
+    #[must_use]
+    pub const fn with_keeps_decoded(mut self) -> Self {
+        self.keeps_decoded = true;
+        self
+    }
+
+    /// Sets [`answers_without_io`](Self::answers_without_io).
+    #[must_use]
+    pub const fn with_answers_without_io(mut self) -> Self {
+        self.answers_without_io = true;
+        self
+    }
 
     /// The names of the capabilities that are set.
     pub fn names(&self) -> Vec<&'static str> {

@@ -16,12 +16,10 @@ pub use config::FilesConfig;
 use tierstack_core::{BackendDescriptor, Capabilities};
 
 /// What the files tier can do.
-pub const CAPABILITIES: Capabilities = Capabilities {
-    persistent: true,
-    shared_across_processes: true,
-    scan: true,
-    ..Capabilities::NONE
-};
+pub const CAPABILITIES: Capabilities = Capabilities::new()
+    .with_persistent()
+    .with_shared_across_processes()
+    .with_scan();
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "files",
