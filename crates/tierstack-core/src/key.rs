@@ -912,6 +912,34 @@ mod tests {
         assert_eq!(k.as_str(), "s:t=%C2%80%C2%9F\u{a0}\u{e9}%3A");
     }
 
+    fn scratch_capacity() -> usize {
+        SCRATCH.with(|scratch| scratch.borrow().capacity())
+    }
+
+    /// The fast path is only visible in what it does not touch: the
+    /// thread's scratch buffer, which the normalising path renders into.
+    #[test]
+    fn plain_keys_render_on_the_stack_and_a_grown_scratch_is_freed() {
+        std::thread::spawn(|| {
+            assert_eq!(scratch_capacity(), 0);
+            let key = Key::new("audnexus:book", [("asin", "B0001")]);
+            assert_eq!(key.as_str(), "audnexus:book:asin=B0001");
+            let key = Key::new("s", [("b", "2"), ("a", "1")]);
+            assert_eq!(key.as_str(), "s:a=1&b=2");
+            assert_eq!(Key::bare("plain").as_str(), "plain:");
+            assert_eq!(scratch_capacity(), 0, "plain keys render on the stack");
+            let escaped = Key::new("s", [("q", "a&b")]);
+            assert_eq!(escaped.as_str(), "s:q=a%26b");
+            let kept = scratch_capacity();
+            assert!(kept > 0 && kept <= SCRATCH_KEEP, "a small scratch is kept: {kept}");
+            let long = Key::new("s", [("q", "\u{e9}".repeat(2000))]);
+            assert!(long.is_hashed());
+            assert_eq!(scratch_capacity(), 0, "a scratch grown past SCRATCH_KEEP is freed");
+        })
+        .join()
+        .expect("the checks pass");
+    }
+
     #[test]
     fn plain_keys_on_either_side_of_the_stack_buffer_render_alike() {
         // "s:" + "p=" around the buffer's length, then past MAX_KEY_LEN.

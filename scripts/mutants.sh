@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Mutation testing with cargo-mutants (docs/testing.md, "Mutation testing").
+#
+#   scripts/mutants.sh            the change's tierstack-core files only: the
+#                                 mutants in lines that differ from the base
+#                                 commit, tested with core's own tests, within
+#                                 a time budget; exits 1 if a mutant is missed
+#   scripts/mutants.sh --full     every mutant of tierstack-core (core's own
+#                                 tests) and of flight.rs and policy.rs (the
+#                                 facade's library tests): about 1.5 h here
+#
+# Environment:
+#   MUTANTS_BASE         commit to diff against (default: .ci/mutants-base,
+#                        the last commit that landed; move it forward when a
+#                        stop lands)
+#   MUTANTS_BUDGET_SECS  wall-time cap of the diff run (default 420); what the
+#                        cap leaves untested is listed, and is not a failure
+#   MUTANTS_OUT          output directory (default target/mutants)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=${MUTANTS_OUT:-target/mutants}
+budget=${MUTANTS_BUDGET_SECS:-420}
+if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
+    echo "mutants: MUTANTS_BUDGET_SECS must be a whole number of seconds, got '$budget'" >&2
+    exit 2
+fi
+if ! cargo mutants --version >/dev/null 2>&1; then
+    echo "== installing cargo-mutants" >&2
+    cargo install cargo-mutants --locked --quiet
+fi
+
+case "${1:-}" in
+    --full)
+        cargo mutants -p tierstack-core --test-workspace false -o "$out/core" || true
+        cargo mutants -p tierstack -f crates/tierstack/src/flight.rs -f crates/tierstack/src/policy.rs \
+            --test-workspace false -o "$out/facade" -- --lib || true
+        for d in "$out/core" "$out/facade"; do
+            echo "== $d"
+            for kind in caught missed timeout unviable; do
+                printf '%-9s %s\n' "$kind" "$(wc -l < "$d/mutants.out/$kind.txt")"
+            done
+        done
+        exit 0
+        ;;
+    "") ;;
+    *) echo "usage: scripts/mutants.sh [--full]" >&2; exit 2 ;;
+esac
+
+base=${MUTANTS_BASE:-$(tr -d '[:space:]' < .ci/mutants-base)}
+if ! git rev-parse --quiet --verify "$base^{commit}" >/dev/null; then
+    echo "mutants: base commit '$base' is not in this clone; nothing to compare with" >&2
+    exit 2
+fi
+mkdir -p "$out"
+diff_file="$out/change.diff"
+git diff "$base" -- crates/tierstack-core/src > "$diff_file"
+if ! [ -s "$diff_file" ]; then
+    echo "mutants: no change to crates/tierstack-core since $base"
+    exit 0
+fi
+cargo mutants -p tierstack-core --in-diff "$diff_file" --list > "$out/all.txt"
+echo "mutants: $(wc -l < "$out/all.txt") mutants in the change since $base, budget ${budget}s"
+status=0
+timeout --signal=INT "$budget" \
+    cargo mutants -p tierstack-core --in-diff "$diff_file" --test-workspace false \
+    --timeout 120 -j 1 -o "$out" || status=$?
+results="$out/mutants.out"
+tested=$(cat "$results"/{caught,missed,timeout,unviable}.txt 2>/dev/null | wc -l)
+echo "mutants: tested $tested of $(wc -l < "$out/all.txt")"
+if [ "$status" = 124 ] || [ "$status" = 130 ]; then
+    echo "mutants: the budget ran out; not tested:"
+    # Mutant names as cargo-mutants prints them, without the outcome files'.
+    cat "$results"/{caught,missed,timeout,unviable}.txt 2>/dev/null | sort > "$out/tested.txt"
+    sort "$out/all.txt" | comm -23 - "$out/tested.txt" | sed 's/^/  /'
+fi
+if [ -s "$results/missed.txt" ]; then
+    echo "mutants: missed (a test should fail for each, or the code is dead):" >&2
+    sed 's/^/  /' "$results/missed.txt" >&2
+    exit 1
+fi
+echo "mutants: no mutant of the change survived"
