@@ -931,10 +931,17 @@ mod tests {
             let escaped = Key::new("s", [("q", "a&b")]);
             assert_eq!(escaped.as_str(), "s:q=a%26b");
             let kept = scratch_capacity();
-            assert!(kept > 0 && kept <= SCRATCH_KEEP, "a small scratch is kept: {kept}");
+            assert!(
+                kept > 0 && kept <= SCRATCH_KEEP,
+                "a small scratch is kept: {kept}"
+            );
             let long = Key::new("s", [("q", "\u{e9}".repeat(2000))]);
             assert!(long.is_hashed());
-            assert_eq!(scratch_capacity(), 0, "a scratch grown past SCRATCH_KEEP is freed");
+            assert_eq!(
+                scratch_capacity(),
+                0,
+                "a scratch grown past SCRATCH_KEEP is freed"
+            );
         })
         .join()
         .expect("the checks pass");
