@@ -16,10 +16,26 @@
 //! wake-ups of the hand-off would cost more than the commit. Under load the
 //! requests queue up and are grouped as before.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, TryLockError};
+
+// Under `--cfg shuttle` the queue runs on shuttle's thread, channel, lock and
+// counter, so the model checker can switch threads at each of them
+// (tests/interleavings.rs); `tokio`'s oneshot wakes through shuttle's wakers.
+#[cfg(shuttle)]
+use shuttle::{
+    sync::atomic::{AtomicBool, AtomicUsize},
+    sync::mpsc::{self, Receiver, Sender, TryRecvError},
+    sync::{Mutex, MutexGuard},
+    thread::{self, JoinHandle},
+};
+#[cfg(not(shuttle))]
+use std::{
+    sync::atomic::{AtomicBool, AtomicUsize},
+    sync::mpsc::{self, Receiver, Sender, TryRecvError},
+    sync::{Mutex, MutexGuard},
+    thread::{self, JoinHandle},
+};
 
 use tokio::sync::oneshot;
 
@@ -90,6 +106,9 @@ pub struct GroupCommit {
     queued: AtomicUsize,
     tx: Option<Sender<Command>>,
     thread: Option<JoinHandle<()>>,
+    /// Cleared when the thread ends, returned or unwound (a flag rather
+    /// than `JoinHandle::is_finished`, which shuttle's threads lack).
+    running: Arc<AtomicBool>,
 }
 
 impl GroupCommit {
@@ -103,14 +122,17 @@ impl GroupCommit {
         max_batch: usize,
     ) -> std::io::Result<Self> {
         let thread_name = format!("tierstack-{tier}");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = mpsc::channel();
         let max_batch = max_batch.max(1);
         let store: SharedStore = Arc::new(Mutex::new(store));
+        let running = Arc::new(AtomicBool::new(true));
         let thread = {
             let store = Arc::clone(&store);
-            std::thread::Builder::new()
-                .name(thread_name)
-                .spawn(move || run(&store, &rx, max_batch))?
+            let running = Running(Arc::clone(&running));
+            thread::Builder::new().name(thread_name).spawn(move || {
+                let _running = running;
+                run(&store, &rx, max_batch);
+            })?
         };
         Ok(Self {
             tier: tier.to_owned(),
@@ -119,6 +141,7 @@ impl GroupCommit {
             queued: AtomicUsize::new(0),
             tx: Some(tx),
             thread: Some(thread),
+            running,
         })
     }
 
@@ -168,7 +191,7 @@ impl GroupCommit {
 
     /// Whether the writer thread is still running.
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.running.load(Ordering::Acquire)
     }
 
     /// Commits `ops` in place when the writer is idle and the store can,
@@ -224,6 +247,15 @@ impl std::fmt::Debug for GroupCommit {
             .field("waiting", &self.queued.load(Ordering::Relaxed))
             .field("running", &self.is_running())
             .finish_non_exhaustive()
+    }
+}
+
+/// Held by the writer thread; clears the running flag when the thread ends.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -316,3 +348,6 @@ fn commit(store: &mut dyn CommitStore, group: Vec<(Vec<WriteOp>, Reply)>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

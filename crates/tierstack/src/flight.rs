@@ -7,6 +7,11 @@
 //! them becoming the new leader, so a key is never wedged.
 
 use std::collections::HashMap;
+// Under `--cfg shuttle` the map locks with shuttle's mutex, so the model
+// checker can switch tasks at every join and removal (tests/interleavings.rs).
+#[cfg(shuttle)]
+use shuttle::sync::Mutex;
+#[cfg(not(shuttle))]
 use std::sync::Mutex;
 
 use tierstack_core::{Decoded, Error, Key};
@@ -32,6 +37,15 @@ pub(crate) enum Joined<'a> {
 }
 
 impl Flights {
+    /// Whether no flight is in the air (a test's check that none leaked).
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
     pub(crate) fn join(&self, key: &Key) -> Joined<'_> {
         let mut map = self
             .0
@@ -94,3 +108,6 @@ pub(crate) async fn wait(mut rx: watch::Receiver<Option<FlightResult>>) -> Optio
         Err(_) => None,
     }
 }
+
+#[cfg(all(test, feature = "memory"))]
+mod tests;

@@ -1,0 +1,227 @@
+//! Single-flight's scenarios through `get_or_fetch` over a real memory
+//! tier, run two ways:
+//!
+//! - as tokio tests in every build (with the `memory` feature), so a change
+//!   to `flight.rs` that breaks one fails the facade's library tests;
+//! - under `--cfg shuttle` (`scripts/interleavings.sh`) as model checks: the
+//!   flight map then locks with shuttle's mutex, and each scenario runs
+//!   under many random schedules, with a switch of task possible at every
+//!   join and removal of a flight and at every await of the fetch. A lost
+//!   wake-up, a wedged key or a second fetch shows up as a deadlock, a step
+//!   limit or a failed assertion, with the schedule that replays it.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::FutureExt;
+#[cfg(shuttle)]
+use shuttle::future::{spawn, yield_now};
+#[cfg(not(shuttle))]
+use tokio::{spawn, task::yield_now};
+
+use crate::{ErrorKind, Key, MemoryConfig, MemoryTier, TieredCache, Ttl};
+
+/// Runs a scenario: on a tokio runtime in a normal build, or under
+/// shuttle's random scheduler for many schedules with `--cfg shuttle`.
+#[cfg(not(shuttle))]
+fn check<F: Future<Output = ()> + 'static>(scenario: fn() -> F) {
+    // Each scenario runs many times on the runtime's two workers, since a
+    // race that a single run misses is what the scenarios are about.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    for _ in 0..50 {
+        runtime = run_bounded(runtime, scenario());
+    }
+    runtime.shutdown_background();
+}
+
+/// Runs one scenario; a scenario that hangs (a caller never woken, a
+/// wedged key spinning) fails instead, without waiting for the stuck
+/// workers: the runtime is shut down in the background first.
+#[cfg(not(shuttle))]
+fn run_bounded(
+    runtime: tokio::runtime::Runtime,
+    scenario: impl Future<Output = ()>,
+) -> tokio::runtime::Runtime {
+    let limit = std::time::Duration::from_secs(30);
+    if runtime
+        .block_on(async { tokio::time::timeout(limit, scenario).await })
+        .is_err()
+    {
+        runtime.shutdown_background();
+        panic!("the scenario did not finish in {limit:?}: a caller was never answered");
+    }
+    runtime
+}
+
+#[cfg(shuttle)]
+fn check<F: Future<Output = ()> + 'static>(scenario: fn() -> F) {
+    let iterations = std::env::var("TIERSTACK_SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    shuttle::check_random(move || shuttle::future::block_on(scenario()), iterations);
+}
+
+#[cfg(shuttle)]
+type Task<T> = shuttle::future::JoinHandle<T>;
+#[cfg(not(shuttle))]
+type Task<T> = tokio::task::JoinHandle<T>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream answered 503")]
+struct Upstream;
+
+fn key() -> Key {
+    Key::new("model:book", [("id", "1")])
+}
+
+fn cache() -> Arc<TieredCache> {
+    let l1 = MemoryTier::new(&MemoryConfig::with_max_entries(100)).unwrap();
+    Arc::new(TieredCache::builder().tier(l1).build())
+}
+
+/// A fetch that counts its calls and awaits twice on the way, so the
+/// scheduler can run the other callers in the middle of it.
+async fn fetch(calls: Arc<AtomicUsize>) -> Result<String, Upstream> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    yield_now().await;
+    yield_now().await;
+    Ok("value".to_owned())
+}
+
+/// A bug in the user's fetch. `resume_unwind` unwinds without running the
+/// panic hook, so shuttle does not take the panic for a failed schedule.
+fn fetch_bug() -> Result<String, Upstream> {
+    std::panic::resume_unwind(Box::new("fetch bug"))
+}
+
+fn caller(cache: &Arc<TieredCache>, calls: &Arc<AtomicUsize>) -> Task<String> {
+    let (cache, calls) = (Arc::clone(cache), Arc::clone(calls));
+    spawn(async move {
+        cache
+            .get_or_fetch(&key(), Ttl::TierDefault, |_| fetch(calls))
+            .await
+            .unwrap()
+            .as_ref()
+            .clone()
+    })
+}
+
+/// After the scenario, the key is not wedged: once invalidated, the next
+/// caller fetches again and is answered.
+async fn assert_not_wedged(cache: &Arc<TieredCache>, calls: &Arc<AtomicUsize>) {
+    cache.delete(&key()).await.unwrap();
+    let before = calls.load(Ordering::SeqCst);
+    assert_eq!(caller(cache, calls).await.unwrap(), "value");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "the next miss did not fetch"
+    );
+    assert!(
+        cache.inner.flights.is_idle(),
+        "a flight outlived its callers"
+    );
+}
+
+/// Three callers of one cold key: exactly one fetch, in every order of
+/// lookup, join, store and publish (a caller that joins just after the
+/// leader published finds the value by its last look).
+#[test]
+fn three_callers_of_a_cold_key_fetch_it_once() {
+    check(|| async {
+        let (cache, calls) = (cache(), Arc::new(AtomicUsize::new(0)));
+        let callers: Vec<_> = (0..3).map(|_| caller(&cache, &calls)).collect();
+        for c in callers {
+            assert_eq!(c.await.unwrap(), "value");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "fetches for one cold key");
+        assert_not_wedged(&cache, &calls).await;
+    });
+}
+
+/// A caller cancelled at any point (its future dropped, leader or not)
+/// never strands the others: they are answered, at most one more fetch
+/// runs for the leader that left, and the key stays usable.
+#[test]
+fn a_cancelled_caller_hands_the_flight_over() {
+    check(|| async {
+        let (cache, calls) = (cache(), Arc::new(AtomicUsize::new(0)));
+        let quitter = caller(&cache, &calls);
+        let stayers: Vec<_> = (0..2).map(|_| caller(&cache, &calls)).collect();
+        yield_now().await;
+        quitter.abort();
+        for c in stayers {
+            assert_eq!(c.await.unwrap(), "value");
+        }
+        let _ = quitter.await;
+        let n = calls.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&n), "{n} fetches for one cold key");
+        assert_not_wedged(&cache, &calls).await;
+    });
+}
+
+/// The leader's fetch panics: the panic reaches that caller, the callers
+/// waiting on it get `FetchPanicked` (or, if they came after, the value of
+/// a new leader), and the key stays usable.
+#[test]
+fn a_panicking_leader_answers_its_waiters_and_frees_the_key() {
+    check(|| async {
+        let (cache, calls) = (cache(), Arc::new(AtomicUsize::new(0)));
+        let panicker = {
+            let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+            spawn(async move {
+                let k = key();
+                let call = cache.get_or_fetch(&k, Ttl::TierDefault, |_| async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    yield_now().await;
+                    fetch_bug()
+                });
+                AssertUnwindSafe(call)
+                    .catch_unwind()
+                    .await
+                    .map(|r| r.map(drop))
+            })
+        };
+        let others: Vec<_> = (0..2)
+            .map(|_| {
+                let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+                spawn(async move {
+                    cache
+                        .get_or_fetch(&key(), Ttl::TierDefault, |_| fetch(calls))
+                        .await
+                })
+            })
+            .collect();
+        let outcome = panicker.await.unwrap();
+        // The panicking fetch ran only if this caller led; a caller that
+        // came after another's fetch gets that value.
+        assert!(
+            matches!(outcome, Err(_) | Ok(Ok(()))),
+            "the panicker got {outcome:?}"
+        );
+        let mut panics_seen = 0;
+        for c in others {
+            match c.await.unwrap() {
+                Ok(v) => assert_eq!(*v, "value"),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::FetchPanicked, "{e}");
+                    panics_seen += 1;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            assert_eq!(
+                panics_seen, 0,
+                "a panic reported without a panicking leader"
+            );
+        }
+        assert_not_wedged(&cache, &calls).await;
+    });
+}
