@@ -42,5 +42,8 @@ step "cargo test (all features)"
 if [ "${CI:-}" = "true" ]; then export TIERSTACK_REQUIRE_ENVIRONMENT=1; fi
 cargo test --workspace --all-features
 
+step "model checks of single-flight and the group-commit queue under shuttle (scripts/interleavings.sh)"
+bash scripts/interleavings.sh
+
 step "the previous release and this one on the same SQLite file, exports and Redis server (scripts/compat.sh)"
 bash scripts/compat.sh

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures_util::FutureExt;
 #[cfg(shuttle)]
@@ -65,7 +65,12 @@ fn check<F: Future<Output = ()> + 'static>(scenario: fn() -> F) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000);
-    shuttle::check_random(move || shuttle::future::block_on(scenario()), iterations);
+    // The cache's futures, unoptimised, outgrow shuttle's default 60 KiB
+    // task stacks.
+    let mut config = shuttle::Config::default();
+    config.stack_size = 1 << 20;
+    let scheduler = shuttle::scheduler::RandomScheduler::new(iterations);
+    shuttle::Runner::new(scheduler, config).run(move || shuttle::future::block_on(scenario()));
 }
 
 #[cfg(shuttle)]
@@ -86,12 +91,45 @@ fn cache() -> Arc<TieredCache> {
     Arc::new(TieredCache::builder().tier(l1).build())
 }
 
-/// A fetch that counts its calls and awaits twice on the way, so the
-/// scheduler can run the other callers in the middle of it.
-async fn fetch(calls: Arc<AtomicUsize>) -> Result<String, Upstream> {
-    calls.fetch_add(1, Ordering::SeqCst);
+/// The upstream: counts calls, and sees two fetches of the key running at
+/// once, which single-flight exists to prevent.
+#[derive(Default)]
+struct Api {
+    calls: AtomicUsize,
+    running: AtomicUsize,
+    overlapped: AtomicBool,
+    /// The first call answers 503.
+    fail_first: bool,
+}
+
+impl Api {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Marks a fetch as running until it ends, answered or dropped.
+struct Running<'a>(&'a Api);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A fetch that awaits twice on the way, so the scheduler can run the
+/// other callers in the middle of it.
+async fn fetch(api: Arc<Api>) -> Result<String, Upstream> {
+    let call = api.calls.fetch_add(1, Ordering::SeqCst);
+    if api.running.fetch_add(1, Ordering::SeqCst) > 0 {
+        api.overlapped.store(true, Ordering::SeqCst);
+    }
+    let _running = Running(&api);
     yield_now().await;
     yield_now().await;
+    if api.fail_first && call == 0 {
+        return Err(Upstream);
+    }
     Ok("value".to_owned())
 }
 
@@ -101,48 +139,51 @@ fn fetch_bug() -> Result<String, Upstream> {
     std::panic::resume_unwind(Box::new("fetch bug"))
 }
 
-fn caller(cache: &Arc<TieredCache>, calls: &Arc<AtomicUsize>) -> Task<String> {
-    let (cache, calls) = (Arc::clone(cache), Arc::clone(calls));
+fn call(cache: &Arc<TieredCache>, api: &Arc<Api>) -> Task<crate::Result<String>> {
+    let (cache, api) = (Arc::clone(cache), Arc::clone(api));
     spawn(async move {
         cache
-            .get_or_fetch(&key(), Ttl::TierDefault, |_| fetch(calls))
+            .get_or_fetch(&key(), Ttl::TierDefault, |_| fetch(api))
             .await
-            .unwrap()
-            .as_ref()
-            .clone()
+            .map(|v| v.as_ref().clone())
     })
 }
 
-/// After the scenario, the key is not wedged: once invalidated, the next
-/// caller fetches again and is answered.
-async fn assert_not_wedged(cache: &Arc<TieredCache>, calls: &Arc<AtomicUsize>) {
-    cache.delete(&key()).await.unwrap();
-    let before = calls.load(Ordering::SeqCst);
-    assert_eq!(caller(cache, calls).await.unwrap(), "value");
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        before + 1,
-        "the next miss did not fetch"
+fn caller(cache: &Arc<TieredCache>, api: &Arc<Api>) -> Task<String> {
+    let task = call(cache, api);
+    spawn(async move { task.await.unwrap().unwrap() })
+}
+
+/// After the scenario: no two fetches ran at once, no flight is left, and
+/// the key is not wedged: once invalidated, the next caller fetches again
+/// and is answered.
+async fn assert_not_wedged(cache: &Arc<TieredCache>, api: &Arc<Api>) {
+    assert!(
+        !api.overlapped.load(Ordering::SeqCst),
+        "two fetches of one key ran at once"
     );
+    cache.delete(&key()).await.unwrap();
+    let before = api.calls();
+    assert_eq!(caller(cache, api).await.unwrap(), "value");
+    assert_eq!(api.calls(), before + 1, "the next miss did not fetch");
     assert!(
         cache.inner.flights.is_idle(),
         "a flight outlived its callers"
     );
 }
-
 /// Three callers of one cold key: exactly one fetch, in every order of
 /// lookup, join, store and publish (a caller that joins just after the
 /// leader published finds the value by its last look).
 #[test]
 fn three_callers_of_a_cold_key_fetch_it_once() {
     check(|| async {
-        let (cache, calls) = (cache(), Arc::new(AtomicUsize::new(0)));
-        let callers: Vec<_> = (0..3).map(|_| caller(&cache, &calls)).collect();
+        let (cache, api) = (cache(), Arc::new(Api::default()));
+        let callers: Vec<_> = (0..3).map(|_| caller(&cache, &api)).collect();
         for c in callers {
             assert_eq!(c.await.unwrap(), "value");
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "fetches for one cold key");
-        assert_not_wedged(&cache, &calls).await;
+        assert_eq!(api.calls(), 1, "fetches for one cold key");
+        assert_not_wedged(&cache, &api).await;
     });
 }
 
@@ -152,18 +193,18 @@ fn three_callers_of_a_cold_key_fetch_it_once() {
 #[test]
 fn a_cancelled_caller_hands_the_flight_over() {
     check(|| async {
-        let (cache, calls) = (cache(), Arc::new(AtomicUsize::new(0)));
-        let quitter = caller(&cache, &calls);
-        let stayers: Vec<_> = (0..2).map(|_| caller(&cache, &calls)).collect();
+        let (cache, api) = (cache(), Arc::new(Api::default()));
+        let quitter = caller(&cache, &api);
+        let stayers: Vec<_> = (0..2).map(|_| caller(&cache, &api)).collect();
         yield_now().await;
         quitter.abort();
         for c in stayers {
             assert_eq!(c.await.unwrap(), "value");
         }
         let _ = quitter.await;
-        let n = calls.load(Ordering::SeqCst);
+        let n = api.calls();
         assert!((1..=2).contains(&n), "{n} fetches for one cold key");
-        assert_not_wedged(&cache, &calls).await;
+        assert_not_wedged(&cache, &api).await;
     });
 }
 
@@ -173,13 +214,13 @@ fn a_cancelled_caller_hands_the_flight_over() {
 #[test]
 fn a_panicking_leader_answers_its_waiters_and_frees_the_key() {
     check(|| async {
-        let (cache, calls) = (cache(), Arc::new(AtomicUsize::new(0)));
+        let (cache, api) = (cache(), Arc::new(Api::default()));
         let panicker = {
-            let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+            let (cache, api) = (Arc::clone(&cache), Arc::clone(&api));
             spawn(async move {
                 let k = key();
                 let call = cache.get_or_fetch(&k, Ttl::TierDefault, |_| async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
+                    api.calls.fetch_add(1, Ordering::SeqCst);
                     yield_now().await;
                     fetch_bug()
                 });
@@ -191,10 +232,10 @@ fn a_panicking_leader_answers_its_waiters_and_frees_the_key() {
         };
         let others: Vec<_> = (0..2)
             .map(|_| {
-                let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
+                let (cache, api) = (Arc::clone(&cache), Arc::clone(&api));
                 spawn(async move {
                     cache
-                        .get_or_fetch(&key(), Ttl::TierDefault, |_| fetch(calls))
+                        .get_or_fetch(&key(), Ttl::TierDefault, |_| fetch(api))
                         .await
                 })
             })
@@ -222,6 +263,29 @@ fn a_panicking_leader_answers_its_waiters_and_frees_the_key() {
                 "a panic reported without a panicking leader"
             );
         }
-        assert_not_wedged(&cache, &calls).await;
+        assert_not_wedged(&cache, &api).await;
+    });
+}
+
+/// The first fetch fails: the callers waiting on it get the error (errors
+/// are not cached), the callers after it retry behind one new leader at a
+/// time, and the old leader's guard never removes the new leader's flight.
+#[test]
+fn after_a_failed_fetch_one_leader_at_a_time_retries() {
+    check(|| async {
+        let cache = cache();
+        let api = Arc::new(Api {
+            fail_first: true,
+            ..Api::default()
+        });
+        let calls: Vec<_> = (0..4).map(|_| call(&cache, &api)).collect();
+        for c in calls {
+            match c.await.unwrap() {
+                Ok(v) => assert_eq!(v, "value"),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Fetch, "{e}"),
+            }
+        }
+        assert!(api.calls() >= 1);
+        assert_not_wedged(&cache, &api).await;
     });
 }
