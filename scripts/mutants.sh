@@ -32,6 +32,7 @@ fi
 
 case "${1:-}" in
     --full)
+        mkdir -p "$out"
         cargo mutants -p tierstack-core --test-workspace false -o "$out/core" || true
         cargo mutants -p tierstack -f crates/tierstack/src/flight.rs -f crates/tierstack/src/policy.rs \
             --test-workspace false -o "$out/facade" -- --lib || true

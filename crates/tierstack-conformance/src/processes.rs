@@ -83,6 +83,17 @@ pub fn main(suite: &ProcessSuite) {
         }
     };
     run(
+        &format!("{}::integrity_check_catches_damage", suite.name),
+        &|| integrity_check_catches_damage(suite),
+    );
+    run(
+        &format!(
+            "{}::kill_9_catches_a_writer_that_acknowledges_before_committing",
+            suite.name
+        ),
+        &|| crash_test_catches_early_acks(suite),
+    );
+    run(
         &format!("{}::kill_9_loses_no_acknowledged_write", suite.name),
         &|| crash_cycles(suite),
     );
@@ -126,8 +137,14 @@ async fn child(suite: &ProcessSuite, args: &[String]) -> i32 {
     match args[0].as_str() {
         "writer" => {
             let name = &args[2];
+            let ack_early = std::env::var_os(ACK_BEFORE_COMMIT).is_some();
             let mut n = 0u64;
             while Instant::now() < deadline {
+                if ack_early {
+                    let mut out = stdout.lock();
+                    let _ = writeln!(out, "ack {n}");
+                    let _ = out.flush();
+                }
                 if let Err(e) = cache
                     .set(&key(name, n), value(name, n), Ttl::TierDefault)
                     .await
@@ -140,15 +157,18 @@ async fn child(suite: &ProcessSuite, args: &[String]) -> i32 {
                     println!("error write failed (see log)");
                     return 2;
                 }
-                let mut out = stdout.lock();
-                let _ = writeln!(out, "ack {n}");
-                let _ = out.flush();
+                if !ack_early {
+                    let mut out = stdout.lock();
+                    let _ = writeln!(out, "ack {n}");
+                    let _ = out.flush();
+                }
                 n += 1;
             }
             0
         }
         "reader" => {
             let mut reads = 0u64;
+            let mut hits = 0u64;
             let mut n = 0u64;
             while Instant::now() < deadline {
                 for writer in ["w0", "w1", "w2", "w3"] {
@@ -157,6 +177,7 @@ async fn child(suite: &ProcessSuite, args: &[String]) -> i32 {
                             println!("wrong value for {writer}/{}", n % 500);
                             return 2;
                         }
+                        hits += 1;
                     }
                     reads += 1;
                 }
@@ -172,6 +193,7 @@ async fn child(suite: &ProcessSuite, args: &[String]) -> i32 {
                 return 2;
             }
             println!("reads {reads}");
+            println!("hits {hits}");
             0
         }
         other => {
@@ -181,15 +203,48 @@ async fn child(suite: &ProcessSuite, args: &[String]) -> i32 {
     }
 }
 
-fn spawn(args: &[&str]) -> std::result::Result<Child, String> {
+fn child_command(args: &[&str]) -> std::result::Result<Command, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("--child")
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    Ok(command)
+}
+
+fn spawn(args: &[&str]) -> std::result::Result<Child, String> {
+    child_command(args)?
         .spawn()
         .map_err(|e| format!("cannot start child: {e}"))
+}
+
+/// Like [`collect`], and sends the count of acks seen after each one.
+fn collect_counting(
+    child: &mut Child,
+) -> (
+    std::sync::mpsc::Receiver<usize>,
+    std::thread::JoinHandle<Vec<String>>,
+) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut acks = 0;
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            if line.starts_with("ack ") {
+                acks += 1;
+                let _ = tx.send(acks);
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    (rx, lines)
 }
 
 /// Collects a child's complete output lines on a thread.
@@ -213,59 +268,203 @@ fn acked(lines: &[String]) -> Vec<u64> {
 fn verify(
     suite: &ProcessSuite,
     path: &Path,
-    writer: &str,
-    acks: &[u64],
+    writes: &[(String, Vec<u64>)],
 ) -> std::result::Result<(), String> {
     runtime().block_on(async {
         let tier = (suite.open)(path.to_path_buf())
             .await
             .map_err(|e| format!("reopen failed: {e}"))?;
         let cache = TieredCache::builder().shared_tier(tier).build();
-        for &n in acks {
-            match cache.get::<String>(&key(writer, n)).await {
-                Some(v) if *v == value(writer, n) => {}
-                Some(_) => return Err(format!("{writer}/{n}: wrong value after crash")),
-                None => return Err(format!("{writer}/{n}: acknowledged write lost")),
+        for (writer, acks) in writes {
+            for &n in acks {
+                match cache.get::<String>(&key(writer, n)).await {
+                    Some(v) if *v == value(writer, n) => {}
+                    Some(_) => return Err(format!("{writer}/{n}: wrong value after crash")),
+                    None => return Err(format!("{writer}/{n}: acknowledged write lost")),
+                }
             }
         }
         Ok(())
     })
 }
 
+/// Acknowledged writes each writer must have made before it is killed, so
+/// that no cycle passes by having nothing to lose.
+const MIN_ACKS_PER_CYCLE: usize = 20;
+
+/// Set in a crash writer's environment to make it acknowledge each write
+/// before making it, as a broken store would: the crash test must then
+/// fail (`kill_9_catches_a_writer_that_acknowledges_before_committing`).
+const ACK_BEFORE_COMMIT: &str = "TIERSTACK_CRASH_ACK_BEFORE_COMMIT";
+
+/// Starts a writer, waits for its first [`MIN_ACKS_PER_CYCLE`] acks, lets it
+/// write a little longer and kills it; returns every write it acknowledged.
+fn crash_once(
+    path: &Path,
+    writer: &str,
+    seed: u64,
+    ack_before_commit: bool,
+) -> std::result::Result<Vec<u64>, String> {
+    let mut command = child_command(&["writer", &path.to_string_lossy(), writer, "60"])?;
+    if ack_before_commit {
+        command.env(ACK_BEFORE_COMMIT, "1");
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start child: {e}"))?;
+    let (acks_seen, lines) = collect_counting(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let enough = loop {
+        match acks_seen.recv_timeout(Duration::from_millis(100)) {
+            Ok(n) if n >= MIN_ACKS_PER_CYCLE => break true,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break false,
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    std::thread::sleep(Duration::from_millis(seed % 100));
+    child.kill().map_err(|e| format!("kill: {e}"))?;
+    let _ = child.wait();
+    let lines = lines
+        .join()
+        .map_err(|_| "reader thread panicked".to_string())?;
+    if let Some(err) = lines
+        .iter()
+        .find(|l| l.starts_with("error") || l.starts_with("open-error"))
+    {
+        return Err(format!("child reported {err}"));
+    }
+    let acks = acked(&lines);
+    if !enough || acks.len() < MIN_ACKS_PER_CYCLE {
+        return Err(format!(
+            "the writer acknowledged {} writes before it was killed; at least {MIN_ACKS_PER_CYCLE} are needed",
+            acks.len()
+        ));
+    }
+    Ok(acks)
+}
+
 fn crash_cycles(suite: &ProcessSuite) -> std::result::Result<String, String> {
     let cycles = env_or("TIERSTACK_CRASH_CYCLES", 100);
     let dir = tempfile_dir()?;
     let path = dir.join("store");
-    let mut total_acks = 0usize;
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut done: Vec<(String, Vec<u64>)> = Vec::new();
+    let mut fewest = usize::MAX;
     for cycle in 0..cycles {
         let writer = format!("c{cycle}");
-        let mut child = spawn(&["writer", &path.to_string_lossy(), &writer, "30"])?;
-        let lines = collect(&mut child);
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(50 + seed % 250));
-        child.kill().map_err(|e| format!("kill: {e}"))?;
-        let _ = child.wait();
-        let lines = lines
-            .join()
-            .map_err(|_| "reader thread panicked".to_string())?;
-        if let Some(err) = lines
-            .iter()
-            .find(|l| l.starts_with("error") || l.starts_with("open-error"))
-        {
-            return Err(format!("cycle {cycle}: child reported {err}"));
-        }
-        let acks = acked(&lines);
+        let acks =
+            crash_once(&path, &writer, seed, false).map_err(|e| format!("cycle {cycle}: {e}"))?;
         (suite.integrity)(&path).map_err(|e| format!("cycle {cycle}: integrity check: {e}"))?;
-        verify(suite, &path, &writer, &acks).map_err(|e| format!("cycle {cycle}: {e}"))?;
-        total_acks += acks.len();
+        verify(suite, &path, &[(writer.clone(), acks.clone())])
+            .map_err(|e| format!("cycle {cycle}: {e}"))?;
+        fewest = fewest.min(acks.len());
+        done.push((writer, acks));
     }
+    // Every cycle again, after all the crashes that followed it.
+    verify(suite, &path, &done).map_err(|e| format!("after the last cycle: {e}"))?;
+    let total: usize = done.iter().map(|(_, acks)| acks.len()).sum();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(format!(
-        "{cycles} cycles, {total_acks} acknowledged writes checked, 0 lost"
+        "{cycles} cycles, {total} acknowledged writes (at least {fewest} per cycle) checked after their cycle and again after the last, 0 lost"
     ))
+}
+
+/// The crash test's own test: a writer that acknowledges before it commits
+/// must be caught within a few cycles.
+fn crash_test_catches_early_acks(suite: &ProcessSuite) -> std::result::Result<String, String> {
+    let dir = tempfile_dir()?;
+    let path = dir.join("store");
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for cycle in 0..20 {
+        let writer = format!("early{cycle}");
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let acks =
+            crash_once(&path, &writer, seed, true).map_err(|e| format!("cycle {cycle}: {e}"))?;
+        if let Err(caught) = verify(suite, &path, &[(writer, acks)]) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(format!("caught in cycle {cycle}: {caught}"));
+        }
+    }
+    Err("20 crashes of a writer that acknowledges before committing lost no acknowledged write: the crash test cannot fail".into())
+}
+
+/// The integrity hook's own test: a store with a run of bytes overwritten
+/// must fail it.
+fn integrity_check_catches_damage(suite: &ProcessSuite) -> std::result::Result<String, String> {
+    let dir = tempfile_dir()?;
+    let path = dir.join("store");
+    runtime().block_on(async {
+        let tier = (suite.open)(path.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let cache = TieredCache::builder().shared_tier(tier).build();
+        for n in 0..2_000 {
+            cache
+                .set(&key("damage", n), value("damage", n), Ttl::TierDefault)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
+    })?;
+    (suite.integrity)(&path).map_err(|e| format!("the undamaged store fails: {e}"))?;
+    let damaged = damage(&path)?;
+    let verdict = (suite.integrity)(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+    match verdict {
+        Err(e) => Ok(format!("{damaged}: {e}")),
+        Ok(()) => Err(format!("{damaged}, and the integrity check passed")),
+    }
+}
+
+/// Overwrites 8 KiB in the middle of the store's largest file with a
+/// pattern no engine writes.
+fn damage(path: &Path) -> std::result::Result<String, String> {
+    use std::io::{Seek as _, SeekFrom};
+    let file = if path.is_dir() {
+        walk(path)
+            .into_iter()
+            .max_by_key(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+            .ok_or("the store directory is empty")?
+    } else {
+        path.to_path_buf()
+    };
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let at = len / 2;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+    let pattern: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    f.write_all(&pattern).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "8 KiB overwritten at byte {at} of {} ({len} bytes)",
+        file.file_name().unwrap_or_default().to_string_lossy()
+    ))
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            files.extend(walk(&p));
+        } else {
+            files.push(p);
+        }
+    }
+    files
 }
 
 fn multi_process(suite: &ProcessSuite) -> std::result::Result<String, String> {
@@ -303,23 +502,33 @@ fn multi_process(suite: &ProcessSuite) -> std::result::Result<String, String> {
         results.lock().expect("lock").push((w, acks));
     }
     let mut total_reads = 0u64;
+    let mut total_hits = 0u64;
     for (mut c, out) in readers {
         let status = c.wait().map_err(|e| e.to_string())?;
         let lines = out.join().map_err(|_| "thread panicked".to_string())?;
         if !status.success() {
             return Err(format!("reader failed: {:?}", lines.last()));
         }
-        total_reads += lines
-            .iter()
-            .find_map(|l| l.strip_prefix("reads ").and_then(|n| n.parse::<u64>().ok()))
-            .unwrap_or(0);
+        let figure = |name: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(name).and_then(|n| n.parse::<u64>().ok()))
+                .ok_or(format!(
+                    "a reader did not report its {name}figure: {lines:?}"
+                ))
+        };
+        total_reads += figure("reads ")?;
+        let hits = figure("hits ")?;
+        // A reader that never saw another process's write proved nothing.
+        if hits == 0 {
+            return Err("a reader found none of the writers' entries".into());
+        }
+        total_hits += hits;
     }
-    for (w, acks) in results.lock().expect("lock").iter() {
-        verify(suite, &path, w, acks)?;
-    }
+    verify(suite, &path, &results.lock().expect("lock"))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(format!(
-        "4 writers + 4 readers for {secs} s: {total_acks} acknowledged writes all present, {total_reads} reads, 0 errors"
+        "4 writers + 4 readers for {secs} s: {total_acks} acknowledged writes all present, {total_reads} reads of which {total_hits} hits, 0 errors"
     ))
 }
 
