@@ -24,7 +24,7 @@ fn integrity(path: &Path) -> Result<(), String> {
             continue;
         }
         let tree = db.open_tree(&name).map_err(|e| e.to_string())?;
-        for item in tree.iter() {
+        for item in &tree {
             let (key, bytes) = item.map_err(|e| format!("reading the log: {e}"))?;
             let damaged = |e| format!("entry {} is damaged: {e}", String::from_utf8_lossy(&key));
             let entry = Entry::from_bytes(Bytes::copy_from_slice(&bytes), DecodeLimits::default())

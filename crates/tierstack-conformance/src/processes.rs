@@ -431,7 +431,7 @@ fn damage(path: &Path) -> std::result::Result<String, String> {
     let file = if path.is_dir() {
         walk(path)
             .into_iter()
-            .max_by_key(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+            .max_by_key(|f| f.metadata().map_or(0, |m| m.len()))
             .ok_or("the store directory is empty")?
     } else {
         path.to_path_buf()
