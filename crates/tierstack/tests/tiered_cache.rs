@@ -393,6 +393,62 @@ async fn copy_up_fills_the_upper_tier_so_the_next_read_hits_it() {
     assert_eq!(stats.sources["audnexus:book"].hits, 2);
 }
 
+/// A stale entry (past its expiry, inside its stale window) is not a hit:
+/// the next tier is asked, and its fresh value is served and copied up,
+/// by `get` and by `get_or_fetch` (which then does not fetch).
+#[tokio::test]
+async fn a_stale_l1_entry_over_a_fresh_l2_asks_l2() {
+    let window = Duration::from_secs(3600);
+    for through_fetch in [false, true] {
+        let l1 = Arc::new(memory(3600));
+        let l2 = Arc::new(memory(86400));
+        let k = book_key("STALE");
+        // L1 alone gets "old" for 50 ms plus an hour's stale window ...
+        TieredCache::builder()
+            .shared_tier(l1.clone())
+            .stale_for(window)
+            .build()
+            .set(&k, "old".to_string(), Duration::from_millis(50))
+            .await
+            .unwrap();
+        // ... and L2 alone a fresh "new".
+        TieredCache::builder()
+            .shared_tier(l2.clone())
+            .build()
+            .set(&k, "new".to_string(), Ttl::TierDefault)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let cache = TieredCache::builder()
+            .shared_tier(l1.clone())
+            .shared_tier(l2)
+            .stale_for(window)
+            .build();
+        let got = if through_fetch {
+            cache
+                .get_or_fetch(&k, Ttl::TierDefault, |_| async {
+                    Ok::<_, Upstream>("fetched".to_string())
+                })
+                .await
+                .unwrap()
+        } else {
+            cache.get::<String>(&k).await.expect("L2 holds a fresh value")
+        };
+        assert_eq!(*got, "new", "through_fetch={through_fetch}");
+        let stats = cache.stats();
+        assert_eq!(stats.layers[0].hits, 0, "{stats:?}");
+        assert_eq!(stats.layers[0].expired, 1, "{stats:?}");
+        assert_eq!(stats.layers[1].hits, 1, "{stats:?}");
+        assert_eq!(stats.sources["audnexus:book"].fetches, 0, "{stats:?}");
+        // The fresh value was copied up over the stale one.
+        assert_eq!(
+            cache.get::<String>(&k).await.as_deref().map(String::as_str),
+            Some("new")
+        );
+        assert_eq!(cache.stats().layers[0].hits, 1);
+    }
+}
+
 #[tokio::test]
 async fn a_disabled_cache_passes_every_call_through() {
     let tier = Arc::new(memory(3600));
