@@ -126,8 +126,7 @@ fn present(tier: &RedbTier, keys: &[Key]) -> impl Future<Output = BTreeSet<Key>>
 /// not age. Eviction stops at 90% of the cap, so the first pass may leave
 /// some dead entries (unreadable, counted when removed) for the next.
 #[tokio::test]
-async fn the_byte_cap_evicts_dead_entries_first_then_those_closest_to_expiry_down_to_90_percent()
-{
+async fn the_byte_cap_evicts_dead_entries_first_then_those_closest_to_expiry_down_to_90_percent() {
     let dir = tempfile::tempdir().unwrap();
     let cap: u64 = 256 * 1024;
     let tier = Arc::new(

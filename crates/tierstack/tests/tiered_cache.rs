@@ -432,7 +432,10 @@ async fn a_stale_l1_entry_over_a_fresh_l2_asks_l2() {
                 .await
                 .unwrap()
         } else {
-            cache.get::<String>(&k).await.expect("L2 holds a fresh value")
+            cache
+                .get::<String>(&k)
+                .await
+                .expect("L2 holds a fresh value")
         };
         assert_eq!(*got, "new", "through_fetch={through_fetch}");
         let stats = cache.stats();
