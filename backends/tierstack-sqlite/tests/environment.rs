@@ -223,6 +223,99 @@ fn the_sqlite3_shell_reads_the_json_column() -> Outcome {
     ran()
 }
 
+/// Requests queued behind a busy writer are committed in one transaction;
+/// when that fails for one of them (a row the disk has no room for), each
+/// request is retried alone: the others are stored and acknowledged, only
+/// the one that does not fit fails, with `Full` naming the file.
+fn a_failing_batch_is_retried_request_by_request() -> Outcome {
+    let disk = match SmallDisk::mount(2 << 20) {
+        Ok(disk) => disk,
+        Err(why) => {
+            return unavailable(format!("cannot mount a tmpfs ({why}); mounting needs root"));
+        }
+    };
+    block_on(async move {
+        let path = disk.dir.path().join("batch.db");
+        let tier = Arc::new(open(&path).await);
+        let entry = |k: &Key, len: usize| {
+            tierstack_conformance::cases::entry(k, &json!("x".repeat(len)), None)
+        };
+        // Queued behind a busy writer, requests share a transaction.
+        let queue_behind_a_busy_writer = |requests: Vec<(Key, tierstack::Entry)>| {
+            let tier = Arc::clone(&tier);
+            async move {
+                let busy = {
+                    let tier = Arc::clone(&tier);
+                    let e = entry(&book_key("busy"), 512 * 1024);
+                    tokio::spawn(async move { tier.set(&book_key("busy"), e).await })
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let mut handles = Vec::new();
+                for (k, e) in requests {
+                    let tier = Arc::clone(&tier);
+                    handles.push(tokio::spawn(
+                        async move { (k.clone(), tier.set(&k, e).await) },
+                    ));
+                }
+                busy.await.unwrap().unwrap();
+                let mut results = Vec::new();
+                for handle in handles {
+                    results.push(handle.await.unwrap());
+                }
+                results
+            }
+        };
+        let before = tier.transactions();
+        let control: Vec<(Key, tierstack::Entry)> = (0..20)
+            .map(|i| {
+                let k = book_key(&format!("control{i}"));
+                let e = entry(&k, 500);
+                (k, e)
+            })
+            .collect();
+        for (k, result) in queue_behind_a_busy_writer(control).await {
+            assert!(result.is_ok(), "{k}: {result:?}");
+        }
+        let grouped = tier.transactions() - before;
+        assert!(
+            grouped <= 5,
+            "{grouped} transactions for 21 queued writes: not grouped"
+        );
+        // Built beforehand, so that every request reaches the queue at once.
+        let requests: Vec<(Key, tierstack::Entry)> = (0..21)
+            .map(|i| {
+                let k = book_key(&format!("batch{i}"));
+                let e = entry(&k, if i == 10 { 8 << 20 } else { 500 });
+                (k, e)
+            })
+            .collect();
+        let before = tier.transactions();
+        let results = queue_behind_a_busy_writer(requests).await;
+        for (k, result) in results {
+            if k == book_key("batch10") {
+                let err = result.expect_err("an 8 MiB row fitted on a 2 MiB disk");
+                assert_eq!(err.kind(), ErrorKind::Full, "{err:?}");
+                assert!(err.to_string().contains("batch.db"), "{err}");
+                assert!(tier.get(&k).await.unwrap().is_none());
+            } else {
+                assert!(result.is_ok(), "{k} failed with the big one: {result:?}");
+                assert!(
+                    tier.get(&k).await.unwrap().is_some(),
+                    "{k} acknowledged, not stored"
+                );
+            }
+        }
+        // The busy write, then the 20 others alone (a shared transaction
+        // that failed is not counted).
+        let transactions = tier.transactions() - before;
+        assert!(
+            transactions >= 21,
+            "{transactions} transactions: the failed batch was not retried request by request"
+        );
+    });
+    ran()
+}
+
 fn main() {
     if let Some(path) = std::env::var_os(OPEN_AS_CHILD) {
         let (kind, message) = block_on(open_error(&PathBuf::from(path)));
@@ -242,6 +335,10 @@ fn main() {
         (
             "the_sqlite3_shell_reads_the_json_column",
             the_sqlite3_shell_reads_the_json_column,
+        ),
+        (
+            "a_failing_batch_is_retried_request_by_request",
+            a_failing_batch_is_retried_request_by_request,
         ),
     ]);
 }
