@@ -269,6 +269,99 @@ impl Tier for Failing {
     }
 }
 
+/// A real memory tier whose next `get` answers, then holds its answer
+/// until released: a caller that looked a moment before another caller's
+/// fetch finished.
+#[derive(Debug)]
+struct Held {
+    inner: MemoryTier,
+    hold_next: AtomicBool,
+    parked: AtomicBool,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Tier for Held {
+    fn name(&self) -> &'static str {
+        "held"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+    }
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let found = self.inner.get(key).await;
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.parked.store(true, Ordering::SeqCst);
+            self.release.notified().await;
+        }
+        found
+    }
+    async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
+        self.inner.set(key, entry).await
+    }
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn clear(&self, scope: ClearScope) -> Result<u64> {
+        self.inner.clear(scope).await
+    }
+    async fn size(&self) -> Result<TierSize> {
+        self.inner.size().await
+    }
+    async fn scan(&self, cursor: Option<ScanCursor>, limit: usize) -> Result<ScanPage> {
+        self.inner.scan(cursor, limit).await
+    }
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+/// A caller whose lookup missed just before another caller's fetch wrote
+/// the value and ended its flight leads a flight of its own, and looks
+/// once more before fetching: it reads the value, the source is asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_looks_again_before_fetching_so_a_late_caller_does_not_fetch_twice() {
+    let held = Arc::new(Held {
+        inner: memory(3600),
+        hold_next: AtomicBool::new(true),
+        parked: AtomicBool::new(false),
+        release: tokio::sync::Notify::new(),
+    });
+    let cache = TieredCache::builder().shared_tier(held.clone()).build();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let k = book_key("LATE");
+    let late = {
+        let (cache, fetches, k) = (cache.clone(), Arc::clone(&fetches), k.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_fetch(&k, Ttl::TierDefault, |_| async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Upstream>("fetched late".to_string())
+                })
+                .await
+        })
+    };
+    while !held.parked.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The late caller has missed; meanwhile this one fetches and is done.
+    let first = {
+        let fetches = Arc::clone(&fetches);
+        cache
+            .get_or_fetch(&k, Ttl::TierDefault, |_| async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Upstream>("fetched first".to_string())
+            })
+            .await
+            .unwrap()
+    };
+    assert_eq!(*first, "fetched first");
+    held.release.notify_one();
+    let late = late.await.unwrap().unwrap();
+    assert_eq!(*late, "fetched first", "the late caller fetched again");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_failing_tier_is_skipped_and_counted() {
     let failing = Arc::new(Failing::new());
