@@ -161,3 +161,21 @@ async fn dead_entries_are_hidden_removed_when_read_and_counted_as_expirations() 
     assert_eq!((stats.expirations, stats.evictions), (10, 0), "{stats:?}");
     assert!(tier.get(&live).await.expect("get").is_some());
 }
+
+/// With neither limit configured the tier holds up to 10,000 entries.
+#[tokio::test]
+async fn without_a_limit_the_tier_holds_ten_thousand_entries() {
+    let tier = MemoryTier::new(&MemoryConfig::default()).expect("tier");
+    for i in 0..20_000 {
+        let k = key(i);
+        tier.set(&k, entry(&k, Duration::from_secs(60)))
+            .await
+            .expect("set");
+    }
+    let held = tier.size().await.expect("size").entries;
+    // Each shard holds its share: approximate, within 2%.
+    assert!(
+        (9_800..=10_200).contains(&held),
+        "holds {held} entries by default"
+    );
+}

@@ -204,3 +204,76 @@ async fn the_byte_cap_evicts_dead_entries_first_then_those_closest_to_expiry_dow
     assert_eq!(present(&tier, &week).await.len(), week.len());
     assert_eq!(present(&tier, &day).await.len(), day.len());
 }
+
+/// An entry the previous release wrote (entry format 1) is a miss counted
+/// as a decode failure, left as it is (never deleted as if it were of an
+/// older schema), and replaced when the key is fetched again.
+#[tokio::test]
+async fn an_entry_of_entry_format_1_is_a_counted_miss_left_alone_until_refetched() {
+    use tierstack::{Bytes, Codec, CompressionKind, Entry, EntryMeta, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    drop(RedbTier::open(&RedbConfig::new(&path), 1).await.unwrap());
+    let k = key("old", 1);
+    let body = br#""written by the previous release""#;
+    let now = Timestamp::now();
+    let expires = now.saturating_add(Duration::from_secs(3600));
+    let header = Entry::from_body(
+        EntryMeta::new(&k, 1, now).expiring(expires, expires),
+        Codec::Json,
+        CompressionKind::None,
+        0,
+        body.len() as u32,
+        Bytes::copy_from_slice(body),
+    )
+    .header;
+    let old = tierstack::envelope::v1::encode_for_tests(&header, body);
+    let table = redb::TableDefinition::<&str, &[u8]>::new("entries_v1");
+    let stored = |path: &Path| -> Option<Vec<u8>> {
+        let db = redb::Database::open(path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let table = txn.open_table(table).unwrap();
+        redb::ReadableTable::get(&table, k.as_str())
+            .unwrap()
+            .map(|v| v.value().to_vec())
+    };
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(table)
+            .unwrap()
+            .insert(k.as_str(), old.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    {
+        let cache = TieredCache::builder()
+            .tier(RedbTier::open(&RedbConfig::new(&path), 1).await.unwrap())
+            .build();
+        assert!(cache.get::<String>(&k).await.is_none());
+        let stats = cache.stats();
+        assert_eq!(stats.layers[0].decode_failures, 1, "{stats:?}");
+        assert_eq!(stats.layers[0].errors, 0, "{stats:?}");
+    }
+    assert_eq!(stored(&path).as_deref(), Some(old.as_slice()), "left alone");
+    {
+        let cache = TieredCache::builder()
+            .tier(RedbTier::open(&RedbConfig::new(&path), 1).await.unwrap())
+            .build();
+        let fetched = cache
+            .get_or_fetch(&k, Ttl::TierDefault, |_| async {
+                Ok::<_, std::io::Error>("fetched again".to_string())
+            })
+            .await
+            .unwrap();
+        assert_eq!(*fetched, "fetched again");
+    }
+    assert_ne!(stored(&path).as_deref(), Some(old.as_slice()), "replaced");
+    let cache = TieredCache::builder()
+        .tier(RedbTier::open(&RedbConfig::new(&path), 1).await.unwrap())
+        .build();
+    assert_eq!(
+        cache.get::<String>(&k).await.as_deref().map(String::as_str),
+        Some("fetched again")
+    );
+}
