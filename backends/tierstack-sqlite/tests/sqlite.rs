@@ -505,7 +505,10 @@ async fn the_byte_cap_drops_dead_rows_first_then_the_least_recently_used_down_to
         }
     }
     let mut fresh = Vec::new();
-    fill(&cache, &tier, &mut fresh, |s| s.expirations > 0).await;
+    fill(&cache, &tier, &mut fresh, |s| {
+        s.expirations + s.evictions > 0
+    })
+    .await;
     let first = tier.stats();
     assert_eq!(
         (first.expirations, first.evictions),
