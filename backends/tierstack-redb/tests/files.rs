@@ -109,16 +109,14 @@ async fn schema_versions_share_one_file_side_by_side() {
     assert_eq!(v2.get::<u32>(&k).await.as_deref(), Some(&42));
 }
 
-fn present(tier: &RedbTier, keys: &[Key]) -> impl Future<Output = BTreeSet<Key>> {
-    async move {
-        let mut held = BTreeSet::new();
-        for k in keys {
-            if tier.get(k).await.unwrap().is_some() {
-                held.insert(k.clone());
-            }
+async fn present(tier: &RedbTier, keys: &[Key]) -> BTreeSet<Key> {
+    let mut held = BTreeSet::new();
+    for k in keys {
+        if tier.get(k).await.unwrap().is_some() {
+            held.insert(k.clone());
         }
-        held
     }
+    held
 }
 
 /// Entries are written in the reverse of their expiry order (the longest

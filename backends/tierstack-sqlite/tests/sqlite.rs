@@ -447,6 +447,25 @@ fn rows_of(path: &Path, keys: &[Key]) -> Vec<Key> {
         .collect()
 }
 
+// Fresh rows, one by one, until `until` holds of the tier's counters.
+async fn fill(
+    cache: &TieredCache,
+    tier: &SqliteTier,
+    fresh: &mut Vec<Key>,
+    until: impl Fn(&tierstack::TierStats) -> bool,
+) {
+    while !until(&tier.stats()) {
+        let n = fresh.len();
+        assert!(n < 1000, "the cap was never enforced");
+        let k = book_key(&format!("fresh{n}"));
+        cache
+            .set(&k, format!("{n:05}{}", "v".repeat(3000)), Ttl::TierDefault)
+            .await
+            .unwrap();
+        fresh.push(k);
+    }
+}
+
 /// Past the cap, dead rows go first (all of them, counted as expirations),
 /// then the least recently read or written, down to 90% of the cap.
 #[tokio::test]
@@ -486,24 +505,6 @@ async fn the_byte_cap_drops_dead_rows_first_then_the_least_recently_used_down_to
     }
     assert_eq!(tier.stats().evictions + tier.stats().expirations, 0);
 
-    // Fresh rows, one by one, until `until` holds of the tier's counters.
-    async fn fill(
-        cache: &TieredCache,
-        tier: &SqliteTier,
-        fresh: &mut Vec<Key>,
-        until: impl Fn(&tierstack::TierStats) -> bool,
-    ) {
-        while !until(&tier.stats()) {
-            let n = fresh.len();
-            assert!(n < 1000, "the cap was never enforced");
-            let k = book_key(&format!("fresh{n}"));
-            cache
-                .set(&k, format!("{n:05}{}", "v".repeat(3000)), Ttl::TierDefault)
-                .await
-                .unwrap();
-            fresh.push(k);
-        }
-    }
     let mut fresh = Vec::new();
     fill(&cache, &tier, &mut fresh, |s| {
         s.expirations + s.evictions > 0

@@ -85,7 +85,9 @@ fn usage_error(text: &str) -> String {
         line.push_str(part);
     }
     if let Some(usage) = usage {
-        line.push_str(&format!(" (usage: {usage}; see --help)"));
+        line.push_str(" (usage: ");
+        line.push_str(&usage);
+        line.push_str("; see --help)");
     }
     line
 }
@@ -104,7 +106,7 @@ fn missing_command(help: &str) -> String {
             in_commands = true;
         } else if in_commands && line.starts_with("  ") {
             // "  name    description", or a description's continuation line.
-            let name = line.trim_start().split_whitespace().next().unwrap_or("");
+            let name = line.split_whitespace().next().unwrap_or("");
             if line.starts_with("  ") && !line.starts_with("   ") && name != "help" {
                 commands.push(name.to_owned());
             }

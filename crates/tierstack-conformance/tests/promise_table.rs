@@ -178,7 +178,7 @@ fn missing(path: &str, name: &str) -> Option<String> {
         return Some(format!("{path} does not exist"));
     }
     let text = read(&file);
-    if path.ends_with(".sh") {
+    if Path::new(path).extension().is_some_and(|e| e == "sh") {
         return (!text.contains(&format!("check \"{name}\"")))
             .then(|| format!("{path} has no `check \"{name}\"`"));
     }
@@ -288,7 +288,8 @@ fn every_page_that_makes_promises_is_in_the_table() {
         for entry in std::fs::read_dir(root().join(dir)).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
             // The benchmarks page reports measurements, not promises.
-            if name.ends_with(".md") && name != "benchmarks.md" {
+            let markdown = Path::new(&name).extension().is_some_and(|e| e == "md");
+            if markdown && name != "benchmarks.md" {
                 pages.push(format!("{dir}/{name}"));
             }
         }
