@@ -17,8 +17,9 @@ use crate::{CAPABILITIES, MemoryConfig};
 const ENTRY_OVERHEAD: u64 = 128;
 
 /// How often a write sweeps out entries past their retention. Between
-/// sweeps they are invisible to reads and the first to go when space is
-/// needed; the sweep only gives their memory back sooner.
+/// sweeps they are invisible to reads and take their turn when space is
+/// needed (quick_cache's policy does not know they are dead); the sweep
+/// gives their memory back sooner.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 type Engine = Cache<Key, Arc<Entry>, Weigh, foldhash::fast::RandomState, CountEvictions>;

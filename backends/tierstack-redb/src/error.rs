@@ -24,6 +24,14 @@ pub(crate) fn redb(error: impl Into<redb::Error>, path: &Path, op: Operation) ->
             format!("no permission to write {}", path.display()),
         ),
         redb::Error::Io(_) => (ErrorKind::Io, format!("I/O error on {}", path.display())),
+        // redb refuses every write after an I/O error until reopened.
+        redb::Error::PreviousIo => (
+            ErrorKind::Io,
+            format!(
+                "{} cannot be written after an earlier I/O error (a full disk?) until the tier is opened again",
+                path.display()
+            ),
+        ),
         redb::Error::UpgradeRequired(_) => (
             ErrorKind::Config,
             format!("{} was written by another redb file format", path.display()),

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tierstack::{ClearScope, Key, MemoryConfig, MemoryTier, Tier, TieredCache, Ttl};
+use tierstack::{
+    ClearScope, Key, MemoryConfig, MemoryTier, SqliteConfig, SqliteTier, Tier, TieredCache, Ttl,
+};
 use tierstack_conformance::redis_server::{RedisServer, redis_cli, unique_prefix};
 use tierstack_redis::{RedisConfig, RedisTier};
 
@@ -122,4 +124,83 @@ async fn without_the_backplane_nothing_is_published() {
     cache.set(&key("x"), 1_u32, Ttl::TierDefault).await.unwrap();
     cache.delete(&key("x")).await.unwrap();
     assert_eq!(cache.stats().backplane.published, 0);
+}
+
+/// A host's stack of memory, its own SQLite file and the shared Redis.
+async fn with_a_local_file(url: &str, prefix: &str, file: &std::path::Path) -> TieredCache {
+    let config = RedisConfig::new(url)
+        .prefix(prefix)
+        .backplane(true)
+        .breaker(3, Duration::from_millis(200));
+    TieredCache::builder()
+        .tier(MemoryTier::new(&MemoryConfig::with_max_entries(1000)).unwrap())
+        .tier(SqliteTier::open(&SqliteConfig::new(file), 1).await.unwrap())
+        .tier(RedisTier::open(&config, 1).await.unwrap())
+        .build()
+}
+
+async fn in_file(cache: &TieredCache, key: &Key) -> bool {
+    let file: &Arc<dyn Tier> = cache.tiers().nth(1).unwrap();
+    file.get(key).await.unwrap().is_some()
+}
+
+/// The backplane reaches every tier that is not shared across hosts, a
+/// local SQLite file too: a key deleted (or a source cleared) on one host
+/// is gone from the other host's memory and file. A lost subscription
+/// empties memory only: the file keeps its entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_or_clear_reaches_the_other_hosts_local_sqlite_file() {
+    let mut server = RedisServer::start();
+    let prefix = unique_prefix("backplane-file");
+    let dir = tempfile::tempdir().unwrap();
+    let a = with_a_local_file(server.url(), &prefix, &dir.path().join("a.db")).await;
+    let b = with_a_local_file(server.url(), &prefix, &dir.path().join("b.db")).await;
+    wait_for_subscribers(server.port(), &prefix, 2);
+
+    for name in ["one", "two", "three"] {
+        a.set(&key(name), name.to_owned(), Ttl::TierDefault)
+            .await
+            .unwrap();
+        // b reads it from Redis and copies it into its memory and its file.
+        assert!(b.get::<String>(&key(name)).await.is_some());
+        assert!(in_memory(&b, &key(name)).await && in_file(&b, &key(name)).await);
+    }
+    a.delete(&key("one")).await.unwrap();
+    let started = Instant::now();
+    while in_file(&b, &key("one")).await || in_memory(&b, &key("one")).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "still in the other host's file or memory after 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(b.get::<String>(&key("one")).await.is_none());
+    assert!(in_file(&b, &key("two")).await, "other keys stay");
+
+    a.clear(ClearScope::Source("audnexus:book".to_owned()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while in_file(&b, &key("two")).await || in_file(&b, &key("three")).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a cleared source is still in the other host's file after 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    b.set(&key("kept"), "k".to_owned(), Ttl::TierDefault)
+        .await
+        .unwrap();
+    server.restart();
+    let started = Instant::now();
+    while b.stats().backplane.resyncs == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no resync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!in_memory(&b, &key("kept")).await, "memory emptied");
+    assert!(
+        in_file(&b, &key("kept")).await,
+        "the file keeps its entries"
+    );
 }

@@ -458,3 +458,42 @@ async fn a_cache_of_another_schema_version_than_its_redis_tier_is_not_built() {
         "{err}"
     );
 }
+
+/// Two tool versions (schema versions 1 and 2) on one server and one
+/// prefix: each reads its own value of a key, under its own name, and
+/// clearing one leaves the other's.
+#[tokio::test]
+async fn schema_versions_share_one_server_side_by_side() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("versions");
+    let cache = |version: u32| {
+        let config = RedisConfig::new(server.url()).prefix(&prefix);
+        async move {
+            TieredCache::builder()
+                .tier(RedisTier::open(&config, version).await.unwrap())
+                .build()
+        }
+    };
+    let (v1, v2) = (cache(1).await, cache(2).await);
+    let k = key("versions");
+    v1.set(&k, "old shape".to_string(), Ttl::TierDefault)
+        .await
+        .unwrap();
+    v2.set(&k, 42_u32, Ttl::TierDefault).await.unwrap();
+    assert_eq!(
+        v1.get::<String>(&k).await.as_deref().map(String::as_str),
+        Some("old shape")
+    );
+    assert_eq!(v2.get::<u32>(&k).await.as_deref(), Some(&42));
+    for version in [1, 2] {
+        let name = format!("{prefix}:e:{version}:{k}");
+        assert_eq!(redis_cli(server.port(), &["EXISTS", &name]).trim(), "1");
+    }
+    v2.clear(ClearScope::All).await.unwrap();
+    assert!(v2.get::<u32>(&k).await.is_none());
+    assert_eq!(
+        v1.get::<String>(&k).await.as_deref().map(String::as_str),
+        Some("old shape"),
+        "clearing version 2 removed version 1's entry"
+    );
+}

@@ -223,6 +223,115 @@ fn the_sqlite3_shell_reads_the_json_column() -> Outcome {
     ran()
 }
 
+/// Requests queued behind a busy writer are committed in one transaction;
+/// when that fails for one of them (a row the disk has no room for), each
+/// request is retried alone: the others are stored and acknowledged, only
+/// the one that does not fit fails, with `Full` naming the file. With
+/// `synchronous: full` every write goes through the writer thread, so the
+/// requests queue behind the busy one; the control round shows that they
+/// share a transaction when nothing fails.
+fn a_failing_batch_is_retried_request_by_request() -> Outcome {
+    let disk = match SmallDisk::mount(2 << 20) {
+        Ok(disk) => disk,
+        Err(why) => {
+            return unavailable(format!("cannot mount a tmpfs ({why}); mounting needs root"));
+        }
+    };
+    block_on(async move {
+        let path = disk.dir.path().join("batch.db");
+        let config = SqliteConfig::new(&path).synchronous(tierstack_sqlite::Synchronous::Full);
+        let tier = Arc::new(SqliteTier::open(&config, 1).await.unwrap());
+        let entry = |k: &Key, len: usize| {
+            tierstack_conformance::cases::entry(k, &json!("x".repeat(len)), None)
+        };
+        // Behind a busy writer; returns each request's result and the
+        // transactions committed meanwhile.
+        let queue_behind_a_busy_writer = |requests: Vec<(Key, tierstack::Entry)>| {
+            let tier = Arc::clone(&tier);
+            async move {
+                let before = tier.transactions();
+                let busy = {
+                    let tier = Arc::clone(&tier);
+                    let e = entry(&book_key("busy"), 512 << 10);
+                    tokio::spawn(async move { tier.set(&book_key("busy"), e).await })
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let mut handles = Vec::new();
+                for (k, e) in requests {
+                    let tier = Arc::clone(&tier);
+                    handles.push(tokio::spawn(
+                        async move { (k.clone(), tier.set(&k, e).await) },
+                    ));
+                }
+                busy.await.unwrap().unwrap();
+                let mut results = Vec::new();
+                for handle in handles {
+                    results.push(handle.await.unwrap());
+                }
+                (results, tier.transactions() - before)
+            }
+        };
+        let control: Vec<(Key, tierstack::Entry)> = (0..20)
+            .map(|i| {
+                let k = book_key(&format!("control{i}"));
+                let e = entry(&k, 500);
+                (k, e)
+            })
+            .collect();
+        let (results, grouped) = queue_behind_a_busy_writer(control).await;
+        for (k, result) in results {
+            assert!(result.is_ok(), "{k}: {result:?}");
+        }
+        assert!(
+            grouped <= 6,
+            "{grouped} transactions for 21 queued writes: not grouped"
+        );
+        // The big request may be taken in a batch of its own; try until it
+        // shared one (every attempt must be right either way).
+        let mut shared_a_batch = false;
+        for attempt in 0..5 {
+            let big = book_key(&format!("big{attempt}"));
+            let requests: Vec<(Key, tierstack::Entry)> = (0..21)
+                .map(|i| {
+                    if i == 10 {
+                        (big.clone(), entry(&big, 8 << 20))
+                    } else {
+                        let k = book_key(&format!("batch{attempt}-{i}"));
+                        let e = entry(&k, 500);
+                        (k, e)
+                    }
+                })
+                .collect();
+            let (results, transactions) = queue_behind_a_busy_writer(requests).await;
+            for (k, result) in results {
+                if k == big {
+                    let err = result.expect_err("an 8 MiB row fitted on a 2 MiB disk");
+                    assert_eq!(err.kind(), ErrorKind::Full, "{err:?}");
+                    assert!(err.to_string().contains("batch.db"), "{err}");
+                    assert!(tier.get(&k).await.unwrap().is_none());
+                } else {
+                    assert!(result.is_ok(), "{k} failed with the big one: {result:?}");
+                    assert!(
+                        tier.get(&k).await.unwrap().is_some(),
+                        "{k} acknowledged, not stored"
+                    );
+                }
+            }
+            // The busy write, then the 20 others each alone: they were in
+            // the failed batch with the big one and retried one by one.
+            if transactions == 21 {
+                shared_a_batch = true;
+                break;
+            }
+        }
+        assert!(
+            shared_a_batch,
+            "the big request never shared a batch with the others in 5 attempts"
+        );
+    });
+    ran()
+}
+
 fn main() {
     if let Some(path) = std::env::var_os(OPEN_AS_CHILD) {
         let (kind, message) = block_on(open_error(&PathBuf::from(path)));
@@ -242,6 +351,10 @@ fn main() {
         (
             "the_sqlite3_shell_reads_the_json_column",
             the_sqlite3_shell_reads_the_json_column,
+        ),
+        (
+            "a_failing_batch_is_retried_request_by_request",
+            a_failing_batch_is_retried_request_by_request,
         ),
     ]);
 }

@@ -429,6 +429,130 @@ async fn the_byte_cap_evicts_least_recently_used_and_keeps_the_file_within_ten_p
     );
 }
 
+/// Which of `keys` have a row, read with a connection of the test's own so
+/// that looking does not make a row recently used.
+fn rows_of(path: &Path, keys: &[Key]) -> Vec<Key> {
+    let conn = Connection::open(path).unwrap();
+    keys.iter()
+        .filter(|k| {
+            conn.query_row(
+                "SELECT count(*) FROM metadata_cache WHERE cache_key = ?1",
+                [k.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+                == 1
+        })
+        .cloned()
+        .collect()
+}
+
+// Fresh rows, one by one, until `until` holds of the tier's counters.
+async fn fill(
+    cache: &TieredCache,
+    tier: &SqliteTier,
+    fresh: &mut Vec<Key>,
+    until: impl Fn(&tierstack::TierStats) -> bool,
+) {
+    while !until(&tier.stats()) {
+        let n = fresh.len();
+        assert!(n < 1000, "the cap was never enforced");
+        let k = book_key(&format!("fresh{n}"));
+        cache
+            .set(&k, format!("{n:05}{}", "v".repeat(3000)), Ttl::TierDefault)
+            .await
+            .unwrap();
+        fresh.push(k);
+    }
+}
+
+/// Past the cap, dead rows go first (all of them, counted as expirations),
+/// then the least recently read or written, down to 90% of the cap.
+#[tokio::test]
+async fn the_byte_cap_drops_dead_rows_first_then_the_least_recently_used_down_to_90_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capped.db");
+    let cap: u64 = 512 * 1024;
+    let tier = Arc::new(
+        SqliteTier::open(&SqliteConfig::new(&path).max_size(cap), 1)
+            .await
+            .unwrap(),
+    );
+    let cache = TieredCache::builder()
+        .compression(Compression::None)
+        .shared_tier(tier.clone())
+        .build();
+    // About 3 KB a row: one page each.
+    let value = |i: usize| format!("{i:05}{}", "v".repeat(3000));
+    let keys = |group: &str, n: usize| -> Vec<Key> {
+        (0..n).map(|i| book_key(&format!("{group}{i}"))).collect()
+    };
+    let (unread, read, dead) = (keys("unread", 15), keys("read", 15), keys("dead", 40));
+    for (i, k) in unread.iter().chain(&read).enumerate() {
+        cache.set(k, value(i), Ttl::TierDefault).await.unwrap();
+    }
+    for (i, k) in dead.iter().enumerate() {
+        cache
+            .set(k, value(i), Duration::from_millis(100))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Reading makes these recently used; the dead ones, written later,
+    // are still the first to go.
+    for k in &read {
+        assert!(cache.get::<String>(k).await.is_some());
+    }
+    assert_eq!(tier.stats().evictions + tier.stats().expirations, 0);
+
+    let mut fresh = Vec::new();
+    fill(&cache, &tier, &mut fresh, |s| {
+        s.expirations + s.evictions > 0
+    })
+    .await;
+    let first = tier.stats();
+    assert_eq!(
+        (first.expirations, first.evictions),
+        (40, 0),
+        "dropping the dead rows was enough: {first:?}"
+    );
+    assert!(rows_of(&path, &dead).is_empty());
+    assert_eq!(
+        rows_of(&path, &unread).len() + rows_of(&path, &read).len(),
+        30
+    );
+
+    fill(&cache, &tier, &mut fresh, |s| s.evictions > 0).await;
+    let evicted = tier.stats().evictions as usize;
+    let size = file_bytes(&path);
+    assert!(
+        size <= cap / 10 * 9,
+        "file is {size} bytes after eviction, cap {cap}"
+    );
+    let (unread_left, read_left) = (rows_of(&path, &unread), rows_of(&path, &read));
+    println!(
+        "{evicted} evicted; {} unread and {} read rows left; file {size} bytes, cap {cap}",
+        unread_left.len(),
+        read_left.len()
+    );
+    assert_eq!(
+        rows_of(&path, &fresh).len(),
+        fresh.len(),
+        "a recently written row went before older ones"
+    );
+    assert_eq!(
+        unread_left.len() + read_left.len(),
+        30 - evicted,
+        "only old rows went"
+    );
+    assert!(
+        unread_left.is_empty() || read_left.len() == read.len(),
+        "a recently read row went before an unread one: {} unread and {} read rows left",
+        unread_left.len(),
+        read_left.len()
+    );
+}
+
 /// The cap is not read after every commit any more; rows another writer
 /// added must still be trimmed within the documented 64 commits.
 #[tokio::test]

@@ -24,13 +24,20 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
             // Help and version are not errors.
-            return if e.use_stderr() {
-                ExitCode::from(USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let line =
+                if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    missing_command(&text)
+                } else {
+                    usage_error(&text)
+                };
+            note(&format!("tierstack: {line}"));
+            return ExitCode::from(USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -47,10 +54,85 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            note(&format!("tierstack: {}", failure.message));
+            note(&format!("tierstack: {}", one_line(&failure.message)));
             failure.exit_code()
         }
     }
+}
+
+/// clap's error as one line: its message (without `error: `), the usage
+/// it names, and where to read on. clap prints several lines; scripts get
+/// one line starting with `tierstack:`, as for every other error.
+fn usage_error(text: &str) -> String {
+    let mut message = Vec::new();
+    let mut usage = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("Usage:") {
+            usage = Some(rest.trim().to_owned());
+        } else if line.starts_with("For more information") {
+            // Said below.
+        } else {
+            message.push(line.strip_prefix("error:").unwrap_or(line).trim());
+        }
+    }
+    // "…not provided:" is followed by what is missing; a "tip:" is a
+    // sentence of its own.
+    let mut line = String::new();
+    for part in message {
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    if let Some(usage) = usage {
+        line.push_str(" (usage: ");
+        line.push_str(&usage);
+        line.push_str("; see --help)");
+    }
+    line
+}
+
+/// clap's help for a command given without its subcommand, as one line:
+/// the subcommands to choose from and the usage.
+fn missing_command(help: &str) -> String {
+    let mut commands = Vec::new();
+    let mut usage = None;
+    let mut in_commands = false;
+    for line in help.lines() {
+        if let Some(rest) = line.trim().strip_prefix("Usage:") {
+            usage = Some(rest.trim().to_owned());
+        }
+        if line.starts_with("Commands:") {
+            in_commands = true;
+        } else if in_commands && line.starts_with("  ") {
+            // "  name    description", or a description's continuation line.
+            let name = line.split_whitespace().next().unwrap_or("");
+            if line.starts_with("  ") && !line.starts_with("   ") && name != "help" {
+                commands.push(name.to_owned());
+            }
+        } else {
+            in_commands = false;
+        }
+    }
+    let usage = usage.unwrap_or_else(|| "tierstack <COMMAND>".to_owned());
+    format!(
+        "a command is missing: one of {} (usage: {usage}; see --help)",
+        commands.join(", ")
+    )
+}
+
+/// A message as one line: an error with a source snippet (a config file's
+/// line and column, drawn under the first line) keeps its first line,
+/// which already says the file, the line, the column and what is wrong;
+/// other line breaks become `; `.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with("-->"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join("; ")
 }
 
 async fn run(cli: Cli) -> Outcome {

@@ -6,40 +6,42 @@ mod support;
 
 use support::{Sandbox, stack_config};
 
+/// Bad command lines, one or more per subcommand.
+const BAD_ARGUMENTS: &[&[&str]] = &[
+    &[],
+    &["nosuchcommand"],
+    &["stats", "--nope"],
+    &["config"],
+    &["config", "frobnicate"],
+    &["key"],
+    &["key", "src", "no-equals-sign"],
+    &["key", "src", "=value"],
+    &["key", "src", "a=1", "a=2"],
+    &["get"],
+    &["get", "no separator"],
+    &["get", "src:bad%zzescape=1"],
+    &["set", "a:k=1"],
+    &["set", "a:k=1", "{not json"],
+    &["set", "a:k=1", "1", "--ttl", "forever"],
+    &["inspect"],
+    &["inspect", "no separator"],
+    &["delete"],
+    &["delete", "no separator"],
+    &["clear", "--source", "x", "--expired"],
+    &["clear", "--tier"],
+    &["export"],
+    &["import"],
+    &["warm"],
+    &["warm", "--from"],
+    &["warm", "--from", "x", "--concurrency", "many"],
+    &["purge", "extra"],
+    &["backends", "extra"],
+];
+
 #[test]
 fn bad_arguments_are_usage_errors_for_every_subcommand() {
     let sandbox = Sandbox::new();
-    let cases: &[&[&str]] = &[
-        &[],
-        &["nosuchcommand"],
-        &["stats", "--nope"],
-        &["config"],
-        &["config", "frobnicate"],
-        &["key"],
-        &["key", "src", "no-equals-sign"],
-        &["key", "src", "=value"],
-        &["key", "src", "a=1", "a=2"],
-        &["get"],
-        &["get", "no separator"],
-        &["get", "src:bad%zzescape=1"],
-        &["set", "a:k=1"],
-        &["set", "a:k=1", "{not json"],
-        &["set", "a:k=1", "1", "--ttl", "forever"],
-        &["inspect"],
-        &["inspect", "no separator"],
-        &["delete"],
-        &["delete", "no separator"],
-        &["clear", "--source", "x", "--expired"],
-        &["clear", "--tier"],
-        &["export"],
-        &["import"],
-        &["warm"],
-        &["warm", "--from"],
-        &["warm", "--from", "x", "--concurrency", "many"],
-        &["purge", "extra"],
-        &["backends", "extra"],
-    ];
-    for args in cases {
+    for args in BAD_ARGUMENTS {
         let run = sandbox.run(args);
         assert_eq!(run.code, 2, "{args:?}: {run:?}");
         assert!(!run.stderr.trim().is_empty(), "{args:?} says why");
@@ -305,4 +307,115 @@ fn bad_import_files_are_refused_or_counted() {
         .run(&["export", "/proc/nope/export.jsonl"])
         .expect(2);
     assert!(run.stderr.contains("/proc/nope"), "{run:?}");
+}
+
+/// Every failure, of any exit code, is one line on stderr starting with
+/// `tierstack:`: clap's usage errors, config errors with their snippet,
+/// misses, unavailable backends, refused files.
+#[test]
+fn every_error_is_one_stderr_line_starting_with_tierstack() {
+    let sandbox = Sandbox::new();
+    let mut cases: Vec<Vec<String>> = BAD_ARGUMENTS
+        .iter()
+        .map(|args| args.iter().map(|a| (*a).to_owned()).collect())
+        .collect();
+    let broken = [
+        ("kind.yaml", "cache:\n  tiers:\n    - kind: memcached\n"),
+        (
+            "field.yaml",
+            "cache:\n  tiers:\n    - kind: memory\n      max_entires: 3\n",
+        ),
+        ("syntax.yaml", "cache:\n  tiers: [\n    - kind\n"),
+        ("empty.yaml", "cache:\n  tiers: []\n"),
+        (
+            "redis.yaml",
+            "cache:\n  tiers:\n    - kind: redis\n      url: redis://127.0.0.1:1\n      connect_timeout: 300ms\n",
+        ),
+    ];
+    for (name, text) in broken {
+        let config = sandbox.write(name, text).to_string_lossy().into_owned();
+        for args in [&["get", "a:k=1"][..], &["set", "a:k=1", "1"], &["stats"]] {
+            let mut all = vec!["--config".to_owned(), config.clone()];
+            all.extend(args.iter().map(|a| (*a).to_owned()));
+            cases.push(all);
+        }
+    }
+    let notes = sandbox.write("notes.txt", "my notes\n");
+    let notes = notes.to_string_lossy().into_owned();
+    for args in [
+        vec!["--config", "/nonexistent/tierstack.yaml", "get", "a:k=1"],
+        vec!["get", "a:k=1"],
+        vec!["--json", "get", "a:k=1"],
+        vec!["delete", "a:k=1"],
+        vec!["inspect", "a:k=1"],
+        vec!["import", notes.as_str()],
+        vec!["export", notes.as_str()],
+        vec!["clear"],
+        vec!["set", "a:k=1", "1", "--ttl", "0s"],
+    ] {
+        cases.push(args.into_iter().map(str::to_owned).collect());
+    }
+    for args in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = sandbox.run(&args);
+        assert_ne!(run.code, 0, "{args:?} failed: {run:?}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("tierstack: "),
+            "{args:?}: stderr is not one line starting with `tierstack: `: {:?}",
+            run.stderr
+        );
+    }
+}
+
+/// sled allows one process at a time: a database this test holds open is
+/// backend unavailable for the CLI, named, for reads and writes alike.
+#[test]
+fn a_locked_sled_database_is_backend_unavailable() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.path("held.sled");
+    let config = sandbox.write("sled.yaml", &stack_config("sled", &path));
+    let config = config.to_str().unwrap();
+    sandbox
+        .run(&["--config", config, "set", "a:k=1", "1"])
+        .expect(0);
+    let held = tierstack::SledTier::open(&tierstack::SledConfig::new(&path), 1).unwrap();
+    for args in [&["get", "a:k=1"][..], &["set", "a:k=1", "2"], &["stats"]] {
+        let mut all = vec!["--config", config];
+        all.extend_from_slice(args);
+        let run = sandbox.run(&all).expect(3);
+        assert!(
+            run.stderr.contains("locked") && run.stderr.contains("held.sled"),
+            "{args:?}: {run:?}"
+        );
+    }
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let run = sandbox.run(&["--config", config, "get", "a:k=1"]).expect(0);
+    assert_eq!(run.stdout.trim(), "1", "the refused set changed nothing");
+}
+
+/// A `set` that a tier did not store is exit 3 naming the tier, whether
+/// another tier stored it or none did.
+#[test]
+fn a_set_that_a_tier_did_not_store_is_backend_unavailable() {
+    let sandbox = Sandbox::new();
+    let redis = "    - kind: redis\n      url: redis://127.0.0.1:1\n      connect_timeout: 300ms\n";
+    for (name, tiers) in [
+        ("only-redis.yaml", redis.to_owned()),
+        (
+            "memory-and-redis.yaml",
+            format!("    - kind: memory\n{redis}"),
+        ),
+    ] {
+        let config = sandbox.write(name, &format!("cache:\n  tiers:\n{tiers}"));
+        let run = sandbox
+            .run(&["--config", config.to_str().unwrap(), "set", "a:k=1", "1"])
+            .expect(3);
+        assert!(
+            run.stderr.contains("a:k=1 was not stored in redis"),
+            "{name}: {run:?}"
+        );
+        assert!(!run.stderr.contains("stored a:k=1"), "{name}: {run:?}");
+    }
 }

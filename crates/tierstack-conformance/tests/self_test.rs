@@ -319,6 +319,30 @@ fn the_runner_reports_undeclared_cases_as_ignored_and_runs_the_rest() -> Result<
     }
 }
 
+/// A tier that declares `size_limit` but whose harness has no `capped`
+/// hook fails the case, with a message naming the hook.
+fn a_declared_capability_without_its_hook_fails_naming_the_hook() -> Result<(), Failed> {
+    let case = all_cases()
+        .into_iter()
+        .find(|c| c.name == "a_capped_tier_stays_within_its_cap")
+        .expect("the size_limit case");
+    let outcome = quietly(|| {
+        runtime().block_on(run(&[case], || {
+            Harness::new(
+                MemoryTier::new(&MemoryConfig::with_max_entries(10_000)).expect("valid config"),
+            )
+        }))
+    });
+    match outcome.failed.as_slice() {
+        [(_, message)] if message.contains("Harness::capped") => Ok(()),
+        other => Err(format!(
+            "expected one failure naming Harness::capped, got {other:?} (skipped: {:?})",
+            outcome.skipped
+        )
+        .into()),
+    }
+}
+
 fn main() {
     serve_as_second_process_if_asked();
     let mut args = Arguments::from_args();
@@ -336,6 +360,10 @@ fn main() {
         Trial::test(
             "the_runner_reports_undeclared_cases_as_ignored_and_runs_the_rest",
             the_runner_reports_undeclared_cases_as_ignored_and_runs_the_rest,
+        ),
+        Trial::test(
+            "a_declared_capability_without_its_hook_fails_naming_the_hook",
+            a_declared_capability_without_its_hook_fails_naming_the_hook,
         ),
     ];
     libtest_mimic::run(&args, trials).exit();

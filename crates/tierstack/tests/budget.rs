@@ -273,6 +273,78 @@ async fn bad_budget_config_names_the_field() {
     assert_eq!(policy.rate_group.as_deref(), Some("g"));
 }
 
+/// `coordination`: `off` lets every concurrent caller of a cold key fetch,
+/// `local` (and `shared` without a coordinating tier) keeps one fetch per
+/// key in the process; a source's own setting wins over the cache's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordination_off_lets_every_caller_fetch_and_local_one_per_key() {
+    use tierstack::Coordination;
+    async fn fetches_for_ten_callers(cache: &TieredCache, source: &str) -> u64 {
+        let calls = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (cache, calls, k) = (cache.clone(), Arc::clone(&calls), key(source, 1));
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_fetch(&k, Ttl::TierDefault, |_| async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, FetchError>(1u64)
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(*task.await.unwrap(), 1);
+        }
+        calls.load(Ordering::SeqCst)
+    }
+    for (coordination, expected) in [
+        (Coordination::Off, 10),
+        (Coordination::Local, 1),
+        (Coordination::Shared, 1),
+    ] {
+        let cache = TieredCache::builder()
+            .tier(memory())
+            .coordination(coordination)
+            .build();
+        assert_eq!(
+            fetches_for_ten_callers(&cache, "api").await,
+            expected,
+            "{coordination:?}"
+        );
+    }
+    // Per source: `off` for one source of a cache that coordinates.
+    let cache = TieredCache::builder()
+        .tier(memory())
+        .source_policy(
+            "free",
+            SourcePolicy::default().coordination(Coordination::Off),
+        )
+        .build();
+    assert_eq!(fetches_for_ten_callers(&cache, "free").await, 10);
+    assert_eq!(fetches_for_ten_callers(&cache, "api").await, 1);
+}
+
+/// `lease_ttl` below 100 ms and `expected_processes: 0` are refused,
+/// naming the field.
+#[tokio::test]
+async fn bad_coordination_config_names_the_field() {
+    for (yaml, field) in [
+        ("lease_ttl: 99ms", "cache.lease_ttl"),
+        ("expected_processes: 0", "cache.expected_processes"),
+    ] {
+        let text = format!("cache:\n  tiers:\n    - kind: memory\n  {yaml}\n");
+        let err = match Config::parse(&text, "yaml") {
+            Err(e) => e,
+            Ok(config) => TieredCache::from_config(&config).await.unwrap_err(),
+        };
+        assert_eq!(err.kind(), ErrorKind::Config, "{yaml}");
+        assert!(err.to_string().contains(field), "{yaml}: {err}");
+    }
+}
+
 // ------------------------------------------------ Retry-After, over HTTP --
 
 /// An API on loopback that answers 429 with `Retry-After: 2` to its first

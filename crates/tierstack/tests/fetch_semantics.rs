@@ -519,3 +519,26 @@ async fn a_panicking_background_refresh_does_not_block_later_refreshes() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
+
+/// Without a negative TTL of its own, a cache keeps a "not found" answer
+/// for 5 minutes, in every tier.
+#[tokio::test]
+async fn the_default_negative_ttl_is_five_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b).await;
+    let k = key("B000MISSING");
+    let found = cache
+        .get_or_fetch_optional::<String, _, _, Upstream>(&k, Ttl::TierDefault, |_| async {
+            Ok(None)
+        })
+        .await
+        .unwrap();
+    assert!(found.is_none());
+    for tier in cache.tiers() {
+        let entry = tier.get(&k).await.unwrap().expect("the answer is cached");
+        let header = &entry.header;
+        assert!(header.flags.contains(tierstack::EntryFlags::NEGATIVE));
+        let ttl = header.expires_at.as_millis() - header.created_at.as_millis();
+        assert_eq!(ttl, 5 * 60 * 1000, "{}: {ttl} ms", tier.name());
+    }
+}

@@ -269,6 +269,99 @@ impl Tier for Failing {
     }
 }
 
+/// A real memory tier whose next `get` answers, then holds its answer
+/// until released: a caller that looked a moment before another caller's
+/// fetch finished.
+#[derive(Debug)]
+struct Held {
+    inner: MemoryTier,
+    hold_next: AtomicBool,
+    parked: AtomicBool,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Tier for Held {
+    fn name(&self) -> &'static str {
+        "held"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+    }
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let found = self.inner.get(key).await;
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.parked.store(true, Ordering::SeqCst);
+            self.release.notified().await;
+        }
+        found
+    }
+    async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
+        self.inner.set(key, entry).await
+    }
+    async fn delete(&self, key: &Key) -> Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn clear(&self, scope: ClearScope) -> Result<u64> {
+        self.inner.clear(scope).await
+    }
+    async fn size(&self) -> Result<TierSize> {
+        self.inner.size().await
+    }
+    async fn scan(&self, cursor: Option<ScanCursor>, limit: usize) -> Result<ScanPage> {
+        self.inner.scan(cursor, limit).await
+    }
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+/// A caller whose lookup missed just before another caller's fetch wrote
+/// the value and ended its flight leads a flight of its own, and looks
+/// once more before fetching: it reads the value, the source is asked once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_looks_again_before_fetching_so_a_late_caller_does_not_fetch_twice() {
+    let held = Arc::new(Held {
+        inner: memory(3600),
+        hold_next: AtomicBool::new(true),
+        parked: AtomicBool::new(false),
+        release: tokio::sync::Notify::new(),
+    });
+    let cache = TieredCache::builder().shared_tier(held.clone()).build();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let k = book_key("LATE");
+    let late = {
+        let (cache, fetches, k) = (cache.clone(), Arc::clone(&fetches), k.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_fetch(&k, Ttl::TierDefault, |_| async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Upstream>("fetched late".to_string())
+                })
+                .await
+        })
+    };
+    while !held.parked.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The late caller has missed; meanwhile this one fetches and is done.
+    let first = {
+        let fetches = Arc::clone(&fetches);
+        cache
+            .get_or_fetch(&k, Ttl::TierDefault, |_| async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Upstream>("fetched first".to_string())
+            })
+            .await
+            .unwrap()
+    };
+    assert_eq!(*first, "fetched first");
+    held.release.notify_one();
+    let late = late.await.unwrap().unwrap();
+    assert_eq!(*late, "fetched first", "the late caller fetched again");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_failing_tier_is_skipped_and_counted() {
     let failing = Arc::new(Failing::new());
@@ -391,6 +484,65 @@ async fn copy_up_fills_the_upper_tier_so_the_next_read_hits_it() {
     assert_eq!(stats.layers[0].hits, 1, "second read hit L1");
     assert_eq!(stats.layers[1].hits, 1, "first read hit L2");
     assert_eq!(stats.sources["audnexus:book"].hits, 2);
+}
+
+/// A stale entry (past its expiry, inside its stale window) is not a hit:
+/// the next tier is asked, and its fresh value is served and copied up,
+/// by `get` and by `get_or_fetch` (which then does not fetch).
+#[tokio::test]
+async fn a_stale_l1_entry_over_a_fresh_l2_asks_l2() {
+    let window = Duration::from_secs(3600);
+    for through_fetch in [false, true] {
+        let l1 = Arc::new(memory(3600));
+        let l2 = Arc::new(memory(86400));
+        let k = book_key("STALE");
+        // L1 alone gets "old" for 50 ms plus an hour's stale window ...
+        TieredCache::builder()
+            .shared_tier(l1.clone())
+            .stale_for(window)
+            .build()
+            .set(&k, "old".to_string(), Duration::from_millis(50))
+            .await
+            .unwrap();
+        // ... and L2 alone a fresh "new".
+        TieredCache::builder()
+            .shared_tier(l2.clone())
+            .build()
+            .set(&k, "new".to_string(), Ttl::TierDefault)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let cache = TieredCache::builder()
+            .shared_tier(l1.clone())
+            .shared_tier(l2)
+            .stale_for(window)
+            .build();
+        let got = if through_fetch {
+            cache
+                .get_or_fetch(&k, Ttl::TierDefault, |_| async {
+                    Ok::<_, Upstream>("fetched".to_string())
+                })
+                .await
+                .unwrap()
+        } else {
+            cache
+                .get::<String>(&k)
+                .await
+                .expect("L2 holds a fresh value")
+        };
+        assert_eq!(*got, "new", "through_fetch={through_fetch}");
+        let stats = cache.stats();
+        assert_eq!(stats.layers[0].hits, 0, "{stats:?}");
+        assert_eq!(stats.layers[0].expired, 1, "{stats:?}");
+        assert_eq!(stats.layers[1].hits, 1, "{stats:?}");
+        assert_eq!(stats.sources["audnexus:book"].fetches, 0, "{stats:?}");
+        // The fresh value was copied up over the stale one.
+        assert_eq!(
+            cache.get::<String>(&k).await.as_deref().map(String::as_str),
+            Some("new")
+        );
+        assert_eq!(cache.stats().layers[0].hits, 1);
+    }
 }
 
 #[tokio::test]
