@@ -7,7 +7,7 @@
 # directory of its own, so it never mixes with the normal one.
 #
 # Environment:
-#   TIERSTACK_SHUTTLE_ITERATIONS  random schedules per scenario (default 2000)
+#   TIERSTACK_SHUTTLE_ITERATIONS  random schedules per scenario (default 20000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTFLAGS="${RUSTFLAGS:-} --cfg shuttle"

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+SECONDS=0
+step() { printf '\n== [%ss] %s\n' "$SECONDS" "$*"; }
 
 step "redis-server and redis-cli (the Redis tier's tests start their own servers), python3 (the SQLite readers' checks), sqlite3 and openssl (environment-gated tests), setpriv (root runs the read-only directory cases as an unprivileged user)"
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
@@ -47,3 +48,4 @@ bash scripts/interleavings.sh
 
 step "the previous release and this one on the same SQLite file, exports and Redis server (scripts/compat.sh)"
 bash scripts/compat.sh
+step "all tests passed"

@@ -2,8 +2,14 @@
 //! the server is killed (SIGKILL) and restarted 10 s later, then paused
 //! (SIGSTOP) for 5 s. No caller may see an error, every call must return
 //! the right value (from Redis or the fetch), and the tier must be used
-//! again soon after the server is back. The figures (p99 latency during
-//! each outage, recovery time) are printed; run with `--nocapture`:
+//! again soon after the server is back: the recovery is the time until
+//! the server itself holds an entry written after its return (a `DBSIZE`
+//! over a separate connection, starting from an empty database), not a
+//! counter of the tier, which also counts writes the open breaker drops.
+//! The documented figures are asserted with a margin: the p99 of calls
+//! during each outage below [`OUTAGE_P99_LIMIT`], the worst single call
+//! within two response timeouts and [`SCHEDULING_MARGIN`], recovery within
+//! [`RECOVERY_LIMIT`]. They are printed too; run with `--nocapture`:
 //!
 //! ```sh
 //! cargo test -p tierstack-redis --release --test chaos -- --nocapture
@@ -14,11 +20,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tierstack::{Key, Tier, TieredCache, Ttl};
-use tierstack_conformance::redis_server::{RedisServer, unique_prefix};
+use tierstack_conformance::redis_server::{RedisServer, redis_cli, unique_prefix};
 use tierstack_redis::{RedisConfig, RedisTier};
 
 const TASKS: u64 = 32;
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// While the breaker is open it answers without Redis, in microseconds;
+/// without it, a paused server holds each call for a response timeout.
+const OUTAGE_P99_LIMIT: Duration = Duration::from_millis(10);
+/// A call that read and wrote before the circuit opened waits for two
+/// response timeouts; this is what a loaded 2-core machine may add.
+const SCHEDULING_MARGIN: Duration = Duration::from_millis(250);
+/// The breaker's cooldown (1 s) plus a reconnect and a first write.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(2);
 
 /// One call: when it started (since the test began), how long it took.
 struct Sample {
@@ -100,23 +114,36 @@ fn start_load(cache: &TieredCache, start: Instant) -> Load {
     }
 }
 
-/// Polls until the tier answers a read or stores a write again.
-async fn recovery(cache: &TieredCache, since: Instant) -> Duration {
-    let writes = |c: &TieredCache| {
-        let layer = &c.stats().layers[0];
-        layer.hits + layer.writes
-    };
-    let before = writes(cache);
+/// Entries in the server's database, asked over a connection of its own.
+async fn dbsize(url: &str) -> redis::RedisResult<u64> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::cmd("DBSIZE").query_async(&mut connection).await
+}
+
+/// Polls the server until it holds an entry: a write that went through
+/// the tier after the server came back to an empty database.
+async fn recovery(url: &str, since: Instant) -> Duration {
     loop {
-        if writes(cache) > before {
+        if matches!(dbsize(url).await, Ok(n) if n > 0) {
             return since.elapsed();
         }
         assert!(
             since.elapsed() < Duration::from_secs(10),
-            "the tier was not used again within 10 s"
+            "no write reached the server within 10 s of its return"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// While the circuit is open the breaker answers, so nearly every call
+/// during an outage is fast.
+fn assert_answered_by_the_breaker(outage: &str, calls: &[Duration]) {
+    let p99 = percentile(calls.to_vec(), 990);
+    assert!(
+        p99 < OUTAGE_P99_LIMIT,
+        "p99 during the {outage} outage was {p99:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +167,8 @@ async fn callers_never_see_redis_fail() {
     let restarting = Instant::now();
     server.restart();
     let restarted = start.elapsed();
-    let after_restart = recovery(&cache, restarting).await;
+    // Started again without persistence: the database is empty.
+    let after_restart = recovery(server.url(), restarting).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let paused = start.elapsed();
@@ -148,8 +176,10 @@ async fn callers_never_see_redis_fail() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let resuming = Instant::now();
     server.resume();
+    // Emptied at once, so that only writes made after the pause count.
+    redis_cli(server.port(), &["FLUSHALL", "SYNC"]);
     let resumed = start.elapsed();
-    let after_resume = recovery(&cache, resuming).await;
+    let after_resume = recovery(server.url(), resuming).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     load.stop.store(true, Ordering::Relaxed);
     let (errors, wrong) = (load.errors, load.wrong);
@@ -199,18 +229,27 @@ async fn callers_never_see_redis_fail() {
     );
     println!("  calls the circuit breaker answered without Redis: {unavailable}");
     println!(
-        "  target: p99 during an outage <= response timeout + 10 ms = {:?}",
-        RESPONSE_TIMEOUT + Duration::from_millis(10)
+        "  asserted: p99 during an outage < {OUTAGE_P99_LIMIT:?}, worst call <= {:?}, recovery < {RECOVERY_LIMIT:?}",
+        RESPONSE_TIMEOUT * 2 + SCHEDULING_MARGIN
     );
 
     assert_eq!(errors.load(Ordering::Relaxed), 0, "errors reached callers");
     assert_eq!(wrong.load(Ordering::Relaxed), 0, "wrong values");
     assert!(!kill_outage.is_empty() && !pause_outage.is_empty());
     assert!(unavailable > 0, "the breaker never opened");
-    assert!(after_restart < Duration::from_secs(2), "{after_restart:?}");
-    assert!(after_resume < Duration::from_secs(2), "{after_resume:?}");
-    // Bounded by the response timeout (the figure above is the one to
-    // compare with the target; this bound only catches a hang).
+    assert!(
+        after_restart < RECOVERY_LIMIT,
+        "a write reached the restarted server only after {after_restart:?}"
+    );
+    assert!(
+        after_resume < RECOVERY_LIMIT,
+        "a write reached the resumed server only after {after_resume:?}"
+    );
+    assert_answered_by_the_breaker("SIGKILL", &kill_outage);
+    assert_answered_by_the_breaker("SIGSTOP", &pause_outage);
     let worst = percentile(during(killed, resumed + Duration::from_secs(1)), 1000);
-    assert!(worst < RESPONSE_TIMEOUT * 4, "a call took {worst:?}");
+    assert!(
+        worst <= RESPONSE_TIMEOUT * 2 + SCHEDULING_MARGIN,
+        "a call took {worst:?}"
+    );
 }

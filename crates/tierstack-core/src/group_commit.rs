@@ -21,7 +21,7 @@ use std::sync::{Arc, TryLockError};
 
 // Under `--cfg shuttle` the queue runs on shuttle's thread, channel, lock and
 // counter, so the model checker can switch threads at each of them
-// (tests/interleavings.rs); `tokio`'s oneshot wakes through shuttle's wakers.
+// (`group_commit::tests`); `tokio`'s oneshot wakes through shuttle's wakers.
 #[cfg(shuttle)]
 use shuttle::{
     sync::atomic::{AtomicBool, AtomicUsize},

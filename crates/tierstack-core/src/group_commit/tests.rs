@@ -119,44 +119,8 @@ fn holds(ledger: &Mutex<Ledger>, key: &Key) -> bool {
     ledger.lock().unwrap().rows.contains_key(&key.to_string())
 }
 
-/// Runs a scenario: on a tokio runtime in a normal build, or under
-/// shuttle's random scheduler for many schedules with `--cfg shuttle`.
-#[cfg(not(shuttle))]
 fn check<F: Future<Output = ()> + 'static>(scenario: fn() -> F) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
-    run_bounded(runtime, scenario()).shutdown_background();
-}
-
-/// Runs one scenario; a scenario that hangs (a caller never woken, a
-/// wedged key spinning) fails instead, without waiting for the stuck
-/// workers: the runtime is shut down in the background first.
-#[cfg(not(shuttle))]
-fn run_bounded(
-    runtime: tokio::runtime::Runtime,
-    scenario: impl Future<Output = ()>,
-) -> tokio::runtime::Runtime {
-    let limit = std::time::Duration::from_secs(30);
-    if runtime
-        .block_on(async { tokio::time::timeout(limit, scenario).await })
-        .is_err()
-    {
-        runtime.shutdown_background();
-        panic!("the scenario did not finish in {limit:?}: a caller was never answered");
-    }
-    runtime
-}
-
-#[cfg(shuttle)]
-fn check<F: Future<Output = ()> + 'static>(scenario: fn() -> F) {
-    let iterations = std::env::var("TIERSTACK_SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
-    shuttle::check_random(move || shuttle::future::block_on(scenario()), iterations);
+    tierstack_interleavings::check(1, scenario);
 }
 
 /// Three callers set, one sets then deletes: each `set` returns only once

@@ -23,54 +23,10 @@ use tokio::{spawn, task::yield_now};
 
 use crate::{ErrorKind, Key, MemoryConfig, MemoryTier, TieredCache, Ttl};
 
-/// Runs a scenario: on a tokio runtime in a normal build, or under
-/// shuttle's random scheduler for many schedules with `--cfg shuttle`.
-#[cfg(not(shuttle))]
+/// Each scenario runs many times on tokio's two workers, since a race that
+/// a single run misses is what the scenarios are about.
 fn check<F: Future<Output = ()> + 'static>(scenario: fn() -> F) {
-    // Each scenario runs many times on the runtime's two workers, since a
-    // race that a single run misses is what the scenarios are about.
-    let mut runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
-    for _ in 0..50 {
-        runtime = run_bounded(runtime, scenario());
-    }
-    runtime.shutdown_background();
-}
-
-/// Runs one scenario; a scenario that hangs (a caller never woken, a
-/// wedged key spinning) fails instead, without waiting for the stuck
-/// workers: the runtime is shut down in the background first.
-#[cfg(not(shuttle))]
-fn run_bounded(
-    runtime: tokio::runtime::Runtime,
-    scenario: impl Future<Output = ()>,
-) -> tokio::runtime::Runtime {
-    let limit = std::time::Duration::from_secs(30);
-    if runtime
-        .block_on(async { tokio::time::timeout(limit, scenario).await })
-        .is_err()
-    {
-        runtime.shutdown_background();
-        panic!("the scenario did not finish in {limit:?}: a caller was never answered");
-    }
-    runtime
-}
-
-#[cfg(shuttle)]
-fn check<F: Future<Output = ()> + 'static>(scenario: fn() -> F) {
-    let iterations = std::env::var("TIERSTACK_SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
-    // The cache's futures, unoptimised, outgrow shuttle's default 60 KiB
-    // task stacks.
-    let mut config = shuttle::Config::default();
-    config.stack_size = 1 << 20;
-    let scheduler = shuttle::scheduler::RandomScheduler::new(iterations);
-    shuttle::Runner::new(scheduler, config).run(move || shuttle::future::block_on(scenario()));
+    tierstack_interleavings::check(50, scenario);
 }
 
 #[cfg(shuttle)]
@@ -194,7 +150,9 @@ fn three_callers_of_a_cold_key_fetch_it_once() {
 fn a_cancelled_caller_hands_the_flight_over() {
     check(|| async {
         let (cache, api) = (cache(), Arc::new(Api::default()));
-        let quitter = caller(&cache, &api);
+        // The task that runs `get_or_fetch` itself, so that aborting it
+        // drops the cache's future wherever it is.
+        let quitter = call(&cache, &api);
         let stayers: Vec<_> = (0..2).map(|_| caller(&cache, &api)).collect();
         yield_now().await;
         quitter.abort();
