@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tierstack::{Bytes, Codec, CompressionKind, Entry, EntryMeta, ErrorKind, Key, Tier, Timestamp};
-use tierstack_conformance::environment::{self, Outcome, block_on, ran, unavailable};
+use tierstack_conformance::environment::{self, Outcome, SmallDisk, block_on, ran};
 use tierstack_redb::{RedbConfig, RedbTier};
 
 fn key(name: &str) -> Key {
@@ -27,35 +27,6 @@ fn entry(key: &Key, len: usize) -> Entry {
     )
 }
 
-/// A small tmpfs, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: usize) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(Self { dir })
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// A full disk fails the batch it happens in with an error of kind `Full`
 /// naming the file; redb then refuses every later write (`PreviousIo`)
 /// until the tier is opened again, so a batch retried request by request
@@ -64,12 +35,10 @@ impl Drop for SmallDisk {
 fn a_full_disk_fails_writes_clearly_and_keeps_what_was_committed() -> Outcome {
     let disk = match SmallDisk::mount(4 << 20) {
         Ok(disk) => disk,
-        Err(why) => {
-            return unavailable(format!("cannot mount a tmpfs ({why}); mounting needs root"));
-        }
+        Err(unavailable) => return unavailable,
     };
     block_on(async move {
-        let path = disk.dir.path().join("full.redb");
+        let path = disk.path().join("full.redb");
         let tier = Arc::new(RedbTier::open(&RedbConfig::new(&path), 1).await.unwrap());
         let mut acknowledged = Vec::new();
         for i in 0..20 {

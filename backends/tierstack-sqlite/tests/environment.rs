@@ -14,8 +14,8 @@ use common::{json_cache, open};
 use serde_json::json;
 use tierstack::{Compression, ErrorKind, Key, MemoryConfig, MemoryTier, Tier, TieredCache, Ttl};
 use tierstack_conformance::environment::{
-    self, Outcome, Runnable, block_on, is_root, on_path, ran, read_only_for_unprivileged,
-    unavailable,
+    self, Outcome, Runnable, SmallDisk, block_on, is_root, on_path, ran,
+    read_only_for_unprivileged, unavailable,
 };
 use tierstack_sqlite::{SqliteConfig, SqliteTier};
 
@@ -27,47 +27,16 @@ fn book_key(asin: &str) -> Key {
     Key::new("audnexus:book", [("asin", asin)])
 }
 
-/// A small tmpfs, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: usize) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(Self { dir })
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// A full disk (a 512 KiB tmpfs) is a clear error naming the file, the
 /// stack keeps serving from L1, and every acknowledged row survives a
 /// restart. Mounting needs root.
 fn a_full_disk_is_a_clear_error_and_the_stack_keeps_serving() -> Outcome {
     let disk = match SmallDisk::mount(512 * 1024) {
         Ok(disk) => disk,
-        Err(why) => {
-            return unavailable(format!("cannot mount a tmpfs ({why}); mounting needs root"));
-        }
+        Err(unavailable) => return unavailable,
     };
     block_on(async move {
-        let path = disk.dir.path().join("full.db");
+        let path = disk.path().join("full.db");
         let sqlite = Arc::new(open(&path).await);
         let l1 = MemoryTier::new(&MemoryConfig::with_max_entries(10_000)).unwrap();
         let cache = TieredCache::builder()
@@ -233,12 +202,10 @@ fn the_sqlite3_shell_reads_the_json_column() -> Outcome {
 fn a_failing_batch_is_retried_request_by_request() -> Outcome {
     let disk = match SmallDisk::mount(2 << 20) {
         Ok(disk) => disk,
-        Err(why) => {
-            return unavailable(format!("cannot mount a tmpfs ({why}); mounting needs root"));
-        }
+        Err(unavailable) => return unavailable,
     };
     block_on(async move {
-        let path = disk.dir.path().join("batch.db");
+        let path = disk.path().join("batch.db");
         let config = SqliteConfig::new(&path).synchronous(tierstack_sqlite::Synchronous::Full);
         let tier = Arc::new(SqliteTier::open(&config, 1).await.unwrap());
         let entry = |k: &Key, len: usize| {

@@ -146,3 +146,46 @@ pub fn read_only_for_unprivileged(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("chown {}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).map_err(|e| e.to_string())
 }
+
+/// A small tmpfs (a disk that fills up), unmounted when dropped. Mounting
+/// needs root.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes` on a new temporary directory; where that
+    /// cannot be done, the [`unavailable`] outcome to return, with the
+    /// reason.
+    ///
+    /// # Errors
+    ///
+    /// The outcome of a test that cannot run here: no root, no `mount`.
+    pub fn mount(bytes: usize) -> Result<Self, Outcome> {
+        let cannot = |why: &dyn Display| {
+            unavailable(format!("cannot mount a tmpfs ({why}); mounting needs root"))
+        };
+        let dir = tempfile::tempdir().map_err(|e| cannot(&e))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| cannot(&e))?;
+        if out.status.success() {
+            Ok(Self { dir })
+        } else {
+            Err(cannot(&String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    /// The mounted directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}

@@ -252,4 +252,41 @@ mod tests {
         }
         assert_eq!(Codec::from_id(0), Err(DecodeError::UnknownCodec(0)));
     }
+
+    #[test]
+    fn availability_follows_the_build() {
+        assert!(Codec::MsgPack.is_available());
+        assert!(Codec::Json.is_available());
+        assert_eq!(Codec::Bincode.is_available(), cfg!(feature = "bincode"));
+        // The loops above run over what is available: never over nothing.
+        let expected = if cfg!(feature = "bincode") { 3 } else { 2 };
+        assert_eq!(each_codec().len(), expected);
+    }
+
+    #[test]
+    fn names_are_the_config_file_spellings() {
+        assert_eq!(Codec::MsgPack.name(), "msgpack");
+        assert_eq!(Codec::Json.name(), "json");
+        assert_eq!(Codec::Bincode.name(), "bincode");
+        // Errors name the codec that failed.
+        let err = Codec::Json.decode::<u32>(b"{").unwrap_err();
+        assert!(err.to_string().contains("json"), "{err}");
+    }
+
+    /// bincode's allocation limit is the entry cap (64 MiB): a value of a
+    /// few MiB decodes, a length prefix claiming more than the cap is
+    /// refused before anything that size is allocated.
+    #[cfg(feature = "bincode")]
+    #[test]
+    fn bincode_decodes_up_to_the_entry_cap_and_refuses_a_hostile_length() {
+        let big = vec![7_u8; 3 << 20];
+        let mut out = Vec::new();
+        Codec::Bincode.encode(&big, &mut out).unwrap();
+        assert_eq!(Codec::Bincode.decode::<Vec<u8>>(&out).unwrap(), big);
+        // A varint length of 2^40 bytes (0xFD: a u64 follows), then nothing.
+        let mut hostile = vec![0xFD];
+        hostile.extend_from_slice(&(1_u64 << 40).to_le_bytes());
+        let err = Codec::Bincode.decode::<Vec<u8>>(&hostile).unwrap_err();
+        assert!(err.to_string().contains("bincode"), "{err}");
+    }
 }

@@ -312,4 +312,46 @@ mod tests {
         let back: String = e.decode_value(DecodeLimits::default(), &dicts).unwrap();
         assert_eq!(back, record);
     }
+
+    #[test]
+    fn names_and_dictionary_ids_and_bytes() {
+        assert_eq!(CompressionKind::None.name(), "none");
+        assert_eq!(CompressionKind::Zstd.name(), "zstd");
+        assert_eq!(CompressionKind::ZstdDict.name(), "zstd_dict");
+        let bytes = b"a dictionary of sorts".to_vec();
+        let a = Dictionary::new(bytes.clone());
+        assert_eq!(a.bytes(), bytes.as_slice());
+        // The id comes from the content: the same bytes give the same id on
+        // every host, other bytes another id, and 0 means "no dictionary".
+        assert_eq!(Dictionary::new(bytes.clone()).id(), a.id());
+        let b = Dictionary::new(b"another one".to_vec());
+        assert_ne!(a.id(), b.id());
+        assert!(a.id() != 0 && b.id() != 0);
+        let mut known = Dictionaries::default();
+        known.insert(a.clone());
+        assert_eq!(known.get(a.id()), Some(&a));
+        assert_eq!(known.get(b.id()), None);
+        let debug = format!("{a:?}");
+        assert!(
+            debug.contains("Dictionary") && debug.contains(&format!("len: {}", bytes.len())),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn min_size_is_the_smallest_body_that_is_compressed() {
+        let policy = Compression::Zstd {
+            level: 3,
+            min_size: 1024,
+        };
+        let (kind, _, _) = policy.compress(vec![b'a'; 1024]).unwrap();
+        assert_eq!(kind, CompressionKind::Zstd, "a body of exactly min_size");
+        let (kind, _, body) = policy.compress(vec![b'a'; 1023]).unwrap();
+        assert_eq!(
+            kind,
+            CompressionKind::None,
+            "a compressible body below min_size"
+        );
+        assert_eq!(body.len(), 1023);
+    }
 }

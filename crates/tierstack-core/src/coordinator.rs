@@ -287,4 +287,18 @@ mod tests {
         assert_ne!(LeaseOwner::random(), LeaseOwner::random());
         assert_eq!(LeaseOwner::random().as_str().len(), 32);
     }
+
+    #[test]
+    fn rates_and_owners_display_as_written() {
+        for (text, shown) in [("10/s", "10/1s"), ("3/10s", "3/10s")] {
+            let rate: Rate = text.parse().unwrap();
+            assert_eq!(rate.to_string(), shown);
+        }
+        for text in ["600/min", "5000/h", "100/day"] {
+            let rate: Rate = text.parse().unwrap();
+            assert_eq!(rate.to_string().parse::<Rate>().unwrap(), rate, "{rate}");
+        }
+        let owner = LeaseOwner::random();
+        assert_eq!(owner.to_string(), owner.as_str());
+    }
 }

@@ -331,4 +331,20 @@ mod tests {
         assert!(e.source_as::<Upstream>().is_some());
         assert!(!Error::config("bad").is_temporary());
     }
+
+    #[test]
+    fn accessors_return_what_was_set() {
+        let e = Error::new(ErrorKind::Throttled, "429 from upstream");
+        assert_eq!(e.message(), "429 from upstream");
+        assert_eq!(e.retry_after(), None);
+        let e = e.with_retry_after(std::time::Duration::from_millis(1500));
+        assert_eq!(
+            e.retry_after(),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        let debug = format!("{e:?}");
+        for part in ["Error", "Throttled", "429 from upstream", "1.5s"] {
+            assert!(debug.contains(part), "{part} missing from {debug}");
+        }
+    }
 }

@@ -876,6 +876,50 @@ mod tests {
         ));
     }
 
+    /// A bad escape is reported at its byte offset in the whole key, in
+    /// any parameter, name or value.
+    #[test]
+    fn parse_errors_point_at_the_byte_at_fault() {
+        for (text, at) in [
+            ("s:a=%zz", 4),
+            ("src:a=1&b%zz=2", 9),
+            ("src:a=1&b=2%zz", 11),
+            ("src:a=1&bb=22&c=%g1", 16),
+        ] {
+            assert_eq!(Key::parse(text), Err(KeyError::BadEscape { at }), "{text}");
+        }
+        assert_eq!(
+            Key::parse("s:a=1&b=2&novalue"),
+            Err(KeyError::MissingEquals { index: 2 })
+        );
+    }
+
+    /// A hashed key parses only in the form rendering gives it: a prefix
+    /// that filled the space to a char boundary, then `#` and 32 lowercase
+    /// hex digits, no control character.
+    #[test]
+    fn parse_accepts_a_hashed_key_only_in_its_rendered_form() {
+        let key = Key::new("s", [("p", "x".repeat(600))]);
+        assert!(key.is_hashed());
+        let text = key.as_str();
+        assert_eq!(text.len(), MAX_KEY_LEN);
+        assert_eq!(Key::parse(text).unwrap(), key);
+        let (prefix, tail) = text.split_at(text.len() - HASH_SUFFIX_LEN);
+        let bad = [
+            // A tail of hex digits one short, or one not hex.
+            format!("{prefix}#{}", &tail[2..]),
+            format!("{prefix}{}g", &tail[..tail.len() - 1]),
+            // A prefix shorter than rendering leaves (by 4 bytes, by half).
+            format!("{}{tail}", &prefix[4..]),
+            format!("{}{tail}", &prefix[MAX_KEY_LEN / 2..]),
+            // A control character in the prefix.
+            format!("s:p=\u{1}{}{tail}", &prefix[5..]),
+        ];
+        for text in &bad {
+            assert_eq!(Key::parse(text), Err(KeyError::BadHashTail), "{text}");
+        }
+    }
+
     #[test]
     fn builder_and_typed_params() {
         let k = Key::builder("audnexus:search")

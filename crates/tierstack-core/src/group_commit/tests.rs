@@ -43,6 +43,8 @@ fn entry(key: &Key) -> Entry {
 struct Ledger {
     rows: BTreeMap<String, Entry>,
     transactions: usize,
+    /// Commits tried, refused ones included.
+    attempts: usize,
 }
 
 /// A store over a shared ledger. A `Put` of a key named "poison" fails its
@@ -57,6 +59,7 @@ struct LedgerStore {
 impl LedgerStore {
     fn apply(&self, requests: &[&[WriteOp]]) -> Result<Vec<u64>> {
         let mut ledger = self.ledger.lock().unwrap();
+        ledger.attempts += 1;
         let poisoned = requests
             .iter()
             .flat_map(|r| r.iter())
@@ -96,8 +99,12 @@ impl CommitStore for LedgerStore {
         Ok(n)
     }
 
+    /// Rows named "dead" are the dead entries.
     fn purge(&mut self) -> Result<u64> {
-        Ok(0)
+        let mut ledger = self.ledger.lock().unwrap();
+        let before = ledger.rows.len();
+        ledger.rows.retain(|k, _| !k.ends_with("k=dead"));
+        Ok((before - ledger.rows.len()) as u64)
     }
 
     fn commit_now(&mut self, request: &[WriteOp]) -> Option<Result<Vec<u64>>> {
@@ -196,6 +203,22 @@ fn a_refused_row_fails_only_its_own_request() {
     });
 }
 
+/// `set_many` stores every entry in one transaction, and an empty batch
+/// commits nothing.
+#[test]
+fn set_many_commits_its_entries_in_one_transaction() {
+    check(|| async {
+        let (queue, ledger) = queue(false);
+        queue.set_many(Vec::new()).await.unwrap();
+        assert_eq!(ledger.lock().unwrap().transactions, 0);
+        let keys: Vec<Key> = ["x", "y", "z"].into_iter().map(key).collect();
+        let entries = keys.iter().map(|k| (k.clone(), entry(k))).collect();
+        queue.set_many(entries).await.unwrap();
+        assert!(keys.iter().all(|k| holds(&ledger, k)), "a row is missing");
+        assert_eq!(ledger.lock().unwrap().transactions, 1);
+    });
+}
+
 /// A clear applies after everything queued before it: a caller that sets,
 /// clears, then sets again holds exactly the last row, whatever another
 /// caller does meanwhile.
@@ -221,6 +244,14 @@ fn a_clear_is_ordered_with_the_writes_around_it() {
         other.await.unwrap();
         assert!(holds(&ledger, &last), "a row set after the clear is gone");
         assert_eq!(queue.purge().await.unwrap(), 0);
+        let dead = key("dead");
+        queue.set(&dead, entry(&dead)).await.unwrap();
+        assert_eq!(
+            queue.purge().await.unwrap(),
+            1,
+            "purge counts what it removed"
+        );
+        assert!(!holds(&ledger, &dead) && holds(&ledger, &last));
     });
 }
 
@@ -313,5 +344,202 @@ fn a_writer_that_stopped_is_reported() {
         assert!(!queue.is_running(), "{queue:?}");
         let err = queue.set(&k, entry(&k)).await.unwrap_err();
         assert!(err.to_string().contains("has stopped"), "{err}");
+    });
+}
+
+/// A write commits on the caller's thread only while nobody waits for the
+/// writer thread: one that went ahead of queued callers would reorder
+/// their writes.
+#[cfg(not(shuttle))]
+#[test]
+fn writes_commit_in_place_only_while_nobody_is_queued() {
+    let (queue, ledger) = queue(true);
+    let k = key("a");
+    let ops = [WriteOp::Put(k.clone(), entry(&k))];
+    let waiting = Waiting::new(&queue.queued);
+    assert!(
+        queue.commit_in_place(&ops).is_none(),
+        "committed in place ahead of a queued caller"
+    );
+    drop(waiting);
+    assert!(queue.commit_in_place(&ops).is_some(), "an idle writer");
+    assert!(holds(&ledger, &k));
+}
+
+/// `wake` makes the writer run an empty commit (a store flushes buffered
+/// work of its own in it).
+#[cfg(not(shuttle))]
+#[test]
+fn wake_runs_an_empty_commit() {
+    let (queue, ledger) = queue(false);
+    queue.wake();
+    for _ in 0..1_000 {
+        if ledger.lock().unwrap().transactions == 1 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    panic!("no commit followed wake");
+}
+
+/// A store whose first commit waits for the test to let it go, and that
+/// records the size of every batch it commits and when it was dropped.
+#[cfg(not(shuttle))]
+struct Gated {
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+    batches: Arc<Mutex<Vec<usize>>>,
+    dropped: Arc<AtomicBool>,
+}
+
+#[cfg(not(shuttle))]
+impl CommitStore for Gated {
+    fn commit(&mut self, requests: &[&[WriteOp]]) -> Result<Vec<u64>> {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        self.batches.lock().unwrap().push(requests.len());
+        Ok(vec![0; requests.len()])
+    }
+    fn clear(&mut self, _: &ClearScope) -> Result<u64> {
+        Ok(0)
+    }
+    fn purge(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+}
+
+#[cfg(not(shuttle))]
+impl Drop for Gated {
+    fn drop(&mut self) {
+        // Slow, so that a queue that did not wait for its writer thread
+        // returns before this runs.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A queue over a [`Gated`] store, and the store's handles.
+#[cfg(not(shuttle))]
+struct GatedQueue {
+    queue: Arc<GroupCommit>,
+    /// Lets the first commit go.
+    open: std::sync::mpsc::Sender<()>,
+    batches: Arc<Mutex<Vec<usize>>>,
+    dropped: Arc<AtomicBool>,
+}
+
+#[cfg(not(shuttle))]
+fn gated(max_batch: usize) -> GatedQueue {
+    let (open, gate) = std::sync::mpsc::channel();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let store = Gated {
+        gate: Some(gate),
+        batches: Arc::clone(&batches),
+        dropped: Arc::clone(&dropped),
+    };
+    let queue = GroupCommit::spawn("model", "the gated store".into(), store, max_batch).unwrap();
+    GatedQueue {
+        queue: Arc::new(queue),
+        open,
+        batches,
+        dropped,
+    }
+}
+
+/// Requests that queue up while the writer is busy are committed in
+/// batches of at most `max_batch`.
+#[cfg(not(shuttle))]
+#[test]
+fn a_batch_holds_at_most_max_batch_requests() {
+    check(|| async {
+        let GatedQueue {
+            queue,
+            open,
+            batches,
+            ..
+        } = gated(2);
+        let set = |name: String| {
+            let queue = Arc::clone(&queue);
+            spawn(async move {
+                let k = key(&name);
+                queue.set(&k, entry(&k)).await.unwrap();
+            })
+        };
+        // The first caller waits for the gated commit; the five after it
+        // queue up behind it.
+        let first = set("first".to_owned());
+        while queue.queued.load(Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let rest: Vec<_> = (0..5).map(|i| set(i.to_string())).collect();
+        while queue.queued.load(Ordering::SeqCst) < 6 {
+            tokio::task::yield_now().await;
+        }
+        open.send(()).unwrap();
+        first.await.unwrap();
+        for task in rest {
+            task.await.unwrap();
+        }
+        let batches = batches.lock().unwrap().clone();
+        assert_eq!(batches.iter().sum::<usize>(), 6, "{batches:?}");
+        assert!(
+            batches.iter().all(|&n| n <= 2),
+            "a batch over max_batch: {batches:?}"
+        );
+    });
+}
+
+/// Dropping the queue waits for its writer thread, which drops the store:
+/// a file is closed when the tier is.
+#[cfg(not(shuttle))]
+#[test]
+fn dropping_the_queue_waits_for_the_writer_to_close_the_store() {
+    let GatedQueue {
+        queue,
+        open,
+        dropped,
+        ..
+    } = gated(8);
+    drop(open);
+    let queue = Arc::into_inner(queue).unwrap();
+    drop(queue);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the store outlived the queue"
+    );
+}
+
+/// A batch with nothing to write and no wake-up commits nothing: a clear
+/// or a purge alone is not followed by an empty transaction.
+#[cfg(not(shuttle))]
+#[test]
+fn a_clear_alone_runs_no_empty_commit() {
+    check(|| async {
+        let (queue, ledger) = queue(false);
+        queue.clear(ClearScope::All).await.unwrap();
+        queue.purge().await.unwrap();
+        // Once more, so that the batch of the first two has ended.
+        queue.purge().await.unwrap();
+        assert_eq!(ledger.lock().unwrap().transactions, 0);
+    });
+}
+
+/// A lone request that the store refuses for good is answered with the
+/// error after one try: only a batch of several is retried request by
+/// request, to find the one at fault.
+#[test]
+fn a_lone_refused_request_is_not_retried() {
+    check(|| async {
+        let (queue, ledger) = queue(false);
+        let poison = key("poison");
+        let err = queue.set(&poison, entry(&poison)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+        assert_eq!(
+            ledger.lock().unwrap().attempts,
+            1,
+            "the store was asked again"
+        );
     });
 }
