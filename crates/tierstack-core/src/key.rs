@@ -920,6 +920,27 @@ mod tests {
         }
     }
 
+    /// A key is a `str` to maps and sets: it hashes and compares as its
+    /// text, so a `HashMap<Key, _>` is looked up by `&str` and a
+    /// `BTreeMap<Key, _>` is in text order.
+    #[test]
+    fn keys_hash_order_and_borrow_as_their_text() {
+        use std::collections::{BTreeSet, HashMap};
+        use std::hash::BuildHasher;
+        let (a, b) = (Key::new("s", [("a", "1")]), Key::new("s", [("a", "2")]));
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(state.hash_one(&a), state.hash_one("s:a=1"));
+        assert_ne!(state.hash_one(&a), state.hash_one(&b));
+        let map: HashMap<Key, u32> = [(a.clone(), 1), (b.clone(), 2)].into();
+        assert_eq!(map.get("s:a=2"), Some(&2));
+        assert_eq!(a.partial_cmp(&b), Some(std::cmp::Ordering::Less));
+        let set: BTreeSet<Key> = [b.clone(), a.clone()].into();
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), [a.clone(), b]);
+        let text: &str = a.as_ref();
+        assert_eq!(text, "s:a=1");
+        assert_eq!(format!("{a:?}"), "Key(\"s:a=1\")");
+    }
+
     #[test]
     fn builder_and_typed_params() {
         let k = Key::builder("audnexus:search")

@@ -81,13 +81,15 @@ fn variable(name: &str) -> Result<String, String> {
 /// `$XDG_CACHE_HOME/tierstack/NAME` when set, else `~/.cache/tierstack/NAME`
 /// (expanded when the tier opens).
 pub fn default_cache_path(name: &str) -> String {
-    std::env::var("XDG_CACHE_HOME")
-        .ok()
-        .filter(|dir| !dir.is_empty())
-        .map_or_else(
-            || format!("~/.cache/tierstack/{name}"),
-            |dir| format!("{dir}/tierstack/{name}"),
-        )
+    cache_path_under(std::env::var("XDG_CACHE_HOME").ok().as_deref(), name)
+}
+
+/// [`default_cache_path`] with `$XDG_CACHE_HOME` given.
+fn cache_path_under(xdg_cache_home: Option<&str>, name: &str) -> String {
+    xdg_cache_home.filter(|dir| !dir.is_empty()).map_or_else(
+        || format!("~/.cache/tierstack/{name}"),
+        |dir| format!("{dir}/tierstack/{name}"),
+    )
 }
 
 /// An I/O error on `path`, with a kind the caller can act on.
@@ -395,5 +397,26 @@ mod tests {
         );
         assert!(expand("${HOME").is_err());
         assert!(expand("${5}").is_err());
+    }
+
+    /// The documented default: under `$XDG_CACHE_HOME` when it is set and
+    /// not empty, else under `~/.cache`, in a `tierstack` directory.
+    #[test]
+    fn the_default_cache_path_is_under_the_users_cache_directory() {
+        assert_eq!(
+            cache_path_under(Some("/var/cache/me"), "cache.db"),
+            "/var/cache/me/tierstack/cache.db"
+        );
+        for unset in [None, Some("")] {
+            assert_eq!(
+                cache_path_under(unset, "cache.db"),
+                "~/.cache/tierstack/cache.db"
+            );
+        }
+        let xdg = std::env::var("XDG_CACHE_HOME").ok();
+        assert_eq!(
+            default_cache_path("x"),
+            cache_path_under(xdg.as_deref(), "x")
+        );
     }
 }
