@@ -218,7 +218,11 @@ fn an_atomic_file_is_written_beside_its_target_and_renamed_over_it() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        beside.len() == 1 && beside[0].starts_with(".out.json.") && beside[0].ends_with(".tmp"),
+        beside.len() == 1
+            && beside[0].starts_with(".out.json.")
+            && Path::new(&beside[0])
+                .extension()
+                .is_some_and(|e| e == "tmp"),
         "{beside:?}"
     );
     #[cfg(unix)]
