@@ -18,7 +18,7 @@ struct OnlyTheRequired {
 
 #[async_trait]
 impl Tier for OnlyTheRequired {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "required-only"
     }
     fn capabilities(&self) -> Capabilities {
