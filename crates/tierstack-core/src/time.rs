@@ -151,4 +151,26 @@ mod tests {
         }
         assert!(samples > 20);
     }
+
+    #[test]
+    fn remaining_time_and_how_times_print() {
+        let t = Timestamp::from_millis(10_000);
+        assert_eq!(
+            t.remaining_from(Timestamp::from_millis(7_500)),
+            Some(Duration::from_millis(2_500))
+        );
+        assert_eq!(
+            t.remaining_from(Timestamp::from_millis(12_000)),
+            Some(Duration::ZERO),
+            "already past"
+        );
+        assert_eq!(Timestamp::NEVER.remaining_from(t), None);
+        assert_eq!(format!("{t:?}"), "10000ms");
+        assert_eq!(format!("{:?}", Timestamp::NEVER), "never");
+        assert_eq!(
+            Timestamp::from_millis(1_700_000_000_123).to_string(),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(Timestamp::NEVER.to_string(), "never");
+    }
 }

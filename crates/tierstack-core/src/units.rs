@@ -186,4 +186,94 @@ mod tests {
         assert_eq!(format_size(512 << 20), "512MiB");
         assert_eq!(format_size(1000), "1000B");
     }
+
+    #[test]
+    fn every_unit_has_its_factor() {
+        for (text, bytes) in [
+            ("2", 2),
+            ("2B", 2),
+            ("2k", 2_000),
+            ("2KB", 2_000),
+            ("2KiB", 2 << 10),
+            ("2m", 2_000_000),
+            ("2MB", 2_000_000),
+            ("2MiB", 2 << 20),
+            ("2g", 2_000_000_000),
+            ("2GB", 2_000_000_000),
+            ("2GiB", 2 << 30),
+            ("2t", 2_000_000_000_000),
+            ("2TB", 2_000_000_000_000),
+            ("2TiB", 2 << 40),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), bytes, "{text}");
+        }
+        // Beyond what a u64 holds, or not a number at all.
+        for bad in ["20000000TB", "1e400", "inf", "NaN", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exact_sizes_use_the_largest_unit_that_divides_them() {
+        assert_eq!(format_size(0), "0B");
+        assert_eq!(format_size(1 << 10), "1KiB");
+        assert_eq!(format_size(3 << 40), "3TiB");
+        // Reaches a MiB but is not a whole number of them.
+        assert_eq!(format_size((1 << 20) + (1 << 10)), "1025KiB");
+        assert_eq!(format_size((1 << 20) + 1), "1048577B");
+        for bytes in [1, 1 << 10, 5 << 20, 7 << 30, 3 << 40, 1000] {
+            assert_eq!(parse_size(&format_size(bytes)).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn durations_format_as_they_parse() {
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(
+            parse_duration(&format_duration(Duration::from_secs(7 * 86_400))).unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+    }
+
+    /// The serde helpers read text or numbers, and nothing for a missing
+    /// value.
+    #[test]
+    fn config_fields_read_text_numbers_or_nothing() {
+        #[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
+        struct Fields {
+            #[serde(default, with = "duration_opt")]
+            ttl: Option<Duration>,
+            #[serde(default, with = "size_opt")]
+            max_size: Option<u64>,
+        }
+        let read = |json: &str| serde_json::from_str::<Fields>(json).unwrap();
+        assert_eq!(
+            read(r#"{"ttl": "1h", "max_size": "64MiB"}"#),
+            Fields {
+                ttl: Some(Duration::from_secs(3600)),
+                max_size: Some(64 << 20)
+            }
+        );
+        assert_eq!(
+            read(r#"{"ttl": 90, "max_size": 4096}"#),
+            Fields {
+                ttl: Some(Duration::from_secs(90)),
+                max_size: Some(4096)
+            }
+        );
+        assert_eq!(
+            read(r#"{"ttl": null}"#),
+            Fields {
+                ttl: None,
+                max_size: None
+            }
+        );
+        for bad in [r#"{"ttl": "soon"}"#, r#"{"max_size": "lots"}"#] {
+            let err = serde_json::from_str::<Fields>(bad).unwrap_err();
+            assert!(err.to_string().contains("expected e.g."), "{err}");
+        }
+        let written =
+            serde_json::to_string(&read(r#"{"ttl": "1h", "max_size": "64MiB"}"#)).unwrap();
+        assert_eq!(written, r#"{"ttl":"1h","max_size":"64MiB"}"#);
+    }
 }

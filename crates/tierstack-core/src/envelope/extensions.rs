@@ -273,4 +273,58 @@ mod tests {
         );
         assert!(Extensions::empty().with(0, b"x").is_err());
     }
+
+    /// One record of an unknown, skippable type whose area is `total` bytes.
+    fn area_of(total: usize) -> Vec<u8> {
+        let len = total - RECORD_HEAD;
+        let mut out = vec![0x10];
+        out.extend_from_slice(&u16::try_from(len).unwrap().to_le_bytes());
+        out.resize(total, b'v');
+        out
+    }
+
+    #[test]
+    fn the_area_may_fill_max_len_exactly() {
+        let full = area_of(Extensions::MAX_LEN);
+        assert_eq!(
+            Extensions::parse(Bytes::from(full.clone())).unwrap().len(),
+            4096
+        );
+        let over = area_of(Extensions::MAX_LEN + 1);
+        assert!(Extensions::parse(Bytes::from(over)).is_err());
+        // Built record by record: up to the limit, not past it.
+        let value = vec![b'v'; Extensions::MAX_LEN - RECORD_HEAD];
+        let built = Extensions::empty().with(0x10, &value).unwrap();
+        assert_eq!(built.as_bytes(), full.as_slice());
+        let err = Extensions::empty()
+            .with(0x10, &[value.as_slice(), b"v"].concat())
+            .unwrap_err();
+        assert!(err.to_string().contains("4096"), "{err}");
+    }
+
+    #[test]
+    fn with_keeps_records_sorted_and_replaces_its_own_type() {
+        let ext = Extensions::empty()
+            .with(Extensions::HTTP_STATUS, &200u16.to_le_bytes())
+            .unwrap()
+            .with(Extensions::ETAG, b"\"a\"")
+            .unwrap()
+            .with(0x10, b"skippable")
+            .unwrap()
+            .with(Extensions::LAST_MODIFIED, &1_000u64.to_le_bytes())
+            .unwrap()
+            .with(Extensions::ETAG, b"\"b\"")
+            .unwrap();
+        let kinds: Vec<u8> = ext.iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [0x01, 0x02, 0x03, 0x10]);
+        assert_eq!(ext.etag(), Some(b"\"b\"".as_slice()));
+        assert_eq!(ext.last_modified(), Some(Timestamp::from_millis(1_000)));
+        assert_eq!(
+            Extensions::parse(Bytes::copy_from_slice(ext.as_bytes())).unwrap(),
+            ext
+        );
+        assert!(!ext.is_empty() && Extensions::empty().is_empty());
+        assert_eq!(format!("{ext:?}"), "{1: 3, 2: 8, 3: 2, 16: 9}");
+        assert_eq!(Extensions::empty().last_modified(), None);
+    }
 }
