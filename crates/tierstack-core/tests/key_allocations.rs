@@ -41,6 +41,24 @@ fn up_to_four_parameters_stay_on_the_stack() {
     );
 }
 
+/// A key of a kilobyte or so (hashed, since it is over 512 bytes) leaves
+/// the thread's rendering buffer in place for the next one: only a buffer
+/// grown past 2 KiB is given back.
+#[test]
+fn a_long_key_keeps_the_rendering_buffer_for_the_next() {
+    let long = "x".repeat(1_200);
+    let (_, short) = allocations(|| Key::new("books", [("id", "1")]));
+    let _first = Key::new("books", [("p", long.as_str())]);
+    let mut again = None;
+    let info =
+        allocation_counter::measure(|| again = Some(Key::new("books", [("p", long.as_str())])));
+    assert!(again.unwrap().is_hashed());
+    assert_eq!(
+        info.count_total, short,
+        "the second long key grew the buffer again"
+    );
+}
+
 /// Text already in NFC is used as it is, not normalised into a copy:
 /// accented text costs what ASCII does.
 #[test]

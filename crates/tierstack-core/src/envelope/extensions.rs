@@ -327,4 +327,35 @@ mod tests {
         assert_eq!(format!("{ext:?}"), "{1: 3, 2: 8, 3: 2, 16: 9}");
         assert_eq!(Extensions::empty().last_modified(), None);
     }
+
+    fn header_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in pairs {
+            for part in [name, value] {
+                out.extend_from_slice(&u16::try_from(part.len()).unwrap().to_le_bytes());
+                out.extend_from_slice(part.as_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn http_header_records_are_walked_pair_by_pair() {
+        let good = header_pairs(&[("content-type", "application/json"), ("via", "1.1 a")]);
+        let ext = Extensions::empty()
+            .with(Extensions::HTTP_HEADERS, &good)
+            .unwrap();
+        assert_eq!(ext.get(Extensions::HTTP_HEADERS), Some(good.as_slice()));
+        // A name without its value, and a length past the end.
+        for bad in [
+            header_pairs(&[("via", "x")])[..6].to_vec(),
+            [good.as_slice(), &[9, 0, b'a']].concat(),
+        ] {
+            assert!(
+                Extensions::empty()
+                    .with(Extensions::HTTP_HEADERS, &bad)
+                    .is_err()
+            );
+        }
+    }
 }

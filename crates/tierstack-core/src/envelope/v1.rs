@@ -216,4 +216,54 @@ mod tests {
         assert!(up.header.is_negative());
         assert_eq!(&up.body[..], b"null");
     }
+
+    #[test]
+    fn only_the_magic_and_version_1_look_like_format_1() {
+        let key = Key::bare("books");
+        let current = Entry::from_body(
+            EntryMeta::new(&key, 1, Timestamp::from_millis(10)),
+            Codec::Json,
+            CompressionKind::None,
+            0,
+            2,
+            Bytes::from_static(b"{}"),
+        );
+        let old = encode_for_tests(&current.header, b"{}");
+        assert!(looks_like(&old));
+        assert!(looks_like(&old[..5]), "the version byte is enough");
+        assert!(!looks_like(&old[..4]), "the magic alone");
+        assert!(!looks_like(b""));
+        let mut other_magic = old.clone();
+        other_magic[0] ^= 1;
+        assert!(!looks_like(&other_magic));
+        let mut version_2 = old.clone();
+        version_2[4] = 2;
+        assert!(!looks_like(&version_2));
+    }
+
+    #[test]
+    fn a_format_1_entry_with_bytes_after_its_body_is_refused_saying_how_many() {
+        let key = Key::bare("books");
+        let current = Entry::from_body(
+            EntryMeta::new(&key, 1, Timestamp::from_millis(10)),
+            Codec::Json,
+            CompressionKind::None,
+            0,
+            2,
+            Bytes::from_static(b"{}"),
+        );
+        let old = encode_for_tests(&current.header, b"{}");
+        let longer = [old.as_slice(), b"xyz"].concat();
+        assert_eq!(
+            upgrade(&longer, &key, DecodeLimits::default()).unwrap_err(),
+            DecodeError::TrailingBytes { extra: 3 }
+        );
+        assert_eq!(
+            upgrade(&old[..old.len() - 1], &key, DecodeLimits::default()).unwrap_err(),
+            DecodeError::Truncated {
+                len: old.len() - 1,
+                expected: old.len()
+            }
+        );
+    }
 }
