@@ -199,4 +199,54 @@ mod tests {
         assert_eq!(p.get("audnexus:chapters").ttl, Some(Duration::from_secs(1)));
         assert_eq!(p.get("pathinfo").ttl, None);
     }
+
+    #[test]
+    fn each_setter_sets_its_own_field() {
+        let rate: Rate = "10/s".parse().unwrap();
+        let policy = SourcePolicy::ttl(Duration::from_secs(60))
+            .stale_for(Duration::from_secs(600))
+            .negative_ttl(Duration::from_secs(5))
+            .rate(rate)
+            .rate_group("api")
+            .rate_scope(RateScope::Shared)
+            .max_wait(Duration::from_secs(2))
+            .coordination(Coordination::Local);
+        assert_eq!(
+            policy,
+            SourcePolicy {
+                ttl: Some(Duration::from_secs(60)),
+                stale_for: Some(Duration::from_secs(600)),
+                negative_ttl: Some(Duration::from_secs(5)),
+                rate: Some(rate),
+                rate_group: Some("api".into()),
+                rate_scope: RateScope::Shared,
+                max_wait: Some(Duration::from_secs(2)),
+                coordination: Some(Coordination::Local),
+            }
+        );
+        assert_eq!(policy.group_of("search"), "api");
+        assert_eq!(SourcePolicy::default().group_of("search"), "search");
+    }
+
+    #[test]
+    fn a_pattern_set_again_replaces_its_policy_and_is_listed_as_written() {
+        let mut p = Policies::default();
+        p.insert("files", SourcePolicy::ttl(Duration::from_secs(1)));
+        p.insert("files", SourcePolicy::ttl(Duration::from_secs(2)));
+        p.insert("api:*", SourcePolicy::ttl(Duration::from_secs(3)));
+        p.insert("api:*", SourcePolicy::ttl(Duration::from_secs(4)));
+        assert_eq!(p.get("files").ttl, Some(Duration::from_secs(2)));
+        assert_eq!(p.get("api:search").ttl, Some(Duration::from_secs(4)));
+        let listed: Vec<(String, Option<Duration>)> = p
+            .iter()
+            .map(|(pattern, policy)| (pattern, policy.ttl))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("files".to_owned(), Some(Duration::from_secs(2))),
+                ("api:*".to_owned(), Some(Duration::from_secs(4))),
+            ]
+        );
+    }
 }

@@ -21,6 +21,7 @@ use shuttle::future::{spawn, yield_now};
 #[cfg(not(shuttle))]
 use tokio::{spawn, task::yield_now};
 
+use super::{Answer, Flights, Joined, wait};
 use crate::{ErrorKind, Key, MemoryConfig, MemoryTier, TieredCache, Ttl};
 
 /// Each scenario runs many times on tokio's two workers, since a race that
@@ -117,6 +118,12 @@ async fn assert_not_wedged(cache: &Arc<TieredCache>, api: &Arc<Api>) {
     assert!(
         !api.overlapped.load(Ordering::SeqCst),
         "two fetches of one key ran at once"
+    );
+    // Every caller is done, so no flight may be left, even one the next
+    // caller would replace.
+    assert!(
+        cache.inner.flights.is_idle(),
+        "a flight outlived the scenario's callers"
     );
     cache.delete(&key()).await.unwrap();
     let before = api.calls();
@@ -245,5 +252,46 @@ fn after_a_failed_fetch_one_leader_at_a_time_retries() {
         }
         assert!(api.calls() >= 1);
         assert_not_wedged(&cache, &api).await;
+    });
+}
+
+/// The leader's two ways out, on the flight map itself: publishing hands
+/// every waiter the result; leaving without one (its future dropped) hands
+/// them `None`, to try again. Either way the key's flight is gone at once.
+#[test]
+fn a_leader_publishes_to_every_waiter_or_leaves_them_to_retry() {
+    check(|| async {
+        let flights = Flights::default();
+        let k = key();
+        let Joined::Leader(leader) = flights.join(&k) else {
+            panic!("the first caller of a key leads")
+        };
+        let waiters: Vec<_> = (0..2)
+            .map(|_| match flights.join(&k) {
+                Joined::Waiter(rx) => spawn(wait(rx)),
+                Joined::Leader(_) => panic!("a second leader while the first is in the air"),
+            })
+            .collect();
+        leader.publish(Ok(Answer {
+            value: None,
+            stale: true,
+        }));
+        assert!(flights.is_idle(), "the flight outlived its publication");
+        for w in waiters {
+            match w.await.unwrap() {
+                Some(Ok(answer)) => assert!(answer.stale && answer.value.is_none()),
+                other => panic!("a waiter got {other:?} instead of the result"),
+            }
+        }
+
+        let Joined::Leader(leader) = flights.join(&k) else {
+            panic!("a key whose flight ended is led again")
+        };
+        let Joined::Waiter(rx) = flights.join(&k) else {
+            panic!("a second leader while the first is in the air")
+        };
+        drop(leader);
+        assert!(flights.is_idle(), "a leader that left kept its flight");
+        assert!(wait(rx).await.is_none(), "a waiter of a leader that left");
     });
 }
