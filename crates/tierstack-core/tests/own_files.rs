@@ -266,3 +266,14 @@ fn an_atomic_file_in_a_missing_directory_is_a_clear_error() {
     assert_eq!(err.kind(), ErrorKind::Config, "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+/// A destination that cannot be looked at is an error, not a free place.
+#[test]
+fn a_destination_that_cannot_be_inspected_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    fs::write(&file, b"x").unwrap();
+    let err =
+        check_replaceable(&file.join("out.json"), "a tierstack export", never_ours).unwrap_err();
+    assert!(err.to_string().contains("cannot inspect"), "{err}");
+}
