@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 // Under `--cfg shuttle` the map locks with shuttle's mutex, so the model
-// checker can switch tasks at every join and removal (tests/interleavings.rs).
+// checker can switch tasks at every join and removal (`flight::tests`).
 #[cfg(shuttle)]
 use shuttle::sync::Mutex;
 #[cfg(not(shuttle))]

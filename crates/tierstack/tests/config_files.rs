@@ -175,8 +175,9 @@ fn typos_unknown_kinds_and_bad_values_are_errors_that_say_where() {
     assert!(top.to_string().contains("cach"), "{top}");
     let line =
         Config::parse("cache:\n  enabled: true\n  schema_version: many\n", "yaml").unwrap_err();
+    // The bad value is on line 3, at column 19: "many".
     assert!(
-        line.to_string().contains('3'),
+        line.to_string().contains("line 3 column 19"),
         "the line of the bad value: {line}"
     );
     assert_eq!(line.kind(), ErrorKind::Config);
