@@ -217,8 +217,8 @@ mod tests {
         assert_eq!(&up.body[..], b"null");
     }
 
-    #[test]
-    fn only_the_magic_and_version_1_look_like_format_1() {
+    /// A key and the format-1 bytes of a `{}` body stored under it.
+    fn small_format_1_entry() -> (Key, Vec<u8>) {
         let key = Key::bare("books");
         let current = Entry::from_body(
             EntryMeta::new(&key, 1, Timestamp::from_millis(10)),
@@ -229,6 +229,12 @@ mod tests {
             Bytes::from_static(b"{}"),
         );
         let old = encode_for_tests(&current.header, b"{}");
+        (key, old)
+    }
+
+    #[test]
+    fn only_the_magic_and_version_1_look_like_format_1() {
+        let (_, old) = small_format_1_entry();
         assert!(looks_like(&old));
         assert!(looks_like(&old[..5]), "the version byte is enough");
         assert!(!looks_like(&old[..4]), "the magic alone");
@@ -243,16 +249,7 @@ mod tests {
 
     #[test]
     fn a_format_1_entry_with_bytes_after_its_body_is_refused_saying_how_many() {
-        let key = Key::bare("books");
-        let current = Entry::from_body(
-            EntryMeta::new(&key, 1, Timestamp::from_millis(10)),
-            Codec::Json,
-            CompressionKind::None,
-            0,
-            2,
-            Bytes::from_static(b"{}"),
-        );
-        let old = encode_for_tests(&current.header, b"{}");
+        let (key, old) = small_format_1_entry();
         let longer = [old.as_slice(), b"xyz"].concat();
         assert_eq!(
             upgrade(&longer, &key, DecodeLimits::default()).unwrap_err(),
