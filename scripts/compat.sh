@@ -21,11 +21,22 @@ if [ ! -x "$old" ]; then
     echo "building the previous release ($previous)"
     src=$(mktemp -d)
     git archive "$previous" | tar -x -C "$src"
-    CARGO_TARGET_DIR="$cache_dir/target" cargo build --quiet --locked \
-        --manifest-path "$src/Cargo.toml" -p tierstack-cli
+    # Without debuginfo, and only the binary kept: this build is a tool
+    # of the check, and CI's disk also holds the workspace's own builds.
+    build_previous() {
+        CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR="$cache_dir/target" cargo build --quiet --locked \
+            --manifest-path "$src/Cargo.toml" -p tierstack-cli "$@"
+    }
+    if ! build_previous; then
+        # A failed build of a pinned, once-good commit is the machine's
+        # (disk, memory), not the code's: say which, and try once more alone.
+        df -h . >&2
+        echo "building the previous release failed; trying again with one job" >&2
+        build_previous -j 1
+    fi
     mkdir -p "$cache_dir"
     cp "$cache_dir/target/debug/tierstack" "$old"
-    rm -rf "$src"
+    rm -rf "$src" "$cache_dir/target"
 fi
 cargo build --quiet -p tierstack-cli
 

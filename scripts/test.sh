@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS=0
-step() { printf '\n== [%ss] %s\n' "$SECONDS" "$*"; }
+# Each heading says how long the run has taken and how much disk is free,
+# so that a slow step or a full disk shows in the log.
+step() { printf '\n== [%ss, %s free] %s\n' "$SECONDS" "$(df -h --output=avail . 2>/dev/null | tail -1 | tr -d ' ')" "$*"; }
 
 step "redis-server and redis-cli (the Redis tier's tests start their own servers), python3 (the SQLite readers' checks), sqlite3 and openssl (environment-gated tests), setpriv (root runs the read-only directory cases as an unprivileged user)"
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
