@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tierstack::{
-    Compression, DecodeLimits, Dictionaries, Key, MemoryConfig, MemoryTier, SqliteConfig,
-    SqliteTier, Tier, TieredCache, Ttl,
+    Compression, DecodeLimits, Dictionaries, Key, MemoryConfig, MemoryTier, RedbConfig, RedbTier,
+    SledConfig, SledTier, SqliteConfig, SqliteTier, Tier, TieredCache, Ttl,
 };
 
 /// The record the criterion benches use: about 400 bytes in MessagePack.
@@ -72,14 +72,18 @@ enum Scenario {
     Miss,
     SqliteGet,
     Set,
+    RedbGet,
+    SledGet,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    const ALL: [Scenario; 6] = [
         Scenario::L1Hit,
         Scenario::Miss,
         Scenario::SqliteGet,
         Scenario::Set,
+        Scenario::RedbGet,
+        Scenario::SledGet,
     ];
 
     fn name(self) -> &'static str {
@@ -88,6 +92,8 @@ impl Scenario {
             Scenario::Miss => "miss",
             Scenario::SqliteGet => "sqlite_get",
             Scenario::Set => "set",
+            Scenario::RedbGet => "redb_get",
+            Scenario::SledGet => "sled_get",
         }
     }
 
@@ -97,6 +103,8 @@ impl Scenario {
             Scenario::Miss => "TieredCache::get of an absent key (memory over SQLite)",
             Scenario::SqliteGet => "SqliteTier::get, hit",
             Scenario::Set => "TieredCache::set on memory + SQLite",
+            Scenario::RedbGet => "TieredCache::get over redb alone, hit",
+            Scenario::SledGet => "TieredCache::get over sled alone, hit",
         }
     }
 
@@ -108,7 +116,7 @@ impl Scenario {
     fn default_iterations(self) -> u64 {
         match self {
             Scenario::L1Hit => 20_000,
-            Scenario::Miss => 5_000,
+            Scenario::Miss | Scenario::RedbGet | Scenario::SledGet => 5_000,
             Scenario::SqliteGet => 3_000,
             Scenario::Set => 2_000,
         }
@@ -124,6 +132,9 @@ impl Scenario {
 struct Fixture {
     rt: tokio::runtime::Runtime,
     cache: TieredCache,
+    /// For the redb and sled scenarios: a cache over that tier alone,
+    /// holding the same records.
+    alone: Option<TieredCache>,
     sqlite: Arc<SqliteTier>,
     present: Vec<Key>,
     absent: Vec<Key>,
@@ -131,7 +142,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Result<Fixture, String> {
+fn fixture(scenario: Scenario) -> Result<Fixture, String> {
     // One thread and no worker pool: a multi-thread runtime's idle workers
     // would run (uncounted, but scheduling-dependent) work in between.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -155,20 +166,43 @@ fn fixture() -> Result<Fixture, String> {
             .shared_tier(Arc::clone(&sqlite) as Arc<dyn Tier>)
             .build()
     });
+    let alone_tier: Option<Arc<dyn Tier>> = match scenario {
+        Scenario::RedbGet => Some(Arc::new(
+            rt.block_on(RedbTier::open(
+                &RedbConfig::new(dir.path().join("icount.redb")),
+                1,
+            ))
+            .map_err(|e| format!("redb tier: {e}"))?,
+        )),
+        Scenario::SledGet => Some(Arc::new(
+            SledTier::open(&SledConfig::new(dir.path().join("icount.sled")), 1)
+                .map_err(|e| format!("sled tier: {e}"))?,
+        )),
+        _ => None,
+    };
+    let alone = alone_tier.map(|tier| {
+        TieredCache::builder()
+            .compression(Compression::None)
+            .shared_tier(tier)
+            .build()
+    });
     let present: Vec<Key> = (0..KEYS).map(key).collect();
     let absent: Vec<Key> = (KEYS..2 * KEYS).map(key).collect();
     rt.block_on(async {
         for (i, k) in present.iter().enumerate() {
-            cache
-                .set(k, book(i as u64), Ttl::TierDefault)
-                .await
-                .map_err(|e| format!("fill: {e}"))?;
+            for cache in std::iter::once(&cache).chain(&alone) {
+                cache
+                    .set(k, book(i as u64), Ttl::TierDefault)
+                    .await
+                    .map_err(|e| format!("fill: {e}"))?;
+            }
         }
         Ok::<_, String>(())
     })?;
     Ok(Fixture {
         rt,
         cache,
+        alone,
         sqlite,
         present,
         absent,
@@ -179,6 +213,8 @@ fn fixture() -> Result<Fixture, String> {
 /// What one pass of a scenario's operation works on, built before the pass.
 enum Batch<'a> {
     Get(&'a [Key]),
+    /// Gets through [`Fixture::alone`].
+    GetAlone(&'a [Key]),
     SqliteGet(&'a [Key]),
     /// Values are built beforehand: encoding is part of `set`, building the
     /// caller's record is not.
@@ -191,6 +227,7 @@ fn batch(f: &Fixture, scenario: Scenario, n: u64) -> Batch<'_> {
         Scenario::Miss => Batch::Get(&f.absent),
         Scenario::SqliteGet => Batch::SqliteGet(&f.present),
         Scenario::Set => Batch::Set(writes(&f.present, n)),
+        Scenario::RedbGet | Scenario::SledGet => Batch::GetAlone(&f.present),
     }
 }
 
@@ -205,6 +242,14 @@ fn pass(f: &Fixture, batch: Batch<'_>, n: u64) -> u64 {
             Batch::Get(keys) => {
                 for k in keys.iter().cycle().take(n as usize) {
                     if black_box(f.cache.get::<Book>(black_box(k)).await).is_some() {
+                        succeeded += 1;
+                    }
+                }
+            }
+            Batch::GetAlone(keys) => {
+                let cache = f.alone.as_ref().expect("a cache over the tier alone");
+                for k in keys.iter().cycle().take(n as usize) {
+                    if black_box(cache.get::<Book>(black_box(k)).await).is_some() {
                         succeeded += 1;
                     }
                 }
@@ -273,13 +318,15 @@ fn expect(what: &str, got: u64, want: u64) -> Result<(), String> {
 /// Sets up `scenario`, warms it, runs the measured loop `n` times and checks
 /// what happened. Returns a one-line summary of the checks.
 fn run(scenario: Scenario, n: u64) -> Result<String, String> {
-    let f = fixture()?;
+    let f = fixture(scenario)?;
     // Warm with the same operation on the same keys as the measured pass.
     let warmed = pass(&f, batch(&f, scenario, WARMUP), WARMUP);
     let before = counts(&f.cache)?;
+    let alone_before = f.alone.as_ref().map(TieredCache::stats);
     let input = batch(&f, scenario, n);
     let done = icount_measured_pass(&f, input, n);
     let after = counts(&f.cache)?;
+    let alone_after = f.alone.as_ref().map(TieredCache::stats);
     let delta = |a: [u64; 2], b: [u64; 2]| [a[0] - b[0], a[1] - b[1]];
     let (hits, misses, writes_done) = (
         delta(after.hits, before.hits),
@@ -306,6 +353,23 @@ fn run(scenario: Scenario, n: u64) -> Result<String, String> {
             expect("SQLite gets that returned Some", done, n)?;
             // Read through the tier, not the cache: the cache saw nothing.
             expect("cache reads", hits[0] + hits[1] + misses[0] + misses[1], 0)?;
+        }
+        Scenario::RedbGet | Scenario::SledGet => {
+            expect("warm-up hits", warmed, WARMUP)?;
+            expect("gets that returned Some", done, n)?;
+            let (Some(b), Some(a)) = (alone_before, alone_after) else {
+                return Err("no cache over the tier alone".into());
+            };
+            let (Some(a), Some(b)) = (a.layers.first(), b.layers.first()) else {
+                return Err("the cache over the tier alone has no layer".into());
+            };
+            expect("tier hits", a.hits - b.hits, n)?;
+            expect("tier misses", a.misses - b.misses, 0)?;
+            expect(
+                "memory + SQLite reads",
+                hits[0] + hits[1] + misses[0] + misses[1],
+                0,
+            )?;
         }
         Scenario::Set => {
             expect("warm-up sets", warmed, WARMUP)?;

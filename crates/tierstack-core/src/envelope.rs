@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use xxhash_rust::xxh3::xxh3_64;
 
 pub use extensions::Extensions;
@@ -842,10 +842,17 @@ impl Entry {
             }
             std::cmp::Ordering::Equal => {}
         }
+        // A slice of a `Bytes` made from a `Vec` (what a tier's read gives)
+        // turns it into a shared buffer, one allocation; an empty slice
+        // (no extensions, most entries) does not. The body keeps the
+        // buffer itself, advanced past the header.
+        let extensions = Extensions::trusted(bytes.slice(FIXED_LEN..head_len - CHECKSUM_LEN));
+        let mut body = bytes;
+        body.advance(head_len);
         Ok(Self {
             header,
-            extensions: Extensions::trusted(bytes.slice(FIXED_LEN..head_len - CHECKSUM_LEN)),
-            body: bytes.slice(head_len..),
+            extensions,
+            body,
             decoded: None,
         })
     }

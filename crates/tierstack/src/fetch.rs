@@ -26,9 +26,13 @@ pub struct FetchOptions {
     pub ttl: Ttl,
     /// When a stale value is at hand and the fetch has not answered after
     /// this long, the stale value is returned (and the fetch dropped).
+    /// A caller waiting for another caller's fetch of the same key gets its
+    /// stale value at its own soft timeout; that fetch goes on for the
+    /// caller that runs it.
     pub soft_timeout: Option<Duration>,
-    /// The longest wait for the fetch; past it the call returns the stale
-    /// value if there is one, else an error of kind [`ErrorKind::Timeout`].
+    /// The longest wait for the fetch, this caller's own or another
+    /// caller's of the same key; past it the call returns the stale value
+    /// if there is one, else an error of kind [`ErrorKind::Timeout`].
     pub hard_timeout: Option<Duration>,
     /// Overrides the stale window of the source's policy for this write.
     pub stale_for: Option<Duration>,
@@ -425,7 +429,15 @@ impl TieredCache {
         let leader = match coordination {
             Coordination::Off => None,
             Coordination::Local | Coordination::Shared => {
-                match self.join_flight::<V>(key, negatives, &source).await {
+                let waiting = Waiting {
+                    limit: wait_limit(&options, stale.is_some(), None),
+                    started: std::time::Instant::now(),
+                    stale: stale.as_ref(),
+                };
+                match self
+                    .join_flight::<V>(key, negatives, &source, waiting)
+                    .await
+                {
                     Ok(leader) => Some(leader),
                     Err(answered) => return answered,
                 }
@@ -447,19 +459,29 @@ impl TieredCache {
     }
 
     /// Joins the in-process flight of `key`: `Ok` with the guard when this
-    /// caller leads, `Err` with the leader's answer when another did.
+    /// caller leads, `Err` with the leader's answer when another did, or
+    /// with this caller's stale value or a timeout error when the leader
+    /// did not answer within this caller's timeouts.
     async fn join_flight<V: CacheValue>(
         &self,
         key: &Key,
         negatives: bool,
         source: &SourceCounters,
+        waiting: Waiting<'_, V>,
     ) -> std::result::Result<LeaderGuard<'_>, Result<Outcome<V>>> {
         loop {
             match self.inner.flights.join(key) {
                 Joined::Leader(guard) => return Ok(guard),
                 Joined::Waiter(rx) => {
                     bump(&source.local().coalesced);
-                    match flight::wait(rx).await {
+                    let answered = match remaining(waiting.limit, waiting.started) {
+                        None => flight::wait(rx).await,
+                        Some(left) => match tokio::time::timeout(left, flight::wait(rx)).await {
+                            Ok(answered) => answered,
+                            Err(_) => return Err(waiting.gave_up(key, source)),
+                        },
+                    };
+                    match answered {
                         Some(Ok(answer)) => match typed::<V>(&answer) {
                             Some(value) if answer.stale && (value.is_some() || negatives) => {
                                 return Err(Ok(Outcome::Stale(value)));
@@ -761,6 +783,33 @@ impl<V: CacheValue> Miss<'_, V> {
         };
         publish(self.leader.take(), answer);
         result
+    }
+}
+
+/// What a caller that joins another caller's fetch may wait for: its
+/// timeouts bound the wait as they bound a fetch of its own.
+struct Waiting<'a, V> {
+    limit: Option<Duration>,
+    started: std::time::Instant,
+    #[allow(clippy::option_option)] // the inner `None` is a cached "not found"
+    stale: Option<&'a Option<Arc<V>>>,
+}
+
+impl<V> Waiting<'_, V> {
+    /// The answer of a caller whose timeout fired before the leader
+    /// answered: its stale value, else a timeout error.
+    fn gave_up(self, key: &Key, source: &SourceCounters) -> Result<Outcome<V>> {
+        match self.stale {
+            Some(value) => {
+                bump(&source.local().stale_served);
+                Ok(Outcome::Stale(value.clone()))
+            }
+            None => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{key}: another caller's fetch did not answer in time"),
+            )
+            .with_operation(Operation::Fetch)),
+        }
     }
 }
 

@@ -122,6 +122,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod batch;
+pub mod blocking;
 mod budget;
 mod builder;
 mod cache;

@@ -118,6 +118,74 @@ async fn stale_if_error_serves_the_expired_value_when_the_fetch_is_too_slow() {
     assert_eq!(err.kind(), ErrorKind::Timeout);
 }
 
+/// A caller that joins another caller's fetch is bound by its own
+/// timeouts too: the leader's slow fetch goes on for the leader, the
+/// follower gets its stale value at its soft timeout or an error at its
+/// hard timeout.
+#[tokio::test]
+async fn a_caller_waiting_for_another_callers_fetch_keeps_its_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path(), |b| b.stale_for(Duration::from_secs(60))).await;
+    let slow = |value: &'static str| {
+        move |_| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok::<_, Upstream>(value.to_string())
+        }
+    };
+    let (cold, expired) = (key("cold-shared"), key("stale-shared"));
+    cache
+        .set(&expired, "old".to_string(), Duration::from_millis(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let leader_cold = cache.get_or_fetch::<String, _, _, _>(&cold, Ttl::TierDefault, slow("late"));
+    let leader_stale =
+        cache.get_or_fetch::<String, _, _, _>(&expired, Ttl::TierDefault, slow("new"));
+    let followers = async {
+        // Let both leaders start their fetches first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let timed_out = cache
+            .get_or_fetch::<String, _, _, _>(
+                &cold,
+                FetchOptions::ttl(Ttl::TierDefault).hard_timeout(Duration::from_millis(100)),
+                |_| async { Ok::<_, Upstream>("never".to_string()) },
+            )
+            .await
+            .unwrap_err();
+        let stale = cache
+            .get_or_fetch_with::<String, _, _, _>(
+                &expired,
+                FetchOptions::ttl(Ttl::TierDefault).soft_timeout(Duration::from_millis(100)),
+                |_| async { Ok::<_, Upstream>("never".to_string()) },
+            )
+            .await
+            .unwrap();
+        (timed_out, stale, started.elapsed())
+    };
+    let (cold_value, stale_value, (timed_out, stale, took)) =
+        tokio::join!(leader_cold, leader_stale, followers);
+    assert_eq!(
+        timed_out.kind(),
+        ErrorKind::Timeout,
+        "{}",
+        timed_out.report()
+    );
+    assert!(stale.is_stale());
+    assert_eq!(**stale.value(), "old");
+    assert!(
+        took < Duration::from_secs(1),
+        "the followers waited {took:?}"
+    );
+    // The leaders' own fetches were not cut short by their followers.
+    assert_eq!(*cold_value.unwrap(), "late");
+    assert_eq!(*stale_value.unwrap(), "new");
+    let source = cache.stats().sources["audnexus:book"];
+    assert_eq!(source.coalesced, 2);
+    assert_eq!(source.stale_served, 1);
+}
+
 #[tokio::test]
 async fn offline_mode_never_calls_fetch() {
     let dir = tempfile::tempdir().unwrap();
