@@ -168,10 +168,10 @@ impl TieredCache {
                     budgets.clone(),
                 );
                 let options = options.less(started.elapsed());
-                match self
-                    .within_timeouts(fetch_missing(pending.clone(), context), &options, false)
-                    .await
-                {
+                let run = fetch_missing(pending.clone(), context);
+                #[cfg(feature = "metrics")]
+                let run = crate::metrics::timed_fetch(&self.inner, &sources, run);
+                match self.within_timeouts(run, &options, false).await {
                     Some(Ok(list)) => Some(Ok(list)),
                     Some(Err(e)) => {
                         let e: BoxError = e.into();

@@ -47,7 +47,16 @@
 //! Calls work from any thread, including from inside a Tokio runtime of
 //! either flavour (they block that worker thread for their duration, as any
 //! blocking call does; in async code prefer the async cache,
-//! [`TieredCache::as_async`]). A fetch closure may call the cache again.
+//! [`TieredCache::as_async`]). One thing cannot work: on a current-thread
+//! runtime, a blocking call for a key whose fetch an async task of that
+//! same runtime is running waits for that task, which the blocked thread
+//! is the only one to run; give such calls a
+//! [`hard_timeout`](FetchOptions::hard_timeout), or use the async cache
+//! there.
+//!
+//! A fetch closure may call the cache again for other keys; asking for its
+//! own key is an error of kind [`ErrorKind::Fetch`] (it would wait for
+//! itself).
 //!
 //! A fetch closure is a plain function: it runs to its end once called, so
 //! [`FetchOptions::soft_timeout`] and [`FetchOptions::hard_timeout`] cannot
@@ -175,10 +184,11 @@ impl TieredCache {
         if let Some((value, _)) = self.cache.ready_hit::<V>(key) {
             return Ok(value);
         }
-        self.runtime.block_on(
-            self.cache
-                .get_or_fetch(key, options, |context| std::future::ready(fetch(context))),
-        )
+        refuse_own_key(key)?;
+        self.runtime
+            .block_on(self.cache.get_or_fetch(key, options, |context| {
+                std::future::ready(Fetching::run(key, || fetch(context)))
+            }))
     }
 
     /// Like [`TieredCache::get_or_fetch`] for sources that can answer "not
@@ -195,10 +205,11 @@ impl TieredCache {
         F: FnOnce(FetchContext) -> std::result::Result<Option<V>, E>,
         E: Into<BoxError>,
     {
-        self.runtime.block_on(
-            self.cache
-                .get_or_fetch_optional(key, options, |context| std::future::ready(fetch(context))),
-        )
+        refuse_own_key(key)?;
+        self.runtime
+            .block_on(self.cache.get_or_fetch_optional(key, options, |context| {
+                std::future::ready(Fetching::run(key, || fetch(context)))
+            }))
     }
 
     /// Turns offline mode on or off (see
@@ -218,6 +229,44 @@ impl TieredCache {
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
     }
+}
+
+thread_local! {
+    /// The keys whose fetch closures are running on this thread, innermost
+    /// last.
+    static FETCHING: std::cell::RefCell<Vec<Key>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks a fetch of `key` as running on this thread while it runs.
+struct Fetching;
+
+impl Fetching {
+    fn run<T>(key: &Key, fetch: impl FnOnce() -> T) -> T {
+        FETCHING.with(|keys| keys.borrow_mut().push(key.clone()));
+        // Popped on unwind too: a panicking fetch leaves no mark.
+        let _popped = Fetching;
+        fetch()
+    }
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        FETCHING.with(|keys| keys.borrow_mut().pop());
+    }
+}
+
+/// A fetch closure that asks for its own key would join its own flight
+/// and wait for itself forever: refuse it instead.
+fn refuse_own_key(key: &Key) -> Result<()> {
+    if FETCHING.with(|keys| keys.borrow().contains(key)) {
+        return Err(Error::new(
+            ErrorKind::Fetch,
+            format!(
+                "{key}: the fetch of this key asked the cache for the same key, which would wait for itself"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The cache's own current-thread runtime, driven by a thread that waits

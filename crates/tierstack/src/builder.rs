@@ -45,6 +45,8 @@ pub struct TieredCacheBuilder {
     coordination: Coordination,
     lease_ttl: Duration,
     expected_processes: u32,
+    #[cfg(feature = "metrics")]
+    metrics: crate::metrics::MetricsOptions,
 }
 
 impl Default for TieredCacheBuilder {
@@ -66,6 +68,8 @@ impl Default for TieredCacheBuilder {
             coordination: Coordination::default(),
             lease_ttl: DEFAULT_LEASE_TTL,
             expected_processes: 1,
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::MetricsOptions::default(),
         }
     }
 }
@@ -213,6 +217,15 @@ impl TieredCacheBuilder {
         self
     }
 
+    /// How the cache's metrics are labelled (feature `metrics`): constant
+    /// labels and the number of sources with a label of their own.
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics(mut self, options: crate::metrics::MetricsOptions) -> Self {
+        self.metrics = options;
+        self
+    }
+
     /// Builds the cache. Tiers with the same name get a `#2`, `#3`… suffix
     /// in statistics.
     ///
@@ -237,6 +250,10 @@ impl TieredCacheBuilder {
     /// that keep no per-version namespace, such as memory).
     pub fn try_build(self) -> Result<TieredCache> {
         let schema_version = self.agreed_schema_version()?;
+        #[cfg(feature = "metrics")]
+        let metric_labels = crate::metrics::MetricLabels::new(&self.metrics);
+        #[cfg(not(feature = "metrics"))]
+        let metric_labels = ();
         let mut layers: Vec<Layer> = Vec::with_capacity(self.tiers.len());
         for tier in self.tiers {
             let base = tier.name().to_owned();
@@ -249,7 +266,7 @@ impl TieredCacheBuilder {
             let name: Arc<str> = name.into();
             layers.push(Layer {
                 answers_without_io: tier.capabilities().answers_without_io,
-                tier: crate::traced::Traced::new(tier, Arc::clone(&name)),
+                tier: traced(tier, &name, &metric_labels),
                 name,
                 counters: crate::stats::LayerCounters::default(),
             });
@@ -279,6 +296,8 @@ impl TieredCacheBuilder {
             default_negative_ttl: self.negative_ttl,
             offline: std::sync::atomic::AtomicBool::new(self.offline),
             refreshing: std::sync::Mutex::default(),
+            #[cfg(feature = "metrics")]
+            metric_labels,
         }))
     }
 
@@ -332,3 +351,20 @@ fn coordinating_tier(layers: &[Layer]) -> Option<crate::budget::Shared> {
 /// The application schema version of a cache built without one and without
 /// tiers that name theirs.
 const DEFAULT_SCHEMA_VERSION: u32 = 1;
+
+/// The wrapper through which the cache calls `tier`, labelled with the
+/// cache's constant metric labels.
+#[cfg(feature = "metrics")]
+fn traced(
+    tier: Arc<dyn Tier>,
+    name: &Arc<str>,
+    labels: &crate::metrics::MetricLabels,
+) -> crate::traced::Traced {
+    crate::traced::Traced::new(tier, Arc::clone(name)).with_metric_labels(labels.constant())
+}
+
+/// The wrapper through which the cache calls `tier`.
+#[cfg(not(feature = "metrics"))]
+fn traced(tier: Arc<dyn Tier>, name: &Arc<str>, (): &()) -> crate::traced::Traced {
+    crate::traced::Traced::new(tier, Arc::clone(name))
+}

@@ -91,6 +91,9 @@ pub(crate) struct Inner {
     pub(crate) backplane_counters: crate::invalidation::BackplaneCounters,
     /// Where counters are added up across processes.
     pub(crate) stats_file: Option<crate::stats_file::StatsFile>,
+    /// Constant labels and the capped source labels of published metrics.
+    #[cfg(feature = "metrics")]
+    pub(crate) metric_labels: crate::metrics::MetricLabels,
 }
 
 impl Inner {

@@ -669,6 +669,9 @@ impl TieredCache {
 /// flat form's database, else beside the embedded default's; checked to be
 /// a file tierstack may replace.
 fn stats_path(c: &CacheConfig, origin: &ConfigOrigin) -> Result<Option<std::path::PathBuf>> {
+    if let Some(location) = &c.location {
+        check_location(location)?;
+    }
     let (file, field) = match (&c.stats_file, &c.location) {
         (Some(file), _) => (file.clone(), "cache.stats_file"),
         (None, Some(location)) => (
@@ -685,6 +688,21 @@ fn stats_path(c: &CacheConfig, origin: &ConfigOrigin) -> Result<Option<std::path
         tierstack_core::paths::expand(&file).map_err(|e| Error::config(format!("{field}: {e}")))?;
     check_stats_file(&path)?;
     Ok(Some(path))
+}
+
+/// The flat form's `location` is a directory (made if missing): one that
+/// names something else would otherwise surface as an error about a file
+/// in it the user never named.
+fn check_location(location: &str) -> Result<()> {
+    let path = tierstack_core::paths::expand(location)
+        .map_err(|e| Error::config(format!("cache.location: {e}")))?;
+    match std::fs::metadata(&path) {
+        Ok(meta) if !meta.is_dir() => Err(Error::config(format!(
+            "cache.location: {} is not a directory (the flat form keeps metadata.db and stats.json in it)",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn check_stats_file(path: &std::path::Path) -> Result<()> {

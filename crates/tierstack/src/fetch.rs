@@ -553,6 +553,10 @@ impl TieredCache {
         let has_stale = miss.stale.is_some();
         let context = FetchContext::new(key, has_stale, Some(self.budget(policy, key)));
         let run = AssertUnwindSafe(fetch(context)).catch_unwind();
+        #[cfg(feature = "metrics")]
+        let sources = [key.source()];
+        #[cfg(feature = "metrics")]
+        let run = crate::metrics::timed_fetch(&self.inner, &sources, run);
         let options = miss.options.less(miss.started.elapsed());
         let error = match self.within_timeouts(run, &options, has_stale).await {
             Some(Ok(Ok(value))) => {

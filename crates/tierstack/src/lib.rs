@@ -102,6 +102,7 @@
 //! | `sled` | no | `SledTier`, a sled directory |
 //! | `redis` | no | `RedisTier`: single server, Sentinel, Cluster, TLS; a cross-host invalidation backplane |
 //! | `bincode` | no | the bincode 2 codec (MessagePack is the default) |
+//! | `metrics` | no | `tierstack::metrics`: the counters, latency histograms and size gauges through the `metrics` facade (`docs/observability.md`) |
 //!
 //! # Further reading
 //!
@@ -133,6 +134,8 @@ mod fetch_error;
 mod flight;
 mod invalidation;
 mod lease;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod policy;
 mod stats;
 mod stats_file;
@@ -183,6 +186,9 @@ mod docs {
     mod upgrading {}
     #[doc = include_str!("../../../docs/benchmarks.md")]
     mod benchmarks {}
+    #[cfg(feature = "metrics")]
+    #[doc = include_str!("../../../docs/observability.md")]
+    mod observability {}
     #[doc = include_str!("../../../docs/backends/README.md")]
     mod backends {}
     #[doc = include_str!("../../../docs/backends/sqlite.md")]

@@ -398,6 +398,30 @@ pub struct SourceStats {
     pub coordination_fallbacks: u64,
 }
 
+impl SourceStats {
+    /// Both sets of counters added up.
+    #[must_use]
+    pub fn plus(&self, s: &Self) -> Self {
+        Self {
+            hits: self.hits + s.hits,
+            misses: self.misses + s.misses,
+            fetches: self.fetches + s.fetches,
+            fetch_errors: self.fetch_errors + s.fetch_errors,
+            coalesced: self.coalesced + s.coalesced,
+            stale_served: self.stale_served + s.stale_served,
+            negative_hits: self.negative_hits + s.negative_hits,
+            refreshes: self.refreshes + s.refreshes,
+            throttled_waits: self.throttled_waits + s.throttled_waits,
+            throttled_rejections: self.throttled_rejections + s.throttled_rejections,
+            circuit_open: self.circuit_open + s.circuit_open,
+            lease_won: self.lease_won + s.lease_won,
+            lease_waited: self.lease_waited + s.lease_waited,
+            lease_takeovers: self.lease_takeovers + s.lease_takeovers,
+            coordination_fallbacks: self.coordination_fallbacks + s.coordination_fallbacks,
+        }
+    }
+}
+
 /// A snapshot of the cache's counters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -420,23 +444,7 @@ impl CacheStats {
     pub fn totals(&self) -> SourceStats {
         self.sources
             .values()
-            .fold(SourceStats::default(), |a, s| SourceStats {
-                hits: a.hits + s.hits,
-                misses: a.misses + s.misses,
-                fetches: a.fetches + s.fetches,
-                fetch_errors: a.fetch_errors + s.fetch_errors,
-                coalesced: a.coalesced + s.coalesced,
-                stale_served: a.stale_served + s.stale_served,
-                negative_hits: a.negative_hits + s.negative_hits,
-                refreshes: a.refreshes + s.refreshes,
-                throttled_waits: a.throttled_waits + s.throttled_waits,
-                throttled_rejections: a.throttled_rejections + s.throttled_rejections,
-                circuit_open: a.circuit_open + s.circuit_open,
-                lease_won: a.lease_won + s.lease_won,
-                lease_waited: a.lease_waited + s.lease_waited,
-                lease_takeovers: a.lease_takeovers + s.lease_takeovers,
-                coordination_fallbacks: a.coordination_fallbacks + s.coordination_fallbacks,
-            })
+            .fold(SourceStats::default(), |a, s| a.plus(s))
     }
 }
 

@@ -25,6 +25,9 @@ pub(crate) struct Traced {
     inner: Arc<dyn Tier>,
     /// The tier's name in the cache (`memory`, or `memory#2` for a second one).
     label: Arc<str>,
+    /// The cache's constant metric labels and `tier`, for sampled calls.
+    #[cfg(feature = "metrics")]
+    metric_labels: Vec<::metrics::Label>,
 }
 
 type Call<'a, T> =
@@ -32,7 +35,19 @@ type Call<'a, T> =
 
 impl Traced {
     pub(crate) fn new(inner: Arc<dyn Tier>, label: Arc<str>) -> Self {
-        Self { inner, label }
+        Self {
+            #[cfg(feature = "metrics")]
+            metric_labels: vec![::metrics::Label::new("tier", label.to_string())],
+            inner,
+            label,
+        }
+    }
+
+    /// Adds the cache's constant labels to the metrics of sampled calls.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn with_metric_labels(mut self, constant: &[::metrics::Label]) -> Self {
+        self.metric_labels.splice(0..0, constant.iter().cloned());
+        self
     }
 
     /// The tier as it was given to the builder.
@@ -40,11 +55,26 @@ impl Traced {
         &self.inner
     }
 
-    fn traced<'a, T>(
+    fn traced<'a, T: 'a>(
         &self,
         op: &'static str,
         call: std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>,
     ) -> Call<'a, T> {
+        // One call in `TIER_CALL_SAMPLING` is timed: a histogram sample per
+        // call would cost more than a fast tier's call.
+        #[cfg(feature = "metrics")]
+        let call: std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>> =
+            if crate::metrics::sample_tier_call() {
+                let labels = crate::metrics::tier_call_labels(&self.metric_labels, op);
+                Box::pin(async move {
+                    let started = std::time::Instant::now();
+                    let output = call.await;
+                    crate::metrics::record_tier_call(&labels, started);
+                    output
+                })
+            } else {
+                call
+            };
         call.instrument(tracing::trace_span!("tier", tier = %self.label, op))
     }
 

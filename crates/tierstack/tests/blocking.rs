@@ -217,6 +217,44 @@ fn a_fetch_may_call_the_cache_again() {
 }
 
 #[test]
+fn a_fetch_asking_for_its_own_key_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = blocking::TieredCache::from_config(&rfc_config(dir.path())).expect("cache");
+    let key = Key::new("pathinfo", [("path", "/same")]);
+    let outcome: tierstack::Result<Arc<String>> =
+        cache.get_or_fetch(&key, Ttl::TierDefault, |_| {
+            let inner: tierstack::Result<Arc<String>> =
+                cache.get_or_fetch(&key, Ttl::TierDefault, never_called);
+            let error = inner.expect_err("the inner call is refused");
+            assert_eq!(error.kind(), ErrorKind::Fetch);
+            assert!(error.to_string().contains("same key"), "{}", error.report());
+            Ok::<_, std::io::Error>("outer".to_owned())
+        });
+    assert_eq!(*outcome.expect("the outer fetch goes on"), "outer");
+    // The mark is gone once the fetch returned: the key is a plain hit now.
+    let again: Arc<String> = cache
+        .get_or_fetch(&key, Ttl::TierDefault, never_called)
+        .expect("cached");
+    assert_eq!(*again, "outer");
+}
+
+#[test]
+fn a_location_that_is_a_file_is_a_config_error_saying_so() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"keep me").expect("file");
+    let error = blocking::TieredCache::from_config(&rfc_config(&file))
+        .expect_err("a file is not a location");
+    assert_eq!(error.kind(), ErrorKind::Config);
+    let message = error.to_string();
+    assert!(
+        message.contains("cache.location") && message.contains("is not a directory"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
+}
+
+#[test]
 fn an_l1_hit_is_answered_on_the_callers_thread_without_allocating() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("l2.db");
