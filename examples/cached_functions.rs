@@ -1,18 +1,25 @@
-//! The RFC's integration points, each cached in one line with `CachedFn`:
-//! `search_books(query, author)` against a (simulated) metadata API and
-//! `extract_path_info(path)`, on the memory + SQLite stack.
+//! The RFC's integration points, each cached with one attribute:
+//! `search_books(query, author=None)` against a (simulated) metadata API,
+//! and the synchronous `extract_path_info(path)`, on the memory + SQLite
+//! stack. The RFC's `@cached(ttl=3600)` becomes
+//! `#[tierstack::cached(cache = …, source = …, ttl = "1h")]`; the key is
+//! the source and the parameters by name, as `generate_cache_key` made it.
+//!
+//! (`CachedFn` is the same without a macro, for loaders kept in a struct
+//! or built at run time: see the crate docs.)
 //!
 //! ```sh
 //! cargo run --release --example cached_functions
 //! ```
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tierstack::{Key, MemoryConfig, MemoryTier, SqliteConfig, SqliteTier, TieredCache};
+use tierstack::{
+    GlobalCache, MemoryConfig, MemoryTier, SqliteConfig, SqliteTier, TieredCache, blocking,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Book {
@@ -27,35 +34,40 @@ struct PathInfo {
     title: String,
 }
 
-#[derive(Debug)]
-struct ApiError(String);
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("unexpected path {0}")]
+    BadPath(String),
+    #[error(transparent)]
+    Cache(#[from] tierstack::Error),
 }
 
-impl std::error::Error for ApiError {}
+/// The async cache of the API calls, set at startup.
+static API_CACHE: GlobalCache = GlobalCache::new();
+/// The blocking cache of the synchronous parser, set at startup.
+static PATH_CACHE: GlobalCache<blocking::TieredCache> = GlobalCache::new();
 
-/// Stands in for the metadata API: 30 ms per call, counted.
-async fn search_books(
-    query: String,
-    author: Option<String>,
-    calls: Arc<AtomicUsize>,
-) -> Result<Vec<Book>, ApiError> {
-    calls.fetch_add(1, Ordering::SeqCst);
+static API_CALLS: AtomicUsize = AtomicUsize::new(0);
+static PARSES: AtomicUsize = AtomicUsize::new(0);
+
+/// `@cached(ttl=3600)` on `search_books(query, author=None)`: stands in for
+/// the metadata API, 30 ms per call, counted.
+#[tierstack::cached(cache = API_CACHE, source = "audnexus:search", ttl = "1h")]
+async fn search_books(q: &str, author: Option<&str>) -> Result<Vec<Book>, ApiError> {
+    API_CALLS.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(30)).await;
     Ok(vec![Book {
-        asin: format!("B{:09}", query.len() * 7919),
-        title: query.clone(),
-        author: author.unwrap_or_else(|| "unknown".into()),
+        asin: format!("B{:09}", q.len() * 7919),
+        title: q.to_owned(),
+        author: author.unwrap_or("unknown").to_owned(),
     }])
 }
 
-/// Parses `/audiobooks/{genre}/{title}`.
-fn extract_path_info(path: &std::path::Path, calls: &AtomicUsize) -> Result<PathInfo, ApiError> {
-    calls.fetch_add(1, Ordering::SeqCst);
+/// `@cached(ttl=3600)` on the synchronous `extract_path_info(path)`:
+/// parses `/audiobooks/{genre}/{title}`.
+#[tierstack::cached(cache = PATH_CACHE, source = "pathinfo", ttl = "1h")]
+fn extract_path_info(path: &Path) -> Result<PathInfo, ApiError> {
+    PARSES.fetch_add(1, Ordering::SeqCst);
     let parts: Vec<String> = path
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
@@ -65,81 +77,75 @@ fn extract_path_info(path: &std::path::Path, calls: &AtomicUsize) -> Result<Path
             genre: genre.clone(),
             title: title.clone(),
         }),
-        _ => Err(ApiError(format!("unexpected path {}", path.display()))),
+        _ => Err(ApiError::BadPath(path.display().to_string())),
     }
+}
+
+fn memory() -> tierstack::Result<MemoryTier> {
+    MemoryTier::new(&MemoryConfig::with_max_entries(1000).ttl(Duration::from_secs(3600)))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::temp_dir().join(format!("tierstack-cached-fn-{}", std::process::id()));
-    let cache = TieredCache::builder()
-        .tier(MemoryTier::new(
-            &MemoryConfig::with_max_entries(1000).ttl(Duration::from_secs(3600)),
-        )?)
-        .tier(SqliteTier::open(&SqliteConfig::new(dir.join("metadata.db")), 1).await?)
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("metadata.db");
+    let api_cache = TieredCache::builder()
+        .tier(memory()?)
+        .tier(SqliteTier::open(&SqliteConfig::new(&db), 1).await?)
         .build();
-    let api_calls = Arc::new(AtomicUsize::new(0));
-    let parse_calls = Arc::new(AtomicUsize::new(0));
-
-    // @cached(ttl=3600) search_books(query, author=None)
-    let calls = Arc::clone(&api_calls);
-    let search = cache
-        .cached_fn(
-            |(q, author): &(String, Option<String>)| {
-                Key::new(
-                    "audnexus:search",
-                    [("q", Some(q.as_str())), ("author", author.as_deref())],
-                )
-            },
-            move |(q, author), _| search_books(q, author, Arc::clone(&calls)),
-        )
-        .ttl(Duration::from_secs(3600));
-
-    // @cached(ttl=3600) extract_path_info(path)
-    let calls = Arc::clone(&parse_calls);
-    let path_info = cache
-        .cached_fn(
-            |path: &PathBuf| Key::new("pathinfo", [("path", path)]),
-            move |path: PathBuf, _| {
-                let result = extract_path_info(&path, &calls);
-                async move { result }
-            },
-        )
-        .ttl(Duration::from_secs(3600));
+    if API_CACHE.set(api_cache).is_err() {
+        return Err("API_CACHE set twice".into());
+    }
+    // The blocking cache opens its own connection to the same file.
+    let db_for_paths = db.clone();
+    let path_cache = blocking::TieredCache::build(|| async move {
+        TieredCache::builder()
+            .tier(memory()?)
+            .tier(SqliteTier::open(&SqliteConfig::new(db_for_paths), 1).await?)
+            .try_build()
+    })?;
+    if PATH_CACHE.set(path_cache).is_err() {
+        return Err("PATH_CACHE set twice".into());
+    }
 
     for _ in 0..3 {
-        let books = search.call(("dune".into(), Some("herbert".into()))).await?;
+        let books = search_books("dune", Some("herbert")).await?;
         assert_eq!(books[0].author, "herbert");
-        let books = search.call(("dune".into(), None)).await?;
+        let books = search_books("dune", None).await?;
         assert_eq!(books[0].author, "unknown");
-        let info = path_info
-            .call(PathBuf::from("/audiobooks/fantasy/dune"))
-            .await?;
+        // A plain function: called from async code here, it blocks this
+        // task for the (cached) call, which is what a sync caller does.
+        let info = extract_path_info(Path::new("/audiobooks/fantasy/dune"))?;
         assert_eq!(
-            *info,
+            info,
             PathInfo {
                 genre: "fantasy".into(),
                 title: "dune".into()
             }
         );
     }
+    // A failed parse is not cached: it is asked again, and fails again.
+    for _ in 0..2 {
+        assert!(extract_path_info(Path::new("/elsewhere")).is_err());
+    }
     println!(
-        "key for search_books(\"dune\", \"herbert\"): {}",
-        search.key(&("dune".into(), Some("herbert".into())))
+        "key of search_books(\"dune\", Some(\"herbert\")): {}",
+        search_books_key("dune", Some("herbert"))
     );
     println!(
-        "key for extract_path_info(\"/audiobooks/fantasy/dune\"): {}",
-        path_info.key(&PathBuf::from("/audiobooks/fantasy/dune"))
+        "key of extract_path_info(\"/audiobooks/fantasy/dune\"): {}",
+        extract_path_info_key(Path::new("/audiobooks/fantasy/dune"))
     );
-    let (api, parses) = (
-        api_calls.load(Ordering::SeqCst),
-        parse_calls.load(Ordering::SeqCst),
-    );
-    println!("9 calls: {api} API calls, {parses} path parses (the rest from cache)");
-    drop((search, path_info, cache));
-    std::fs::remove_dir_all(&dir)?;
-    if (api, parses) != (2, 1) {
-        return Err(format!("expected 2 API calls and 1 parse, saw {api} and {parses}").into());
+    let (api, parses) = (API_CALLS.load(Ordering::SeqCst), PARSES.load(Ordering::SeqCst));
+    println!("11 calls: {api} API calls, {parses} path parses (the rest from cache)");
+    if search_books_key("dune", Some("herbert")).as_str() != "audnexus:search:author=herbert&q=dune"
+        || extract_path_info_key(Path::new("/audiobooks/fantasy/dune")).as_str()
+            != "pathinfo:path=/audiobooks/fantasy/dune"
+    {
+        return Err("the keys are not the RFC's".into());
+    }
+    if (api, parses) != (2, 3) {
+        return Err(format!("expected 2 API calls and 3 parses, saw {api} and {parses}").into());
     }
     Ok(())
 }

@@ -156,6 +156,84 @@ display_param!(
     bool, char, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
 );
 
+/// A value that renders as a key parameter from a shared reference: what
+/// `#[tierstack::cached]` asks of each parameter of the function it
+/// caches, so that making the key borrows the arguments instead of taking
+/// them. Implemented for text, paths, numbers, `bool`, `char`, references
+/// to these and `Option`s of them (`None` leaves the parameter out).
+///
+/// ```
+/// use tierstack_core::AsParam;
+/// assert_eq!(AsParam::as_param(&Some("dune")).as_deref(), Some("dune"));
+/// assert_eq!(AsParam::as_param(&None::<u32>), None);
+/// assert_eq!(AsParam::as_param(&42u64).as_deref(), Some("42"));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a key parameter",
+    label = "this parameter would be part of the cache key",
+    note = "key parameters are text, paths, numbers, `bool`, `char` or `Option`s of them; leave the parameter out of the key with `skip(name)`, or implement `tierstack::AsParam` for it"
+)]
+pub trait AsParam {
+    /// The parameter's text, or `None` to leave the parameter out.
+    fn as_param(&self) -> Option<Cow<'_, str>>;
+}
+
+impl AsParam for str {
+    fn as_param(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self))
+    }
+}
+
+impl AsParam for String {
+    fn as_param(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self))
+    }
+}
+
+impl AsParam for Cow<'_, str> {
+    fn as_param(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self))
+    }
+}
+
+/// See the `&Path` implementation of [`ParamValue`].
+impl AsParam for Path {
+    fn as_param(&self) -> Option<Cow<'_, str>> {
+        Some(self.to_string_lossy())
+    }
+}
+
+impl AsParam for PathBuf {
+    fn as_param(&self) -> Option<Cow<'_, str>> {
+        Some(self.to_string_lossy())
+    }
+}
+
+impl<T: AsParam + ?Sized> AsParam for &T {
+    fn as_param(&self) -> Option<Cow<'_, str>> {
+        (**self).as_param()
+    }
+}
+
+impl<T: AsParam> AsParam for Option<T> {
+    fn as_param(&self) -> Option<Cow<'_, str>> {
+        self.as_ref().and_then(AsParam::as_param)
+    }
+}
+
+macro_rules! display_as_param {
+    ($($t:ty),*) => {$(
+        impl AsParam for $t {
+            fn as_param(&self) -> Option<Cow<'_, str>> {
+                Some(Cow::Owned(self.to_string()))
+            }
+        }
+    )*};
+}
+display_as_param!(
+    bool, char, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
+);
+
 /// Parameters kept on the stack before spilling to the heap: keys of the
 /// RFC's scheme have one to three.
 const INLINE_PARAMS: usize = 4;
@@ -789,6 +867,30 @@ impl<'de> serde::Deserialize<'de> for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_of_parameter_renders_by_reference() {
+        fn text<T: AsParam + ?Sized>(value: &T) -> Option<String> {
+            value.as_param().map(Cow::into_owned)
+        }
+        assert_eq!(text("dune").as_deref(), Some("dune"));
+        assert_eq!(text(&"dune".to_owned()).as_deref(), Some("dune"));
+        assert_eq!(text(&Cow::Borrowed("dune")).as_deref(), Some("dune"));
+        assert_eq!(text(Path::new("/a/b")).as_deref(), Some("/a/b"));
+        assert_eq!(text(&PathBuf::from("/a/b")).as_deref(), Some("/a/b"));
+        assert_eq!(text(&&&"deep").as_deref(), Some("deep"));
+        assert_eq!(text(&Some("herbert")).as_deref(), Some("herbert"));
+        assert_eq!(text(&None::<&str>), None);
+        assert_eq!(text(&Some(None::<u8>)), None);
+        assert_eq!(text(&7u8).as_deref(), Some("7"));
+        assert_eq!(text(&-3i64).as_deref(), Some("-3"));
+        assert_eq!(text(&true).as_deref(), Some("true"));
+        assert_eq!(text(&'x').as_deref(), Some("x"));
+        // The rendering is the one `ParamValue` gives the same value.
+        let by_value = Key::new("s", [("p", Some("x"))]);
+        let by_reference = Key::new("s", [("p", Some("x").as_param())]);
+        assert_eq!(by_value, by_reference);
+    }
 
     #[test]
     fn rfc_examples_render_as_written() {

@@ -29,7 +29,7 @@ pub use envelope::{
     Header, key_hash,
 };
 pub use error::{Error, ErrorKind, Operation, Report, Result};
-pub use key::{Key, KeyBuilder, KeyError, ParamValue};
+pub use key::{AsParam, Key, KeyBuilder, KeyError, ParamValue};
 pub use registry::{BackendDescriptor, backend, backends};
 pub use tier::{
     Capabilities, ClearScope, Compacted, Health, Readiness, ScanCursor, ScanPage, SetReadiness,

@@ -127,6 +127,7 @@ pub mod blocking;
 mod budget;
 mod builder;
 mod cache;
+mod cached_attr;
 mod cached_fn;
 mod config_file;
 mod fetch;
@@ -145,6 +146,7 @@ mod warm;
 
 pub use builder::TieredCacheBuilder;
 pub use cache::{CacheValue, TieredCache, Ttl};
+pub use cached_attr::{__macro, AsyncCacheRef, BlockingCacheRef, FromCacheError, GlobalCache};
 pub use cached_fn::CachedFn;
 pub use config_file::{
     CACHE_FIELDS, CacheConfig, CompressionChoice, Config, ConfigOrigin, EMBEDDED_DEFAULT,
@@ -156,6 +158,65 @@ pub use invalidation::BackplaneStats;
 pub use policy::{Coordination, RateScope, SourcePolicy};
 pub use stats::{CacheStats, LayerStats, SourceStats};
 pub use stats_file::{StoredCounters, StoredStats};
+/// Caches a function in one line: `#[tierstack::cached(cache = CACHE,
+/// source = "audnexus:search", ttl = "1h")]` on an `async fn` (or a plain
+/// one, through the blocking API). The key is the source and the
+/// function's parameters by name, as [`Key::new`] renders them.
+///
+/// The options (the guide's "Cached functions in one line" has more):
+///
+/// | option | meaning |
+/// | --- | --- |
+/// | `cache = EXPR` | where the cache is: a [`GlobalCache`] static, a `TieredCache` (or `Arc`), an expression such as `self.cache`; or mark a parameter `#[cache]` instead. A plain function needs a [`blocking::TieredCache`] |
+/// | `source = "…"` | the key's source; the parameters are added by name (`None` left out) |
+/// | `key = "EXPR"` | a whole key expression instead, with the parameters in scope |
+/// | `skip(a, b)` | parameters that are not key material |
+/// | `rename(a = "q")` | a parameter's name in the key |
+/// | `ttl`, `stale_for` | the [`FetchOptions`] of each call (`"1h"`, `"7d"`) |
+/// | `soft_timeout`, `hard_timeout` | the same, for functions returning `Result` |
+///
+/// Return types: `Result<T, E>` (errors are not cached; `E:
+/// From<tierstack::Error>` carries the cache's own errors), `Option<T>` and
+/// `Result<Option<T>, E>` (`None` cached as "not found" for the source's
+/// negative TTL), or a plain `T`. `T` is returned by clone of the cached
+/// value, `Arc<T>` shares it. Beside the function come `{name}_key(…)` (the
+/// key of one call) and `{name}_invalidate(…)` (removes one call's entry).
+///
+/// ```
+/// use tierstack::{GlobalCache, MemoryConfig, MemoryTier, TieredCache};
+///
+/// static CACHE: GlobalCache = GlobalCache::new();
+///
+/// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// struct Book { title: String }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum ApiError {
+///     #[error("the API failed")]
+///     Upstream,
+///     #[error(transparent)]
+///     Cache(#[from] tierstack::Error),
+/// }
+///
+/// #[tierstack::cached(cache = CACHE, source = "audnexus:search", ttl = "1h")]
+/// async fn search_books(q: &str, author: Option<&str>) -> Result<Vec<Book>, ApiError> {
+///     Ok(vec![Book { title: format!("{q} by {}", author.unwrap_or("anyone")) }])
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ApiError> {
+/// CACHE.set(TieredCache::builder().tier(MemoryTier::new(&MemoryConfig::with_max_entries(100))?).build()).ok();
+/// let books = search_books("dune", Some("herbert")).await?;
+/// assert_eq!(books[0].title, "dune by herbert");
+/// assert_eq!(
+///     search_books_key("dune", Some("herbert")).as_str(),
+///     "audnexus:search:author=herbert&q=dune"
+/// );
+/// assert!(search_books_invalidate("dune", Some("herbert")).await?);
+/// # Ok(())
+/// # }
+/// ```
+pub use tierstack_macros::cached;
 pub use transfer::{
     EXPORT_FORMAT, EXPORT_VERSION, ExportHeader, ExportOptions, ExportReport, ImportOptions,
     ImportReport, Line, LineReader, is_zstd,

@@ -1,0 +1,422 @@
+//! `#[tierstack::cached]`: a cached function in one line. Use it through
+//! the facade (`tierstack::cached`), whose documentation is the reference;
+//! this crate holds the expansion only.
+
+use std::time::Duration;
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as Tokens};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+use syn::{
+    Expr, FnArg, GenericArgument, Ident, ItemFn, LitStr, Pat, PathArguments, ReturnType, Type,
+};
+
+/// See `tierstack::cached`.
+#[proc_macro_attribute]
+pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut options = Options::default();
+    let parser = syn::meta::parser(|meta| options.parse(&meta));
+    syn::parse_macro_input!(attr with parser);
+    let function = syn::parse_macro_input!(item as ItemFn);
+    match expand(&options, function) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+const OPTIONS: &str =
+    "cache, source, key, ttl, stale_for, soft_timeout, hard_timeout, skip, rename";
+
+#[derive(Default)]
+struct Options {
+    cache: Option<Expr>,
+    source: Option<LitStr>,
+    key: Option<Expr>,
+    ttl: Option<(Duration, Span)>,
+    stale_for: Option<(Duration, Span)>,
+    soft_timeout: Option<(Duration, Span)>,
+    hard_timeout: Option<(Duration, Span)>,
+    skip: Vec<Ident>,
+    rename: Vec<(Ident, LitStr)>,
+}
+
+impl Options {
+    fn parse(&mut self, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
+        let name = meta
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        match name.as_str() {
+            "cache" => self.cache = Some(meta.value()?.parse()?),
+            "source" => self.source = Some(meta.value()?.parse()?),
+            "key" => {
+                let value: Expr = meta.value()?.parse()?;
+                // A string holds the expression, as in the `cached` crate.
+                self.key = Some(match &value {
+                    Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(text),
+                        ..
+                    }) => text.parse()?,
+                    _ => value,
+                });
+            }
+            "ttl" => self.ttl = Some(duration(meta)?),
+            "stale_for" => self.stale_for = Some(duration(meta)?),
+            "soft_timeout" => self.soft_timeout = Some(duration(meta)?),
+            "hard_timeout" => self.hard_timeout = Some(duration(meta)?),
+            "skip" => meta.parse_nested_meta(|param| {
+                let ident = param
+                    .path
+                    .get_ident()
+                    .ok_or_else(|| param.error("skip(...) takes parameter names"))?;
+                self.skip.push(ident.clone());
+                Ok(())
+            })?,
+            "rename" => meta.parse_nested_meta(|param| {
+                let ident = param
+                    .path
+                    .get_ident()
+                    .ok_or_else(|| param.error("rename(...) takes `parameter = \"name\"` pairs"))?
+                    .clone();
+                let to: LitStr = param.value()?.parse()?;
+                self.rename.push((ident, to));
+                Ok(())
+            })?,
+            "negative_ttl" | "refresh_ahead" => {
+                return Err(meta.error(format!(
+                    "`{name}` is not a per-call option: set it in the source's policy (`SourcePolicy`, or `sources:` in the config file)"
+                )));
+            }
+            _ => {
+                return Err(meta.error(format!(
+                    "unknown option `{name}` of #[cached]; expected one of: {OPTIONS}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn duration(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<(Duration, Span)> {
+    let text: LitStr = meta.value()?.parse()?;
+    let value = humantime::parse_duration(&text.value()).map_err(|e| {
+        syn::Error::new(
+            text.span(),
+            format!(
+                "`{}` is not a duration ({e}); write it like \"90s\", \"10m\", \"1h\" or \"7d\"",
+                text.value()
+            ),
+        )
+    })?;
+    Ok((value, text.span()))
+}
+
+/// What the function returns, as the cache sees it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `Result<T, E>`: errors are not cached.
+    Result,
+    /// `Result<Option<T>, E>`: `None` is cached as a negative entry.
+    ResultOption,
+    /// `Option<T>`.
+    Option,
+    /// `T`.
+    Plain,
+}
+
+/// The last path segment's name and its type arguments.
+fn generic<'t>(ty: &'t Type, name: &str) -> Option<Vec<&'t Type>> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != name {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    Some(
+        args.args
+            .iter()
+            .filter_map(|a| match a {
+                GenericArgument::Type(t) => Some(t),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// The shape, and whether the value is declared as `Arc<T>`.
+fn shape(ty: &Type) -> (Shape, bool) {
+    let is_arc = |t: &Type| generic(t, "Arc").is_some_and(|args| args.len() == 1);
+    if let Some(args) = generic(ty, "Result") {
+        if let Some(ok) = args.first() {
+            if let Some(inner) = generic(ok, "Option") {
+                return (
+                    Shape::ResultOption,
+                    inner.first().is_some_and(|t| is_arc(t)),
+                );
+            }
+            return (Shape::Result, is_arc(ok));
+        }
+    }
+    if let Some(args) = generic(ty, "Option") {
+        return (Shape::Option, args.first().is_some_and(|t| is_arc(t)));
+    }
+    (Shape::Plain, is_arc(ty))
+}
+
+struct Param {
+    ident: Ident,
+    ty: Type,
+}
+
+#[allow(clippy::too_many_lines)] // one expansion, read top to bottom
+fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
+    let sig = function.sig.clone();
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "a #[cached] function cannot be generic: its key and its cached value need one concrete type each",
+        ));
+    }
+    let ret = match &sig.output {
+        ReturnType::Type(_, ty) => (**ty).clone(),
+        ReturnType::Default => {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                "a #[cached] function must return the value to cache",
+            ));
+        }
+    };
+    let is_async = sig.asyncness.is_some();
+
+    // Parameters: the key material, and where the cache is.
+    let mut params = Vec::new();
+    let mut cache_param = None;
+    for input in &mut function.sig.inputs {
+        let FnArg::Typed(typed) = input else { continue };
+        let marked = typed.attrs.iter().position(|a| a.path().is_ident("cache"));
+        if let Some(at) = marked {
+            typed.attrs.remove(at);
+        }
+        let Pat::Ident(pat) = &*typed.pat else {
+            return Err(syn::Error::new(
+                typed.pat.span(),
+                "parameters of a #[cached] function must be plain names: the key is made of them",
+            ));
+        };
+        if marked.is_some() {
+            if cache_param.is_some() {
+                return Err(syn::Error::new(
+                    typed.span(),
+                    "only one parameter can be the #[cache]",
+                ));
+            }
+            cache_param = Some(pat.ident.clone());
+        } else {
+            params.push(Param {
+                ident: pat.ident.clone(),
+                ty: (*typed.ty).clone(),
+            });
+        }
+    }
+    for skipped in &options.skip {
+        if !params.iter().any(|p| p.ident == *skipped) {
+            return Err(syn::Error::new(
+                skipped.span(),
+                format!("skip({skipped}): the function has no parameter `{skipped}`"),
+            ));
+        }
+    }
+    for (renamed, _) in &options.rename {
+        if !params.iter().any(|p| p.ident == *renamed) {
+            return Err(syn::Error::new(
+                renamed.span(),
+                format!("rename({renamed} = …): the function has no parameter `{renamed}`"),
+            ));
+        }
+    }
+
+    let cache = match (&options.cache, &cache_param) {
+        (Some(expr), None) => quote!(#expr),
+        (None, Some(ident)) => quote!(#ident),
+        (Some(expr), Some(_)) => {
+            return Err(syn::Error::new(
+                expr.span(),
+                "the cache is given twice: by `cache =` and by a #[cache] parameter",
+            ));
+        }
+        (None, None) => {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "#[cached] needs to know the cache: `cache = NAME` (a `GlobalCache` static, or an expression such as `self.cache`), or a parameter marked `#[cache]`",
+            ));
+        }
+    };
+
+    let key = if let Some(expr) = &options.key {
+        quote!({ #expr })
+    } else {
+        let Some(source) = &options.source else {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "#[cached] needs the key's source: `source = \"audnexus:search\"` (parameters are added by name), or a whole `key = \"…\"` expression",
+            ));
+        };
+        let parts: Vec<Tokens> = params
+            .iter()
+            .filter(|p| !options.skip.contains(&p.ident))
+            .map(|p| {
+                let ident = &p.ident;
+                let name = options
+                    .rename
+                    .iter()
+                    .find(|(from, _)| *from == p.ident)
+                    .map_or_else(|| ident.to_string(), |(_, to)| to.value());
+                quote_spanned!(p.ty.span()=> (#name, ::tierstack::__macro::param(&#ident)))
+            })
+            .collect();
+        if parts.is_empty() {
+            quote!(::tierstack::Key::bare(#source))
+        } else {
+            quote!(::tierstack::Key::new(#source, [#(#parts),*]))
+        }
+    };
+
+    let (shape, is_arc) = shape(&ret);
+    if shape != Shape::Result && shape != Shape::ResultOption {
+        for (name, option) in [
+            ("soft_timeout", &options.soft_timeout),
+            ("hard_timeout", &options.hard_timeout),
+        ] {
+            if let Some((_, span)) = option {
+                return Err(syn::Error::new(
+                    *span,
+                    format!(
+                        "{name} needs a function returning `Result<_, E>`: a timeout is an error, and this function cannot return one"
+                    ),
+                ));
+            }
+        }
+    }
+
+    let nanos = |d: &Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let ttl = options.ttl.as_ref().map_or_else(
+        || quote!(::tierstack::Ttl::TierDefault),
+        |(d, _)| {
+            let n = nanos(d);
+            quote!(::core::time::Duration::from_nanos(#n))
+        },
+    );
+    let mut fetch_options = quote!(::tierstack::FetchOptions::ttl(#ttl));
+    for (method, option) in [
+        ("stale_for", &options.stale_for),
+        ("soft_timeout", &options.soft_timeout),
+        ("hard_timeout", &options.hard_timeout),
+    ] {
+        if let Some((d, _)) = option {
+            let method = format_ident!("{method}");
+            let n = nanos(d);
+            fetch_options = quote!(#fetch_options.#method(::core::time::Duration::from_nanos(#n)));
+        }
+    }
+
+    let block = &function.block;
+    let unarc = quote!(::tierstack::__macro::unwrap_or_clone);
+    // The body as the cache stores it (the value, not an `Arc` of it), and
+    // the answer as the function returns it.
+    let (store, answer): (Tokens, Box<dyn Fn(Tokens) -> Tokens>) = match (shape, is_arc) {
+        (Shape::Result | Shape::Option, true) => (quote!(__body.map(#unarc)), Box::new(|t| t)),
+        (Shape::Result | Shape::Option, false) => {
+            (quote!(__body), Box::new(move |t| quote!(#t.map(#unarc))))
+        }
+        (Shape::ResultOption, true) => (
+            quote!(__body.map(|v| ::core::option::Option::map(v, #unarc))),
+            Box::new(|t| t),
+        ),
+        (Shape::ResultOption, false) => (
+            quote!(__body),
+            Box::new(move |t| quote!(#t.map(|v| ::core::option::Option::map(v, #unarc)))),
+        ),
+        (Shape::Plain, true) => (quote!(#unarc(__body)), Box::new(|t| t)),
+        (Shape::Plain, false) => (quote!(__body), Box::new(move |t| quote!(#unarc(#t)))),
+    };
+    let runner = match (shape, is_async) {
+        (Shape::Result, true) => quote!(result),
+        (Shape::ResultOption, true) => quote!(result_option),
+        (Shape::Option, true) => quote!(option),
+        (Shape::Plain, true) => quote!(plain),
+        (Shape::Result, false) => quote!(blocking_result),
+        (Shape::ResultOption, false) => quote!(blocking_result_option),
+        (Shape::Option, false) => quote!(blocking_option),
+        (Shape::Plain, false) => quote!(blocking_plain),
+    };
+    let call = if is_async {
+        let stored = quote!(async move { let __body = __typed.await; #store });
+        let run = quote!(::tierstack::__macro::#runner(__cache, &__key, __options, #stored).await);
+        let answer = answer(quote!((#run)));
+        quote! {
+            let __typed = ::tierstack::__macro::typed_future::<#ret, _>(async move #block);
+            #answer
+        }
+    } else {
+        let stored = quote!(move || { let __body = __typed(); #store });
+        let run = quote!(::tierstack::__macro::#runner(__cache, &__key, __options, #stored));
+        let answer = answer(quote!((#run)));
+        quote! {
+            let __typed = ::tierstack::__macro::typed_closure::<#ret, _>(move || #block);
+            #answer
+        }
+    };
+
+    let attrs = &function.attrs;
+    let vis = &function.vis;
+    let sig = &function.sig;
+    let name = &sig.ident;
+    let inputs = &sig.inputs;
+    let key_fn = format_ident!("{name}_key");
+    let invalidate_fn = format_ident!("{name}_invalidate");
+    let key_doc =
+        format!("The cache key of one call of [`{name}`](#{name}): what it is stored under.");
+    let invalidate_doc = format!(
+        "Removes one call's cached answer of `{name}` from every tier; `true` if a tier held it."
+    );
+    let invalidate = if is_async {
+        quote! {
+            #[doc = #invalidate_doc]
+            #[allow(unused_variables)]
+            #vis async fn #invalidate_fn(#inputs) -> ::tierstack::Result<bool> {
+                let __key: ::tierstack::Key = #key;
+                ::tierstack::__macro::invalidate(&(#cache), &__key).await
+            }
+        }
+    } else {
+        quote! {
+            #[doc = #invalidate_doc]
+            #[allow(unused_variables)]
+            #vis fn #invalidate_fn(#inputs) -> ::tierstack::Result<bool> {
+                let __key: ::tierstack::Key = #key;
+                ::tierstack::__macro::blocking_invalidate(&(#cache), &__key)
+            }
+        }
+    };
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            let __key: ::tierstack::Key = #key;
+            let __cache = &(#cache);
+            let __options = #fetch_options;
+            #call
+        }
+
+        #[doc = #key_doc]
+        #[allow(unused_variables)]
+        #vis fn #key_fn(#inputs) -> ::tierstack::Key {
+            #key
+        }
+
+        #invalidate
+    })
+}
