@@ -136,7 +136,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "key of extract_path_info(\"/audiobooks/fantasy/dune\"): {}",
         extract_path_info_key(Path::new("/audiobooks/fantasy/dune"))
     );
-    let (api, parses) = (API_CALLS.load(Ordering::SeqCst), PARSES.load(Ordering::SeqCst));
+    let (api, parses) = (
+        API_CALLS.load(Ordering::SeqCst),
+        PARSES.load(Ordering::SeqCst),
+    );
     println!("11 calls: {api} API calls, {parses} path parses (the rest from cache)");
     if search_books_key("dune", Some("herbert")).as_str() != "audnexus:search:author=herbert&q=dune"
         || extract_path_info_key(Path::new("/audiobooks/fantasy/dune")).as_str()
