@@ -325,6 +325,26 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
 
     let block = &function.block;
     let unarc = quote!(::tierstack::__macro::unwrap_or_clone);
+    // What a memory hit (`__hit: Arc<T>`) returns, checked before the body
+    // is made.
+    let hit_value = if is_arc {
+        quote!(__hit)
+    } else {
+        quote!(#unarc(__hit))
+    };
+    let hit_answer = match shape {
+        Shape::Result => quote!(::core::result::Result::Ok(#hit_value)),
+        Shape::ResultOption => {
+            quote!(::core::result::Result::Ok(::core::option::Option::Some(#hit_value)))
+        }
+        Shape::Option => quote!(::core::option::Option::Some(#hit_value)),
+        Shape::Plain => hit_value,
+    };
+    let hit = if is_async {
+        quote!(::tierstack::__macro::hit(__cache, &__key))
+    } else {
+        quote!(::tierstack::__macro::blocking_hit(__cache, &__key))
+    };
     // The body as the cache stores it (the value, not an `Arc` of it), and
     // the answer as the function returns it.
     let (store, answer): (Tokens, Box<dyn Fn(Tokens) -> Tokens>) = match (shape, is_arc) {
@@ -407,6 +427,9 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
         #vis #sig {
             let __key: ::tierstack::Key = #key;
             let __cache = &(#cache);
+            if let ::core::option::Option::Some(__hit) = #hit {
+                return #hit_answer;
+            }
             let __options = #fetch_options;
             #call
         }

@@ -202,6 +202,27 @@ pub mod __macro {
 
     impl std::error::Error for BodyFailed {}
 
+    /// A fresh memory hit of `key`, answered before the body or any
+    /// future of the lookup is made.
+    pub fn hit<C, T>(cache: &C, key: &Key) -> Option<Arc<T>>
+    where
+        C: AsyncCacheRef + ?Sized,
+        T: CacheValue,
+    {
+        let (value, _) = cache.tiered().ok()?.ready_hit::<T>(key)?;
+        Some(value)
+    }
+
+    /// [`hit`] for plain functions.
+    pub fn blocking_hit<C, T>(cache: &C, key: &Key) -> Option<Arc<T>>
+    where
+        C: BlockingCacheRef + ?Sized,
+        T: CacheValue,
+    {
+        let (value, _) = cache.blocking().ok()?.as_async().ready_hit::<T>(key)?;
+        Some(value)
+    }
+
     /// `Result<T, E>` (or `Result<Arc<T>, E>` through `into_value`): errors
     /// are not cached; the caller whose body failed gets its error, others
     /// the cache's as an `E`.
