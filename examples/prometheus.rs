@@ -5,8 +5,10 @@
 //! them (`Metrics::publish_with_sizes`) right before the exporter renders,
 //! so every scrape is current and a hit pays nothing for it.
 //!
-//! The run fetches 3 books, reads them 100 times, scrapes its own
-//! `/metrics` on loopback, prints the tierstack lines and checks a few;
+//! The run fetches 3 books, reads them 100 times, looks for 64 absent
+//! ones, scrapes its own `/metrics` on loopback, prints the tierstack
+//! lines, and checks a few figures and that every metric name
+//! `docs/observability.md` lists is there;
 //! `--serve` keeps serving on the printed address afterwards.
 //!
 //! ```sh
@@ -45,6 +47,16 @@ async fn render(axum::extract::State(scrape): axum::extract::State<Scrape>) -> S
     scrape.prometheus.render()
 }
 
+/// The metric names of docs/observability.md's tables.
+fn documented_names() -> Vec<String> {
+    include_str!("../docs/observability.md")
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `tierstack_"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(|name| format!("tierstack_{name}"))
+        .collect()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serve = std::env::args().any(|a| a == "--serve");
@@ -72,6 +84,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
                 .await?;
         }
+    }
+
+    // 64 reads of absent keys: SQLite calls, one in 16 timed.
+    for i in 0..64 {
+        let absent = Key::new("audnexus:book", [("asin", format!("X{i}"))]);
+        assert!(cache.get::<String>(&absent).await.is_none());
     }
 
     let state = Scrape {
@@ -107,9 +125,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("/metrics lacks the line {expected}").into());
         }
     }
-    if !body.contains("tierstack_fetch_duration_seconds") {
-        return Err("/metrics lacks the fetch duration".into());
+    // Every name docs/observability.md lists is in the scrape.
+    let documented = documented_names();
+    let missing: Vec<&str> = documented
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !body.lines().any(|l| l.starts_with(name)))
+        .collect();
+    if documented.len() < 30 || !missing.is_empty() {
+        return Err(format!(
+            "{} documented names, missing from /metrics: {missing:?}",
+            documented.len()
+        )
+        .into());
     }
+    println!("all {} documented metric names are in the scrape", documented.len());
     if serve {
         println!("serving until interrupted");
         server.await??;
