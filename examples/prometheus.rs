@@ -139,7 +139,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    println!("all {} documented metric names are in the scrape", documented.len());
+    println!(
+        "all {} documented metric names are in the scrape",
+        documented.len()
+    );
     if serve {
         println!("serving until interrupted");
         server.await??;
