@@ -26,7 +26,7 @@ pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 const OPTIONS: &str =
-    "cache, source, key, ttl, stale_for, soft_timeout, hard_timeout, skip, rename";
+    "cache, source, key, ttl, stale_for, negative_ttl, soft_timeout, hard_timeout, skip, rename";
 
 #[derive(Default)]
 struct Options {
@@ -35,6 +35,7 @@ struct Options {
     key: Option<Expr>,
     ttl: Option<(Duration, Span)>,
     stale_for: Option<(Duration, Span)>,
+    negative_ttl: Option<(Duration, Span)>,
     soft_timeout: Option<(Duration, Span)>,
     hard_timeout: Option<(Duration, Span)>,
     skip: Vec<Ident>,
@@ -64,6 +65,7 @@ impl Options {
             }
             "ttl" => self.ttl = Some(duration(meta)?),
             "stale_for" => self.stale_for = Some(duration(meta)?),
+            "negative_ttl" => self.negative_ttl = Some(duration(meta)?),
             "soft_timeout" => self.soft_timeout = Some(duration(meta)?),
             "hard_timeout" => self.hard_timeout = Some(duration(meta)?),
             "skip" => meta.parse_nested_meta(|param| {
@@ -84,10 +86,10 @@ impl Options {
                 self.rename.push((ident, to));
                 Ok(())
             })?,
-            "negative_ttl" | "refresh_ahead" => {
-                return Err(meta.error(format!(
-                    "`{name}` is not a per-call option: set it in the source's policy (`SourcePolicy`, or `sources:` in the config file)"
-                )));
+            "refresh_ahead" => {
+                return Err(meta.error(
+                    "`refresh_ahead` refreshes in the background, after the call returned, which a function's borrowed arguments cannot outlive: use a `CachedFn` (its loader owns what it needs) or a `ttl` with `stale_for`",
+                ));
             }
             _ => {
                 return Err(meta.error(format!(
@@ -302,6 +304,12 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
         }
     }
 
+    if let (Some((_, span)), Shape::Result | Shape::Plain) = (&options.negative_ttl, shape) {
+        return Err(syn::Error::new(
+            *span,
+            "negative_ttl is how long a `None` is cached: it needs a function returning `Option<T>` or `Result<Option<T>, E>`",
+        ));
+    }
     let nanos = |d: &Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let ttl = options.ttl.as_ref().map_or_else(
         || quote!(::tierstack::Ttl::TierDefault),
@@ -313,6 +321,7 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
     let mut fetch_options = quote!(::tierstack::FetchOptions::ttl(#ttl));
     for (method, option) in [
         ("stale_for", &options.stale_for),
+        ("negative_ttl", &options.negative_ttl),
         ("soft_timeout", &options.soft_timeout),
         ("hard_timeout", &options.hard_timeout),
     ] {
@@ -403,6 +412,51 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
     let invalidate_doc = format!(
         "Removes one call's cached answer of `{name}` from every tier; `true` if a tier held it."
     );
+    let refresh_fn = format_ident!("{name}_refresh");
+    let refresh_doc = format!(
+        "Removes one call's cached answer of `{name}`, then calls it: the answer is fetched again and cached."
+    );
+    // The function itself, called with this companion's own arguments.
+    let args: Vec<Tokens> = sig
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            FnArg::Receiver(_) => None,
+            FnArg::Typed(typed) => match &*typed.pat {
+                Pat::Ident(pat) => {
+                    let ident = &pat.ident;
+                    Some(quote!(#ident))
+                }
+                other => Some(quote!(#other)),
+            },
+        })
+        .collect();
+    let original = if matches!(sig.inputs.first(), Some(FnArg::Receiver(_))) {
+        quote!(self.#name(#(#args),*))
+    } else {
+        quote!(#name(#(#args),*))
+    };
+    let refresh = if is_async {
+        quote! {
+            #[doc = #refresh_doc]
+            #vis async fn #refresh_fn(#inputs) -> #ret {
+                let __key: ::tierstack::Key = #key;
+                // A failed removal leaves the old answer; the call then
+                // returns it, as a plain call would.
+                let _ = ::tierstack::__macro::invalidate(&(#cache), &__key).await;
+                #original.await
+            }
+        }
+    } else {
+        quote! {
+            #[doc = #refresh_doc]
+            #vis fn #refresh_fn(#inputs) -> #ret {
+                let __key: ::tierstack::Key = #key;
+                let _ = ::tierstack::__macro::blocking_invalidate(&(#cache), &__key);
+                #original
+            }
+        }
+    };
     let invalidate = if is_async {
         quote! {
             #[doc = #invalidate_doc]
@@ -441,5 +495,7 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
         }
 
         #invalidate
+
+        #refresh
     })
 }

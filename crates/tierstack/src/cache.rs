@@ -437,7 +437,7 @@ impl TieredCache {
     fn expiry_for(
         &self,
         layer: &Layer,
-        ttl: Ttl,
+        options: &FetchOptions,
         policy: &SourcePolicy,
         negative: bool,
         now: Timestamp,
@@ -445,12 +445,13 @@ impl TieredCache {
         let cap = layer.tier.max_ttl();
         let wanted = if negative {
             Some(
-                policy
+                options
                     .negative_ttl
+                    .or(policy.negative_ttl)
                     .unwrap_or(self.inner.default_negative_ttl),
             )
         } else {
-            match ttl {
+            match options.ttl {
                 Ttl::For(d) => Some(d),
                 Ttl::TierDefault => policy.ttl.or(cap).or(self.inner.default_ttl),
             }
@@ -479,7 +480,7 @@ impl TieredCache {
             .stale_for
             .or(policy.stale_for)
             .unwrap_or(self.inner.default_stale_for);
-        let expiry = self.expiry_for(layer, options.ttl, &policy, negative, now);
+        let expiry = self.expiry_for(layer, &options, &policy, negative, now);
         Entry {
             decoded,
             ..entry.with_header(entry.header.with_expiry_and_window(expiry, window))

@@ -36,6 +36,9 @@ pub struct FetchOptions {
     pub hard_timeout: Option<Duration>,
     /// Overrides the stale window of the source's policy for this write.
     pub stale_for: Option<Duration>,
+    /// Overrides the negative TTL of the source's policy when this call
+    /// caches a "not found".
+    pub negative_ttl: Option<Duration>,
 }
 
 impl FetchOptions {
@@ -58,6 +61,13 @@ impl FetchOptions {
     #[must_use]
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how long a "not found" this call caches is kept.
+    #[must_use]
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
         self
     }
 

@@ -173,6 +173,7 @@ pub use stats_file::{StoredCounters, StoredStats};
 /// | `skip(a, b)` | parameters that are not key material |
 /// | `rename(a = "q")` | a parameter's name in the key |
 /// | `ttl`, `stale_for` | the [`FetchOptions`] of each call (`"1h"`, `"7d"`) |
+/// | `negative_ttl` | how long a `None` is cached, for functions returning an `Option` |
 /// | `soft_timeout`, `hard_timeout` | the same, for functions returning `Result` |
 ///
 /// Return types: `Result<T, E>` (errors are not cached; `E:
@@ -180,7 +181,8 @@ pub use stats_file::{StoredCounters, StoredStats};
 /// `Result<Option<T>, E>` (`None` cached as "not found" for the source's
 /// negative TTL), or a plain `T`. `T` is returned by clone of the cached
 /// value, `Arc<T>` shares it. Beside the function come `{name}_key(…)` (the
-/// key of one call) and `{name}_invalidate(…)` (removes one call's entry).
+/// key of one call), `{name}_invalidate(…)` (removes one call's entry) and
+/// `{name}_refresh(…)` (removes it and calls the function again).
 ///
 /// ```
 /// use tierstack::{GlobalCache, MemoryConfig, MemoryTier, TieredCache};

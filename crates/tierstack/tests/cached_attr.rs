@@ -176,6 +176,48 @@ async fn none_is_cached_and_skipped_parameters_are_not_key_material() {
     assert_eq!(cache.stats().sources["books"].negative_hits, 1);
 }
 
+static BRIEF_LOOKUPS: AtomicU32 = AtomicU32::new(0);
+
+/// A "not found" kept 100 ms instead of the source's 5 minutes.
+#[tierstack::cached(source = "brief", negative_ttl = "100ms")]
+async fn brief_lookup(#[cache] cache: &TieredCache, id: u32) -> Option<u32> {
+    BRIEF_LOOKUPS.fetch_add(1, Ordering::SeqCst);
+    (id == 0).then_some(0)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_per_call_negative_ttl_bounds_how_long_none_is_cached() {
+    let cache = memory();
+    assert_eq!(brief_lookup(&cache, 5).await, None);
+    assert_eq!(brief_lookup(&cache, 5).await, None);
+    assert_eq!(BRIEF_LOOKUPS.load(Ordering::SeqCst), 1, "None cached");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(brief_lookup(&cache, 5).await, None);
+    assert_eq!(
+        BRIEF_LOOKUPS.load(Ordering::SeqCst),
+        2,
+        "asked again after 100 ms"
+    );
+}
+
+static REFRESHED: GlobalCache = GlobalCache::new();
+static VERSIONS: AtomicU32 = AtomicU32::new(0);
+
+#[tierstack::cached(cache = REFRESHED, source = "versions")]
+async fn version(name: &str) -> u32 {
+    let _ = name;
+    VERSIONS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_refresh_companion_fetches_and_caches_again() {
+    assert!(REFRESHED.set(memory()).is_ok(), "set once");
+    assert_eq!(version("a").await, 1);
+    assert_eq!(version("a").await, 1, "cached");
+    assert_eq!(version_refresh("a").await, 2, "fetched again");
+    assert_eq!(version("a").await, 2, "the refreshed answer is cached");
+}
+
 static FAILING: GlobalCache = GlobalCache::new();
 static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
 
