@@ -60,7 +60,13 @@ fn documented_names() -> Vec<String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serve = std::env::args().any(|a| a == "--serve");
-    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    // Buckets in seconds, from a memory-speed tier call to a slow fetch:
+    // without them the exporter renders histograms as summaries.
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.000_01, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+        ])?
+        .install_recorder()?;
 
     let home = tempfile::tempdir()?;
     let cache = TieredCache::builder()
@@ -143,6 +149,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "all {} documented metric names are in the scrape",
         documented.len()
     );
+    if !body.contains("tierstack_fetch_duration_seconds_bucket") {
+        return Err("the fetch duration is not rendered as a histogram".into());
+    }
     if serve {
         println!("serving until interrupted");
         server.await??;

@@ -159,8 +159,10 @@ display_param!(
 /// A value that renders as a key parameter from a shared reference: what
 /// `#[tierstack::cached]` asks of each parameter of the function it
 /// caches, so that making the key borrows the arguments instead of taking
-/// them. Implemented for text, paths, numbers, `bool`, `char`, references
-/// to these and `Option`s of them (`None` leaves the parameter out).
+/// them. Implemented for text, paths, integers, `bool`, `char`, references
+/// to these and `Option`s of them (`None` leaves the parameter out). Not
+/// for floats: `0.1 + 0.2` and `0.3`, `-0.0` and `0.0` would be different
+/// keys for what a caller thinks is one value.
 ///
 /// ```
 /// use tierstack_core::AsParam;
@@ -171,7 +173,7 @@ display_param!(
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a key parameter",
     label = "this parameter would be part of the cache key",
-    note = "key parameters are text, paths, numbers, `bool`, `char` or `Option`s of them; leave the parameter out of the key with `skip(name)`, or implement `tierstack::AsParam` for it"
+    note = "key parameters are text, paths, integers, `bool`, `char` or `Option`s of them (floats have no one spelling: round or format them yourself); leave the parameter out of the key with `skip(name)`, or implement `tierstack::AsParam` for it"
 )]
 pub trait AsParam {
     /// The parameter's text, or `None` to leave the parameter out.

@@ -102,7 +102,15 @@ impl Options {
 }
 
 fn duration(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<(Duration, Span)> {
-    let text: LitStr = meta.value()?.parse()?;
+    let text = match meta.value()?.parse::<syn::Lit>()? {
+        syn::Lit::Str(text) => text,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "write a duration as a string with its unit, like \"90s\", \"10m\", \"1h\" or \"7d\"",
+            ));
+        }
+    };
     let value = humantime::parse_duration(&text.value()).map_err(|e| {
         syn::Error::new(
             text.span(),
@@ -177,11 +185,24 @@ struct Param {
 #[allow(clippy::too_many_lines)] // one expansion, read top to bottom
 fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
     let sig = function.sig.clone();
-    if !sig.generics.params.is_empty() {
+    if let Some(param) = sig
+        .generics
+        .params
+        .iter()
+        .find(|p| !matches!(p, syn::GenericParam::Lifetime(_)))
+    {
         return Err(syn::Error::new(
-            sig.generics.span(),
-            "a #[cached] function cannot be generic: its key and its cached value need one concrete type each",
+            param.span(),
+            "a #[cached] function cannot be generic over types or constants: its key and its cached value need one concrete type each (lifetimes are fine)",
         ));
+    }
+    if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
+        if receiver.reference.is_some() && receiver.mutability.is_some() {
+            return Err(syn::Error::new(
+                receiver.span(),
+                "a #[cached] method takes `&self` (or `self`), not `&mut self`: callers of one key share one run of the body, so it cannot have exclusive access",
+            ));
+        }
     }
     let ret = match &sig.output {
         ReturnType::Type(_, ty) => (**ty).clone(),
@@ -258,6 +279,12 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
         }
     };
 
+    if let (Some(_), Some(source)) = (&options.key, &options.source) {
+        return Err(syn::Error::new(
+            source.span(),
+            "give either `source` (the key is made of it and the parameters) or a whole `key`, not both: the key expression carries its own source",
+        ));
+    }
     let key = if let Some(expr) = &options.key {
         quote!({ #expr })
     } else {
@@ -405,6 +432,8 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
     let sig = &function.sig;
     let name = &sig.ident;
     let inputs = &sig.inputs;
+    let generics = &sig.generics;
+    let where_clause = &sig.generics.where_clause;
     let key_fn = format_ident!("{name}_key");
     let invalidate_fn = format_ident!("{name}_invalidate");
     let key_doc =
@@ -439,7 +468,7 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
     let refresh = if is_async {
         quote! {
             #[doc = #refresh_doc]
-            #vis async fn #refresh_fn(#inputs) -> #ret {
+            #vis async fn #refresh_fn #generics (#inputs) -> #ret #where_clause {
                 let __key: ::tierstack::Key = #key;
                 // A failed removal leaves the old answer; the call then
                 // returns it, as a plain call would.
@@ -450,7 +479,7 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
     } else {
         quote! {
             #[doc = #refresh_doc]
-            #vis fn #refresh_fn(#inputs) -> #ret {
+            #vis fn #refresh_fn #generics (#inputs) -> #ret #where_clause {
                 let __key: ::tierstack::Key = #key;
                 let _ = ::tierstack::__macro::blocking_invalidate(&(#cache), &__key);
                 #original
@@ -461,7 +490,7 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
         quote! {
             #[doc = #invalidate_doc]
             #[allow(unused_variables)]
-            #vis async fn #invalidate_fn(#inputs) -> ::tierstack::Result<bool> {
+            #vis async fn #invalidate_fn #generics (#inputs) -> ::tierstack::Result<bool> #where_clause {
                 let __key: ::tierstack::Key = #key;
                 ::tierstack::__macro::invalidate(&(#cache), &__key).await
             }
@@ -470,7 +499,7 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
         quote! {
             #[doc = #invalidate_doc]
             #[allow(unused_variables)]
-            #vis fn #invalidate_fn(#inputs) -> ::tierstack::Result<bool> {
+            #vis fn #invalidate_fn #generics (#inputs) -> ::tierstack::Result<bool> #where_clause {
                 let __key: ::tierstack::Key = #key;
                 ::tierstack::__macro::blocking_invalidate(&(#cache), &__key)
             }
@@ -490,7 +519,7 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
 
         #[doc = #key_doc]
         #[allow(unused_variables)]
-        #vis fn #key_fn(#inputs) -> ::tierstack::Key {
+        #vis fn #key_fn #generics (#inputs) -> ::tierstack::Key #where_clause {
             #key
         }
 

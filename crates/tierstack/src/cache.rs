@@ -141,6 +141,10 @@ impl std::fmt::Debug for TieredCache {
 }
 
 /// Bound on cached value types.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be cached",
+    note = "a cached value is owned (no borrowed references) and `serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static`: derive `Serialize` and `Deserialize` for it"
+)]
 pub trait CacheValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
 

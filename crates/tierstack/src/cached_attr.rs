@@ -279,9 +279,19 @@ pub mod __macro {
         outcome.map_err(|e| failure.unwrap_or_else(|| E::from(e)))
     }
 
+    /// Says once per process, at WARN, that a function runs uncached
+    /// because its cache cannot be reached (a `GlobalCache` not set).
+    fn warn_uncached(error: &Error) {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(error = %error.report(), "a #[cached] function runs uncached (said once)");
+        }
+    }
+
     /// `Option<T>`: `None` is cached as a negative entry. A function that
     /// cannot fail cannot report the cache's refusal (offline and not
-    /// cached, a spent rate limit): then its body runs uncached.
+    /// cached, a spent rate limit, a `GlobalCache` not set, said once at
+    /// WARN): then its body runs uncached.
     pub async fn option<C, T, F>(
         cache: &C,
         key: &Key,
@@ -294,7 +304,8 @@ pub mod __macro {
         F: Future<Output = Option<T>>,
     {
         let mut body = Some(body);
-        if let Ok(cache) = cache.tiered() {
+        let cache = cache.tiered().inspect_err(warn_uncached);
+        if let Ok(cache) = cache {
             let slot = &mut body;
             let outcome = cache
                 .get_or_fetch_optional(key, options, |_| async move {
@@ -327,7 +338,8 @@ pub mod __macro {
         F: Future<Output = T>,
     {
         let mut body = Some(body);
-        if let Ok(cache) = cache.tiered() {
+        let cache = cache.tiered().inspect_err(warn_uncached);
+        if let Ok(cache) = cache {
             let slot = &mut body;
             let outcome = cache
                 .get_or_fetch(key, options, |_| async move {
@@ -413,7 +425,8 @@ pub mod __macro {
         F: FnOnce() -> Option<T>,
     {
         let mut body = Some(body);
-        if let Ok(cache) = cache.blocking() {
+        let cache = cache.blocking().inspect_err(warn_uncached);
+        if let Ok(cache) = cache {
             let outcome = cache.get_or_fetch_optional(key, options, |_| match body.take() {
                 Some(body) => Ok(body()),
                 None => Err(BodyFailed),
@@ -433,7 +446,8 @@ pub mod __macro {
         F: FnOnce() -> T,
     {
         let mut body = Some(body);
-        if let Ok(cache) = cache.blocking() {
+        let cache = cache.blocking().inspect_err(warn_uncached);
+        if let Ok(cache) = cache {
             let outcome = cache.get_or_fetch(key, options, |_| match body.take() {
                 Some(body) => Ok::<_, BodyFailed>(body()),
                 None => Err(BodyFailed),

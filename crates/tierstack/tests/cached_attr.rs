@@ -315,6 +315,22 @@ async fn a_method_finds_its_cache_in_a_field() {
     assert!(catalog.title_invalidate(7).await.expect("invalidate"));
 }
 
+static LIFETIMES: GlobalCache = GlobalCache::new();
+
+/// Lifetime parameters are fine, and reach the companions.
+#[tierstack::cached(cache = LIFETIMES, source = "lifetimes")]
+async fn upper<'a>(text: &'a str) -> Option<String> {
+    Some(text.to_uppercase())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_function_with_a_lifetime_parameter_is_cached() {
+    assert!(LIFETIMES.set(memory()).is_ok(), "set once");
+    assert_eq!(upper("dune").await.as_deref(), Some("DUNE"));
+    assert_eq!(upper_key("dune").as_str(), "lifetimes:text=dune");
+    assert!(upper_invalidate("dune").await.expect("invalidate"));
+}
+
 /// A whole key expression.
 #[tierstack::cached(
     cache = SEARCH_BY_KEY,
