@@ -202,6 +202,28 @@ pub mod __macro {
 
     impl std::error::Error for BodyFailed {}
 
+    /// The error of this caller's own body, kept beside the call: the
+    /// cache records [`BodyFailed`] (never cached), and this caller gets
+    /// its error back as it was; other callers, and the cache's own
+    /// errors, get an `E` made from the cache's error.
+    struct OwnError<E>(Option<E>);
+
+    impl<E: FromCacheError> OwnError<E> {
+        fn keep<T>(
+            &mut self,
+            outcome: std::result::Result<T, E>,
+        ) -> std::result::Result<T, BodyFailed> {
+            outcome.map_err(|e| {
+                self.0 = Some(e);
+                BodyFailed
+            })
+        }
+
+        fn or_cache(self, error: Error) -> E {
+            self.0.unwrap_or_else(|| E::from(error))
+        }
+    }
+
     /// A fresh memory hit of `key`, answered before the body or any
     /// future of the lookup is made.
     pub fn hit<C, T>(cache: &C, key: &Key) -> Option<Arc<T>>
@@ -239,17 +261,12 @@ pub mod __macro {
         F: Future<Output = std::result::Result<T, E>>,
     {
         let cache = cache.tiered().map_err(E::from)?;
-        let mut failure = None;
-        let slot = &mut failure;
+        let mut own = OwnError(None);
+        let kept = &mut own;
         let outcome = cache
-            .get_or_fetch(key, options, |_| async move {
-                body.await.map_err(|e| {
-                    *slot = Some(e);
-                    BodyFailed
-                })
-            })
+            .get_or_fetch(key, options, |_| async move { kept.keep(body.await) })
             .await;
-        outcome.map_err(|e| failure.unwrap_or_else(|| E::from(e)))
+        outcome.map_err(|e| own.or_cache(e))
     }
 
     /// `Result<Option<T>, E>`: `None` is cached as a negative entry.
@@ -266,17 +283,12 @@ pub mod __macro {
         F: Future<Output = std::result::Result<Option<T>, E>>,
     {
         let cache = cache.tiered().map_err(E::from)?;
-        let mut failure = None;
-        let slot = &mut failure;
+        let mut own = OwnError(None);
+        let kept = &mut own;
         let outcome = cache
-            .get_or_fetch_optional(key, options, |_| async move {
-                body.await.map_err(|e| {
-                    *slot = Some(e);
-                    BodyFailed
-                })
-            })
+            .get_or_fetch_optional(key, options, |_| async move { kept.keep(body.await) })
             .await;
-        outcome.map_err(|e| failure.unwrap_or_else(|| E::from(e)))
+        outcome.map_err(|e| own.or_cache(e))
     }
 
     /// Says once per process, at WARN, that a function runs uncached
@@ -378,14 +390,9 @@ pub mod __macro {
         F: FnOnce() -> std::result::Result<T, E>,
     {
         let cache = cache.blocking().map_err(E::from)?;
-        let mut failure = None;
-        let outcome = cache.get_or_fetch(key, options, |_| {
-            body().map_err(|e| {
-                failure = Some(e);
-                BodyFailed
-            })
-        });
-        outcome.map_err(|e| failure.unwrap_or_else(|| E::from(e)))
+        let mut own = OwnError(None);
+        let outcome = cache.get_or_fetch(key, options, |_| own.keep(body()));
+        outcome.map_err(|e| own.or_cache(e))
     }
 
     /// `Result<Option<T>, E>` of a plain function.
@@ -402,14 +409,9 @@ pub mod __macro {
         F: FnOnce() -> std::result::Result<Option<T>, E>,
     {
         let cache = cache.blocking().map_err(E::from)?;
-        let mut failure = None;
-        let outcome = cache.get_or_fetch_optional(key, options, |_| {
-            body().map_err(|e| {
-                failure = Some(e);
-                BodyFailed
-            })
-        });
-        outcome.map_err(|e| failure.unwrap_or_else(|| E::from(e)))
+        let mut own = OwnError(None);
+        let outcome = cache.get_or_fetch_optional(key, options, |_| own.keep(body()));
+        outcome.map_err(|e| own.or_cache(e))
     }
 
     /// `Option<T>` of a plain function (see [`option`]).
