@@ -436,12 +436,15 @@ impl TieredCache {
         }
         let policy = self.inner.policies.get(key.source());
         let coordination = policy.coordination.unwrap_or(self.inner.coordination);
+        // One start for the wait for another caller's fetch and for this
+        // caller's own: its timeouts bound both together.
+        let started = std::time::Instant::now();
         let leader = match coordination {
             Coordination::Off => None,
             Coordination::Local | Coordination::Shared => {
                 let waiting = Waiting {
                     limit: wait_limit(&options, stale.is_some(), None),
-                    started: std::time::Instant::now(),
+                    started,
                     stale: stale.as_ref(),
                 };
                 match self
@@ -456,7 +459,7 @@ impl TieredCache {
         let mut miss = Miss {
             key,
             options,
-            started: std::time::Instant::now(),
+            started,
             source,
             leader,
             stale,
@@ -813,17 +816,12 @@ impl<V> Waiting<'_, V> {
     /// The answer of a caller whose timeout fired before the leader
     /// answered: its stale value, else a timeout error.
     fn gave_up(self, key: &Key, source: &SourceCounters) -> Result<Outcome<V>> {
-        match self.stale {
-            Some(value) => {
-                bump(&source.local().stale_served);
-                Ok(Outcome::Stale(value.clone()))
-            }
-            None => Err(Error::new(
+        stale_or(self.stale.cloned(), &source.local().stale_served, || {
+            Error::new(
                 ErrorKind::Timeout,
                 format!("{key}: another caller's fetch did not answer in time"),
             )
-            .with_operation(Operation::Fetch)),
-        }
+        })
     }
 }
 
@@ -883,16 +881,28 @@ fn offline_answer<V>(
     stale: Option<Option<Arc<V>>>,
     stale_served: &std::sync::atomic::AtomicU64,
 ) -> Result<Outcome<V>> {
+    stale_or(stale, stale_served, || {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("offline, and {key} is not cached"),
+        )
+    })
+}
+
+/// The stale value, counted as served, when there is one; else the
+/// fetch error `error` makes.
+#[allow(clippy::option_option)] // the inner `None` is a cached "not found"
+fn stale_or<V>(
+    stale: Option<Option<Arc<V>>>,
+    stale_served: &std::sync::atomic::AtomicU64,
+    error: impl FnOnce() -> Error,
+) -> Result<Outcome<V>> {
     match stale {
         Some(value) => {
             bump(stale_served);
             Ok(Outcome::Stale(value))
         }
-        None => Err(Error::new(
-            ErrorKind::Unavailable,
-            format!("offline, and {key} is not cached"),
-        )
-        .with_operation(Operation::Fetch)),
+        None => Err(error().with_operation(Operation::Fetch)),
     }
 }
 
