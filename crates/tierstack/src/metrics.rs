@@ -85,8 +85,9 @@ impl MetricsOptions {
 }
 
 /// The cache's side of its metrics: the constant labels and which sources
-/// have a label of their own. A source keeps the label it got first, so a
-/// series never moves between `other` and a name.
+/// have a label of their own. A source keeps the label it got first (the
+/// named ones are kept, and once the limit is reached every other source is
+/// `other`), so a series never moves between `other` and a name.
 #[derive(Debug)]
 pub(crate) struct MetricLabels {
     limit: usize,
@@ -117,11 +118,12 @@ impl MetricLabels {
         if let Some(label) = sources.get(source) {
             return label.clone();
         }
-        let label = if sources.len() < self.limit {
-            SharedString::from(source.to_owned())
-        } else {
-            SharedString::from(OTHER_SOURCE)
-        };
+        // Only sources with a label of their own are kept: the map stays
+        // within the limit however many sources the keys bring.
+        if sources.len() >= self.limit {
+            return SharedString::from(OTHER_SOURCE);
+        }
+        let label = SharedString::from(source.to_owned());
         sources.insert(source.to_owned(), label.clone());
         label
     }
@@ -323,4 +325,22 @@ fn source_counters(s: &SourceStats) -> [(&'static str, u64); 15] {
             s.coordination_fallbacks,
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_past_the_limit_are_other_and_not_remembered() {
+        let labels = MetricLabels::new(&MetricsOptions::default().source_limit(2));
+        assert_eq!(&*labels.source("a"), "a");
+        assert_eq!(&*labels.source("b"), "b");
+        for i in 0..1000 {
+            assert_eq!(&*labels.source(&format!("s{i}")), OTHER_SOURCE);
+        }
+        // The named ones keep their label; the map holds only them.
+        assert_eq!(&*labels.source("a"), "a");
+        assert_eq!(labels.sources.lock().map_or(0, |s| s.len()), 2);
+    }
 }
