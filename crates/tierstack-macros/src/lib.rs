@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as Tokens};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens as _, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{
     Expr, FnArg, GenericArgument, Ident, ItemFn, LitStr, Pat, PathArguments, ReturnType, Type,
@@ -25,8 +25,7 @@ pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-const OPTIONS: &str =
-    "cache, source, key, ttl, stale_for, negative_ttl, soft_timeout, hard_timeout, skip, rename";
+const OPTIONS: &str = "cache, source, key, ttl, stale_for, negative_ttl, refresh_ahead, soft_timeout, hard_timeout, skip, rename";
 
 #[derive(Default)]
 struct Options {
@@ -36,6 +35,7 @@ struct Options {
     ttl: Option<(Duration, Span)>,
     stale_for: Option<(Duration, Span)>,
     negative_ttl: Option<(Duration, Span)>,
+    refresh_ahead: Option<(f64, Span)>,
     soft_timeout: Option<(Duration, Span)>,
     hard_timeout: Option<(Duration, Span)>,
     skip: Vec<Ident>,
@@ -87,9 +87,20 @@ impl Options {
                 Ok(())
             })?,
             "refresh_ahead" => {
-                return Err(meta.error(
-                    "`refresh_ahead` refreshes in the background, after the call returned, which a function's borrowed arguments cannot outlive: use a `CachedFn` (its loader owns what it needs) or a `ttl` with `stale_for`",
-                ));
+                let fraction: syn::LitFloat = meta.value()?.parse().map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "refresh_ahead is the fraction of the TTL after which a hit refreshes the entry in the background: a number such as 0.8",
+                    )
+                })?;
+                let value: f64 = fraction.base10_parse()?;
+                if !(value > 0.0 && value < 1.0) {
+                    return Err(syn::Error::new(
+                        fraction.span(),
+                        "refresh_ahead must lie between 0 and 1, such as 0.8 (refresh a hit in the last fifth of its TTL)",
+                    ));
+                }
+                self.refresh_ahead = Some((value, fraction.span()));
             }
             _ => {
                 return Err(meta.error(format!(
@@ -121,6 +132,15 @@ fn duration(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<(Duration, Spa
         )
     })?;
     Ok((value, text.span()))
+}
+
+/// Whether a type borrows: a reference or a lifetime anywhere in it.
+fn borrows(tokens: Tokens) -> bool {
+    tokens.into_iter().any(|token| match token {
+        proc_macro2::TokenTree::Punct(p) => p.as_char() == '&' || p.as_char() == '\'',
+        proc_macro2::TokenTree::Group(g) => borrows(g.stream()),
+        _ => false,
+    })
 }
 
 /// What the function returns, as the cache sees it.
@@ -258,6 +278,30 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
             return Err(syn::Error::new(
                 renamed.span(),
                 format!("rename({renamed} = …): the function has no parameter `{renamed}`"),
+            ));
+        }
+    }
+
+    if let Some((_, span)) = &options.refresh_ahead {
+        if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
+            return Err(syn::Error::new(
+                receiver.span(),
+                "refresh_ahead runs the body in the background after the call returned, which `self` cannot outlive: make it a function that takes what it needs as owned parameters (a `Clone` client as a `skip`ped parameter)",
+            ));
+        }
+        if let Some(param) = params.iter().find(|p| borrows(p.ty.to_token_stream())) {
+            return Err(syn::Error::new(
+                param.ty.span(),
+                format!(
+                    "refresh_ahead runs the body in the background after the call returned, which the borrowed parameter `{}` cannot outlive: take it owned (`String`, not `&str`)",
+                    param.ident
+                ),
+            ));
+        }
+        if !is_async && sig.generics.lifetimes().next().is_some() {
+            return Err(syn::Error::new(
+                *span,
+                "refresh_ahead needs a function without lifetimes",
             ));
         }
     }
@@ -409,21 +453,61 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
         (Shape::Option, false) => quote!(blocking_option),
         (Shape::Plain, false) => quote!(blocking_plain),
     };
-    let call = if is_async {
-        let stored = quote!(async move { let __body = __typed.await; #store });
-        let run = quote!(::tierstack::__macro::#runner(__cache, &__key, __options, #stored).await);
-        let answer = answer(quote!((#run)));
+    let (typed, stored) = if is_async {
+        (
+            quote!(let __typed = ::tierstack::__macro::typed_future::<#ret, _>(async move #block);),
+            quote!(async move { let __body = __typed.await; #store }),
+        )
+    } else {
+        (
+            quote!(let __typed = ::tierstack::__macro::typed_closure::<#ret, _>(move || #block);),
+            quote!(move || { let __body = __typed(); #store }),
+        )
+    };
+    let run = if is_async {
+        quote!(::tierstack::__macro::#runner(__cache, &__key, __options, #stored).await)
+    } else {
+        quote!(::tierstack::__macro::#runner(__cache, &__key, __options, #stored))
+    };
+    let call = answer(quote!((#run)));
+    let body = if let Some((fraction, _)) = options.refresh_ahead {
+        let fraction = proc_macro2::Literal::f64_suffixed(fraction);
+        let (hit_due, refresh) = if is_async {
+            (quote!(hit_due), quote!(refresh))
+        } else {
+            (quote!(blocking_hit_due), quote!(blocking_refresh))
+        };
+        let refreshed = match shape {
+            Shape::Result => quote!(refreshed_result),
+            Shape::ResultOption => quote!(refreshed_result_option),
+            Shape::Option => quote!(refreshed_option),
+            Shape::Plain => quote!(refreshed_plain),
+        };
+        // The body is made before the hit is known: a hit late in its
+        // life hands it to a background refresh.
         quote! {
-            let __typed = ::tierstack::__macro::typed_future::<#ret, _>(async move #block);
-            #answer
+            let __options = #fetch_options;
+            #typed
+            if let ::core::option::Option::Some((__hit, __due)) =
+                ::tierstack::__macro::#hit_due(__cache, &__key, #fraction)
+            {
+                if __due {
+                    ::tierstack::__macro::#refresh(
+                        __cache, __key, __options, #stored, ::tierstack::__macro::#refreshed,
+                    );
+                }
+                return #hit_answer;
+            }
+            #call
         }
     } else {
-        let stored = quote!(move || { let __body = __typed(); #store });
-        let run = quote!(::tierstack::__macro::#runner(__cache, &__key, __options, #stored));
-        let answer = answer(quote!((#run)));
         quote! {
-            let __typed = ::tierstack::__macro::typed_closure::<#ret, _>(move || #block);
-            #answer
+            if let ::core::option::Option::Some(__hit) = #hit {
+                return #hit_answer;
+            }
+            let __options = #fetch_options;
+            #typed
+            #call
         }
     };
 
@@ -510,11 +594,7 @@ fn expand(options: &Options, mut function: ItemFn) -> syn::Result<Tokens> {
         #vis #sig {
             let __key: ::tierstack::Key = #key;
             let __cache = &(#cache);
-            if let ::core::option::Option::Some(__hit) = #hit {
-                return #hit_answer;
-            }
-            let __options = #fetch_options;
-            #call
+            #body
         }
 
         #[doc = #key_doc]

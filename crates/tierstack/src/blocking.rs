@@ -142,6 +142,11 @@ impl TieredCache {
         &self.cache
     }
 
+    /// The runtime the cache's background tasks run on.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime.handle
+    }
+
     /// Reads a fresh value (see [`crate::TieredCache::get`]).
     pub fn get<V: CacheValue>(&self, key: &Key) -> Option<Arc<V>> {
         if let Some((value, _)) = self.cache.ready_hit::<V>(key) {

@@ -245,6 +245,110 @@ pub mod __macro {
         Some(value)
     }
 
+    /// [`hit`] for a function with `refresh_ahead`: the hit, and whether
+    /// it lived past `fraction` of its TTL.
+    pub fn hit_due<C, T>(cache: &C, key: &Key, fraction: f64) -> Option<(Arc<T>, bool)>
+    where
+        C: AsyncCacheRef + ?Sized,
+        T: CacheValue,
+    {
+        let (value, header) = cache.tiered().ok()?.ready_hit::<T>(key)?;
+        Some((
+            value,
+            crate::cached_fn::refresh_due(&header, fraction, tierstack_core::Timestamp::now()),
+        ))
+    }
+
+    /// [`hit_due`] for plain functions.
+    pub fn blocking_hit_due<C, T>(cache: &C, key: &Key, fraction: f64) -> Option<(Arc<T>, bool)>
+    where
+        C: BlockingCacheRef + ?Sized,
+        T: CacheValue,
+    {
+        let (value, header) = cache.blocking().ok()?.as_async().ready_hit::<T>(key)?;
+        Some((
+            value,
+            crate::cached_fn::refresh_due(&header, fraction, tierstack_core::Timestamp::now()),
+        ))
+    }
+
+    /// What a refreshed body answered, as the cache stores it: a value, a
+    /// negative entry (`None`), or an error, which leaves the current value.
+    pub type Refreshed<T> = std::result::Result<Option<T>, BodyFailed>;
+
+    /// [`Refreshed`] of a `Result<T, E>` body.
+    pub fn refreshed_result<T, E>(outcome: std::result::Result<T, E>) -> Refreshed<T> {
+        outcome.map(Some).map_err(|_| BodyFailed)
+    }
+
+    /// [`Refreshed`] of a `Result<Option<T>, E>` body.
+    pub fn refreshed_result_option<T, E>(
+        outcome: std::result::Result<Option<T>, E>,
+    ) -> Refreshed<T> {
+        outcome.map_err(|_| BodyFailed)
+    }
+
+    /// [`Refreshed`] of an `Option<T>` body.
+    #[allow(clippy::unnecessary_wraps)] // one signature for all four shapes
+    pub fn refreshed_option<T>(outcome: Option<T>) -> Refreshed<T> {
+        Ok(outcome)
+    }
+
+    /// [`Refreshed`] of a plain `T` body.
+    #[allow(clippy::unnecessary_wraps)]
+    pub fn refreshed_plain<T>(outcome: T) -> Refreshed<T> {
+        Ok(Some(outcome))
+    }
+
+    /// Runs `body` in the background to refresh `key` (one refresh per key
+    /// at a time; the caller has its answer already). A cache that cannot
+    /// be reached refreshes nothing.
+    pub fn refresh<C, T, F>(
+        cache: &C,
+        key: Key,
+        options: FetchOptions,
+        body: F,
+        stored: fn(F::Output) -> Refreshed<T>,
+    ) where
+        C: AsyncCacheRef + ?Sized,
+        T: CacheValue,
+        F: Future + Send + 'static,
+    {
+        if let Ok(cache) = cache.tiered() {
+            cache.refresh_in_background(None, key, options, move |_| async move {
+                stored(body.await).map_err(Into::into)
+            });
+        }
+    }
+
+    /// [`refresh`] for plain functions: the body runs on a blocking thread
+    /// of the cache's own runtime.
+    pub fn blocking_refresh<C, T, F, R>(
+        cache: &C,
+        key: Key,
+        options: FetchOptions,
+        body: F,
+        stored: fn(R) -> Refreshed<T>,
+    ) where
+        C: BlockingCacheRef + ?Sized,
+        T: CacheValue,
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        if let Ok(cache) = cache.blocking() {
+            let on = Some(cache.runtime());
+            cache
+                .as_async()
+                .refresh_in_background(on, key, options, move |_| async move {
+                    // On the cache's runtime: the task was spawned there.
+                    match tokio::task::spawn_blocking(body).await {
+                        Ok(outcome) => stored(outcome).map_err(Into::into),
+                        Err(panicked) => Err(panicked.into()),
+                    }
+                });
+        }
+    }
+
     /// `Result<T, E>` (or `Result<Arc<T>, E>` through `into_value`): errors
     /// are not cached; the caller whose body failed gets its error, others
     /// the cache's as an `E`.

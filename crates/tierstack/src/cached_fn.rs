@@ -183,7 +183,40 @@ where
     }
 
     fn refresh_in_background(&self, key: Key, args: A) {
-        let inner = &self.cache.inner;
+        let load = Arc::clone(&self.load);
+        self.cache
+            .refresh_in_background(None, key, self.options, move |context| async move {
+                load(args, context).await.map(Some)
+            });
+    }
+}
+
+impl TieredCache {
+    /// Refreshes `key` in a task of its own, unless a refresh of it runs
+    /// already: `load` answers a value (`None`: a negative entry), which
+    /// replaces the current one in every tier. The current value stays
+    /// whatever the refresh does. The task runs on `on`, else on the
+    /// caller's Tokio runtime; with neither, nothing is refreshed (said at
+    /// DEBUG) and the entry expires as it would have.
+    pub(crate) fn refresh_in_background<V, L, Fut>(
+        &self,
+        on: Option<&tokio::runtime::Handle>,
+        key: Key,
+        options: FetchOptions,
+        load: L,
+    ) where
+        V: CacheValue,
+        L: FnOnce(FetchContext) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, BoxError>> + Send + 'static,
+    {
+        let Some(runtime) = on
+            .cloned()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        else {
+            tracing::debug!(key = %key, "no Tokio runtime to refresh in; the current value stays until it expires");
+            return;
+        };
+        let inner = &self.inner;
         let started = inner
             .refreshing
             .lock()
@@ -193,8 +226,8 @@ where
             return;
         }
         bump(&inner.sources.get(key.source()).local().refreshes);
-        let (cache, load, options) = (self.cache.clone(), Arc::clone(&self.load), self.options);
-        tokio::spawn(async move {
+        let cache = self.clone();
+        runtime.spawn(async move {
             // Clears the key even if `load` panics, so the key can refresh again.
             let _done = Refreshing {
                 cache: cache.clone(),
@@ -213,12 +246,11 @@ where
                     return;
                 }
             };
-            // The current value stays whatever the refresh does.
-            match load(args, FetchContext::new(&key, true, Some(budget.clone()))).await {
+            match load(FetchContext::new(&key, true, Some(budget.clone()))).await {
                 Ok(value) => {
                     budget.answered(None, probe).await;
                     cache
-                        .store_fetched(&key, Some(&Arc::new(value)), options)
+                        .store_fetched(&key, value.map(Arc::new).as_ref(), options)
                         .await;
                 }
                 Err(e) => {
@@ -247,8 +279,9 @@ impl Drop for Refreshing {
     }
 }
 
-/// Whether an entry has lived past `fraction` of its TTL.
-fn refresh_due(header: &Header, fraction: f64, now: Timestamp) -> bool {
+/// Whether an entry has lived past `fraction` of its TTL, so a hit of it
+/// starts a background refresh.
+pub(crate) fn refresh_due(header: &Header, fraction: f64, now: Timestamp) -> bool {
     if header.expires_at.is_never() {
         return false;
     }

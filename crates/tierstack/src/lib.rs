@@ -175,6 +175,7 @@ pub use stats_file::{StoredCounters, StoredStats};
 /// | `ttl`, `stale_for` | the [`FetchOptions`] of each call (`"1h"`, `"7d"`) |
 /// | `negative_ttl` | how long a `None` is cached, for functions returning an `Option` |
 /// | `soft_timeout`, `hard_timeout` | the same, for functions returning `Result` |
+/// | `refresh_ahead = 0.8` | a memory hit past this fraction of its TTL runs the body again in the background (one run per key at a time) while the caller gets the current value; the parameters must be owned and `Send` (no `&str`, no `self`) |
 ///
 /// Return types: `Result<T, E>` (errors are not cached; `E:
 /// From<tierstack::Error>` carries the cache's own errors), `Option<T>` and

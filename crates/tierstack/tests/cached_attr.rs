@@ -350,3 +350,167 @@ async fn a_key_expression_replaces_the_parameters() {
     // Another spelling of the same ISBN is the same entry.
     assert_eq!(by_isbn("9780441").await.expect("ok"), "book 978-0441");
 }
+
+/// Waits, bounded, until `counter` reaches `at_least`.
+async fn until(counter: &AtomicU32, at_least: u32) {
+    for _ in 0..400 {
+        if counter.load(Ordering::SeqCst) >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("counter stayed at {}", counter.load(Ordering::SeqCst));
+}
+
+/// Waits, bounded, until the cache's memory tier answers `expected` for
+/// the key (a refresh stores its answer after the body returned).
+async fn until_cached<T: tierstack::CacheValue + PartialEq + std::fmt::Debug>(
+    cache: &TieredCache,
+    key: &tierstack::Key,
+    expected: &T,
+) {
+    for _ in 0..400 {
+        if cache.get::<T>(key).await.as_deref() == Some(expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{key} never held {expected:?}");
+}
+
+static AHEAD: AtomicU32 = AtomicU32::new(0);
+
+/// Owned parameters: the body can run again after the call returned.
+#[tierstack::cached(source = "ahead", ttl = "2s", refresh_ahead = 0.5)]
+async fn ahead(#[cache] cache: &TieredCache, name: String) -> Result<u32, ApiError> {
+    let _ = name;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(AHEAD.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn refresh_ahead_answers_a_late_hit_at_once_and_refreshes_it_once_in_the_background() {
+    let cache = memory();
+    let name = || "dune".to_owned();
+    assert_eq!(ahead(&cache, name()).await.expect("fetched"), 1);
+    assert_eq!(ahead(&cache, name()).await.expect("hit"), 1);
+    assert_eq!(
+        AHEAD.load(Ordering::SeqCst),
+        1,
+        "an early hit does not refresh"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A hundred late hits: each answered with the current value, one refresh.
+    let late = futures_util::future::join_all((0..100).map(|_| ahead(&cache, name()))).await;
+    assert!(late.iter().all(|v| matches!(v, Ok(1))), "{late:?}");
+    until(&AHEAD, 2).await;
+    until_cached(&cache, &ahead_key(&cache, name()), &2_u32).await;
+    assert_eq!(ahead(&cache, name()).await.expect("refreshed"), 2);
+    assert_eq!(
+        AHEAD.load(Ordering::SeqCst),
+        2,
+        "one refresh for 100 late hits"
+    );
+    assert_eq!(cache.stats().sources["ahead"].refreshes, 1);
+    assert_eq!(
+        cache.stats().sources["ahead"].fetches,
+        1,
+        "the refresh is not a miss"
+    );
+}
+
+static VANISHING: AtomicU32 = AtomicU32::new(0);
+
+/// The second answer is `None`: a refresh stores it as a negative entry.
+#[tierstack::cached(
+    source = "vanishing",
+    ttl = "2s",
+    negative_ttl = "1h",
+    refresh_ahead = 0.5
+)]
+async fn vanishing(#[cache] cache: &TieredCache, id: u64) -> Option<u64> {
+    (VANISHING.fetch_add(1, Ordering::SeqCst) == 0).then_some(id)
+}
+
+static FLAKY: AtomicU32 = AtomicU32::new(0);
+
+/// The second answer is an error: the current value stays.
+#[tierstack::cached(source = "flaky", ttl = "2s", refresh_ahead = 0.5)]
+async fn flaky(#[cache] cache: &TieredCache, id: u64) -> Result<u64, ApiError> {
+    if FLAKY.fetch_add(1, Ordering::SeqCst) == 0 {
+        Ok(id)
+    } else {
+        Err(ApiError::Upstream)
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refresh_that_answers_none_stores_it_and_one_that_fails_keeps_the_value() {
+    let cache = memory();
+    assert_eq!(vanishing(&cache, 7).await, Some(7));
+    assert_eq!(flaky(&cache, 7).await.expect("fetched"), 7);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        vanishing(&cache, 7).await,
+        Some(7),
+        "late hit, current value"
+    );
+    assert_eq!(flaky(&cache, 7).await.expect("late hit"), 7);
+    until(&VANISHING, 2).await;
+    until(&FLAKY, 2).await;
+    // Both refreshes are done once the flag that lets a key refresh again
+    // is down; a negative entry reads as a miss to `get`.
+    for _ in 0..400 {
+        if cache.get::<u64>(&vanishing_key(&cache, 7)).await.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(vanishing(&cache, 7).await, None, "the refreshed None");
+    assert_eq!(
+        VANISHING.load(Ordering::SeqCst),
+        2,
+        "None is cached, not fetched again"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        flaky(&cache, 7).await.expect("kept"),
+        7,
+        "the failed refresh kept it"
+    );
+    // The entry is still late, so that hit tried again.
+    assert_eq!(cache.stats().sources["flaky"].refreshes, 2);
+}
+
+static PLAIN_AHEAD: AtomicU32 = AtomicU32::new(0);
+
+/// A plain function: its refresh runs on the blocking cache's own runtime.
+#[tierstack::cached(source = "plain_ahead", ttl = "2s", refresh_ahead = 0.5)]
+fn plain_ahead(#[cache] cache: &blocking::TieredCache, path: String) -> u32 {
+    let _ = path;
+    PLAIN_AHEAD.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+#[test]
+fn refresh_ahead_on_a_plain_function_refreshes_without_a_runtime_of_the_callers() {
+    let cache = blocking::TieredCache::build(|| async { Ok(memory()) }).expect("cache");
+    let path = || "/audiobooks/dune".to_owned();
+    assert_eq!(plain_ahead(&cache, path()), 1);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(plain_ahead(&cache, path()), 1, "late hit, current value");
+    let key = plain_ahead_key(&cache, path());
+    for _ in 0..400 {
+        if cache.get::<u32>(&key).as_deref() == Some(&2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        plain_ahead(&cache, path()),
+        2,
+        "refreshed in the background"
+    );
+    assert_eq!(PLAIN_AHEAD.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.stats().sources["plain_ahead"].refreshes, 1);
+}
