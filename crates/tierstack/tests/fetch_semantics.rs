@@ -610,3 +610,28 @@ async fn the_default_negative_ttl_is_five_minutes() {
         assert_eq!(ttl, 5 * 60 * 1000, "{}: {ttl} ms", tier.name());
     }
 }
+
+#[test]
+fn a_late_hit_outside_a_tokio_runtime_is_answered_and_starts_no_refresh() {
+    let cache = TieredCache::builder()
+        .tier(MemoryTier::new(&MemoryConfig::with_max_entries(10)).unwrap())
+        .build();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let book = cache
+        .cached_fn(
+            |asin: &String| key(asin),
+            move |asin: String, _| {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { Ok::<_, Upstream>(format!("{asin} v{n}")) }
+            },
+        )
+        .ttl(Duration::from_secs(2))
+        .refresh_ahead(0.1);
+    // Another executor: there is no Tokio runtime to refresh in.
+    assert_eq!(*pollster::block_on(book.call("B1".into())).unwrap(), "B1 v1");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(*pollster::block_on(book.call("B1".into())).unwrap(), "B1 v1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no refresh ran");
+    assert_eq!(cache.stats().sources["audnexus:book"].refreshes, 0);
+}
