@@ -72,7 +72,13 @@ pub(crate) enum Command {
         key: String,
     },
     /// Entries and bytes per tier and per source, and the tiers' health.
-    Stats,
+    Stats {
+        /// Print the stats file's totals and each tier's size in the
+        /// Prometheus text format (for a textfile collector), instead of
+        /// tables: the names of docs/observability.md.
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// Remove entries: all of them, one source's, or the expired ones.
     Clear {
         /// Only this tier (by name, as `tierstack stats` lists them).

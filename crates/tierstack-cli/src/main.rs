@@ -150,7 +150,15 @@ async fn run(cli: Cli) -> Outcome {
         }
         Command::Inspect { key } => entries::inspect(&open(config_path).await?, &key, json).await,
         Command::Delete { key } => entries::delete(&open(config_path).await?, &key, json).await,
-        Command::Stats => maintenance::stats(&open(config_path).await?, json).await,
+        Command::Stats { prometheus: true } if json => Err(Failure::usage(
+            "--json and --prometheus cannot be used with each other: each is a whole output format",
+        )),
+        Command::Stats { prometheus: true } => {
+            maintenance::prometheus(&open(config_path).await?).await
+        }
+        Command::Stats { prometheus: false } => {
+            maintenance::stats(&open(config_path).await?, json).await
+        }
         Command::Clear {
             tier,
             source,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tierstack::{ClearScope, Health, ScanCursor, Tier, TieredCache, Timestamp, units};
 
 use crate::info::health_text;
-use crate::output::{Failure, Outcome, emit, print_json, print_table, progress};
+use crate::output::{Failure, Outcome, emit, note, print_json, print_table, progress};
 
 #[derive(Serialize)]
 struct TierView {
@@ -235,6 +235,52 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
     if !json {
         print_counters(counters.as_ref());
     }
+    let failed: Vec<String> = tiers
+        .iter()
+        .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.tier)))
+        .chain(problems)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::unavailable(failed.join("; ")))
+    }
+}
+
+/// `stats --prometheus`: the stats file's totals (every process that used
+/// the cache) and each tier's size, as Prometheus text. Without a stats
+/// file only the sizes are known, which stderr says; the exit code is that
+/// of `stats`.
+pub(crate) async fn prometheus(cache: &TieredCache) -> Outcome {
+    let tiers = tier_views(cache).await;
+    let mut problems = Vec::new();
+    let counters = load_counters(cache, &mut problems);
+    if counters.is_none() && problems.is_empty() {
+        note(
+            "no stats_file in the config: only tier sizes are known (hit and miss counters are kept per process)",
+        );
+    }
+    let stored = counters.map(|(_, stored)| stored).unwrap_or_default();
+    let sizes = tiers.iter().filter(|t| t.error.is_none()).map(|t| {
+        (
+            t.tier.as_str(),
+            tierstack::TierSize {
+                entries: t.entries,
+                bytes: t.bytes,
+            },
+        )
+    });
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let rendered = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        tierstack::metrics::publish_stored(
+            &stored,
+            sizes,
+            &tierstack::metrics::MetricsOptions::default(),
+        );
+    });
+    // `emit` adds the final newline; a closed pipe loses the text quietly.
+    emit(rendered.render().trim_end());
     let failed: Vec<String> = tiers
         .iter()
         .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.tier)))

@@ -791,3 +791,40 @@ fn stats_shows_hits_and_misses_of_every_process() {
         "{human}"
     );
 }
+
+#[test]
+fn stats_prometheus_prints_the_stats_files_totals_under_the_documented_names() {
+    let sandbox = Sandbox::new();
+    sandbox.run(&["set", BOOK, "1"]).expect(0);
+    sandbox.run(&["get", BOOK]).expect(0);
+    sandbox.run(&["get", BOOK]).expect(0);
+    sandbox.run(&["get", "audnexus:book:asin=nope"]).expect(1);
+    let text = sandbox.run(&["stats", "--prometheus"]).expect(0).stdout;
+    // Counters and these gauges render as whole numbers.
+    let value = |series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
+    };
+    assert_eq!(value(r#"tierstack_tier_hits_total{tier="sqlite"}"#), 2);
+    assert_eq!(value(r#"tierstack_tier_misses_total{tier="sqlite"}"#), 1);
+    assert_eq!(value(r#"tierstack_tier_writes_total{tier="sqlite"}"#), 1);
+    assert_eq!(
+        value(r#"tierstack_source_hits_total{source="audnexus:book"}"#),
+        2
+    );
+    assert_eq!(
+        value(r#"tierstack_source_misses_total{source="audnexus:book"}"#),
+        1
+    );
+    assert_eq!(value(r#"tierstack_tier_entries{tier="sqlite"}"#), 1);
+    assert!(value(r#"tierstack_tier_bytes{tier="sqlite"}"#) > 0);
+    assert!(
+        text.contains("# TYPE tierstack_tier_hits_total counter"),
+        "{text}"
+    );
+    // Machine output has no decoration, and `--json` cannot be combined.
+    assert!(!text.contains("hit ratio"), "{text}");
+    let both = sandbox.run(&["--json", "stats", "--prometheus"]).expect(2);
+    assert!(both.stderr.contains("cannot be used with"), "{both:?}");
+}

@@ -32,9 +32,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ::metrics::{Label, SharedString};
+use tierstack_core::TierSize;
 
 use crate::cache::{Inner, TieredCache};
 use crate::stats::{LayerStats, SourceStats};
+use crate::stats_file::{StoredCounters, StoredStats};
 
 /// Sources published under their own name before the rest share the
 /// `source="other"` label, unless [`MetricsOptions::source_limit`] says
@@ -244,12 +246,8 @@ impl Metrics {
         self.publish();
         let labels = &self.cache.inner.metric_labels;
         for (tier, size) in self.cache.sizes().await {
-            let Ok(size) = size else { continue };
-            let tier = labels.with([Label::new("tier", tier)]);
-            #[allow(clippy::cast_precision_loss)] // a gauge is an f64
-            {
-                ::metrics::gauge!("tierstack_tier_entries", tier.clone()).set(size.entries as f64);
-                ::metrics::gauge!("tierstack_tier_bytes", tier).set(size.bytes as f64);
+            if let Ok(size) = size {
+                publish_size(labels.constant(), &tier, size);
             }
         }
     }
@@ -266,6 +264,97 @@ impl Metrics {
                 metrics.publish_with_sizes().await;
             }
         }))
+    }
+}
+
+/// Publishes the totals of a stats file ([`StoredStats`]: every process
+/// that used the cache since the file was created) to the installed
+/// recorder, under the names [`Metrics::publish`] uses for the counters
+/// the file keeps. What `tierstack stats --prometheus` prints, for a
+/// textfile collector in front of caches used by short-lived programs.
+///
+/// The file keeps fewer counters than a live cache: per tier hits,
+/// misses, errors, decode failures, writes and write errors; per source
+/// hits (negative hits included: the file does not tell them apart),
+/// misses, fetches, fetch errors, stale served, rate-limit waits and
+/// rejections, circuit-open calls, leases and coordination fallbacks.
+/// `sizes` (a tier's name and its [`TierSize`]) become the
+/// `tierstack_tier_entries` and `tierstack_tier_bytes` gauges.
+pub fn publish_stored<'a>(
+    stored: &StoredStats,
+    sizes: impl IntoIterator<Item = (&'a str, TierSize)>,
+    options: &MetricsOptions,
+) {
+    let labels = MetricLabels::new(options);
+    for (tier, size) in sizes {
+        publish_size(labels.constant(), tier, size);
+    }
+    for (tier, counters) in &stored.tiers {
+        let tier = labels.with([Label::new("tier", tier.clone())]);
+        for (name, value) in stored_tier_counters(counters) {
+            ::metrics::counter!(name, tier.clone()).absolute(value);
+        }
+    }
+    let mut sources: BTreeMap<SharedString, StoredCounters> = BTreeMap::new();
+    for (source, counters) in &stored.sources {
+        sources
+            .entry(labels.source(source))
+            .or_default()
+            .add(counters);
+    }
+    for (label, counters) in sources {
+        let source = labels.with([Label::new("source", label)]);
+        for (name, value) in stored_source_counters(&counters) {
+            ::metrics::counter!(name, source.clone()).absolute(value);
+        }
+    }
+}
+
+fn stored_tier_counters(c: &StoredCounters) -> [(&'static str, u64); 6] {
+    [
+        ("tierstack_tier_hits_total", c.hits),
+        ("tierstack_tier_misses_total", c.misses),
+        ("tierstack_tier_errors_total", c.errors),
+        ("tierstack_tier_decode_failures_total", c.decode_failures),
+        ("tierstack_tier_writes_total", c.writes),
+        ("tierstack_tier_write_errors_total", c.write_errors),
+    ]
+}
+
+fn stored_source_counters(c: &StoredCounters) -> [(&'static str, u64); 12] {
+    [
+        ("tierstack_source_hits_total", c.hits),
+        ("tierstack_source_misses_total", c.misses),
+        ("tierstack_source_fetches_total", c.fetches),
+        ("tierstack_source_fetch_errors_total", c.fetch_errors),
+        ("tierstack_source_stale_served_total", c.stale_served),
+        ("tierstack_source_throttled_waits_total", c.throttled_waits),
+        (
+            "tierstack_source_throttled_rejections_total",
+            c.throttled_rejections,
+        ),
+        ("tierstack_source_circuit_open_total", c.circuit_open),
+        ("tierstack_source_lease_won_total", c.lease_won),
+        ("tierstack_source_lease_waited_total", c.lease_waited),
+        ("tierstack_source_lease_takeovers_total", c.lease_takeovers),
+        (
+            "tierstack_source_coordination_fallbacks_total",
+            c.coordination_fallbacks,
+        ),
+    ]
+}
+
+/// Publishes the gauges of one tier's size.
+fn publish_size(labels: &[Label], tier: &str, size: TierSize) {
+    let tier = labels
+        .iter()
+        .cloned()
+        .chain([Label::new("tier", tier.to_owned())])
+        .collect::<Vec<_>>();
+    #[allow(clippy::cast_precision_loss)] // a gauge is an f64
+    {
+        ::metrics::gauge!("tierstack_tier_entries", tier.clone()).set(size.entries as f64);
+        ::metrics::gauge!("tierstack_tier_bytes", tier).set(size.bytes as f64);
     }
 }
 

@@ -137,7 +137,7 @@ impl StoredCounters {
         (total > 0).then(|| self.hits as f64 / total as f64)
     }
 
-    fn add(&mut self, other: &Self) {
+    pub(crate) fn add(&mut self, other: &Self) {
         self.hits += other.hits;
         self.misses += other.misses;
         self.errors += other.errors;

@@ -629,9 +629,15 @@ fn a_late_hit_outside_a_tokio_runtime_is_answered_and_starts_no_refresh() {
         .ttl(Duration::from_secs(2))
         .refresh_ahead(0.1);
     // Another executor: there is no Tokio runtime to refresh in.
-    assert_eq!(*pollster::block_on(book.call("B1".into())).unwrap(), "B1 v1");
+    assert_eq!(
+        *pollster::block_on(book.call("B1".into())).unwrap(),
+        "B1 v1"
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(*pollster::block_on(book.call("B1".into())).unwrap(), "B1 v1");
+    assert_eq!(
+        *pollster::block_on(book.call("B1".into())).unwrap(),
+        "B1 v1"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no refresh ran");
     assert_eq!(cache.stats().sources["audnexus:book"].refreshes, 0);
 }

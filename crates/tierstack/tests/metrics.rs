@@ -1,9 +1,11 @@
 //! The `metrics` feature: after a scripted workload over memory and SQLite,
 //! the published counters equal what the workload did, sources past the
 //! limit share `source="other"`, fetches are timed, and L1 hits record
-//! nothing as they happen.
+//! nothing as they happen; a stats file's totals publish under the same
+//! names.
 //!
-//! One test, because the recorder is process-global.
+//! One workload test, because the recorder it installs is process-global;
+//! the stats-file test uses a thread-local recorder.
 #![cfg(feature = "metrics")]
 
 use std::collections::HashMap;
@@ -235,5 +237,66 @@ async fn a_scripted_workload_publishes_exact_counts() {
     assert_eq!(
         counter(&scheduled, "tierstack_source_misses_total", &books),
         4 + 64
+    );
+}
+
+#[test]
+fn a_stats_files_totals_publish_under_the_same_names_with_sources_past_the_limit_as_other() {
+    let mut stored = tierstack::StoredStats::default();
+    let mut sqlite = tierstack::StoredCounters::default();
+    sqlite.hits = 7;
+    sqlite.writes = 3;
+    stored.tiers.insert("sqlite".into(), sqlite);
+    for (source, fetches) in [("a", 1), ("b", 2), ("c", 4)] {
+        let mut counters = tierstack::StoredCounters::default();
+        counters.fetches = fetches;
+        counters.misses = fetches;
+        stored.sources.insert(source.into(), counters);
+    }
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let size = tierstack::TierSize {
+        entries: 5,
+        bytes: 900,
+    };
+    metrics::with_local_recorder(&recorder, || {
+        tierstack::metrics::publish_stored(
+            &stored,
+            [("sqlite", size)],
+            &MetricsOptions::default()
+                .source_limit(1)
+                .label("cache", "books"),
+        );
+    });
+    let values = snapshot(&snapshotter);
+    let tier = ["tier=sqlite", "cache=books"];
+    assert_eq!(counter(&values, "tierstack_tier_hits_total", &tier), 7);
+    assert_eq!(counter(&values, "tierstack_tier_writes_total", &tier), 3);
+    assert_eq!(counter(&values, "tierstack_tier_errors_total", &tier), 0);
+    let a = ["source=a", "cache=books"];
+    let other = ["source=other", "cache=books"];
+    assert_eq!(counter(&values, "tierstack_source_fetches_total", &a), 1);
+    assert_eq!(
+        counter(&values, "tierstack_source_fetches_total", &other),
+        6,
+        "b and c"
+    );
+    assert_eq!(counter(&values, "tierstack_source_misses_total", &other), 6);
+    let gauge = |name: &str| match values.get(&(name.to_owned(), {
+        let mut l: Vec<String> = tier.iter().map(|s| (*s).to_owned()).collect();
+        l.sort();
+        l
+    })) {
+        Some(DebugValue::Gauge(v)) => v.into_inner(),
+        other => panic!("{name}: expected a gauge, got {other:?}"),
+    };
+    assert!((gauge("tierstack_tier_entries") - 5.0).abs() < f64::EPSILON);
+    assert!((gauge("tierstack_tier_bytes") - 900.0).abs() < f64::EPSILON);
+    // Counters a stats file does not keep are not published as zeros.
+    assert!(
+        !values
+            .keys()
+            .any(|(name, _)| name == "tierstack_tier_copy_ups_total"),
+        "{values:?}"
     );
 }
