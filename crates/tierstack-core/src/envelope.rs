@@ -542,6 +542,15 @@ impl Header {
         self
     }
 
+    /// A copy kept for `retention` after its stale window (for a
+    /// revalidation, not served); an entry that never goes stale is kept
+    /// forever already.
+    #[must_use]
+    pub fn with_retention(mut self, retention: std::time::Duration) -> Self {
+        self.retain_until = self.stale_until.saturating_add(retention);
+        self
+    }
+
     /// Whether the entry records that the source answered "not found".
     pub fn is_negative(&self) -> bool {
         self.flags.contains(EntryFlags::NEGATIVE)
@@ -1102,6 +1111,28 @@ mod tests {
         assert!(!header.is_servable_stale(inside));
         assert!(header.is_retained(inside));
         assert!(!header.is_retained(Timestamp::from_millis(3_000)));
+    }
+
+    #[test]
+    fn retention_runs_from_the_end_of_the_stale_window() {
+        let header = sample(1).header;
+        let kept = header.with_retention(std::time::Duration::from_millis(500));
+        assert_eq!(
+            kept.retain_until.as_millis(),
+            header.stale_until.as_millis() + 500
+        );
+        assert_eq!(kept.stale_until, header.stale_until);
+        // A later change of expiry keeps the retention's length.
+        let moved = kept.with_expiry(Timestamp::from_millis(10_000));
+        assert_eq!(moved.retain_until.millis_since(moved.stale_until), 500);
+        let mut forever = header;
+        forever.stale_until = Timestamp::NEVER;
+        assert!(
+            forever
+                .with_retention(std::time::Duration::from_secs(1))
+                .retain_until
+                .is_never()
+        );
     }
 
     #[test]

@@ -86,11 +86,11 @@ impl TieredCache {
                     Some(Lookup::Absent) => {
                         answers.insert(key, None);
                     }
-                    Some(Lookup::Missing { stale: Some(s) }) => {
+                    Some(Lookup::Missing { stale: Some(s), .. }) => {
                         stale.entry(key.clone()).or_insert(s);
                         still.push(key);
                     }
-                    Some(Lookup::Missing { stale: None }) | None => still.push(key),
+                    Some(Lookup::Missing { stale: None, .. }) | None => still.push(key),
                 }
             }
             pending = still;

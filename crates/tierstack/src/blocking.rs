@@ -217,6 +217,30 @@ impl TieredCache {
             }))
     }
 
+    /// [`TieredCache::get_or_fetch`] for an upstream that can answer "not
+    /// modified" (see [`crate::TieredCache::get_or_revalidate`]): `fetch`
+    /// gets the kept entry's validators in its [`FetchContext`].
+    pub fn get_or_revalidate<V, F, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        fetch: F,
+    ) -> Result<Arc<V>>
+    where
+        V: CacheValue,
+        F: FnOnce(FetchContext) -> std::result::Result<crate::Revalidated<V>, E>,
+        E: Into<BoxError>,
+    {
+        if let Some((value, _)) = self.cache.ready_hit::<V>(key) {
+            return Ok(value);
+        }
+        refuse_own_key(key)?;
+        self.runtime
+            .block_on(self.cache.get_or_revalidate(key, options, |context| {
+                std::future::ready(Fetching::run(key, || fetch(context)))
+            }))
+    }
+
     /// Turns offline mode on or off (see
     /// [`crate::TieredCache::set_offline`]).
     pub fn set_offline(&self, offline: bool) {

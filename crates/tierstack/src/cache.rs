@@ -175,9 +175,14 @@ pub(crate) enum Lookup<V> {
     /// A fresh "not found" answer.
     Absent,
     /// Nothing fresh; `stale` is the first entry found inside its stale
-    /// window (`Some(None)`: a stale "not found").
-    #[allow(clippy::option_option)] // the inner `None` is a cached "not found"
-    Missing { stale: Option<Option<Arc<V>>> },
+    /// window (`Some(None)`: a stale "not found"), `retained` the first
+    /// expired entry that carries validators, which a revalidation can
+    /// make fresh again without its body.
+    Missing {
+        #[allow(clippy::option_option)] // the inner `None` is a cached "not found"
+        stale: Option<Option<Arc<V>>>,
+        retained: Option<Box<Entry>>,
+    },
 }
 
 impl TieredCache {
@@ -485,9 +490,17 @@ impl TieredCache {
             .or(policy.stale_for)
             .unwrap_or(self.inner.default_stale_for);
         let expiry = self.expiry_for(layer, &options, &policy, negative, now);
+        let mut header = entry.header.with_expiry_and_window(expiry, window);
+        if !negative && crate::revalidate::has_validators(entry) {
+            let retention = options
+                .retain_for
+                .or(policy.retain_for)
+                .unwrap_or(crate::revalidate::DEFAULT_RETAIN_FOR);
+            header = header.with_retention(retention);
+        }
         Entry {
             decoded,
-            ..entry.with_header(entry.header.with_expiry_and_window(expiry, window))
+            ..entry.with_header(header)
         }
     }
 
@@ -616,10 +629,14 @@ impl TieredCache {
         mut top: TopAnswer<V>,
     ) -> Lookup<V> {
         if !self.inner.enabled {
-            return Lookup::Missing { stale: None };
+            return Lookup::Missing {
+                stale: None,
+                retained: None,
+            };
         }
         let now = Timestamp::now();
         let mut stale: Option<Option<Arc<V>>> = None;
+        let mut retained: Option<Box<Entry>> = None;
         for (index, layer) in self.inner.layers.iter().enumerate() {
             let result = match std::mem::replace(&mut top, TopAnswer::NotAsked) {
                 TopAnswer::Held(entry) => Ok(Some(*entry)),
@@ -655,16 +672,24 @@ impl TieredCache {
                 .classify::<V>(layer, index, key, entry, now, tally)
                 .await
             {
-                Some(Lookup::Missing { stale: Some(s) }) => {
+                Some(Lookup::Missing {
+                    stale: found,
+                    retained: kept,
+                }) => {
                     // A lower tier may hold a fresher copy; keep the first
-                    // stale one as the fallback.
-                    stale.get_or_insert(s);
+                    // stale one as the fallback, and the first retained one.
+                    if let Some(s) = found {
+                        stale.get_or_insert(s);
+                    }
+                    if retained.is_none() {
+                        retained = kept;
+                    }
                 }
-                Some(Lookup::Missing { stale: None }) | None => {}
+                None => {}
                 Some(found) => return found,
             }
         }
-        Lookup::Missing { stale }
+        Lookup::Missing { stale, retained }
     }
 
     /// The value of `entry` when it is the most common answer: fresh, not
@@ -727,7 +752,12 @@ impl TieredCache {
             tally.bump(&layer.counters.local().expired);
             tally.bump(&layer.counters.local().misses);
             if !entry.header.is_servable_stale(now) {
-                return None;
+                return self
+                    .revalidatable(&entry, now)
+                    .map(|entry| Lookup::Missing {
+                        stale: None,
+                        retained: Some(Box::new(entry)),
+                    });
             }
         }
         if entry.header.is_negative() {
@@ -740,7 +770,10 @@ impl TieredCache {
                 return None;
             }
             if !fresh {
-                return Some(Lookup::Missing { stale: Some(None) });
+                return Some(Lookup::Missing {
+                    stale: Some(None),
+                    retained: None,
+                });
             }
             tally.bump(&layer.counters.local().hits);
             if index > 0 {
@@ -763,6 +796,7 @@ impl TieredCache {
             }
             Ok(value) => Some(Lookup::Missing {
                 stale: Some(Some(value)),
+                retained: self.revalidatable(&entry, now).map(Box::new),
             }),
             Err(e) => {
                 tally.bump(&layer.counters.local().decode_failures);
@@ -776,7 +810,21 @@ impl TieredCache {
         }
     }
 
-    fn decode<V: CacheValue>(&self, entry: &Entry) -> std::result::Result<Arc<V>, DecodeError> {
+    /// `entry` if a revalidation can make it fresh again: retained, not
+    /// "not found", of this schema, and with validators to send.
+    fn revalidatable(&self, entry: &Entry, now: Timestamp) -> Option<Entry> {
+        let header = &entry.header;
+        let usable = header.is_retained(now)
+            && !header.is_negative()
+            && header.schema_version == self.inner.schema_version
+            && crate::revalidate::has_validators(entry);
+        usable.then(|| entry.clone())
+    }
+
+    pub(crate) fn decode<V: CacheValue>(
+        &self,
+        entry: &Entry,
+    ) -> std::result::Result<Arc<V>, DecodeError> {
         if entry.header.schema_version != self.inner.schema_version {
             return Err(DecodeError::SchemaMismatch {
                 found: entry.header.schema_version,

@@ -164,6 +164,11 @@ pub struct SourceConfig {
     /// How long "not found" is cached.
     #[serde(default, with = "units::duration_opt")]
     pub negative_ttl: Option<Duration>,
+    /// How long an expired entry with validators (an `ETag`,
+    /// `Last-Modified`) is kept after its stale window for a revalidation
+    /// (default 7 days).
+    #[serde(default, with = "units::duration_opt")]
+    pub retain_for: Option<Duration>,
     /// The upstream's request budget, `"10/s"`, `"600/min"`, `"3/10s"`.
     #[serde(default)]
     pub rate: Option<String>,
@@ -193,6 +198,7 @@ impl SourceConfig {
             ttl: self.ttl,
             stale_for: self.stale_for,
             negative_ttl: self.negative_ttl,
+            retain_for: self.retain_for,
             max_wait: self.max_wait,
             coordination: self.coordination,
             rate_scope: self.rate_scope.unwrap_or_default(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use tierstack_core::{Decoded, Error, ErrorKind, Header, Key, Operation, Result};
+use tierstack_core::{Decoded, Entry, Error, ErrorKind, Header, Key, Operation, Result, Timestamp};
 
 use crate::budget::{self, Budget};
 use crate::cache::{CacheValue, Lookup, TieredCache, Ttl};
@@ -16,6 +16,7 @@ use crate::fetch_error::FetchError;
 use crate::flight::{self, Answer, Joined, LeaderGuard};
 use crate::lease::Lease;
 use crate::policy::{Coordination, SourcePolicy};
+use crate::revalidate::{Answered, IntoAnswered, Validators};
 use crate::stats::{SourceCounters, Tally, bump};
 
 /// How one `get_or_fetch` call fetches.
@@ -39,6 +40,9 @@ pub struct FetchOptions {
     /// Overrides the negative TTL of the source's policy when this call
     /// caches a "not found".
     pub negative_ttl: Option<Duration>,
+    /// Overrides how long the source's policy keeps an expired entry with
+    /// validators after its stale window, for a revalidation.
+    pub retain_for: Option<Duration>,
 }
 
 impl FetchOptions {
@@ -77,6 +81,14 @@ impl FetchOptions {
         self.stale_for = Some(window);
         self
     }
+
+    /// Sets how long the written value, if it carries validators, is kept
+    /// after its stale window for a revalidation.
+    #[must_use]
+    pub fn retain_for(mut self, retention: Duration) -> Self {
+        self.retain_for = Some(retention);
+        self
+    }
 }
 
 impl FetchOptions {
@@ -104,8 +116,7 @@ impl From<Duration> for FetchOptions {
 
 /// Where a value returned by [`TieredCache::get_or_fetch_with`] came from.
 ///
-/// `#[non_exhaustive]`: a revalidated answer (the upstream said "not
-/// modified") is one more place a value can come from.
+/// `#[non_exhaustive]`: more places a value can come from may be added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fetched<V> {
@@ -116,20 +127,24 @@ pub enum Fetched<V> {
     /// An expired entry inside its stale window, because the fetch failed,
     /// was too slow, or the cache is offline.
     Stale(Arc<V>),
+    /// An expired entry the upstream said is still current
+    /// ([`Revalidated::NotModified`](crate::Revalidated::NotModified)),
+    /// fresh again in every tier.
+    Revalidated(Arc<V>),
 }
 
 impl<V> Fetched<V> {
     /// The value, wherever it came from.
     pub fn value(&self) -> &Arc<V> {
         match self {
-            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) => v,
+            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) | Self::Revalidated(v) => v,
         }
     }
 
     /// The value, wherever it came from.
     pub fn into_value(self) -> Arc<V> {
         match self {
-            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) => v,
+            Self::Cached(v) | Self::Fetched(v) | Self::Stale(v) | Self::Revalidated(v) => v,
         }
     }
 
@@ -153,6 +168,7 @@ pub struct FetchContext {
     key: Key,
     has_fallback: bool,
     budget: Option<Budget>,
+    validators: Option<Validators>,
 }
 
 impl FetchContext {
@@ -161,7 +177,17 @@ impl FetchContext {
             key: key.clone(),
             has_fallback,
             budget,
+            validators: None,
         }
+    }
+
+    /// The validators of the expired entry the tiers keep for this key,
+    /// for a conditional request (`If-None-Match`, `If-Modified-Since`);
+    /// `None` when no such entry is kept. A fetch of
+    /// [`TieredCache::get_or_revalidate`] that sends them may answer
+    /// [`Revalidated::NotModified`](crate::Revalidated::NotModified).
+    pub fn validators(&self) -> Option<&Validators> {
+        self.validators.as_ref()
     }
 
     /// Spends one more request of the source's budget (its rate limit and
@@ -241,6 +267,8 @@ pub(crate) enum Outcome<V> {
     /// entry cap, or every tier failed to store it).
     Unstored(Option<Arc<V>>),
     Stale(Option<Arc<V>>),
+    /// The retained entry, made fresh again by a "not modified".
+    Revalidated(Option<Arc<V>>),
 }
 
 impl<V> Outcome<V> {
@@ -263,6 +291,7 @@ impl<V> Outcome<V> {
             Self::Cached(v) => v.map(Fetched::Cached).ok_or_else(missing),
             Self::Fetched(v) | Self::Unstored(v) => v.map(Fetched::Fetched).ok_or_else(missing),
             Self::Stale(v) => v.map(Fetched::Stale).ok_or_else(missing),
+            Self::Revalidated(v) => v.map(Fetched::Revalidated).ok_or_else(missing),
         }
     }
 }
@@ -359,9 +388,11 @@ impl TieredCache {
             .resolve(key, options.into(), true, &mut None, fetch)
             .await?
         {
-            Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Unstored(v) | Outcome::Stale(v) => {
-                Ok(v)
-            }
+            Outcome::Cached(v)
+            | Outcome::Fetched(v)
+            | Outcome::Unstored(v)
+            | Outcome::Stale(v)
+            | Outcome::Revalidated(v) => Ok(v),
         }
     }
 
@@ -386,7 +417,7 @@ impl TieredCache {
     /// The shared path of every `get_or_fetch` flavour. `negatives`: whether
     /// cached "not found" answers count (callers that cannot return one
     /// fetch again instead).
-    pub(crate) async fn resolve<V, F, Fut, E>(
+    pub(crate) async fn resolve<V, F, Fut, A, E>(
         &self,
         key: &Key,
         options: FetchOptions,
@@ -397,7 +428,8 @@ impl TieredCache {
     where
         V: CacheValue,
         F: FnOnce(FetchContext) -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        Fut: Future<Output = std::result::Result<A, E>>,
+        A: IntoAnswered<V>,
         E: Into<BoxError>,
     {
         if !self.inner.enabled {
@@ -407,9 +439,13 @@ impl TieredCache {
             let probe = budget.pass(wait_limit(&options, false, None)).await?;
             bump(&source.local().fetches);
             return match fetch(FetchContext::new(key, false, Some(budget.clone()))).await {
-                Ok(v) => {
+                Ok(answer) => {
                     budget.answered(None, probe).await;
-                    Ok(Outcome::fetched(v.map(Arc::new), false))
+                    match answer.into_answered() {
+                        Answered::Value(v, _) => Ok(Outcome::fetched(v.map(Arc::new), false)),
+                        // A disabled cache keeps nothing to revalidate.
+                        Answered::NotModified(_) => Err(nothing_retained(key)),
+                    }
                 }
                 Err(e) => {
                     let e = e.into();
@@ -420,14 +456,14 @@ impl TieredCache {
                 }
             };
         }
-        let stale = match self.lookup(key).await {
+        let (stale, retained) = match self.lookup(key).await {
             Lookup::Found(v, header) => {
                 *cached_header = Some(header);
                 return Ok(Outcome::Cached(Some(v)));
             }
             Lookup::Absent if negatives => return Ok(Outcome::Cached(None)),
-            Lookup::Absent => None,
-            Lookup::Missing { stale } => usable_fallback(stale, negatives),
+            Lookup::Absent => (None, None),
+            Lookup::Missing { stale, retained } => (usable_fallback(stale, negatives), retained),
         };
         // Fetched for the miss only: a hit counts through `lookup`.
         let source = self.inner.sources.get(key.source());
@@ -463,6 +499,7 @@ impl TieredCache {
             source,
             leader,
             stale,
+            retained,
             lease: None,
         };
         let ended = self
@@ -517,7 +554,7 @@ impl TieredCache {
     /// The leader's way to the upstream: the circuit, the cross-process
     /// lease, a last look, the budget, then the fetch. An `Err` is served
     /// stale where a stale value is at hand ([`Miss::end`]).
-    async fn fetch_as_leader<V, F, Fut, E>(
+    async fn fetch_as_leader<V, F, Fut, A, E>(
         &self,
         miss: &mut Miss<'_, V>,
         policy: &SourcePolicy,
@@ -528,7 +565,8 @@ impl TieredCache {
     where
         V: CacheValue,
         F: FnOnce(FetchContext) -> Fut,
-        Fut: Future<Output = std::result::Result<Option<V>, E>>,
+        Fut: Future<Output = std::result::Result<A, E>>,
+        A: IntoAnswered<V>,
         E: Into<BoxError>,
     {
         let key = miss.key;
@@ -564,7 +602,8 @@ impl TieredCache {
             .await?;
         bump(&source.local().fetches);
         let has_stale = miss.stale.is_some();
-        let context = FetchContext::new(key, has_stale, Some(self.budget(policy, key)));
+        let mut context = FetchContext::new(key, has_stale, Some(self.budget(policy, key)));
+        context.validators = miss.retained.as_deref().and_then(Validators::of);
         let run = AssertUnwindSafe(fetch(context)).catch_unwind();
         #[cfg(feature = "metrics")]
         let sources = [key.source()];
@@ -572,11 +611,25 @@ impl TieredCache {
         let run = crate::metrics::timed_fetch(&self.inner, &sources, run);
         let options = miss.options.less(miss.started.elapsed());
         let error = match self.within_timeouts(run, &options, has_stale).await {
-            Some(Ok(Ok(value))) => {
+            Some(Ok(Ok(answer))) => {
                 group.answered(None, probe, shared, &source).await;
-                let value = value.map(Arc::new);
-                let stored = self.store_fetched(key, value.as_ref(), options).await;
-                return Ok(Outcome::fetched(value, stored));
+                return match answer.into_answered() {
+                    Answered::Value(value, validators) => {
+                        let value = value.map(Arc::new);
+                        let stored = self
+                            .store_answered(key, value.as_ref(), validators, options)
+                            .await;
+                        Ok(Outcome::fetched(value, stored))
+                    }
+                    Answered::NotModified(validators) => {
+                        let retained = miss.retained.take().ok_or_else(|| nothing_retained(key))?;
+                        let value = self
+                            .store_revalidated::<V>(key, *retained, validators, options)
+                            .await?;
+                        bump(&source.local().revalidated);
+                        Ok(Outcome::Revalidated(Some(value)))
+                    }
+                };
             }
             Some(Ok(Err(e))) => {
                 let e = e.into();
@@ -693,9 +746,10 @@ impl TieredCache {
             Lookup::Found(v, _) => Some(Outcome::Cached(Some(v))),
             Lookup::Absent if negatives => Some(Outcome::Cached(None)),
             Lookup::Absent => None,
-            Lookup::Missing { stale } => {
+            Lookup::Missing { stale, retained } => {
                 let found = usable_fallback(stale, negatives);
                 miss.stale = miss.stale.take().or(found);
+                miss.retained = miss.retained.take().or(retained);
                 None
             }
         }
@@ -743,11 +797,28 @@ impl TieredCache {
         value: Option<&Arc<V>>,
         options: FetchOptions,
     ) -> bool {
+        self.store_answered(key, value, Validators::none(), options)
+            .await
+    }
+
+    /// [`TieredCache::store_fetched`], with the validators of the response
+    /// the value came from (ignored for "not found").
+    async fn store_answered<V: CacheValue>(
+        &self,
+        key: &Key,
+        value: Option<&Arc<V>>,
+        validators: Validators,
+        options: FetchOptions,
+    ) -> bool {
         let Some(value) = value else {
             let entry = self.negative_entry(key);
             return self.write_through(key, &entry, None, options, true).await;
         };
-        match self.encode(key, &**value) {
+        let encoded = self.encode(key, &**value).and_then(|entry| {
+            let extensions = validators.into_extensions(&entry.extensions)?;
+            Ok(entry.with_extensions(extensions))
+        });
+        match encoded {
             Ok(entry) => {
                 let decoded = Some(Decoded::new(Arc::clone(value)));
                 self.write_through(key, &entry, decoded, options, false)
@@ -761,6 +832,56 @@ impl TieredCache {
     }
 }
 
+impl TieredCache {
+    /// Makes a retained entry fresh again after a "not modified": a new
+    /// creation time, the validators updated, the same body, written to
+    /// every tier with the call's expiry. Returns its value.
+    async fn store_revalidated<V: CacheValue>(
+        &self,
+        key: &Key,
+        retained: Entry,
+        validators: Validators,
+        options: FetchOptions,
+    ) -> Result<Arc<V>> {
+        let value = self.decode::<V>(&retained).map_err(|e| {
+            Error::new(
+                ErrorKind::Fetch,
+                format!(
+                    "{key}: the upstream said \"not modified\", but the kept entry cannot be read"
+                ),
+            )
+            .with_operation(Operation::Fetch)
+            .with_source(e)
+        })?;
+        // A memory tier keeps the decoded value alone; the lower tiers
+        // need the bytes.
+        let retained = retained
+            .with_body_restored()
+            .map_err(|e| Error::from(e).with_operation(Operation::Fetch))?;
+        let kept = Validators::of(&retained).unwrap_or_default();
+        let extensions = kept
+            .updated_by(validators)
+            .into_extensions(&retained.extensions)
+            .map_err(|e| Error::from(e).with_operation(Operation::Fetch))?;
+        let mut header = retained.header;
+        header.created_at = Timestamp::now();
+        let entry = retained.with_header(header).with_extensions(extensions);
+        let decoded = Some(Decoded::new(Arc::clone(&value)));
+        self.write_through(key, &entry, decoded, options, false)
+            .await;
+        Ok(value)
+    }
+}
+
+/// The error of a "not modified" with no entry to keep.
+fn nothing_retained(key: &Key) -> Error {
+    Error::new(
+        ErrorKind::Fetch,
+        format!("{key}: the fetch answered \"not modified\", but no entry of the key is kept to revalidate"),
+    )
+    .with_operation(Operation::Fetch)
+}
+
 /// One leader's miss: what it must hand its waiters and give back when it
 /// ends, however it ends.
 struct Miss<'a, V> {
@@ -771,6 +892,8 @@ struct Miss<'a, V> {
     leader: Option<LeaderGuard<'a>>,
     #[allow(clippy::option_option)] // the inner `None` is a cached "not found"
     stale: Option<Option<Arc<V>>>,
+    /// An expired entry with validators, for the fetch to revalidate.
+    retained: Option<Box<Entry>>,
     lease: Option<Lease>,
 }
 
@@ -792,9 +915,12 @@ impl<V: CacheValue> Miss<'_, V> {
             ok => ok,
         };
         let answer = match &result {
-            Ok(Outcome::Cached(v) | Outcome::Fetched(v) | Outcome::Unstored(v)) => {
-                Ok(answer(v.as_ref(), false))
-            }
+            Ok(
+                Outcome::Cached(v)
+                | Outcome::Fetched(v)
+                | Outcome::Unstored(v)
+                | Outcome::Revalidated(v),
+            ) => Ok(answer(v.as_ref(), false)),
             Ok(Outcome::Stale(v)) => Ok(answer(v.as_ref(), true)),
             Err(e) => Err(e.clone()),
         };

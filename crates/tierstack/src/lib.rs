@@ -138,6 +138,7 @@ mod lease;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod policy;
+mod revalidate;
 mod stats;
 mod stats_file;
 mod traced;
@@ -156,6 +157,7 @@ pub use fetch::{BatchContext, FetchContext, FetchOptions, Fetched};
 pub use fetch_error::FetchError;
 pub use invalidation::BackplaneStats;
 pub use policy::{Coordination, RateScope, SourcePolicy};
+pub use revalidate::{DEFAULT_RETAIN_FOR, Revalidated, Validators};
 pub use stats::{CacheStats, LayerStats, SourceStats};
 pub use stats_file::{StoredCounters, StoredStats};
 /// Caches a function in one line: `#[tierstack::cached(cache = CACHE,

@@ -390,7 +390,7 @@ fn layer_counters(l: &LayerStats) -> [(&'static str, u64); 14] {
     ]
 }
 
-fn source_counters(s: &SourceStats) -> [(&'static str, u64); 15] {
+fn source_counters(s: &SourceStats) -> [(&'static str, u64); 16] {
     [
         ("tierstack_source_hits_total", s.hits),
         ("tierstack_source_misses_total", s.misses),
@@ -400,6 +400,7 @@ fn source_counters(s: &SourceStats) -> [(&'static str, u64); 15] {
         ("tierstack_source_stale_served_total", s.stale_served),
         ("tierstack_source_negative_hits_total", s.negative_hits),
         ("tierstack_source_refreshes_total", s.refreshes),
+        ("tierstack_source_revalidated_total", s.revalidated),
         ("tierstack_source_throttled_waits_total", s.throttled_waits),
         (
             "tierstack_source_throttled_rejections_total",

@@ -50,6 +50,11 @@ pub struct SourcePolicy {
     pub stale_for: Option<Duration>,
     /// How long a "not found" answer is cached. `None`: the cache's default.
     pub negative_ttl: Option<Duration>,
+    /// How long an expired entry that carries validators is kept after its
+    /// stale window, never served, for a revalidation
+    /// ([`TieredCache::get_or_revalidate`](crate::TieredCache::get_or_revalidate)).
+    /// `None`: [`DEFAULT_RETAIN_FOR`](crate::DEFAULT_RETAIN_FOR).
+    pub retain_for: Option<Duration>,
     /// The upstream's request budget: calls that reach the upstream
     /// (misses, refreshes, warming) wait for a slot; hits never do.
     /// `None`: no limit.
@@ -89,6 +94,14 @@ impl SourcePolicy {
     #[must_use]
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Sets how long an expired entry with validators is kept for a
+    /// revalidation.
+    #[must_use]
+    pub fn retain_for(mut self, retention: Duration) -> Self {
+        self.retain_for = Some(retention);
         self
     }
 
@@ -206,6 +219,7 @@ mod tests {
         let policy = SourcePolicy::ttl(Duration::from_secs(60))
             .stale_for(Duration::from_secs(600))
             .negative_ttl(Duration::from_secs(5))
+            .retain_for(Duration::from_secs(86_400))
             .rate(rate)
             .rate_group("api")
             .rate_scope(RateScope::Shared)
@@ -217,6 +231,7 @@ mod tests {
                 ttl: Some(Duration::from_secs(60)),
                 stale_for: Some(Duration::from_secs(600)),
                 negative_ttl: Some(Duration::from_secs(5)),
+                retain_for: Some(Duration::from_secs(86_400)),
                 rate: Some(rate),
                 rate_group: Some("api".into()),
                 rate_scope: RateScope::Shared,

@@ -101,6 +101,7 @@ pub(crate) struct SourceCounts {
     pub(crate) stale_served: AtomicU64,
     pub(crate) negative_hits: AtomicU64,
     pub(crate) refreshes: AtomicU64,
+    pub(crate) revalidated: AtomicU64,
     pub(crate) throttled_waits: AtomicU64,
     pub(crate) throttled_rejections: AtomicU64,
     pub(crate) circuit_open: AtomicU64,
@@ -284,6 +285,7 @@ impl Sources {
                         stale_served: sum(c, |s| &s.stale_served),
                         negative_hits: sum(c, |s| &s.negative_hits),
                         refreshes: sum(c, |s| &s.refreshes),
+                        revalidated: sum(c, |s| &s.revalidated),
                         throttled_waits: sum(c, |s| &s.throttled_waits),
                         throttled_rejections: sum(c, |s| &s.throttled_rejections),
                         circuit_open: sum(c, |s| &s.circuit_open),
@@ -381,6 +383,9 @@ pub struct SourceStats {
     pub negative_hits: u64,
     /// Background refreshes started by refresh-ahead.
     pub refreshes: u64,
+    /// Fetches the upstream answered "not modified": a kept entry made
+    /// fresh again without its body (also counted in `fetches`).
+    pub revalidated: u64,
     /// Calls that waited for a slot of the source's rate limit.
     pub throttled_waits: u64,
     /// Calls turned away because the rate limit's next slot was past their deadline.
@@ -411,6 +416,7 @@ impl SourceStats {
             stale_served: self.stale_served + s.stale_served,
             negative_hits: self.negative_hits + s.negative_hits,
             refreshes: self.refreshes + s.refreshes,
+            revalidated: self.revalidated + s.revalidated,
             throttled_waits: self.throttled_waits + s.throttled_waits,
             throttled_rejections: self.throttled_rejections + s.throttled_rejections,
             circuit_open: self.circuit_open + s.circuit_open,

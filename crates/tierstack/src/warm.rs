@@ -130,11 +130,12 @@ impl TieredCache {
                         fetch(fetch_key).await
                     };
                     let counter = match self
-                        .resolve::<V, _, _, _>(&key, options.fetch, true, &mut None, fetch)
+                        .resolve::<V, _, _, _, _>(&key, options.fetch, true, &mut None, fetch)
                         .await
                     {
                         Ok(Outcome::Cached(_)) => &counts.fresh,
-                        Ok(Outcome::Fetched(Some(_))) => &counts.fetched,
+                        // A warm fetch never answers "not modified".
+                        Ok(Outcome::Fetched(Some(_)) | Outcome::Revalidated(_)) => &counts.fetched,
                         Ok(Outcome::Fetched(None)) => &counts.not_found,
                         Ok(Outcome::Unstored(_)) => &counts.not_stored,
                         Ok(Outcome::Stale(_)) | Err(_) => &counts.failed,

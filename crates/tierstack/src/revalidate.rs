@@ -1,0 +1,246 @@
+//! Revalidation: an expired entry that carries validators (an HTTP `ETag`,
+//! a `Last-Modified` time) is kept past its stale window, and a fetch that
+//! is given them can answer "not modified" instead of sending the value
+//! again; the entry is then fresh again in every tier, its bytes kept.
+//! See `docs/decisions/0019-revalidation.md`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tierstack_core::{EncodeError, Entry, Extensions, Key, Result, Timestamp};
+
+use crate::cache::{CacheValue, TieredCache};
+use crate::fetch::{BoxError, FetchContext, FetchOptions, Fetched};
+
+/// How long an expired entry with validators is kept after its stale
+/// window, unless the source's policy or the call says otherwise
+/// ([`SourcePolicy::retain_for`](crate::SourcePolicy::retain_for),
+/// [`FetchOptions::retain_for`]).
+pub const DEFAULT_RETAIN_FOR: Duration = Duration::from_secs(7 * 86_400);
+
+/// What a conditional request sends: the validators of the response an
+/// entry was made from. Stored in the entry's extension area.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Validators {
+    etag: Option<Vec<u8>>,
+    last_modified: Option<SystemTime>,
+}
+
+impl Validators {
+    /// No validators: an entry stored with none is not kept for
+    /// revalidation.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// An `ETag`, as the response sent it (quotes and `W/` included).
+    #[must_use]
+    pub fn etag(mut self, etag: impl AsRef<[u8]>) -> Self {
+        self.etag = Some(etag.as_ref().to_vec());
+        self
+    }
+
+    /// A `Last-Modified` time (kept to the millisecond).
+    #[must_use]
+    pub fn last_modified(mut self, at: SystemTime) -> Self {
+        self.last_modified = Some(at);
+        self
+    }
+
+    /// The stored `ETag`, to send as `If-None-Match`.
+    pub fn etag_bytes(&self) -> Option<&[u8]> {
+        self.etag.as_deref()
+    }
+
+    /// The stored `ETag` as text, when it is UTF-8 (it is ASCII in practice).
+    pub fn etag_str(&self) -> Option<&str> {
+        self.etag
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The stored `Last-Modified`, to send as `If-Modified-Since`.
+    pub fn last_modified_at(&self) -> Option<SystemTime> {
+        self.last_modified
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+
+    /// These validators, with the ones `newer` has replacing them (a
+    /// `304` may send a new `ETag`; what it leaves out stays).
+    #[must_use]
+    pub(crate) fn updated_by(self, newer: Self) -> Self {
+        Self {
+            etag: newer.etag.or(self.etag),
+            last_modified: newer.last_modified.or(self.last_modified),
+        }
+    }
+
+    /// The validators an entry carries, if any.
+    pub(crate) fn of(entry: &Entry) -> Option<Self> {
+        let extensions = &entry.extensions;
+        let found = Self {
+            etag: extensions.etag().map(<[u8]>::to_vec),
+            last_modified: extensions
+                .last_modified()
+                .map(|at| UNIX_EPOCH + Duration::from_millis(at.as_millis())),
+        };
+        (!found.is_empty()).then_some(found)
+    }
+
+    /// `extensions` with these validators set in it.
+    pub(crate) fn into_extensions(
+        self,
+        extensions: &Extensions,
+    ) -> std::result::Result<Extensions, EncodeError> {
+        let mut out = extensions.clone();
+        if let Some(etag) = &self.etag {
+            out = out.with(Extensions::ETAG, etag)?;
+        }
+        if let Some(at) = self.last_modified {
+            let millis = at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            out = out.with(
+                Extensions::LAST_MODIFIED,
+                &Timestamp::from_millis(millis).as_millis().to_le_bytes(),
+            )?;
+        }
+        Ok(out)
+    }
+}
+
+/// Whether `entry` carries validators, so that it is kept for a
+/// revalidation.
+pub(crate) fn has_validators(entry: &Entry) -> bool {
+    entry.extensions.etag().is_some() || entry.extensions.last_modified().is_some()
+}
+
+/// What a revalidating fetch ([`TieredCache::get_or_revalidate`]) answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Revalidated<V> {
+    /// A value (new, or the first), with the validators its response
+    /// carried ([`Validators::none`] if it had none: then the entry is not
+    /// kept for revalidation).
+    Modified(V, Validators),
+    /// The upstream said the entry whose validators the fetch was given
+    /// ([`FetchContext::validators`]) is still current: it is fresh again
+    /// in every tier, with its bytes kept. The validators the answer
+    /// carried replace the stored ones; those it left out stay.
+    NotModified(Validators),
+}
+
+/// What a fetch answered, whichever entry point it came through.
+pub(crate) enum Answered<V> {
+    /// A value (`None`: "not found") and the validators to store with it.
+    Value(Option<V>, Validators),
+    /// The retained entry is current; the validators update its own.
+    NotModified(Validators),
+}
+
+/// The answers fetch closures give: a plain value (`Option<V>`, from the
+/// `get_or_fetch` family) or a [`Revalidated`].
+pub(crate) trait IntoAnswered<V> {
+    fn into_answered(self) -> Answered<V>;
+}
+
+impl<V> IntoAnswered<V> for Option<V> {
+    fn into_answered(self) -> Answered<V> {
+        Answered::Value(self, Validators::none())
+    }
+}
+
+impl<V> IntoAnswered<V> for Revalidated<V> {
+    fn into_answered(self) -> Answered<V> {
+        match self {
+            Self::Modified(value, validators) => Answered::Value(Some(value), validators),
+            Self::NotModified(validators) => Answered::NotModified(validators),
+        }
+    }
+}
+
+impl TieredCache {
+    /// [`TieredCache::get_or_fetch`] for an upstream that can answer "not
+    /// modified": on a miss, `fetch` gets the validators of the expired
+    /// entry the tiers still keep ([`FetchContext::validators`]; `None`
+    /// when there is none) and answers [`Revalidated::NotModified`] to make
+    /// it fresh again, or [`Revalidated::Modified`] with a value and the
+    /// validators to store with it.
+    ///
+    /// Everything else is as for `get_or_fetch`: single-flight,
+    /// stale-if-error, timeouts, the source's budget. An entry stored with
+    /// validators is kept for the source's `retain_for` (default
+    /// [`DEFAULT_RETAIN_FOR`]) after its stale window; it is never served
+    /// in that time, only revalidated. `NotModified` when no entry is kept
+    /// (it was evicted, or the fetch got no validators) is an error of kind
+    /// [`ErrorKind::Fetch`](crate::ErrorKind::Fetch).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierstack::Result<()> {
+    /// use std::time::Duration;
+    /// use tierstack::{Key, MemoryConfig, MemoryTier, Revalidated, TieredCache, Validators};
+    ///
+    /// let cache = TieredCache::builder()
+    ///     .tier(MemoryTier::new(&MemoryConfig::with_max_entries(100))?)
+    ///     .build();
+    /// let key = Key::new("books", [("id", "1")]);
+    /// let title: std::sync::Arc<String> = cache
+    ///     .get_or_revalidate(&key, Duration::from_secs(60), |context| async move {
+    ///         // A real fetch sends `If-None-Match` when it has an ETag.
+    ///         match context.validators().and_then(|v| v.etag_str()) {
+    ///             Some("\"v1\"") => Ok::<_, std::io::Error>(Revalidated::NotModified(Validators::none())),
+    ///             _ => Ok(Revalidated::Modified("Dune".to_owned(), Validators::none().etag("\"v1\""))),
+    ///         }
+    ///     })
+    ///     .await?;
+    /// assert_eq!(*title, "Dune");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_or_revalidate<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        fetch: F,
+    ) -> Result<Arc<V>>
+    where
+        V: CacheValue,
+        F: FnOnce(FetchContext) -> Fut,
+        Fut: Future<Output = std::result::Result<Revalidated<V>, E>>,
+        E: Into<BoxError>,
+    {
+        if let Some((value, _)) = self.ready_hit::<V>(key) {
+            return Ok(value);
+        }
+        Box::pin(self.get_or_revalidate_with(key, options, fetch))
+            .await
+            .map(Fetched::into_value)
+    }
+
+    /// [`TieredCache::get_or_revalidate`], saying where the value came
+    /// from ([`Fetched::Revalidated`] after a "not modified").
+    pub async fn get_or_revalidate_with<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        fetch: F,
+    ) -> Result<Fetched<V>>
+    where
+        V: CacheValue,
+        F: FnOnce(FetchContext) -> Fut,
+        Fut: Future<Output = std::result::Result<Revalidated<V>, E>>,
+        E: Into<BoxError>,
+    {
+        let outcome = self
+            .resolve(key, options.into(), false, &mut None, fetch)
+            .await?;
+        outcome.into_fetched(key)
+    }
+}
