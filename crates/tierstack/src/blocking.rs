@@ -186,14 +186,25 @@ impl TieredCache {
         F: FnOnce(FetchContext) -> std::result::Result<V, E>,
         E: Into<BoxError>,
     {
+        self.hit_or_block_on(key, || {
+            self.cache.get_or_fetch(key, options, |context| {
+                std::future::ready(Fetching::run(key, || fetch(context)))
+            })
+        })
+    }
+
+    /// A memory hit of `key` at once; else `call` run on this thread, unless
+    /// a fetch of the same key runs on it already (it would wait for itself).
+    fn hit_or_block_on<V, Fut>(&self, key: &Key, call: impl FnOnce() -> Fut) -> Result<Arc<V>>
+    where
+        V: CacheValue,
+        Fut: Future<Output = Result<Arc<V>>>,
+    {
         if let Some((value, _)) = self.cache.ready_hit::<V>(key) {
             return Ok(value);
         }
         refuse_own_key(key)?;
-        self.runtime
-            .block_on(self.cache.get_or_fetch(key, options, |context| {
-                std::future::ready(Fetching::run(key, || fetch(context)))
-            }))
+        self.runtime.block_on(call())
     }
 
     /// Like [`TieredCache::get_or_fetch`] for sources that can answer "not
@@ -231,14 +242,11 @@ impl TieredCache {
         F: FnOnce(FetchContext) -> std::result::Result<crate::Revalidated<V>, E>,
         E: Into<BoxError>,
     {
-        if let Some((value, _)) = self.cache.ready_hit::<V>(key) {
-            return Ok(value);
-        }
-        refuse_own_key(key)?;
-        self.runtime
-            .block_on(self.cache.get_or_revalidate(key, options, |context| {
+        self.hit_or_block_on(key, || {
+            self.cache.get_or_revalidate(key, options, |context| {
                 std::future::ready(Fetching::run(key, || fetch(context)))
-            }))
+            })
+        })
     }
 
     /// Turns offline mode on or off (see
