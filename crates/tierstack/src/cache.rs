@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tierstack_core::{
     ClearScope, Codec, Compression, DecodeError, DecodeLimits, Decoded, Dictionaries, Entry,
-    EntryMeta, Error, ErrorKind, Header, Health, Key, Operation, Readiness, Result, SetReadiness,
-    Tier, TierSize, Timestamp,
+    EntryFlags, EntryMeta, Error, ErrorKind, Header, Health, Key, Operation, Readiness, Result,
+    SetReadiness, Tier, TierSize, Timestamp,
 };
 
 use crate::fetch::FetchOptions;
@@ -491,6 +491,9 @@ impl TieredCache {
             .unwrap_or(self.inner.default_stale_for);
         let expiry = self.expiry_for(layer, &options, &policy, negative, now);
         let mut header = entry.header.with_expiry_and_window(expiry, window);
+        if options.must_revalidate && !negative {
+            header.flags = header.flags.union(EntryFlags::MUST_REVALIDATE);
+        }
         if !negative && crate::revalidate::has_validators(entry) {
             let retention = options
                 .retain_for

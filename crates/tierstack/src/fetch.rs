@@ -16,7 +16,7 @@ use crate::fetch_error::FetchError;
 use crate::flight::{self, Answer, Joined, LeaderGuard};
 use crate::lease::Lease;
 use crate::policy::{Coordination, SourcePolicy};
-use crate::revalidate::{Answered, IntoAnswered, Validators};
+use crate::revalidate::{Answered, IntoAnswered, ResponseMeta};
 use crate::stats::{SourceCounters, Tally, bump};
 
 /// How one `get_or_fetch` call fetches.
@@ -43,6 +43,8 @@ pub struct FetchOptions {
     /// Overrides how long the source's policy keeps an expired entry with
     /// validators after its stale window, for a revalidation.
     pub retain_for: Option<Duration>,
+    /// The written value may never be served stale, only revalidated.
+    pub must_revalidate: bool,
 }
 
 impl FetchOptions {
@@ -87,6 +89,14 @@ impl FetchOptions {
     #[must_use]
     pub fn retain_for(mut self, retention: Duration) -> Self {
         self.retain_for = Some(retention);
+        self
+    }
+
+    /// Marks the written value as never to be served stale, only
+    /// revalidated (HTTP `must-revalidate`).
+    #[must_use]
+    pub fn must_revalidate(mut self) -> Self {
+        self.must_revalidate = true;
         self
     }
 }
@@ -168,7 +178,15 @@ pub struct FetchContext {
     key: Key,
     has_fallback: bool,
     budget: Option<Budget>,
-    validators: Option<Validators>,
+    kept: Option<Kept>,
+}
+
+/// The expired entry a revalidating fetch may answer "not modified" for.
+#[derive(Debug, Clone)]
+struct Kept {
+    meta: ResponseMeta,
+    entry: Arc<Entry>,
+    cache: TieredCache,
 }
 
 impl FetchContext {
@@ -177,7 +195,7 @@ impl FetchContext {
             key: key.clone(),
             has_fallback,
             budget,
-            validators: None,
+            kept: None,
         }
     }
 
@@ -186,8 +204,17 @@ impl FetchContext {
     /// `None` when no such entry is kept. A fetch of
     /// [`TieredCache::get_or_revalidate`] that sends them may answer
     /// [`Revalidated::NotModified`](crate::Revalidated::NotModified).
-    pub fn validators(&self) -> Option<&Validators> {
-        self.validators.as_ref()
+    pub fn kept(&self) -> Option<&ResponseMeta> {
+        self.kept.as_ref().map(|kept| &kept.meta)
+    }
+
+    /// The value of the kept entry ([`FetchContext::kept`]), decoded, for
+    /// an answer made from it ([`Revalidated::Updated`](crate::Revalidated::Updated));
+    /// `None` when nothing is kept or it is not a `V`.
+    pub fn kept_value<V: CacheValue>(&self) -> Option<Arc<V>> {
+        let kept = self.kept.as_ref()?;
+        let entry = Entry::clone(&kept.entry).with_body_restored().ok()?;
+        kept.cache.decode::<V>(&entry).ok()
     }
 
     /// Spends one more request of the source's budget (its rate limit and
@@ -442,7 +469,9 @@ impl TieredCache {
                 Ok(answer) => {
                     budget.answered(None, probe).await;
                     match answer.into_answered() {
-                        Answered::Value(v, _) => Ok(Outcome::fetched(v.map(Arc::new), false)),
+                        Answered::Value { value, .. } => {
+                            Ok(Outcome::fetched(value.map(Arc::new), false))
+                        }
                         // A disabled cache keeps nothing to revalidate.
                         Answered::NotModified(_) => Err(nothing_retained(key)),
                     }
@@ -603,7 +632,13 @@ impl TieredCache {
         bump(&source.local().fetches);
         let has_stale = miss.stale.is_some();
         let mut context = FetchContext::new(key, has_stale, Some(self.budget(policy, key)));
-        context.validators = miss.retained.as_deref().and_then(Validators::of);
+        context.kept = miss.retained.as_deref().and_then(|entry| {
+            Some(Kept {
+                meta: ResponseMeta::of(entry)?,
+                entry: Arc::new(entry.clone()),
+                cache: self.clone(),
+            })
+        });
         let run = AssertUnwindSafe(fetch(context)).catch_unwind();
         #[cfg(feature = "metrics")]
         let sources = [key.source()];
@@ -613,23 +648,9 @@ impl TieredCache {
         let error = match self.within_timeouts(run, &options, has_stale).await {
             Some(Ok(Ok(answer))) => {
                 group.answered(None, probe, shared, &source).await;
-                return match answer.into_answered() {
-                    Answered::Value(value, validators) => {
-                        let value = value.map(Arc::new);
-                        let stored = self
-                            .store_answered(key, value.as_ref(), validators, options)
-                            .await;
-                        Ok(Outcome::fetched(value, stored))
-                    }
-                    Answered::NotModified(validators) => {
-                        let retained = miss.retained.take().ok_or_else(|| nothing_retained(key))?;
-                        let value = self
-                            .store_revalidated::<V>(key, *retained, validators, options)
-                            .await?;
-                        bump(&source.local().revalidated);
-                        Ok(Outcome::Revalidated(Some(value)))
-                    }
-                };
+                return self
+                    .store_answer(miss, answer.into_answered(), options)
+                    .await;
             }
             Some(Ok(Err(e))) => {
                 let e = e.into();
@@ -658,6 +679,49 @@ impl TieredCache {
         };
         bump(&source.local().fetch_errors);
         Err(error)
+    }
+
+    /// Stores what the leader's fetch answered: a value (with what its
+    /// response said), or "not modified" for the kept entry.
+    async fn store_answer<V: CacheValue>(
+        &self,
+        miss: &mut Miss<'_, V>,
+        answer: Answered<V>,
+        options: FetchOptions,
+    ) -> Result<Outcome<V>> {
+        let key = miss.key;
+        match answer {
+            Answered::Value {
+                value,
+                meta,
+                revalidated,
+            } => {
+                // An update keeps the validators it does not replace.
+                let meta = match (revalidated, miss.retained.as_deref()) {
+                    (true, Some(kept)) => {
+                        ResponseMeta::of(kept).unwrap_or_default().updated_by(meta)
+                    }
+                    _ => meta,
+                };
+                let value = value.map(Arc::new);
+                let stored = self
+                    .store_answered(key, value.as_ref(), &meta, meta.applied_to(options))
+                    .await;
+                if revalidated {
+                    bump(&miss.source.local().revalidated);
+                    return Ok(Outcome::Revalidated(value));
+                }
+                Ok(Outcome::fetched(value, stored))
+            }
+            Answered::NotModified(meta) => {
+                let retained = miss.retained.take().ok_or_else(|| nothing_retained(key))?;
+                let value = self
+                    .store_revalidated::<V>(key, *retained, meta, options)
+                    .await?;
+                bump(&miss.source.local().revalidated);
+                Ok(Outcome::Revalidated(Some(value)))
+            }
+        }
     }
 
     /// Passes the group's circuit, then takes the key's lease in the
@@ -797,7 +861,7 @@ impl TieredCache {
         value: Option<&Arc<V>>,
         options: FetchOptions,
     ) -> bool {
-        self.store_answered(key, value, Validators::none(), options)
+        self.store_answered(key, value, &ResponseMeta::none(), options)
             .await
     }
 
@@ -807,7 +871,7 @@ impl TieredCache {
         &self,
         key: &Key,
         value: Option<&Arc<V>>,
-        validators: Validators,
+        meta: &ResponseMeta,
         options: FetchOptions,
     ) -> bool {
         let Some(value) = value else {
@@ -815,7 +879,7 @@ impl TieredCache {
             return self.write_through(key, &entry, None, options, true).await;
         };
         let encoded = self.encode(key, &**value).and_then(|entry| {
-            let extensions = validators.into_extensions(&entry.extensions)?;
+            let extensions = meta.stored_in(&entry.extensions)?;
             Ok(entry.with_extensions(extensions))
         });
         match encoded {
@@ -840,7 +904,7 @@ impl TieredCache {
         &self,
         key: &Key,
         retained: Entry,
-        validators: Validators,
+        meta: ResponseMeta,
         options: FetchOptions,
     ) -> Result<Arc<V>> {
         let value = self.decode::<V>(&retained).map_err(|e| {
@@ -858,10 +922,12 @@ impl TieredCache {
         let retained = retained
             .with_body_restored()
             .map_err(|e| Error::from(e).with_operation(Operation::Fetch))?;
-        let kept = Validators::of(&retained).unwrap_or_default();
-        let extensions = kept
-            .updated_by(validators)
-            .into_extensions(&retained.extensions)
+        let merged = ResponseMeta::of(&retained)
+            .unwrap_or_default()
+            .updated_by(meta);
+        let options = merged.applied_to(options);
+        let extensions = merged
+            .stored_in(&retained.extensions)
             .map_err(|e| Error::from(e).with_operation(Operation::Fetch))?;
         let mut header = retained.header;
         header.created_at = Timestamp::now();

@@ -157,7 +157,7 @@ pub use fetch::{BatchContext, FetchContext, FetchOptions, Fetched};
 pub use fetch_error::FetchError;
 pub use invalidation::BackplaneStats;
 pub use policy::{Coordination, RateScope, SourcePolicy};
-pub use revalidate::{DEFAULT_RETAIN_FOR, Revalidated, Validators};
+pub use revalidate::{DEFAULT_RETAIN_FOR, ResponseMeta, Revalidated};
 pub use stats::{CacheStats, LayerStats, SourceStats};
 pub use stats_file::{StoredCounters, StoredStats};
 /// Caches a function in one line: `#[tierstack::cached(cache = CACHE,

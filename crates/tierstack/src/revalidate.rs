@@ -19,18 +19,24 @@ use crate::fetch::{BoxError, FetchContext, FetchOptions, Fetched};
 /// [`FetchOptions::retain_for`]).
 pub const DEFAULT_RETAIN_FOR: Duration = Duration::from_secs(7 * 86_400);
 
-/// What a conditional request sends: the validators of the response an
-/// entry was made from. Stored in the entry's extension area.
+/// What an upstream's answer says about itself: the validators a later
+/// conditional request sends (an HTTP `ETag`, a `Last-Modified` time,
+/// stored in the entry's extension area), and how long this answer stays
+/// fresh when that is the answer's to say (HTTP `max-age`), overriding the
+/// call's [`FetchOptions`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Validators {
+pub struct ResponseMeta {
     etag: Option<Vec<u8>>,
     last_modified: Option<SystemTime>,
+    ttl: Option<Duration>,
+    stale_for: Option<Duration>,
+    must_revalidate: bool,
 }
 
-impl Validators {
-    /// No validators: an entry stored with none is not kept for
-    /// revalidation.
+impl ResponseMeta {
+    /// Nothing: no validators (the entry is not kept for revalidation)
+    /// and the call's own freshness.
     pub fn none() -> Self {
         Self::default()
     }
@@ -46,6 +52,29 @@ impl Validators {
     #[must_use]
     pub fn last_modified(mut self, at: SystemTime) -> Self {
         self.last_modified = Some(at);
+        self
+    }
+
+    /// This answer's freshness, instead of the call's TTL (still capped by
+    /// each tier's own).
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// This answer's stale window, instead of the call's or the source's.
+    #[must_use]
+    pub fn stale_for(mut self, window: Duration) -> Self {
+        self.stale_for = Some(window);
+        self
+    }
+
+    /// This answer may never be served stale, only revalidated (HTTP
+    /// `must-revalidate`), whatever the stale window.
+    #[must_use]
+    pub fn must_revalidate(mut self) -> Self {
+        self.must_revalidate = true;
         self
     }
 
@@ -66,18 +95,32 @@ impl Validators {
         self.last_modified
     }
 
-    /// Whether there is nothing to send.
-    pub fn is_empty(&self) -> bool {
-        self.etag.is_none() && self.last_modified.is_none()
+    /// Whether there is no validator to send.
+    pub fn has_validators(&self) -> bool {
+        self.etag.is_some() || self.last_modified.is_some()
+    }
+
+    /// The call's options with this answer's freshness applied.
+    pub(crate) fn applied_to(&self, mut options: FetchOptions) -> FetchOptions {
+        if let Some(ttl) = self.ttl {
+            options.ttl = crate::Ttl::For(ttl);
+        }
+        if let Some(window) = self.stale_for {
+            options.stale_for = Some(window);
+        }
+        options.must_revalidate |= self.must_revalidate;
+        options
     }
 
     /// These validators, with the ones `newer` has replacing them (a
-    /// `304` may send a new `ETag`; what it leaves out stays).
+    /// `304` may send a new `ETag`; what it leaves out stays), and
+    /// `newer`'s freshness.
     #[must_use]
     pub(crate) fn updated_by(self, newer: Self) -> Self {
         Self {
             etag: newer.etag.or(self.etag),
             last_modified: newer.last_modified.or(self.last_modified),
+            ..newer
         }
     }
 
@@ -89,13 +132,14 @@ impl Validators {
             last_modified: extensions
                 .last_modified()
                 .map(|at| UNIX_EPOCH + Duration::from_millis(at.as_millis())),
+            ..Self::default()
         };
-        (!found.is_empty()).then_some(found)
+        found.has_validators().then_some(found)
     }
 
     /// `extensions` with these validators set in it.
-    pub(crate) fn into_extensions(
-        self,
+    pub(crate) fn stored_in(
+        &self,
         extensions: &Extensions,
     ) -> std::result::Result<Extensions, EncodeError> {
         let mut out = extensions.clone();
@@ -125,23 +169,35 @@ pub(crate) fn has_validators(entry: &Entry) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Revalidated<V> {
-    /// A value (new, or the first), with the validators its response
-    /// carried ([`Validators::none`] if it had none: then the entry is not
-    /// kept for revalidation).
-    Modified(V, Validators),
-    /// The upstream said the entry whose validators the fetch was given
-    /// ([`FetchContext::validators`]) is still current: it is fresh again
-    /// in every tier, with its bytes kept. The validators the answer
-    /// carried replace the stored ones; those it left out stay.
-    NotModified(Validators),
+    /// A value (new, or the first), with what its response said
+    /// ([`ResponseMeta::none`] if nothing: then the entry is not kept for
+    /// revalidation).
+    Modified(V, ResponseMeta),
+    /// The upstream said the kept entry ([`FetchContext::kept`]) is still
+    /// current: it is fresh again in every tier, its bytes kept. The
+    /// validators this answer carried replace the stored ones; those it
+    /// left out stay.
+    NotModified(ResponseMeta),
+    /// The kept entry is still current but its details changed (an HTTP
+    /// `304` updates the stored headers): this value, made from the kept
+    /// one ([`FetchContext::kept_value`]), is stored in its place and the
+    /// call counts as a revalidation. The validators merge as for
+    /// `NotModified`.
+    Updated(V, ResponseMeta),
 }
 
 /// What a fetch answered, whichever entry point it came through.
 pub(crate) enum Answered<V> {
-    /// A value (`None`: "not found") and the validators to store with it.
-    Value(Option<V>, Validators),
-    /// The retained entry is current; the validators update its own.
-    NotModified(Validators),
+    /// A value (`None`: "not found") and what its response said;
+    /// `revalidated`: the value replaces the kept entry after a "not
+    /// modified".
+    Value {
+        value: Option<V>,
+        meta: ResponseMeta,
+        revalidated: bool,
+    },
+    /// The kept entry is current; the validators update its own.
+    NotModified(ResponseMeta),
 }
 
 /// The answers fetch closures give: a plain value (`Option<V>`, from the
@@ -152,15 +208,28 @@ pub(crate) trait IntoAnswered<V> {
 
 impl<V> IntoAnswered<V> for Option<V> {
     fn into_answered(self) -> Answered<V> {
-        Answered::Value(self, Validators::none())
+        Answered::Value {
+            value: self,
+            meta: ResponseMeta::none(),
+            revalidated: false,
+        }
     }
 }
 
 impl<V> IntoAnswered<V> for Revalidated<V> {
     fn into_answered(self) -> Answered<V> {
         match self {
-            Self::Modified(value, validators) => Answered::Value(Some(value), validators),
-            Self::NotModified(validators) => Answered::NotModified(validators),
+            Self::Modified(value, meta) => Answered::Value {
+                value: Some(value),
+                meta,
+                revalidated: false,
+            },
+            Self::Updated(value, meta) => Answered::Value {
+                value: Some(value),
+                meta,
+                revalidated: true,
+            },
+            Self::NotModified(meta) => Answered::NotModified(meta),
         }
     }
 }
@@ -185,7 +254,7 @@ impl TieredCache {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> tierstack::Result<()> {
     /// use std::time::Duration;
-    /// use tierstack::{Key, MemoryConfig, MemoryTier, Revalidated, TieredCache, Validators};
+    /// use tierstack::{Key, MemoryConfig, MemoryTier, Revalidated, TieredCache, ResponseMeta};
     ///
     /// let cache = TieredCache::builder()
     ///     .tier(MemoryTier::new(&MemoryConfig::with_max_entries(100))?)
@@ -194,9 +263,9 @@ impl TieredCache {
     /// let title: std::sync::Arc<String> = cache
     ///     .get_or_revalidate(&key, Duration::from_secs(60), |context| async move {
     ///         // A real fetch sends `If-None-Match` when it has an ETag.
-    ///         match context.validators().and_then(|v| v.etag_str()) {
-    ///             Some("\"v1\"") => Ok::<_, std::io::Error>(Revalidated::NotModified(Validators::none())),
-    ///             _ => Ok(Revalidated::Modified("Dune".to_owned(), Validators::none().etag("\"v1\""))),
+    ///         match context.kept().and_then(|v| v.etag_str()) {
+    ///             Some("\"v1\"") => Ok::<_, std::io::Error>(Revalidated::NotModified(ResponseMeta::none())),
+    ///             _ => Ok(Revalidated::Modified("Dune".to_owned(), ResponseMeta::none().etag("\"v1\""))),
     ///         }
     ///     })
     ///     .await?;

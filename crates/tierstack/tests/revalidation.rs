@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tierstack::{
     ErrorKind, FetchContext, FetchOptions, Fetched, Key, MemoryConfig, MemoryTier, RedbConfig,
-    RedbTier, Revalidated, SqliteConfig, SqliteTier, TieredCache, Timestamp, Validators,
+    RedbTier, ResponseMeta, Revalidated, SqliteConfig, SqliteTier, TieredCache, Timestamp,
 };
 
 /// What the API did, by kind of answer.
@@ -103,7 +103,7 @@ async fn fetch_book(
     context: FetchContext,
 ) -> Result<Revalidated<String>, reqwest::Error> {
     let mut request = http.get(&url);
-    if let Some(etag) = context.validators().and_then(Validators::etag_bytes) {
+    if let Some(etag) = context.kept().and_then(ResponseMeta::etag_bytes) {
         request = request.header("if-none-match", etag);
     }
     let response = request.send().await?.error_for_status()?;
@@ -111,7 +111,7 @@ async fn fetch_book(
         .headers()
         .get("etag")
         .map(|v| v.as_bytes().to_vec());
-    let validators = etag.map_or_else(Validators::none, |e| Validators::none().etag(e));
+    let validators = etag.map_or_else(ResponseMeta::none, |e| ResponseMeta::none().etag(e));
     if response.status() == reqwest::StatusCode::NOT_MODIFIED {
         return Ok(Revalidated::NotModified(validators));
     }
@@ -304,8 +304,8 @@ async fn not_modified_with_nothing_kept_is_an_error_and_no_validators_keep_nothi
     let k = key(9);
     let error = cache
         .get_or_revalidate::<String, _, _, _>(&k, TTL, |context| async move {
-            assert!(context.validators().is_none(), "nothing is kept yet");
-            Ok::<_, std::io::Error>(Revalidated::NotModified(Validators::none()))
+            assert!(context.kept().is_none(), "nothing is kept yet");
+            Ok::<_, std::io::Error>(Revalidated::NotModified(ResponseMeta::none()))
         })
         .await
         .unwrap_err();
@@ -321,7 +321,7 @@ async fn not_modified_with_nothing_kept_is_an_error_and_no_validators_keep_nothi
         .get_or_revalidate::<String, _, _, _>(&k, short, |_| async {
             Ok::<_, std::io::Error>(Revalidated::Modified(
                 "plain".to_owned(),
-                Validators::none(),
+                ResponseMeta::none(),
             ))
         })
         .await
@@ -330,8 +330,8 @@ async fn not_modified_with_nothing_kept_is_an_error_and_no_validators_keep_nothi
     let seen = cache
         .get_or_revalidate::<String, _, _, _>(&k, short, |context| async move {
             Ok::<_, std::io::Error>(Revalidated::Modified(
-                format!("validators: {:?}", context.validators()),
-                Validators::none(),
+                format!("validators: {:?}", context.kept()),
+                ResponseMeta::none(),
             ))
         })
         .await
@@ -352,7 +352,7 @@ async fn a_retention_of_zero_keeps_nothing_to_revalidate_and_last_modified_is_a_
                 .get_or_revalidate::<String, _, _, _>(&k, options, |_| async move {
                     Ok::<_, std::io::Error>(Revalidated::Modified(
                         "v".to_owned(),
-                        Validators::none().last_modified(at),
+                        ResponseMeta::none().last_modified(at),
                     ))
                 })
                 .await
@@ -366,10 +366,10 @@ async fn a_retention_of_zero_keeps_nothing_to_revalidate_and_last_modified_is_a_
     for (id, expected) in [(1, None), (2, Some(at))] {
         let seen = cache
             .get_or_revalidate::<String, _, _, _>(&key(id), short, |context| async move {
-                let kept = context.validators().and_then(Validators::last_modified_at);
+                let kept = context.kept().and_then(ResponseMeta::last_modified_at);
                 Ok::<_, std::io::Error>(Revalidated::Modified(
                     format!("{kept:?}"),
-                    Validators::none(),
+                    ResponseMeta::none(),
                 ))
             })
             .await
@@ -388,9 +388,9 @@ fn the_blocking_api_revalidates_with_a_plain_closure() {
     .unwrap();
     let short = FetchOptions::ttl(Duration::from_millis(50));
     let fetch = |context: FetchContext| -> Result<Revalidated<String>, std::io::Error> {
-        Ok(match context.validators().and_then(Validators::etag_str) {
-            Some("\"a\"") => Revalidated::NotModified(Validators::none()),
-            _ => Revalidated::Modified("first".to_owned(), Validators::none().etag("\"a\"")),
+        Ok(match context.kept().and_then(ResponseMeta::etag_str) {
+            Some("\"a\"") => Revalidated::NotModified(ResponseMeta::none()),
+            _ => Revalidated::Modified("first".to_owned(), ResponseMeta::none().etag("\"a\"")),
         })
     };
     assert_eq!(
@@ -403,4 +403,103 @@ fn the_blocking_api_revalidates_with_a_plain_closure() {
         "first"
     );
     assert_eq!(cache.stats().sources["books"].revalidated, 1);
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the API is down")]
+struct Down;
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_answers_own_freshness_wins_and_must_revalidate_is_never_served_stale() {
+    let cache = TieredCache::builder()
+        .tier(MemoryTier::new(&MemoryConfig::with_max_entries(10)).unwrap())
+        .stale_for(Duration::from_secs(3600))
+        .build();
+    // The call asks for an hour; the answers say 50 ms.
+    let hour = FetchOptions::ttl(Duration::from_secs(3600));
+    let answer = |meta: ResponseMeta| {
+        move |_| async move { Ok::<_, Down>(Revalidated::Modified("v1".to_owned(), meta.etag("\"1\""))) }
+    };
+    let short = ResponseMeta::none().ttl(Duration::from_millis(50));
+    cache
+        .get_or_revalidate(&key(1), hour, answer(short.clone()))
+        .await
+        .unwrap();
+    cache
+        .get_or_revalidate(&key(2), hour, answer(short.must_revalidate()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let down = |_| async { Err::<Revalidated<String>, _>(Down) };
+    // Inside the cache's stale window: book 1 is served stale, book 2 not.
+    let stale = cache
+        .get_or_revalidate_with(&key(1), hour, down)
+        .await
+        .unwrap();
+    assert_eq!(stale, Fetched::Stale(Arc::new("v1".to_owned())));
+    let error = cache
+        .get_or_revalidate_with(&key(2), hour, down)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Fetch, "{error}");
+    // It is still kept for a revalidation.
+    let again = cache
+        .get_or_revalidate_with(&key(2), hour, |context| async move {
+            assert_eq!(
+                context.kept().and_then(ResponseMeta::etag_str),
+                Some("\"1\"")
+            );
+            Ok::<_, Down>(Revalidated::NotModified(ResponseMeta::none()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, Fetched::Revalidated(Arc::new("v1".to_owned())));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_updated_answer_made_from_the_kept_value_replaces_it_and_counts_as_revalidated() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path()).await;
+    let short = FetchOptions::ttl(Duration::from_millis(50));
+    cache
+        .get_or_revalidate(&key(1), short, |_| async {
+            Ok::<_, Down>(Revalidated::Modified(
+                vec!["date: monday".to_owned()],
+                ResponseMeta::none().etag("\"1\""),
+            ))
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let updated = cache
+        .get_or_revalidate_with(&key(1), short, |context| async move {
+            let mut kept: Vec<String> = context
+                .kept_value::<Vec<String>>()
+                .map(|v| (*v).clone())
+                .expect("the kept value");
+            assert!(context.kept_value::<u64>().is_none(), "another type");
+            kept[0] = "date: tuesday".to_owned();
+            Ok::<_, Down>(Revalidated::Updated(kept, ResponseMeta::none()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        updated,
+        Fetched::Revalidated(Arc::new(vec!["date: tuesday".to_owned()]))
+    );
+    assert_eq!(cache.stats().sources["books"].revalidated, 1);
+    // Every tier holds the new value, with the ETag kept.
+    let now = Timestamp::now();
+    for tier in cache.tiers() {
+        let entry = tier.get(&key(1)).await.unwrap().unwrap();
+        assert!(entry.header.is_fresh(now), "{}", tier.name());
+        assert_eq!(
+            entry.extensions.etag(),
+            Some(&b"\"1\""[..]),
+            "{}",
+            tier.name()
+        );
+    }
+    let read = cache.get::<Vec<String>>(&key(1)).await.unwrap();
+    assert_eq!(read[0], "date: tuesday");
 }
