@@ -365,6 +365,7 @@ fn traced(
 
 /// The wrapper through which the cache calls `tier`.
 #[cfg(not(feature = "metrics"))]
+#[allow(clippy::trivially_copy_pass_by_ref)] // the same call as with `metrics`
 fn traced(tier: Arc<dyn Tier>, name: &Arc<str>, (): &()) -> crate::traced::Traced {
     crate::traced::Traced::new(tier, Arc::clone(name))
 }

@@ -237,10 +237,11 @@ impl<V> IntoAnswered<V> for Revalidated<V> {
 impl TieredCache {
     /// [`TieredCache::get_or_fetch`] for an upstream that can answer "not
     /// modified": on a miss, `fetch` gets the validators of the expired
-    /// entry the tiers still keep ([`FetchContext::validators`]; `None`
-    /// when there is none) and answers [`Revalidated::NotModified`] to make
-    /// it fresh again, or [`Revalidated::Modified`] with a value and the
-    /// validators to store with it.
+    /// entry the tiers still keep ([`FetchContext::kept`]; `None` when
+    /// there is none) and answers [`Revalidated::NotModified`] to make it
+    /// fresh again, or [`Revalidated::Modified`] with a value and what its
+    /// response said ([`ResponseMeta`]: validators to store, and its own
+    /// freshness if it has one).
     ///
     /// Everything else is as for `get_or_fetch`: single-flight,
     /// stale-if-error, timeouts, the source's budget. An entry stored with

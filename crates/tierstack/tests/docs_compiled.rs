@@ -46,6 +46,7 @@ fn every_page_with_rust_is_a_doctest() {
     let included = [
         std::fs::read_to_string(root.join("crates/tierstack/src/lib.rs")).unwrap(),
         std::fs::read_to_string(root.join("examples/custom_backend/src/lib.rs")).unwrap(),
+        std::fs::read_to_string(root.join("crates/tierstack-http/src/lib.rs")).unwrap(),
     ]
     .concat();
     let mut missing = Vec::new();
