@@ -280,7 +280,7 @@ pub(crate) async fn prometheus(cache: &TieredCache) -> Outcome {
         );
     });
     // `emit` adds the final newline; a closed pipe loses the text quietly.
-    emit(rendered.render().trim_end());
+    emit(&sorted_exposition(&rendered.render()));
     let failed: Vec<String> = tiers
         .iter()
         .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.tier)))
@@ -291,6 +291,42 @@ pub(crate) async fn prometheus(cache: &TieredCache) -> Outcome {
     } else {
         Err(Failure::unavailable(failed.join("; ")))
     }
+}
+
+/// The exporter's text in a stable order (it renders in hash order):
+/// metric families by name, series by labels, so that two runs over the
+/// same figures print the same bytes and diff cleanly.
+fn sorted_exposition(text: &str) -> String {
+    let mut families: Vec<(Vec<&str>, Vec<&str>)> = text
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let (comments, mut series): (Vec<&str>, Vec<&str>) =
+                block.lines().partition(|line| line.starts_with('#'));
+            series.sort_unstable();
+            (comments, series)
+        })
+        .collect();
+    let name = |family: &(Vec<&str>, Vec<&str>)| -> String {
+        family
+            .1
+            .first()
+            .map(|s| s.split(['{', ' ']).next().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    families.sort_by_key(name);
+    families
+        .iter()
+        .map(|(comments, series)| {
+            comments
+                .iter()
+                .chain(series)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// The stats file's totals, if the cache has one; a file that cannot be

@@ -823,6 +823,17 @@ fn stats_prometheus_prints_the_stats_files_totals_under_the_documented_names() {
         text.contains("# TYPE tierstack_tier_hits_total counter"),
         "{text}"
     );
+    // The same figures print the same bytes, families in name order.
+    let again = sandbox.run(&["stats", "--prometheus"]).expect(0).stdout;
+    assert_eq!(text, again);
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let mut sorted = families.clone();
+    sorted.sort_unstable();
+    assert_eq!(families, sorted);
     // Machine output has no decoration, and `--json` cannot be combined.
     assert!(!text.contains("hit ratio"), "{text}");
     let both = sandbox.run(&["--json", "stats", "--prometheus"]).expect(2);

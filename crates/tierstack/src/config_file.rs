@@ -150,6 +150,24 @@ pub enum CompressionChoice {
     Zstd,
 }
 
+/// The backends of this workspace and the cargo feature of `tierstack`
+/// that compiles each in.
+const BACKEND_FEATURES: [&str; 5] = ["memory", "sqlite", "redb", "sled", "redis"];
+
+/// A parse error that names a backend kind this build lacks says which
+/// cargo feature brings it (the parser only lists the kinds compiled in).
+fn with_feature_hint(message: String) -> String {
+    let missing = BACKEND_FEATURES
+        .iter()
+        .find(|kind| message.contains(&format!("unknown variant `{kind}`")));
+    match missing {
+        Some(kind) => format!(
+            "{message} (the `{kind}` backend is compiled in by the `{kind}` cargo feature of `tierstack`: `tierstack = {{ version = \"…\", features = [\"{kind}\"] }}`)"
+        ),
+        None => message,
+    }
+}
+
 /// Per-source policy in a config file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,7 +395,7 @@ impl Config {
             "json" => serde_json::from_str(text).map_err(|e| e.to_string()),
             other => Err(unknown_format(other)),
         };
-        parsed.map_err(Error::config)
+        parsed.map_err(|e| Error::config(with_feature_hint(e)))
     }
 
     /// Parses config text, then applies the `TIERSTACK_…` overrides among
@@ -415,7 +433,7 @@ impl Config {
             "json" => serde_json::from_str::<serde_json::Value>(text).map_err(|e| e.to_string()),
             other => Err(unknown_format(other)),
         }
-        .map_err(Error::config)?;
+        .map_err(|e| Error::config(with_feature_hint(e)))?;
         let mut names = Vec::with_capacity(overrides.len());
         let mut sorted = overrides;
         // Sorted, so that the outcome does not depend on the environment's order.
@@ -801,5 +819,27 @@ async fn rfc_tiers(
         Err(Error::config(
             "the flat cache form needs the `memory` and `sqlite` features of tierstack",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_feature_hint;
+
+    #[test]
+    fn a_backend_this_build_lacks_is_named_with_its_cargo_feature() {
+        let hinted = with_feature_hint(
+            "line 6 column 7: unknown variant `redb`, expected one of memory, sqlite".to_owned(),
+        );
+        assert!(
+            hinted.contains("`redb` cargo feature of `tierstack`"),
+            "{hinted}"
+        );
+        let other = "unknown variant `memcached`, expected one of memory, sqlite".to_owned();
+        assert_eq!(
+            with_feature_hint(other.clone()),
+            other,
+            "not a backend of ours"
+        );
     }
 }
