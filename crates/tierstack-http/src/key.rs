@@ -37,8 +37,9 @@ pub(crate) fn variant_key(
     method: &Method,
     url: &Url,
     generation: u64,
-    vary: &[String],
+        vary: &[String],
     headers: &HeaderMap,
+    shared: bool,
 ) -> Key {
     let url = normalised_url(url);
     let generation = generation.to_string();
@@ -51,7 +52,10 @@ pub(crate) fn variant_key(
         ("m", Some(method.as_str())),
         ("u", Some(url.as_str())),
         ("g", Some(generation.as_str())),
-        ("c", credentials.as_deref()),
+                ("c", credentials.as_deref()),
+        // A private cache's answers (`private` ones among them) are never
+        // read by a shared cache over the same tiers.
+        ("p", (!shared).then_some("1")),
     ];
     Key::new(
         source,
@@ -272,8 +276,8 @@ mod tests {
         #[test]
         fn requests_that_differ_in_a_significant_byte_never_share_a_key(a in request(), b in request()) {
             let vary = ["accept".to_owned()];
-            let key_a = variant_key("api", &a.method, &a.url, 7, &vary, &a.headers());
-            let key_b = variant_key("api", &b.method, &b.url, 7, &vary, &b.headers());
+            let key_a = variant_key("api", &a.method, &a.url, 7, &vary, &a.headers(), true);
+            let key_b = variant_key("api", &b.method, &b.url, 7, &vary, &b.headers(), true);
             let same = a.method == b.method
                 && normalised_url(&a.url) == normalised_url(&b.url)
                 && a.accept == b.accept
@@ -283,39 +287,21 @@ mod tests {
     }
 
     #[test]
-    fn generations_and_vary_names_keep_variants_apart() {
+    fn generations_vary_names_and_the_cache_mode_keep_variants_apart() {
         let url = url("http://h/p");
         let headers = HeaderMap::new();
-        let one = variant_key("api", &Method::GET, &url, 1, &[], &headers);
-        assert_ne!(
-            one,
-            variant_key("api", &Method::GET, &url, 2, &[], &headers)
-        );
-        assert_ne!(
-            one,
-            variant_key(
-                "api",
-                &Method::GET,
-                &url,
-                1,
-                &["accept".to_owned()],
-                &headers
-            )
-        );
-        assert_eq!(
-            one,
-            variant_key(
-                "api",
-                &Method::GET,
-                &Url::parse("http://h/%70").unwrap(),
-                1,
-                &[],
-                &headers
-            )
-        );
+        let key = |generation, vary: &[String], shared, url: &Url| {
+            variant_key("api", &Method::GET, url, generation, vary, &headers, shared)
+        };
+        let one = key(1, &[], true, &url);
+        assert_ne!(one, key(2, &[], true, &url));
+        assert_ne!(one, key(1, &["accept".to_owned()], true, &url));
+        assert_ne!(one, key(1, &[], false, &url), "a private cache's answers apart");
+        assert_eq!(one, key(1, &[], true, &Url::parse("http://h/%70").unwrap()));
         assert_ne!(
             index_key("api", &Method::GET, &url),
             index_key("api", &Method::HEAD, &url)
         );
     }
+
 }

@@ -94,27 +94,13 @@ impl Served {
     }
 }
 
-/// Why a fetch gave the cache no value. The response itself, when there
-/// is one, goes to the caller that fetched it.
-#[derive(Debug)]
-enum NotStored {
-    /// Not storable (`no-store`, `private` in a shared cache, too large,
-    /// a status that is not cached…): passed on as it came.
-    Passed,
-    /// The upstream failed (5xx): a stale answer may be served instead.
-    Failed(StatusCode),
+/// An answer the cache may not store (`no-store`, `private` in a shared
+/// cache, too large, a status that is not cached…): the caller that
+/// fetched passes it on as it came; callers that waited ask for themselves.
+fn not_stored() -> Box<dyn std::error::Error + Send + Sync> {
+    FetchError::not_stored("the answer is not stored").into()
 }
 
-impl std::fmt::Display for NotStored {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Passed => f.write_str("the response is not stored"),
-            Self::Failed(status) => write!(f, "the upstream answered {status}"),
-        }
-    }
-}
-
-impl std::error::Error for NotStored {}
 
 impl HttpCache {
     /// An HTTP cache over `cache`.
@@ -151,8 +137,14 @@ impl HttpCache {
 
     /// The key source of `url`'s entries: the override's, else the host.
     fn source(url: &Url, rule: Option<&Override>) -> String {
-        rule.and_then(|r| r.source.clone())
-            .unwrap_or_else(|| url.host_str().unwrap_or("http").to_owned())
+                rule.and_then(|r| r.source.clone()).unwrap_or_else(|| {
+            let host = url.host_str().unwrap_or("http");
+            // A port other than the scheme's default names another API.
+            match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            }
+        })
     }
 
     /// Starts a new generation for `url`'s GET and HEAD answers: the
@@ -211,26 +203,25 @@ impl HttpCache {
                 },
                 |index| (*index).clone(),
             );
-        let variant = key::variant_key(
+                let variant = key::variant_key(
             &source,
             &method,
             &url,
             index.generation,
             &index.vary,
             request.headers(),
+            self.options.shared,
         );
-        let mut passed = None;
+                let mut passed = None;
+        let mut failed = None;
+        let slots = Slots {
+            passed: &mut passed,
+            failed: &mut failed,
+        };
         let outcome = self
             .cache
             .get_or_revalidate_with(&variant, self.options.fetch, |context| {
-                self.fetch(
-                    context,
-                    fetched,
-                    extensions,
-                    next.clone(),
-                    &mut passed,
-                    rule,
-                )
+                self.fetch(context, fetched, extensions, next.clone(), slots, rule)
             })
             .await;
         let head = method == Method::HEAD;
@@ -262,10 +253,12 @@ impl HttpCache {
                 Some(response) => Ok(self.label(response, Served::Bypass)),
                 // Another caller's fetch was not stored: this caller asks
                 // for itself.
-                None if caused_by_not_stored(&error) => {
+                                None if FetchError::is_not_stored(&error) => {
                     self.bypass(request, extensions, next).await
                 }
-                None => Err(reqwest_middleware::Error::middleware(error)),
+                // The client's own error when this caller's request failed
+                // (a refused connection stays `is_connect`).
+                None => Err(failed.unwrap_or_else(|| reqwest_middleware::Error::middleware(error))),
             },
         }
     }
@@ -306,13 +299,14 @@ impl HttpCache {
             tracing::warn!(url = %url, error = %e.report(), "could not record the URL's Vary names");
             return;
         }
-        let variant = key::variant_key(
+                let variant = key::variant_key(
             source,
             method,
             url,
             index.generation,
             &index.vary,
             request_headers,
+            self.options.shared,
         );
         if variant != *stored_under {
             let ttl = stored.policy.time_to_live(SystemTime::now());
@@ -333,10 +327,13 @@ impl HttpCache {
         context: FetchContext,
         mut request: Request,
         extensions: &mut http::Extensions,
-        next: Next<'_>,
-        passed: &mut Option<Response>,
+                next: Next<'_>,
+        slots: Slots<'_>,
         rule: Option<&Override>,
     ) -> Result<Revalidated<StoredResponse>, Box<dyn std::error::Error + Send + Sync>> {
+        let passed = slots.passed;
+        // Sent again without validators if the 304 cannot be used.
+        let plain = request.try_clone();
         if let Some(kept) = context.kept() {
             let headers = request.headers_mut();
             if let Some(etag) = kept
@@ -353,19 +350,40 @@ impl HttpCache {
         }
         let full = request_parts(&request, false);
         let anonymous = request_parts(&request, true);
-        let response = next.run(request, extensions).await?;
-        let status = response.status();
+                let conditional = context.kept().is_some();
+        let mut response = match next.clone().run(request, extensions).await {
+            Ok(response) => response,
+            Err(e) => {
+                let message = e.to_string();
+                *slots.failed = Some(e);
+                return Err(FetchError::new(message).into());
+            }
+        };
+        let mut status = response.status();
         let now = SystemTime::now();
         let forced_ttl = rule.and_then(|r| r.ttl);
         let ignore_no_cache = rule.is_some_and(|r| r.ignore_no_cache);
-        if status == StatusCode::NOT_MODIFIED {
-            if let Some(updated) =
-                self.merge_not_modified(&context, &response, &anonymous, rule, now)
-            {
+                if status == StatusCode::NOT_MODIFIED && conditional {
+            if let Some(updated) = self.merge_not_modified(&context, &response, &anonymous, rule, now) {
                 return Ok(updated);
             }
+            // Nothing to update (it went since the lookup): ask again,
+            // unconditionally, so the caller gets a whole answer.
+            if let Some(plain) = plain {
+                response = match next.run(plain, extensions).await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        let message = e.to_string();
+                        *slots.failed = Some(e);
+                        return Err(FetchError::new(message).into());
+                    }
+                };
+                status = response.status();
+            }
+        }
+        if status == StatusCode::NOT_MODIFIED {
             *passed = Some(response);
-            return Err(NotStored::Passed.into());
+            return Err(not_stored());
         }
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             let retry_after = response
@@ -379,7 +397,7 @@ impl HttpCache {
                 Some(wait) => FetchError::throttled(wait)
                     .with_message(format!("the upstream answered {status}"))
                     .into(),
-                None => NotStored::Failed(status).into(),
+                                None => FetchError::new(format!("the upstream answered {status}")).into(),
             });
         }
         let headers = if ignore_no_cache {
@@ -391,10 +409,10 @@ impl HttpCache {
         let policy = CachePolicy::new_options(&full, &parts, now, self.policy_options());
         let not_found =
             status == StatusCode::NOT_FOUND && rule.and_then(|r| r.not_found_ttl).is_some();
-        if !(policy.is_storable() || not_found) {
+                if !(policy.is_storable() || not_found) {
             self.counts.not_storable.fetch_add(1, Ordering::Relaxed);
             *passed = Some(response);
-            return Err(NotStored::Passed.into());
+            return Err(not_stored());
         }
         let forced_ttl = if not_found {
             rule.and_then(|r| r.not_found_ttl)
@@ -404,9 +422,9 @@ impl HttpCache {
         let body = match read_capped(response, self.options.max_body).await? {
             Ok(body) => body,
             Err(whole) => {
-                self.counts.too_large.fetch_add(1, Ordering::Relaxed);
+                                self.counts.too_large.fetch_add(1, Ordering::Relaxed);
                 *passed = Some(whole);
-                return Err(NotStored::Passed.into());
+                return Err(not_stored());
             }
         };
         // Stored without the request's credentials.
@@ -442,12 +460,25 @@ impl HttpCache {
         rule: Option<&Override>,
         now: SystemTime,
     ) -> Option<Revalidated<StoredResponse>> {
-        let old = context.kept_value::<StoredResponse>()?;
+                let old = context.kept_value::<StoredResponse>()?;
         let parts = response_parts(response.status(), response.headers().clone());
-        let AfterResponse::NotModified(policy, merged) =
-            old.policy.after_response(anonymous, &parts, now)
-        else {
-            return None;
+        let (policy, merged) = match old.policy.after_response(anonymous, &parts, now) {
+            AfterResponse::NotModified(policy, merged) => (policy, merged),
+            // A 304 without validators answers the one stored response
+            // this conditional request was made for (RFC 9111 §4.3.4):
+            // its headers update that one.
+            AfterResponse::Modified(..) => {
+                let mut headers = header_map(&old.headers);
+                for (name, value) in response.headers() {
+                    if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+                        headers.insert(name.clone(), value.clone());
+                    }
+                }
+                let status = StatusCode::from_u16(old.status).ok()?;
+                let merged = response_parts(status, headers);
+                let policy = CachePolicy::new_options(anonymous, &merged, now, self.policy_options());
+                (policy, merged)
+            }
         };
         let meta = response_meta(
             &policy,
@@ -598,16 +629,13 @@ fn new_generation() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-fn caused_by_not_stored(error: &tierstack::Error) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = next {
-        if e.downcast_ref::<NotStored>().is_some() {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+/// Where a fetch leaves what only its own caller gets: an answer not
+/// stored, or the client's error.
+struct Slots<'a> {
+    passed: &'a mut Option<Response>,
+    failed: &'a mut Option<reqwest_middleware::Error>,
 }
+
 
 /// The body, if it fits in `cap` bytes; else the whole response again
 /// (what was read, then the rest as it arrives), to pass on uncached.

@@ -1,5 +1,7 @@
-//! RFC 9111 behaviours of the middleware, one named test each, against a
-//! real HTTP server on loopback whose answers each test scripts.
+//! RFC 9111 behaviours, one named test each, run twice: through the
+//! middleware of a reqwest client, and through `tierstack proxy` in front of
+//! the server (`middleware::NAME`, `proxy::NAME`). The server is real HTTP
+//! on loopback whose answers each test scripts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use tierstack::{FetchOptions, MemoryConfig, MemoryTier, SqliteConfig, SqliteTier, TieredCache};
-use tierstack_http::{HttpCache, HttpCacheOptions, Override};
+use tierstack_http::{HttpCache, HttpCacheOptions, Override, Proxy, Route};
 
 /// What the server answers on one path.
 #[derive(Clone, Default)]
@@ -16,6 +18,9 @@ struct Script {
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: String,
+    /// Answer a request with `If-Modified-Since` with a 304 without any
+    /// header (RFC 9110 lets a 304 leave out what did not change).
+    bare_304: bool,
 }
 
 impl Script {
@@ -24,6 +29,7 @@ impl Script {
             status: 200,
             headers: headers.iter().map(|(n, v)| (*n, (*v).to_owned())).collect(),
             body: body.to_owned(),
+            bare_304: false,
         }
     }
 
@@ -87,10 +93,6 @@ impl Server {
             .unwrap_or(0)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
     fn answer(&self, path: &str, request: &HeaderMap) -> axum::response::Response {
         let script = self
             .scripts
@@ -106,6 +108,10 @@ impl Server {
         let mut headers = HeaderMap::new();
         for (name, value) in &script.headers {
             headers.append(*name, value.parse().unwrap());
+        }
+        if script.bare_304 && request.contains_key("if-modified-since") {
+            *self.log.lock().unwrap().not_modified.entry(path.to_owned()).or_default() += 1;
+            return StatusCode::NOT_MODIFIED.into_response();
         }
         if sent.is_some() && sent == script.header("etag") {
             *self
@@ -163,18 +169,58 @@ fn memory() -> TieredCache {
         .build()
 }
 
-fn client(cache: &HttpCache) -> reqwest_middleware::ClientWithMiddleware {
-    reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(cache.clone())
-        .build()
+/// Which way a test's requests reach the cache.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A reqwest client with the middleware.
+    Middleware,
+    /// A plain client pointed at `tierstack proxy` in front of the server.
+    Proxy,
+}
+
+/// A test's way to the server: its HTTP cache and the client and base URL
+/// that reach it.
+#[derive(Clone)]
+struct Front {
+    http: HttpCache,
+    client: reqwest_middleware::ClientWithMiddleware,
+    base: String,
+}
+
+impl Front {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+async fn front(kind: Kind, server: &Server, cache: TieredCache, options: HttpCacheOptions) -> Front {
+    match kind {
+        Kind::Middleware => {
+            let http = HttpCache::new(cache, options);
+            let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+                .with(http.clone())
+                .build();
+            Front { http, client, base: server.base.clone() }
+        }
+        Kind::Proxy => {
+            let routes = vec![Route::new("/", &server.base).unwrap()];
+            let proxy = Proxy::new(cache, routes, options);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let served = proxy.clone();
+            tokio::spawn(async move { served.serve(listener, std::future::pending()).await });
+            let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
+            Front { http: proxy.http_cache().clone(), client, base }
+        }
+    }
 }
 
 async fn get(
-    client: &reqwest_middleware::ClientWithMiddleware,
+    front: &Front,
     url: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, String, HeaderMap) {
-    let mut request = client.get(url);
+    let mut request = front.client.get(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -190,68 +236,60 @@ async fn get(
     (status, served, response.text().await.unwrap(), headers)
 }
 
-#[tokio::test]
-async fn no_store_is_never_stored() {
+async fn no_store_is_never_stored(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/a",
         Script::ok("a", &[("cache-control", "no-store, max-age=60")]),
     );
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
     for _ in 0..3 {
-        let (status, served, ..) = get(&http, &server.url("/a"), &[]).await;
+        let (status, served, ..) = get(&http, &http.url("/a"), &[]).await;
         assert_eq!((status, served.as_str()), (200, "BYPASS"));
     }
     assert_eq!(server.full("/a"), 3);
-    assert_eq!(cache.stats().not_storable, 3);
-    assert_eq!(stored_answers(&cache).await, 0, "no answer stored");
+    assert_eq!(http.http.stats().not_storable, 3);
+    assert_eq!(stored_answers(&http.http).await, 0, "no answer stored");
 }
 
-#[tokio::test]
-async fn private_is_not_stored_by_the_shared_cache_and_is_by_a_private_one() {
+async fn private_is_not_stored_by_the_shared_cache_and_is_by_a_private_one(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/p",
         Script::ok("p", &[("cache-control", "private, max-age=60")]),
     );
-    let shared = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&shared);
-    get(&http, &server.url("/p"), &[]).await;
-    let (_, served, ..) = get(&http, &server.url("/p"), &[]).await;
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/p"), &[]).await;
+    let (_, served, ..) = get(&http, &http.url("/p"), &[]).await;
     assert_eq!(served, "BYPASS");
     assert_eq!(server.full("/p"), 2);
 
-    let private = HttpCache::new(memory(), HttpCacheOptions::default().private());
-    let http = client(&private);
-    get(&http, &server.url("/p"), &[]).await;
-    let (_, served, ..) = get(&http, &server.url("/p"), &[]).await;
+    let http = front(kind, &server, memory(), HttpCacheOptions::default().private()).await;
+    get(&http, &http.url("/p"), &[]).await;
+    let (_, served, ..) = get(&http, &http.url("/p"), &[]).await;
     assert_eq!(served, "HIT");
     assert_eq!(server.full("/p"), 3);
 }
 
-#[tokio::test]
-async fn s_maxage_wins_over_max_age_in_the_shared_cache_and_not_in_a_private_one() {
+async fn s_maxage_wins_over_max_age_in_the_shared_cache_and_not_in_a_private_one(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/s",
         Script::ok("s", &[("cache-control", "max-age=3600, s-maxage=1")]),
     );
-    let shared = HttpCache::new(memory(), HttpCacheOptions::default());
-    let private = HttpCache::new(memory(), HttpCacheOptions::default().private());
-    let (shared_http, private_http) = (client(&shared), client(&private));
-    get(&shared_http, &server.url("/s"), &[]).await;
-    get(&private_http, &server.url("/s"), &[]).await;
+    let shared_http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    let private_http = front(kind, &server, memory(), HttpCacheOptions::default().private()).await;
+    get(&shared_http, &shared_http.url("/s"), &[]).await;
+    get(&private_http, &private_http.url("/s"), &[]).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (_, served, ..) = get(&shared_http, &server.url("/s"), &[]).await;
+    let (_, served, ..) = get(&shared_http, &shared_http.url("/s"), &[]).await;
     assert_eq!(served, "MISS", "s-maxage=1 expired for the shared cache");
-    let (_, served, ..) = get(&private_http, &server.url("/s"), &[]).await;
+    let (_, served, ..) = get(&private_http, &private_http.url("/s"), &[]).await;
     assert_eq!(served, "HIT", "max-age=3600 for the private one");
     assert_eq!(server.full("/s"), 3);
 }
 
-#[tokio::test]
-async fn vary_accept_encoding_keeps_two_variants() {
+async fn vary_accept_encoding_keeps_two_variants(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/v",
@@ -260,25 +298,23 @@ async fn vary_accept_encoding_keeps_two_variants() {
             &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")],
         ),
     );
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
     let gzip = [("accept-encoding", "gzip")];
     let br = [("accept-encoding", "br")];
-    let first = get(&http, &server.url("/v"), &gzip).await;
-    let second = get(&http, &server.url("/v"), &br).await;
+    let first = get(&http, &http.url("/v"), &gzip).await;
+    let second = get(&http, &http.url("/v"), &br).await;
     assert!(first.2.contains("[enc gzip]") && second.2.contains("[enc br]"));
-    let (_, served, body, _) = get(&http, &server.url("/v"), &gzip).await;
+    let (_, served, body, _) = get(&http, &http.url("/v"), &gzip).await;
     assert_eq!(
         (served.as_str(), body.contains("[enc gzip]")),
         ("HIT", true)
     );
-    let (_, served, body, _) = get(&http, &server.url("/v"), &br).await;
+    let (_, served, body, _) = get(&http, &http.url("/v"), &br).await;
     assert_eq!((served.as_str(), body.contains("[enc br]")), ("HIT", true));
     assert_eq!(server.full("/v"), 2, "one fetch per variant");
 }
 
-#[tokio::test]
-async fn must_revalidate_is_never_served_stale() {
+async fn must_revalidate_is_never_served_stale(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/m",
@@ -288,10 +324,9 @@ async fn must_revalidate_is_never_served_stale() {
     // The cache would serve anything stale for an hour when the upstream fails.
     let options = HttpCacheOptions::default()
         .fetch(FetchOptions::default().stale_for(Duration::from_secs(3600)));
-    let cache = HttpCache::new(memory(), options);
-    let http = client(&cache);
-    get(&http, &server.url("/m"), &[]).await;
-    get(&http, &server.url("/n"), &[]).await;
+    let http = front(kind, &server, memory(), options).await;
+    get(&http, &http.url("/m"), &[]).await;
+    get(&http, &http.url("/n"), &[]).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let failing = Script {
         status: 503,
@@ -299,13 +334,13 @@ async fn must_revalidate_is_never_served_stale() {
     };
     server.script("/m", failing.clone());
     server.script("/n", failing);
-    let (status, served, ..) = get(&http, &server.url("/m"), &[]).await;
+    let (status, served, ..) = get(&http, &http.url("/m"), &[]).await;
     assert_eq!(
         (status, served.as_str()),
         (503, "BYPASS"),
         "the failure, not the stale answer"
     );
-    let (status, served, ..) = get(&http, &server.url("/n"), &[]).await;
+    let (status, served, ..) = get(&http, &http.url("/n"), &[]).await;
     assert_eq!(
         (status, served.as_str()),
         (200, "STALE"),
@@ -313,16 +348,14 @@ async fn must_revalidate_is_never_served_stale() {
     );
 }
 
-#[tokio::test]
-async fn stale_if_error_is_honoured() {
+async fn stale_if_error_is_honoured(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/e",
         Script::ok("e", &[("cache-control", "max-age=1, stale-if-error=60")]),
     );
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
-    get(&http, &server.url("/e"), &[]).await;
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/e"), &[]).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     server.script(
         "/e",
@@ -331,12 +364,12 @@ async fn stale_if_error_is_honoured() {
             ..Script::default()
         },
     );
-    let (status, served, body, _) = get(&http, &server.url("/e"), &[]).await;
+    let (status, served, body, _) = get(&http, &http.url("/e"), &[]).await;
     assert_eq!((status, served.as_str()), (200, "STALE"));
     assert!(body.starts_with("e "), "{body}");
     // Without stale-if-error (and no stale window configured), the error.
     server.script("/f", Script::ok("f", &[("cache-control", "max-age=1")]));
-    get(&http, &server.url("/f"), &[]).await;
+    get(&http, &http.url("/f"), &[]).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     server.script(
         "/f",
@@ -345,30 +378,27 @@ async fn stale_if_error_is_honoured() {
             ..Script::default()
         },
     );
-    let (status, ..) = get(&http, &server.url("/f"), &[]).await;
+    let (status, ..) = get(&http, &http.url("/f"), &[]).await;
     assert_eq!(status, 500);
 }
 
-#[tokio::test]
-async fn age_is_correct() {
+async fn age_is_correct(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/age",
         Script::ok("x", &[("cache-control", "max-age=600"), ("age", "100")]),
     );
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
-    let (.., first) = get(&http, &server.url("/age"), &[]).await;
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    let (.., first) = get(&http, &http.url("/age"), &[]).await;
     let age = |h: &HeaderMap| -> u64 { h["age"].to_str().unwrap().parse().unwrap() };
     assert!((100..=101).contains(&age(&first)), "{first:?}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (_, served, _, later) = get(&http, &server.url("/age"), &[]).await;
+    let (_, served, _, later) = get(&http, &http.url("/age"), &[]).await;
     assert_eq!(served, "HIT");
     assert!((102..=103).contains(&age(&later)), "{later:?}");
 }
 
-#[tokio::test]
-async fn a_post_invalidates_the_url() {
+async fn a_post_invalidates_the_url(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/doc",
@@ -380,10 +410,9 @@ async fn a_post_invalidates_the_url() {
             ],
         ),
     );
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
-    get(&http, &server.url("/doc"), &[("accept-encoding", "gzip")]).await;
-    let (_, served, ..) = get(&http, &server.url("/doc"), &[("accept-encoding", "gzip")]).await;
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/doc"), &[("accept-encoding", "gzip")]).await;
+    let (_, served, ..) = get(&http, &http.url("/doc"), &[("accept-encoding", "gzip")]).await;
     assert_eq!(served, "HIT");
     server.script(
         "/doc",
@@ -395,16 +424,15 @@ async fn a_post_invalidates_the_url() {
             ],
         ),
     );
-    let posted = http.post(server.url("/doc")).send().await.unwrap();
+    let posted = http.client.post(http.url("/doc")).send().await.unwrap();
     assert_eq!(posted.status(), 200);
     let (_, served, body, _) =
-        get(&http, &server.url("/doc"), &[("accept-encoding", "gzip")]).await;
+        get(&http, &http.url("/doc"), &[("accept-encoding", "gzip")]).await;
     assert_eq!(served, "MISS");
     assert!(body.starts_with("v2"), "{body}");
 }
 
-#[tokio::test]
-async fn authorization_requests_are_not_shared_across_clients() {
+async fn authorization_requests_are_not_shared_across_clients(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/me",
@@ -414,18 +442,17 @@ async fn authorization_requests_are_not_shared_across_clients() {
         "/mine",
         Script::ok("mine", &[("cache-control", "max-age=600")]),
     );
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
     let alice = [("authorization", "Bearer alice")];
     let bob = [("authorization", "Bearer bob")];
-    let (_, _, a1, _) = get(&http, &server.url("/me"), &alice).await;
-    let (_, served, a2, _) = get(&http, &server.url("/me"), &alice).await;
+    let (_, _, a1, _) = get(&http, &http.url("/me"), &alice).await;
+    let (_, served, a2, _) = get(&http, &http.url("/me"), &alice).await;
     assert_eq!(
         (served.as_str(), a1 == a2),
         ("HIT", true),
         "public: stored for alice"
     );
-    let (_, served, b, _) = get(&http, &server.url("/me"), &bob).await;
+    let (_, served, b, _) = get(&http, &http.url("/me"), &bob).await;
     assert_eq!(served, "MISS");
     assert!(
         b.contains("[auth Bearer bob]"),
@@ -433,12 +460,12 @@ async fn authorization_requests_are_not_shared_across_clients() {
     );
     assert_eq!(server.full("/me"), 2);
     // Without `public`, a shared cache stores no answer to an authorised request.
-    get(&http, &server.url("/mine"), &alice).await;
-    let (_, served, ..) = get(&http, &server.url("/mine"), &alice).await;
+    get(&http, &http.url("/mine"), &alice).await;
+    let (_, served, ..) = get(&http, &http.url("/mine"), &alice).await;
     assert_eq!(served, "BYPASS");
     // The credentials are not in what is stored (the body is the API's to
     // echo): no key holds them, no stored request header names them.
-    for tier in cache.cache().tiers() {
+    for tier in http.http.cache().tiers() {
         let mut cursor = None;
         loop {
             let page = tier.scan(cursor, 100).await.unwrap();
@@ -458,8 +485,7 @@ async fn authorization_requests_are_not_shared_across_clients() {
     }
 }
 
-#[tokio::test]
-async fn heuristic_freshness_from_last_modified() {
+async fn heuristic_freshness_from_last_modified(kind: Kind) {
     let server = Server::start().await;
     let ten_days_ago =
         httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(10 * 86_400));
@@ -468,21 +494,19 @@ async fn heuristic_freshness_from_last_modified() {
         Script::ok("h", &[("last-modified", ten_days_ago.as_str())]),
     );
     server.script("/none", Script::ok("none", &[]));
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
-    get(&http, &server.url("/h"), &[]).await;
-    let (_, served, ..) = get(&http, &server.url("/h"), &[]).await;
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/h"), &[]).await;
+    let (_, served, ..) = get(&http, &http.url("/h"), &[]).await;
     assert_eq!(served, "HIT", "fresh for a tenth of ten days");
-    get(&http, &server.url("/none"), &[]).await;
-    let (_, served, ..) = get(&http, &server.url("/none"), &[]).await;
+    get(&http, &http.url("/none"), &[]).await;
+    let (_, served, ..) = get(&http, &http.url("/none"), &[]).await;
     assert_eq!(
         served, "MISS",
         "no freshness without validators or Last-Modified"
     );
 }
 
-#[tokio::test]
-async fn a_304_updates_stored_headers() {
+async fn a_304_updates_stored_headers(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/r",
@@ -495,9 +519,8 @@ async fn a_304_updates_stored_headers() {
             ],
         ),
     );
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
-    get(&http, &server.url("/r"), &[]).await;
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/r"), &[]).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     server.script(
         "/r",
@@ -510,21 +533,20 @@ async fn a_304_updates_stored_headers() {
             ],
         ),
     );
-    let (status, served, body, headers) = get(&http, &server.url("/r"), &[]).await;
+    let (status, served, body, headers) = get(&http, &http.url("/r"), &[]).await;
     assert_eq!((status, served.as_str()), (200, "REVALIDATED"));
     assert!(body.starts_with("r "), "the stored body: {body}");
     assert_eq!(headers["x-version"], "2");
     assert_eq!(server.not_modified("/r"), 1);
     // The new max-age came with the 304: fresh for ten minutes now.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (_, served, _, headers) = get(&http, &server.url("/r"), &[]).await;
+    let (_, served, _, headers) = get(&http, &http.url("/r"), &[]).await;
     assert_eq!(served, "HIT");
     assert_eq!(headers["x-version"], "2");
     assert_eq!(server.full("/r"), 1);
 }
 
-#[tokio::test]
-async fn expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_tier() {
+async fn expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_tier(kind: Kind) {
     const N: usize = 20;
     let server = Server::start().await;
     for i in 0..N {
@@ -548,14 +570,13 @@ async fn expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_t
                 .unwrap(),
         )
         .build();
-    let cache = HttpCache::new(stack, HttpCacheOptions::default());
-    let http = client(&cache);
+    let http = front(kind, &server, stack, HttpCacheOptions::default()).await;
     for i in 0..N {
-        get(&http, &server.url(&format!("/b/{i}")), &[]).await;
+        get(&http, &http.url(&format!("/b/{i}")), &[]).await;
     }
     tokio::time::sleep(Duration::from_millis(1300)).await;
     for i in 0..N {
-        let (_, served, body, _) = get(&http, &server.url(&format!("/b/{i}")), &[]).await;
+        let (_, served, body, _) = get(&http, &http.url(&format!("/b/{i}")), &[]).await;
         assert_eq!(served, "REVALIDATED");
         assert!(body.starts_with(&format!("book {i} ")));
     }
@@ -568,11 +589,11 @@ async fn expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_t
         (N as u32, N as u32),
         "N 304s, no second body"
     );
-    let stats = cache.cache().stats();
-    assert_eq!(stats.sources["127.0.0.1"].revalidated, N as u64);
+    let stats = http.http.cache().stats();
+    assert_eq!(stats.sources[&format!("127.0.0.1:{}", server.base.rsplit(':').next().unwrap())].revalidated, N as u64);
     // Fresh in every tier: each answers alone.
     let now = tierstack::Timestamp::now();
-    for tier in cache.cache().tiers() {
+    for tier in http.http.cache().tiers() {
         let mut fresh = 0;
         let mut cursor = None;
         loop {
@@ -591,13 +612,11 @@ async fn expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_t
     }
 }
 
-#[tokio::test]
-async fn concurrent_requests_for_one_url_make_one_upstream_call() {
+async fn concurrent_requests_for_one_url_make_one_upstream_call(kind: Kind) {
     let server = Server::start().await;
     server.script("/c", Script::ok("c", &[("cache-control", "max-age=600")]));
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default());
-    let http = client(&cache);
-    let url = server.url("/c");
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    let url = http.url("/c");
     let calls: Vec<_> = (0..50)
         .map(|_| {
             let (http, url) = (http.clone(), url.clone());
@@ -612,8 +631,7 @@ async fn concurrent_requests_for_one_url_make_one_upstream_call() {
     assert_eq!(server.full("/c"), 1);
 }
 
-#[tokio::test]
-async fn overrides_force_a_ttl_store_no_cache_answers_and_cache_not_found() {
+async fn overrides_force_a_ttl_store_no_cache_answers_and_cache_not_found(kind: Kind) {
     let server = Server::start().await;
     server.script(
         "/api/books/1",
@@ -626,39 +644,137 @@ async fn overrides_force_a_ttl_store_no_cache_answers_and_cache_not_found() {
             .ignore_no_cache()
             .cache_not_found(Duration::from_secs(600)),
     );
-    let cache = HttpCache::new(memory(), options);
-    let http = client(&cache);
-    get(&http, &server.url("/api/books/1"), &[]).await;
-    let (_, served, ..) = get(&http, &server.url("/api/books/1"), &[]).await;
+    let http = front(kind, &server, memory(), options).await;
+    get(&http, &http.url("/api/books/1"), &[]).await;
+    let (_, served, ..) = get(&http, &http.url("/api/books/1"), &[]).await;
     assert_eq!(served, "HIT");
-    let (status, ..) = get(&http, &server.url("/api/books/404"), &[]).await;
+    let (status, ..) = get(&http, &http.url("/api/books/404"), &[]).await;
     assert_eq!(status, 404);
-    let (status, served, ..) = get(&http, &server.url("/api/books/404"), &[]).await;
+    let (status, served, ..) = get(&http, &http.url("/api/books/404"), &[]).await;
     assert_eq!((status, served.as_str()), (404, "HIT"));
     assert_eq!(server.full("/api/books/404"), 1);
-    assert!(cache.cache().stats().sources.contains_key("books"));
+    assert!(http.http.cache().stats().sources.contains_key("books"));
     // Outside the override, the headers rule.
     server.script("/other", Script::ok("o", &[("cache-control", "no-cache")]));
-    get(&http, &server.url("/other"), &[]).await;
-    let (_, served, ..) = get(&http, &server.url("/other"), &[]).await;
+    get(&http, &http.url("/other"), &[]).await;
+    let (_, served, ..) = get(&http, &http.url("/other"), &[]).await;
     assert_ne!(served, "HIT");
 }
 
-#[tokio::test]
-async fn a_body_over_the_cap_passes_through_whole_and_is_counted() {
+async fn a_body_over_the_cap_passes_through_whole_and_is_counted(kind: Kind) {
     let server = Server::start().await;
     let big = "x".repeat(4096);
     server.script(
         "/big",
         Script::ok(&big, &[("cache-control", "max-age=600")]),
     );
-    let cache = HttpCache::new(memory(), HttpCacheOptions::default().max_body(1024));
-    let http = client(&cache);
-    let (status, served, body, _) = get(&http, &server.url("/big"), &[]).await;
+    let http = front(kind, &server, memory(), HttpCacheOptions::default().max_body(1024)).await;
+    let (status, served, body, _) = get(&http, &http.url("/big"), &[]).await;
     assert_eq!((status, served.as_str()), (200, "BYPASS"));
     assert!(body.starts_with(&big), "the whole body");
-    assert_eq!(cache.stats().too_large, 1);
-    get(&http, &server.url("/big"), &[]).await;
+    assert_eq!(http.http.stats().too_large, 1);
+    get(&http, &http.url("/big"), &[]).await;
     assert_eq!(server.full("/big"), 2, "not stored");
-    assert_eq!(stored_answers(&cache).await, 0);
+    assert_eq!(stored_answers(&http.http).await, 0);
 }
+
+async fn a_304_without_validators_updates_the_one_stored_answer(kind: Kind) {
+    let server = Server::start().await;
+    let modified = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
+    let mut script = Script::ok("lm", &[("cache-control", "max-age=1"), ("last-modified", modified.as_str())]);
+    script.bare_304 = true;
+    server.script("/lm", script);
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/lm"), &[]).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (status, served, body, _) = get(&http, &http.url("/lm"), &[]).await;
+    assert_eq!((status, served.as_str()), (200, "REVALIDATED"), "not the bare 304");
+    assert!(body.starts_with("lm "), "{body}");
+    assert_eq!((server.full("/lm"), server.not_modified("/lm")), (1, 1));
+}
+
+async fn a_private_cache_and_a_shared_one_over_the_same_tiers_keep_apart(kind: Kind) {
+    let server = Server::start().await;
+    server.script("/own", Script::ok("own", &[("cache-control", "private, max-age=600")]));
+    let tiers = memory();
+    let private = front(kind, &server, tiers.clone(), HttpCacheOptions::default().private()).await;
+    let shared = front(kind, &server, tiers, HttpCacheOptions::default()).await;
+    get(&private, &private.url("/own"), &[]).await;
+    let (_, served, ..) = get(&private, &private.url("/own"), &[]).await;
+    assert_eq!(served, "HIT");
+    let (_, served, ..) = get(&shared, &shared.url("/own"), &[]).await;
+    assert_ne!(served, "HIT", "a shared cache never serves a private answer");
+    assert_eq!(server.full("/own"), 2);
+}
+
+async fn an_answer_not_stored_replaces_no_stale_one_and_is_no_fetch_error(kind: Kind) {
+    let server = Server::start().await;
+    server.script("/x", Script::ok("old", &[("cache-control", "max-age=1, stale-if-error=600")]));
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/x"), &[]).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    server.script("/x", Script::ok("new", &[("cache-control", "no-store")]));
+    let (status, served, body, _) = get(&http, &http.url("/x"), &[]).await;
+    assert_eq!((status, served.as_str()), (200, "BYPASS"));
+    assert!(body.starts_with("new "), "the new answer, not the stale one: {body}");
+    let source = http.http.cache().stats().sources.into_iter().find(|(s, _)| !s.ends_with(":index")).unwrap().1;
+    assert_eq!(source.fetch_errors, 0);
+    assert_eq!(source.stale_served, 0);
+}
+
+async fn a_refused_connection_is_the_clients_own_error_or_a_502(kind: Kind) {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let server = Server { base: format!("http://{closed}"), ..Server::default() };
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    let result = http.client.get(http.url("/gone")).send().await;
+    match kind {
+        Kind::Middleware => {
+            let error = result.unwrap_err();
+            assert!(error.is_connect(), "{error:?}");
+        }
+        Kind::Proxy => assert_eq!(result.unwrap().status(), 502),
+    }
+}
+
+/// Each case through the middleware and through the proxy.
+macro_rules! through_both {
+    ($($name:ident),* $(,)?) => {
+        mod middleware {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Kind::Middleware).await;
+            })*
+        }
+        mod proxy {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Kind::Proxy).await;
+            })*
+        }
+    };
+}
+
+through_both!(
+    no_store_is_never_stored,
+    private_is_not_stored_by_the_shared_cache_and_is_by_a_private_one,
+    s_maxage_wins_over_max_age_in_the_shared_cache_and_not_in_a_private_one,
+    vary_accept_encoding_keeps_two_variants,
+    must_revalidate_is_never_served_stale,
+    stale_if_error_is_honoured,
+    age_is_correct,
+    a_post_invalidates_the_url,
+    authorization_requests_are_not_shared_across_clients,
+    heuristic_freshness_from_last_modified,
+    a_304_updates_stored_headers,
+    expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_tier,
+    concurrent_requests_for_one_url_make_one_upstream_call,
+    overrides_force_a_ttl_store_no_cache_answers_and_cache_not_found,
+    a_body_over_the_cap_passes_through_whole_and_is_counted,
+    a_304_without_validators_updates_the_one_stored_answer,
+    a_private_cache_and_a_shared_one_over_the_same_tiers_keep_apart,
+    an_answer_not_stored_replaces_no_stale_one_and_is_no_fetch_error,
+    a_refused_connection_is_the_clients_own_error_or_a_502,
+);

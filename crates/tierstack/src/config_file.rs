@@ -54,6 +54,9 @@ use crate::{Coordination, RateScope, SourcePolicy, TieredCache};
 pub struct Config {
     /// The cache section.
     pub cache: CacheConfig,
+    /// The `proxy:` section, read by `tierstack proxy`.
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
     /// Where the config came from.
     #[serde(skip)]
     pub origin: ConfigOrigin,
@@ -148,6 +151,78 @@ pub enum CompressionChoice {
     /// zstd above `compression_min_size`.
     #[default]
     Zstd,
+}
+
+/// The `proxy:` section of a config file, for `tierstack proxy`
+/// (`tierstack-http` turns it into a running proxy).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ProxyConfig {
+    /// The address to listen on (default `127.0.0.1:8787`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Where requests go, by path prefix (the longest match wins).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// A shared cache (default `true`): `private` answers are not stored,
+    /// `s-maxage` wins, answers to requests with `Authorization` are stored
+    /// only when they say they may be.
+    #[serde(default)]
+    pub shared: Option<bool>,
+    /// Larger answers pass through uncached (default 8 MiB).
+    #[serde(default, with = "units::size_opt")]
+    pub max_body: Option<u64>,
+    /// The answer header that says where it came from (default `x-cache`;
+    /// an empty string for none).
+    #[serde(default)]
+    pub status_header: Option<String>,
+    /// Departures from the answers' own headers, by host and path (first
+    /// match wins).
+    #[serde(default)]
+    pub overrides: Vec<OverrideConfig>,
+}
+
+/// One upstream of the proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// Requests whose path starts with this go here, the prefix replaced by
+    /// the URL's path (default `/`).
+    #[serde(default = "slash")]
+    pub prefix: String,
+    /// The upstream's base URL (`https://api.example.com`).
+    pub url: String,
+}
+
+/// An override of the proxy (see `tierstack_http::Override`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OverrideConfig {
+    /// Only this upstream host (default: any).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Only paths starting with this (default `/`).
+    #[serde(default = "slash")]
+    pub path: String,
+    /// The key source of these answers (default: the host).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Every stored answer is fresh this long, whatever its headers.
+    #[serde(default, with = "units::duration_opt")]
+    pub ttl: Option<Duration>,
+    /// Store answers marked `no-cache` (never those marked `no-store`).
+    #[serde(default)]
+    pub ignore_no_cache: bool,
+    /// Store `404` answers this long.
+    #[serde(default, with = "units::duration_opt")]
+    pub cache_not_found: Option<Duration>,
+}
+
+fn slash() -> String {
+    "/".to_owned()
 }
 
 /// The backends of this workspace and the cargo feature of `tierstack`

@@ -654,6 +654,11 @@ impl TieredCache {
             }
             Some(Ok(Err(e))) => {
                 let e = e.into();
+                if FetchError::is_not_stored(&*e) {
+                    // An answer, not a failure: the budget was spent well.
+                    group.answered(None, probe, shared, &source).await;
+                    return Err(fetch_error(key, e, None));
+                }
                 let slow_down = slow_down(&*e);
                 group.answered(slow_down, probe, shared, &source).await;
                 fetch_error(key, e, slow_down)
@@ -970,6 +975,9 @@ impl<V: CacheValue> Miss<'_, V> {
     async fn end(mut self, ended: Result<Outcome<V>>) -> Result<Outcome<V>> {
         release(self.lease.take()).await;
         let result = match ended {
+            // An answer the fetching caller passes on is not replaced by a
+            // stale one.
+            Err(error) if FetchError::is_not_stored(&error) => Err(error),
             Err(error) => match self.stale.take() {
                 Some(value) => {
                     bump(&self.source.local().stale_served);

@@ -32,6 +32,7 @@ use crate::fetch::BoxError;
 #[derive(Debug)]
 pub struct FetchError {
     pub(crate) retry_after: Option<Duration>,
+    pub(crate) not_stored: bool,
     message: Option<String>,
     source: Option<BoxError>,
 }
@@ -41,15 +42,44 @@ impl FetchError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             retry_after: None,
+            not_stored: false,
             message: Some(message.into()),
             source: None,
         }
+    }
+
+    /// The upstream answered, but with nothing the cache may store or hand
+    /// to other callers (an HTTP `no-store` or `private` answer, which the
+    /// caller that fetched passes on itself). Not a failure: no stale value
+    /// is served in its place and it is not counted as a fetch error;
+    /// callers that waited for this fetch get an error of kind
+    /// [`ErrorKind::Fetch`](crate::ErrorKind::Fetch) that [`FetchError::is_not_stored`]
+    /// finds, and ask for themselves.
+    pub fn not_stored(message: impl Into<String>) -> Self {
+        Self {
+            not_stored: true,
+            ..Self::new(message)
+        }
+    }
+
+    /// Whether `error`, or an error in its chain of sources, is a
+    /// [`FetchError::not_stored`].
+    pub fn is_not_stored(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if e.downcast_ref::<Self>().is_some_and(|f| f.not_stored) {
+                return true;
+            }
+            next = e.source();
+        }
+        false
     }
 
     /// The upstream asked to wait `retry_after` before the next request.
     pub fn throttled(retry_after: Duration) -> Self {
         Self {
             retry_after: Some(retry_after),
+            not_stored: false,
             message: None,
             source: None,
         }
@@ -113,6 +143,7 @@ impl From<tierstack_core::Error> for FetchError {
     fn from(error: tierstack_core::Error) -> Self {
         Self {
             retry_after: None,
+            not_stored: false,
             message: Some(error.message().to_owned()),
             source: Some(Box::new(error)),
         }

@@ -151,7 +151,7 @@ pub use cached_attr::{__macro, AsyncCacheRef, BlockingCacheRef, FromCacheError, 
 pub use cached_fn::CachedFn;
 pub use config_file::{
     CACHE_FIELDS, CacheConfig, CompressionChoice, Config, ConfigOrigin, EMBEDDED_DEFAULT,
-    SourceConfig,
+    OverrideConfig, ProxyConfig, SourceConfig, UpstreamConfig,
 };
 pub use fetch::{BatchContext, FetchContext, FetchOptions, Fetched};
 pub use fetch_error::FetchError;

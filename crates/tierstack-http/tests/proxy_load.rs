@@ -1,0 +1,132 @@
+//! `tierstack proxy` under load: concurrent clients over many URLs on
+//! loopback against an upstream that takes 20 ms per answer. Every answer
+//! must be right, none may fail, and the upstream must see each URL once.
+//!
+//! Small in CI (16 clients × 2 s over 200 URLs); the full size with
+//! `TIERSTACK_PROXY_LOAD=full` (64 clients × 10 s over 1,000 URLs). The
+//! throughput and p99 it prints are figures, not assertions; the benchmark
+//! next to a plain passthrough proxy is `benches/benches/proxy.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tierstack::{MemoryConfig, MemoryTier, TieredCache};
+use tierstack_http::{HttpCacheOptions, Proxy, Route};
+
+struct Size {
+    clients: usize,
+    duration: Duration,
+    urls: u64,
+}
+
+fn size() -> Size {
+    match std::env::var("TIERSTACK_PROXY_LOAD").as_deref() {
+        Ok("full") => Size {
+            clients: 64,
+            duration: Duration::from_secs(10),
+            urls: 1000,
+        },
+        _ => Size {
+            clients: 16,
+            duration: Duration::from_secs(2),
+            urls: 200,
+        },
+    }
+}
+
+async fn start_upstream(calls: Arc<AtomicU64>) -> String {
+    let app = axum::Router::new().route(
+        "/item/{id}",
+        axum::routing::get(move |axum::extract::Path(id): axum::extract::Path<u64>| {
+            let calls = Arc::clone(&calls);
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                ([("cache-control", "max-age=3600")], format!("item {id}"))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_under_load_answers_every_request_right_and_fetches_each_url_once() {
+    let size = size();
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = start_upstream(Arc::clone(&calls)).await;
+    let cache = TieredCache::builder()
+        .tier(MemoryTier::new(&MemoryConfig::with_max_entries(100_000)).unwrap())
+        .build();
+    let proxy = Proxy::new(cache, vec![Route::new("/", &upstream).unwrap()], HttpCacheOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let served = proxy.clone();
+    tokio::spawn(async move { served.serve(listener, std::future::pending()).await });
+
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + size.duration;
+    let errors = Arc::new(AtomicU64::new(0));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let asked = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let tasks: Vec<_> = (0..size.clients)
+        .map(|client_index| {
+            let (client, base) = (client.clone(), base.clone());
+            let (errors, wrong) = (Arc::clone(&errors), Arc::clone(&wrong));
+            let (urls, clients) = (size.urls, size.clients);
+            let asked = Arc::clone(&asked);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                // Each client starts in its own stretch of the URLs.
+                let mut n = client_index as u64 * (urls / clients as u64).max(1);
+                // Bounded: by time, and by a request count no run reaches.
+                for _ in 0..1_000_000 {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    // Spread over every URL, each client from its own start.
+                    let id = (n * 7919) % urls;
+                    n += 1;
+                    asked.lock().unwrap().insert(id);
+                    let started = Instant::now();
+                    match client.get(format!("{base}/item/{id}")).send().await {
+                        Ok(response) if response.status() == 200 => match response.text().await {
+                            Ok(body) if body == format!("item {id}") => {}
+                            _ => {
+                                wrong.fetch_add(1, Ordering::Relaxed);
+                            }
+                        },
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    latencies.push(started.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    latencies.sort_unstable();
+    let requests = latencies.len();
+    let p99 = latencies[requests * 99 / 100];
+    println!(
+        "{} clients × {:?} over {} URLs: {requests} requests, {:.0}/s, p99 {p99:?}, {} upstream calls",
+        size.clients,
+        size.duration,
+        size.urls,
+        requests as f64 / size.duration.as_secs_f64(),
+        calls.load(Ordering::SeqCst)
+    );
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "errors");
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "wrong bodies");
+    let distinct = asked.lock().unwrap().len() as u64;
+    assert_eq!(distinct, size.urls, "every URL was asked for");
+    assert_eq!(calls.load(Ordering::SeqCst), distinct, "one upstream call per distinct URL");
+}
