@@ -114,7 +114,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         count(&third, "REVALIDATED")
     );
     println!("the API sent {full} full answers and {not_modified} 304s");
-    let revalidated = cache.stats().sources["127.0.0.1"].revalidated;
+    // The source is the API's host and port.
+    let source = base.trim_start_matches("http://");
+    let revalidated = cache.stats().sources[source].revalidated;
     println!("the cache counts {revalidated} revalidations");
 
     let all = usize::try_from(BOOKS)?;

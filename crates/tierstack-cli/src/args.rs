@@ -134,6 +134,24 @@ pub(crate) enum Command {
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<Duration>,
     },
+    /// Serve the cache as a caching reverse proxy in front of HTTP APIs, for
+    /// tools in any language: change their base URL to the proxy's. GET and
+    /// HEAD answers are cached as RFC 9111 says (a shared cache),
+    /// revalidated with ETags, and kept apart per Authorization; the
+    /// config's `proxy:` section sets upstreams and overrides.
+    /// `/_tierstack/health` and `/_tierstack/stats` answer JSON. Stops on
+    /// Ctrl-C or SIGTERM after the requests in flight.
+    Proxy {
+        /// An upstream: `https://api.example.com` for every path, or
+        /// `/prefix=https://api.example.com` for paths under `/prefix`
+        /// (repeat for several; added to the config's `proxy.upstreams`).
+        #[arg(long, value_name = "[PREFIX=]URL")]
+        upstream: Vec<String>,
+        /// Address to listen on (default: the config's `proxy.listen`, else
+        /// 127.0.0.1:8787).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
     /// Measure the stack in the config: latency percentiles and throughput
     /// of get and set under a workload you choose. Runs on a scratch copy
     /// of the stack (new stores beside yours, a Redis namespace of its

@@ -9,6 +9,7 @@ mod info;
 mod json;
 mod maintenance;
 mod output;
+mod proxy;
 mod transfer;
 
 use std::path::Path;
@@ -194,6 +195,14 @@ async fn run(cli: Cli) -> Outcome {
                 ttl,
             };
             transfer::warm(&open(config_path).await?, request, json).await
+        }
+        Command::Proxy { upstream, listen } => {
+            let (config, cache) = load(config_path).await?;
+            let request = proxy::ProxyRequest {
+                upstreams: upstream,
+                listen,
+            };
+            proxy::proxy(&config, cache, request).await
         }
         Command::Bench {
             duration,

@@ -37,7 +37,7 @@ pub(crate) fn variant_key(
     method: &Method,
     url: &Url,
     generation: u64,
-        vary: &[String],
+    vary: &[String],
     headers: &HeaderMap,
     shared: bool,
 ) -> Key {
@@ -52,7 +52,7 @@ pub(crate) fn variant_key(
         ("m", Some(method.as_str())),
         ("u", Some(url.as_str())),
         ("g", Some(generation.as_str())),
-                ("c", credentials.as_deref()),
+        ("c", credentials.as_deref()),
         // A private cache's answers (`private` ones among them) are never
         // read by a shared cache over the same tiers.
         ("p", (!shared).then_some("1")),
@@ -296,12 +296,15 @@ mod tests {
         let one = key(1, &[], true, &url);
         assert_ne!(one, key(2, &[], true, &url));
         assert_ne!(one, key(1, &["accept".to_owned()], true, &url));
-        assert_ne!(one, key(1, &[], false, &url), "a private cache's answers apart");
+        assert_ne!(
+            one,
+            key(1, &[], false, &url),
+            "a private cache's answers apart"
+        );
         assert_eq!(one, key(1, &[], true, &Url::parse("http://h/%70").unwrap()));
         assert_ne!(
             index_key("api", &Method::GET, &url),
             index_key("api", &Method::HEAD, &url)
         );
     }
-
 }

@@ -101,7 +101,6 @@ fn not_stored() -> Box<dyn std::error::Error + Send + Sync> {
     FetchError::not_stored("the answer is not stored").into()
 }
 
-
 impl HttpCache {
     /// An HTTP cache over `cache`.
     pub fn new(cache: TieredCache, options: HttpCacheOptions) -> Self {
@@ -137,7 +136,7 @@ impl HttpCache {
 
     /// The key source of `url`'s entries: the override's, else the host.
     fn source(url: &Url, rule: Option<&Override>) -> String {
-                rule.and_then(|r| r.source.clone()).unwrap_or_else(|| {
+        rule.and_then(|r| r.source.clone()).unwrap_or_else(|| {
             let host = url.host_str().unwrap_or("http");
             // A port other than the scheme's default names another API.
             match url.port() {
@@ -203,7 +202,7 @@ impl HttpCache {
                 },
                 |index| (*index).clone(),
             );
-                let variant = key::variant_key(
+        let variant = key::variant_key(
             &source,
             &method,
             &url,
@@ -212,18 +211,18 @@ impl HttpCache {
             request.headers(),
             self.options.shared,
         );
-                let mut passed = None;
+        let mut passed = None;
         let mut failed = None;
         let slots = Slots {
             passed: &mut passed,
             failed: &mut failed,
         };
-        let outcome = self
-            .cache
-            .get_or_revalidate_with(&variant, self.options.fetch, |context| {
-                self.fetch(context, fetched, extensions, next.clone(), slots, rule)
-            })
-            .await;
+        let outcome = Box::pin(self.cache.get_or_revalidate_with(
+            &variant,
+            self.options.fetch,
+            |context| self.fetch(context, fetched, extensions, next.clone(), slots, rule),
+        ))
+        .await;
         let head = method == Method::HEAD;
         match outcome {
             Ok(answer) => {
@@ -253,7 +252,7 @@ impl HttpCache {
                 Some(response) => Ok(self.label(response, Served::Bypass)),
                 // Another caller's fetch was not stored: this caller asks
                 // for itself.
-                                None if FetchError::is_not_stored(&error) => {
+                None if FetchError::is_not_stored(&error) => {
                     self.bypass(request, extensions, next).await
                 }
                 // The client's own error when this caller's request failed
@@ -299,7 +298,7 @@ impl HttpCache {
             tracing::warn!(url = %url, error = %e.report(), "could not record the URL's Vary names");
             return;
         }
-                let variant = key::variant_key(
+        let variant = key::variant_key(
             source,
             method,
             url,
@@ -327,7 +326,7 @@ impl HttpCache {
         context: FetchContext,
         mut request: Request,
         extensions: &mut http::Extensions,
-                next: Next<'_>,
+        next: Next<'_>,
         slots: Slots<'_>,
         rule: Option<&Override>,
     ) -> Result<Revalidated<StoredResponse>, Box<dyn std::error::Error + Send + Sync>> {
@@ -350,34 +349,22 @@ impl HttpCache {
         }
         let full = request_parts(&request, false);
         let anonymous = request_parts(&request, true);
-                let conditional = context.kept().is_some();
-        let mut response = match next.clone().run(request, extensions).await {
-            Ok(response) => response,
-            Err(e) => {
-                let message = e.to_string();
-                *slots.failed = Some(e);
-                return Err(FetchError::new(message).into());
-            }
-        };
+        let conditional = context.kept().is_some();
+        let mut response = send(next.clone(), request, extensions, slots.failed).await?;
         let mut status = response.status();
         let now = SystemTime::now();
         let forced_ttl = rule.and_then(|r| r.ttl);
         let ignore_no_cache = rule.is_some_and(|r| r.ignore_no_cache);
-                if status == StatusCode::NOT_MODIFIED && conditional {
-            if let Some(updated) = self.merge_not_modified(&context, &response, &anonymous, rule, now) {
+        if status == StatusCode::NOT_MODIFIED && conditional {
+            if let Some(updated) =
+                self.merge_not_modified(&context, &response, &anonymous, rule, now)
+            {
                 return Ok(updated);
             }
             // Nothing to update (it went since the lookup): ask again,
             // unconditionally, so the caller gets a whole answer.
             if let Some(plain) = plain {
-                response = match next.run(plain, extensions).await {
-                    Ok(response) => response,
-                    Err(e) => {
-                        let message = e.to_string();
-                        *slots.failed = Some(e);
-                        return Err(FetchError::new(message).into());
-                    }
-                };
+                response = send(next, plain, extensions, slots.failed).await?;
                 status = response.status();
             }
         }
@@ -397,7 +384,7 @@ impl HttpCache {
                 Some(wait) => FetchError::throttled(wait)
                     .with_message(format!("the upstream answered {status}"))
                     .into(),
-                                None => FetchError::new(format!("the upstream answered {status}")).into(),
+                None => FetchError::new(format!("the upstream answered {status}")).into(),
             });
         }
         let headers = if ignore_no_cache {
@@ -409,7 +396,7 @@ impl HttpCache {
         let policy = CachePolicy::new_options(&full, &parts, now, self.policy_options());
         let not_found =
             status == StatusCode::NOT_FOUND && rule.and_then(|r| r.not_found_ttl).is_some();
-                if !(policy.is_storable() || not_found) {
+        if !(policy.is_storable() || not_found) {
             self.counts.not_storable.fetch_add(1, Ordering::Relaxed);
             *passed = Some(response);
             return Err(not_stored());
@@ -422,7 +409,7 @@ impl HttpCache {
         let body = match read_capped(response, self.options.max_body).await? {
             Ok(body) => body,
             Err(whole) => {
-                                self.counts.too_large.fetch_add(1, Ordering::Relaxed);
+                self.counts.too_large.fetch_add(1, Ordering::Relaxed);
                 *passed = Some(whole);
                 return Err(not_stored());
             }
@@ -460,7 +447,7 @@ impl HttpCache {
         rule: Option<&Override>,
         now: SystemTime,
     ) -> Option<Revalidated<StoredResponse>> {
-                let old = context.kept_value::<StoredResponse>()?;
+        let old = context.kept_value::<StoredResponse>()?;
         let parts = response_parts(response.status(), response.headers().clone());
         let (policy, merged) = match old.policy.after_response(anonymous, &parts, now) {
             AfterResponse::NotModified(policy, merged) => (policy, merged),
@@ -470,13 +457,17 @@ impl HttpCache {
             AfterResponse::Modified(..) => {
                 let mut headers = header_map(&old.headers);
                 for (name, value) in response.headers() {
-                    if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+                    if !matches!(
+                        name.as_str(),
+                        "content-length" | "transfer-encoding" | "connection"
+                    ) {
                         headers.insert(name.clone(), value.clone());
                     }
                 }
                 let status = StatusCode::from_u16(old.status).ok()?;
                 let merged = response_parts(status, headers);
-                let policy = CachePolicy::new_options(anonymous, &merged, now, self.policy_options());
+                let policy =
+                    CachePolicy::new_options(anonymous, &merged, now, self.policy_options());
                 (policy, merged)
             }
         };
@@ -629,13 +620,30 @@ fn new_generation() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// Sends `request` on; a failure is kept for this caller (its own error
+/// type) and handed to the cache as a fetch error.
+async fn send(
+    next: Next<'_>,
+    request: Request,
+    extensions: &mut http::Extensions,
+    failed: &mut Option<reqwest_middleware::Error>,
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    match next.run(request, extensions).await {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            let message = e.to_string();
+            *failed = Some(e);
+            Err(FetchError::new(message).into())
+        }
+    }
+}
+
 /// Where a fetch leaves what only its own caller gets: an answer not
 /// stored, or the client's error.
 struct Slots<'a> {
     passed: &'a mut Option<Response>,
     failed: &'a mut Option<reqwest_middleware::Error>,
 }
-
 
 /// The body, if it fits in `cap` bytes; else the whole response again
 /// (what was read, then the rest as it arrives), to pass on uncached.

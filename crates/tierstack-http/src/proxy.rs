@@ -40,11 +40,15 @@ impl Route {
             return Err(format!("route prefix {prefix:?} must start with /"));
         }
         if prefix.starts_with(CONTROL_PREFIX) {
-            return Err(format!("route prefix {prefix:?} is the proxy's own ({CONTROL_PREFIX})"));
+            return Err(format!(
+                "route prefix {prefix:?} is the proxy's own ({CONTROL_PREFIX})"
+            ));
         }
         let upstream = Url::parse(upstream).map_err(|e| format!("upstream {upstream:?}: {e}"))?;
         if !matches!(upstream.scheme(), "http" | "https") || upstream.host_str().is_none() {
-            return Err(format!("upstream {upstream}: an http or https URL with a host"));
+            return Err(format!(
+                "upstream {upstream}: an http or https URL with a host"
+            ));
         }
         if upstream.query().is_some() || upstream.fragment().is_some() {
             return Err(format!("upstream {upstream}: no query or fragment"));
@@ -56,7 +60,11 @@ impl Route {
     fn target(&self, path: &str, query: Option<&str>) -> Option<Url> {
         let rest = path.strip_prefix(self.prefix.trim_end_matches('/'))?;
         let base = self.upstream.as_str().trim_end_matches('/');
-        let rest = if rest.starts_with('/') || rest.is_empty() { rest.to_owned() } else { return None };
+        let rest = if rest.starts_with('/') || rest.is_empty() {
+            rest.to_owned()
+        } else {
+            return None;
+        };
         let mut url = format!("{base}{rest}");
         if let Some(query) = query {
             url.push('?');
@@ -83,7 +91,9 @@ struct Inner {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("routes", &self.inner.routes).finish_non_exhaustive()
+        f.debug_struct("Proxy")
+            .field("routes", &self.inner.routes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,9 +112,13 @@ impl Proxy {
         .with(http.clone())
         .build();
         let mut routes = routes;
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Self {
-            inner: Arc::new(Inner { routes, client, http }),
+            inner: Arc::new(Inner {
+                routes,
+                client,
+                http,
+            }),
         }
     }
 
@@ -141,14 +155,22 @@ impl Proxy {
 
 async fn health(State(proxy): State<Proxy>) -> Response {
     let tiers = proxy.inner.http.cache().health().await;
-    let down = tiers.iter().any(|(_, h)| matches!(h, tierstack::Health::Unhealthy(_)));
-    let degraded = tiers.iter().any(|(_, h)| matches!(h, tierstack::Health::Degraded(_)));
+    let down = tiers
+        .iter()
+        .any(|(_, h)| matches!(h, tierstack::Health::Unhealthy(_)));
+    let degraded = tiers
+        .iter()
+        .any(|(_, h)| matches!(h, tierstack::Health::Degraded(_)));
     let body = serde_json::json!({
         "status": if down { "unhealthy" } else if degraded { "degraded" } else { "ok" },
         "tiers": tiers.iter().map(|(name, health)| serde_json::json!({ "tier": name, "health": health })).collect::<Vec<_>>(),
     });
     // A cache with a tier down still proxies; the status says so.
-    let status = if down { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -165,8 +187,15 @@ async fn stats(State(proxy): State<Proxy>) -> Response {
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and `Host`, which the client sets
 /// for the upstream.
 const NOT_FORWARDED: [&str; 9] = [
-    "connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
 ];
 
 fn forwarded(headers: &HeaderMap) -> HeaderMap {
@@ -184,11 +213,8 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     let Some(url) = proxy.route(&path, parts.uri.query()) else {
         return (StatusCode::NOT_FOUND, format!("no upstream for {path}\n")).into_response();
     };
-    let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
-        Ok(body) => body,
-        Err(_) => {
-            return (StatusCode::PAYLOAD_TOO_LARGE, "request body over 16 MiB\n").into_response();
-        }
+    let Ok(body) = axum::body::to_bytes(body, MAX_REQUEST_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body over 16 MiB\n").into_response();
     };
     let mut upstream = proxy
         .inner
@@ -234,12 +260,10 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
+        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let Ok(mut terminate) = terminate else {
+            let _ = interrupt.await;
+            return;
         };
         tokio::select! {
             _ = interrupt => {}
@@ -251,9 +275,6 @@ pub async fn shutdown_signal() {
         let _ = interrupt.await;
     }
 }
-
-
-
 
 impl Proxy {
     /// A proxy as a config file's `proxy:` section describes it, with
@@ -268,7 +289,10 @@ impl Proxy {
     ) -> Result<(Self, SocketAddr), String> {
         let mut routes = Vec::new();
         for upstream in &section.upstreams {
-            routes.push(Route::new(upstream.prefix.clone(), &upstream.url).map_err(|e| format!("proxy.upstreams: {e}"))?);
+            routes.push(
+                Route::new(upstream.prefix.clone(), &upstream.url)
+                    .map_err(|e| format!("proxy.upstreams: {e}"))?,
+            );
         }
         for given in upstreams {
             let (prefix, url) = match given.split_once('=') {
@@ -278,9 +302,13 @@ impl Proxy {
             routes.push(Route::new(prefix, url).map_err(|e| format!("--upstream: {e}"))?);
         }
         if routes.is_empty() {
-            return Err("no upstream: give --upstream URL, or proxy.upstreams in the config".to_owned());
+            return Err(
+                "no upstream: give --upstream URL, or proxy.upstreams in the config".to_owned(),
+            );
         }
-        let listen = listen.or(section.listen.as_deref()).unwrap_or(DEFAULT_LISTEN);
+        let listen = listen
+            .or(section.listen.as_deref())
+            .unwrap_or(DEFAULT_LISTEN);
         let address: SocketAddr = listen
             .parse()
             .map_err(|e| format!("listen address {listen:?}: {e} (write it as 127.0.0.1:8787)"))?;
@@ -295,7 +323,10 @@ impl Proxy {
             options.status_header = if name.is_empty() {
                 None
             } else {
-                Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("proxy.status_header {name:?}: {e}"))?)
+                Some(
+                    http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|e| format!("proxy.status_header {name:?}: {e}"))?,
+                )
             };
         }
         for rule in &section.overrides {

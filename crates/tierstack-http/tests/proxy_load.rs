@@ -61,7 +61,11 @@ async fn the_proxy_under_load_answers_every_request_right_and_fetches_each_url_o
     let cache = TieredCache::builder()
         .tier(MemoryTier::new(&MemoryConfig::with_max_entries(100_000)).unwrap())
         .build();
-    let proxy = Proxy::new(cache, vec![Route::new("/", &upstream).unwrap()], HttpCacheOptions::default());
+    let proxy = Proxy::new(
+        cache,
+        vec![Route::new("/", &upstream).unwrap()],
+        HttpCacheOptions::default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let served = proxy.clone();
@@ -81,15 +85,14 @@ async fn the_proxy_under_load_answers_every_request_right_and_fetches_each_url_o
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 // Each client starts in its own stretch of the URLs.
-                let mut n = client_index as u64 * (urls / clients as u64).max(1);
+                let start = client_index as u64 * (urls / clients as u64).max(1);
                 // Bounded: by time, and by a request count no run reaches.
-                for _ in 0..1_000_000 {
+                for step in 0..1_000_000 {
                     if Instant::now() >= deadline {
                         break;
                     }
                     // Spread over every URL, each client from its own start.
-                    let id = (n * 7919) % urls;
-                    n += 1;
+                    let id = ((start + step) * 7919) % urls;
                     asked.lock().unwrap().insert(id);
                     let started = Instant::now();
                     match client.get(format!("{base}/item/{id}")).send().await {
@@ -116,17 +119,22 @@ async fn the_proxy_under_load_answers_every_request_right_and_fetches_each_url_o
     latencies.sort_unstable();
     let requests = latencies.len();
     let p99 = latencies[requests * 99 / 100];
+    #[allow(clippy::cast_precision_loss)] // a printed rate
+    let rate = requests as f64 / size.duration.as_secs_f64();
     println!(
-        "{} clients × {:?} over {} URLs: {requests} requests, {:.0}/s, p99 {p99:?}, {} upstream calls",
+        "{} clients × {:?} over {} URLs: {requests} requests, {rate:.0}/s, p99 {p99:?}, {} upstream calls",
         size.clients,
         size.duration,
         size.urls,
-        requests as f64 / size.duration.as_secs_f64(),
         calls.load(Ordering::SeqCst)
     );
     assert_eq!(errors.load(Ordering::Relaxed), 0, "errors");
     assert_eq!(wrong.load(Ordering::Relaxed), 0, "wrong bodies");
     let distinct = asked.lock().unwrap().len() as u64;
     assert_eq!(distinct, size.urls, "every URL was asked for");
-    assert_eq!(calls.load(Ordering::SeqCst), distinct, "one upstream call per distinct URL");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        distinct,
+        "one upstream call per distinct URL"
+    );
 }

@@ -110,7 +110,13 @@ impl Server {
             headers.append(*name, value.parse().unwrap());
         }
         if script.bare_304 && request.contains_key("if-modified-since") {
-            *self.log.lock().unwrap().not_modified.entry(path.to_owned()).or_default() += 1;
+            *self
+                .log
+                .lock()
+                .unwrap()
+                .not_modified
+                .entry(path.to_owned())
+                .or_default() += 1;
             return StatusCode::NOT_MODIFIED.into_response();
         }
         if sent.is_some() && sent == script.header("etag") {
@@ -193,14 +199,23 @@ impl Front {
     }
 }
 
-async fn front(kind: Kind, server: &Server, cache: TieredCache, options: HttpCacheOptions) -> Front {
+async fn front(
+    kind: Kind,
+    server: &Server,
+    cache: TieredCache,
+    options: HttpCacheOptions,
+) -> Front {
     match kind {
         Kind::Middleware => {
             let http = HttpCache::new(cache, options);
             let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
                 .with(http.clone())
                 .build();
-            Front { http, client, base: server.base.clone() }
+            Front {
+                http,
+                client,
+                base: server.base.clone(),
+            }
         }
         Kind::Proxy => {
             let routes = vec![Route::new("/", &server.base).unwrap()];
@@ -210,7 +225,11 @@ async fn front(kind: Kind, server: &Server, cache: TieredCache, options: HttpCac
             let served = proxy.clone();
             tokio::spawn(async move { served.serve(listener, std::future::pending()).await });
             let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
-            Front { http: proxy.http_cache().clone(), client, base }
+            Front {
+                http: proxy.http_cache().clone(),
+                client,
+                base,
+            }
         }
     }
 }
@@ -264,7 +283,13 @@ async fn private_is_not_stored_by_the_shared_cache_and_is_by_a_private_one(kind:
     assert_eq!(served, "BYPASS");
     assert_eq!(server.full("/p"), 2);
 
-    let http = front(kind, &server, memory(), HttpCacheOptions::default().private()).await;
+    let http = front(
+        kind,
+        &server,
+        memory(),
+        HttpCacheOptions::default().private(),
+    )
+    .await;
     get(&http, &http.url("/p"), &[]).await;
     let (_, served, ..) = get(&http, &http.url("/p"), &[]).await;
     assert_eq!(served, "HIT");
@@ -278,7 +303,13 @@ async fn s_maxage_wins_over_max_age_in_the_shared_cache_and_not_in_a_private_one
         Script::ok("s", &[("cache-control", "max-age=3600, s-maxage=1")]),
     );
     let shared_http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
-    let private_http = front(kind, &server, memory(), HttpCacheOptions::default().private()).await;
+    let private_http = front(
+        kind,
+        &server,
+        memory(),
+        HttpCacheOptions::default().private(),
+    )
+    .await;
     get(&shared_http, &shared_http.url("/s"), &[]).await;
     get(&private_http, &private_http.url("/s"), &[]).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
@@ -426,8 +457,7 @@ async fn a_post_invalidates_the_url(kind: Kind) {
     );
     let posted = http.client.post(http.url("/doc")).send().await.unwrap();
     assert_eq!(posted.status(), 200);
-    let (_, served, body, _) =
-        get(&http, &http.url("/doc"), &[("accept-encoding", "gzip")]).await;
+    let (_, served, body, _) = get(&http, &http.url("/doc"), &[("accept-encoding", "gzip")]).await;
     assert_eq!(served, "MISS");
     assert!(body.starts_with("v2"), "{body}");
 }
@@ -590,7 +620,11 @@ async fn expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_t
         "N 304s, no second body"
     );
     let stats = http.http.cache().stats();
-    assert_eq!(stats.sources[&format!("127.0.0.1:{}", server.base.rsplit(':').next().unwrap())].revalidated, N as u64);
+    assert_eq!(
+        stats.sources[&format!("127.0.0.1:{}", server.base.rsplit(':').next().unwrap())]
+            .revalidated,
+        N as u64
+    );
     // Fresh in every tier: each answers alone.
     let now = tierstack::Timestamp::now();
     for tier in http.http.cache().tiers() {
@@ -668,7 +702,13 @@ async fn a_body_over_the_cap_passes_through_whole_and_is_counted(kind: Kind) {
         "/big",
         Script::ok(&big, &[("cache-control", "max-age=600")]),
     );
-    let http = front(kind, &server, memory(), HttpCacheOptions::default().max_body(1024)).await;
+    let http = front(
+        kind,
+        &server,
+        memory(),
+        HttpCacheOptions::default().max_body(1024),
+    )
+    .await;
     let (status, served, body, _) = get(&http, &http.url("/big"), &[]).await;
     assert_eq!((status, served.as_str()), (200, "BYPASS"));
     assert!(body.starts_with(&big), "the whole body");
@@ -681,43 +721,79 @@ async fn a_body_over_the_cap_passes_through_whole_and_is_counted(kind: Kind) {
 async fn a_304_without_validators_updates_the_one_stored_answer(kind: Kind) {
     let server = Server::start().await;
     let modified = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
-    let mut script = Script::ok("lm", &[("cache-control", "max-age=1"), ("last-modified", modified.as_str())]);
+    let mut script = Script::ok(
+        "lm",
+        &[
+            ("cache-control", "max-age=1"),
+            ("last-modified", modified.as_str()),
+        ],
+    );
     script.bare_304 = true;
     server.script("/lm", script);
     let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
     get(&http, &http.url("/lm"), &[]).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let (status, served, body, _) = get(&http, &http.url("/lm"), &[]).await;
-    assert_eq!((status, served.as_str()), (200, "REVALIDATED"), "not the bare 304");
+    assert_eq!(
+        (status, served.as_str()),
+        (200, "REVALIDATED"),
+        "not the bare 304"
+    );
     assert!(body.starts_with("lm "), "{body}");
     assert_eq!((server.full("/lm"), server.not_modified("/lm")), (1, 1));
 }
 
 async fn a_private_cache_and_a_shared_one_over_the_same_tiers_keep_apart(kind: Kind) {
     let server = Server::start().await;
-    server.script("/own", Script::ok("own", &[("cache-control", "private, max-age=600")]));
+    server.script(
+        "/own",
+        Script::ok("own", &[("cache-control", "private, max-age=600")]),
+    );
     let tiers = memory();
-    let private = front(kind, &server, tiers.clone(), HttpCacheOptions::default().private()).await;
+    let private = front(
+        kind,
+        &server,
+        tiers.clone(),
+        HttpCacheOptions::default().private(),
+    )
+    .await;
     let shared = front(kind, &server, tiers, HttpCacheOptions::default()).await;
     get(&private, &private.url("/own"), &[]).await;
     let (_, served, ..) = get(&private, &private.url("/own"), &[]).await;
     assert_eq!(served, "HIT");
     let (_, served, ..) = get(&shared, &shared.url("/own"), &[]).await;
-    assert_ne!(served, "HIT", "a shared cache never serves a private answer");
+    assert_ne!(
+        served, "HIT",
+        "a shared cache never serves a private answer"
+    );
     assert_eq!(server.full("/own"), 2);
 }
 
 async fn an_answer_not_stored_replaces_no_stale_one_and_is_no_fetch_error(kind: Kind) {
     let server = Server::start().await;
-    server.script("/x", Script::ok("old", &[("cache-control", "max-age=1, stale-if-error=600")]));
+    server.script(
+        "/x",
+        Script::ok("old", &[("cache-control", "max-age=1, stale-if-error=600")]),
+    );
     let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
     get(&http, &http.url("/x"), &[]).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     server.script("/x", Script::ok("new", &[("cache-control", "no-store")]));
     let (status, served, body, _) = get(&http, &http.url("/x"), &[]).await;
     assert_eq!((status, served.as_str()), (200, "BYPASS"));
-    assert!(body.starts_with("new "), "the new answer, not the stale one: {body}");
-    let source = http.http.cache().stats().sources.into_iter().find(|(s, _)| !s.ends_with(":index")).unwrap().1;
+    assert!(
+        body.starts_with("new "),
+        "the new answer, not the stale one: {body}"
+    );
+    let source = http
+        .http
+        .cache()
+        .stats()
+        .sources
+        .into_iter()
+        .find(|(s, _)| !s.ends_with(":index"))
+        .unwrap()
+        .1;
     assert_eq!(source.fetch_errors, 0);
     assert_eq!(source.stale_served, 0);
 }
@@ -727,7 +803,10 @@ async fn a_refused_connection_is_the_clients_own_error_or_a_502(kind: Kind) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let server = Server { base: format!("http://{closed}"), ..Server::default() };
+    let server = Server {
+        base: format!("http://{closed}"),
+        ..Server::default()
+    };
     let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
     let result = http.client.get(http.url("/gone")).send().await;
     match kind {

@@ -99,6 +99,18 @@ impl Sandbox {
         self.sandboxed(command)
     }
 
+    /// Starts a long-running command (`proxy`) with stdout and stderr
+    /// piped; the caller stops it.
+    #[allow(dead_code)] // used by some test binaries only
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs with at most `memory_kib` of address space (`ulimit -v`) and for
     /// at most `seconds` (then killed: exit 124), so that a run that would
     /// hold a whole stream in memory or never end fails the test instead of

@@ -1,0 +1,235 @@
+//! `tierstack proxy` as a user starts it: in front of a real HTTP server
+//! (Python's `http.server` over a directory), answers cached by RFC 9111's
+//! heuristic, the control endpoints, a config `proxy:` section, SIGTERM
+//! ending it cleanly.
+
+mod support;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use support::Sandbox;
+
+/// A directory served by `python3 -m http.server` on a free port; the
+/// file's modification time ten days ago makes its answers fresh for a
+/// day by the heuristic (a tenth of its age).
+struct Upstream {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[allow(clippy::zombie_processes)] // `Upstream`'s drop kills and waits for it
+fn upstream() -> Upstream {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("book.json");
+    std::fs::write(&file, r#"{"title":"Dune"}"#).unwrap();
+    let ten_days_ago = SystemTime::now() - Duration::from_secs(10 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(ten_days_ago)
+        .unwrap();
+    let port = free_port();
+    let mut child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Upstream {
+                child,
+                port,
+                _dir: dir,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("http.server did not start");
+}
+
+/// One HTTP/1.1 GET; the status line, the headers (lower-case names) and
+/// the body.
+fn get(port: u16, path: &str) -> (String, Vec<(String, String)>, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Waits for the proxy's "listening on http://ADDR" line; its port.
+fn listening(child: &mut Child) -> (u16, BufReader<std::process::ChildStderr>) {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..50 {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let address = rest.split_whitespace().next().unwrap();
+            let port = address.rsplit(':').next().unwrap().parse().unwrap();
+            return (port, stderr);
+        }
+    }
+    let _ = child.kill();
+    panic!("the proxy did not say where it listens; last line: {line}");
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the proxy did not stop on SIGTERM");
+}
+
+#[test]
+fn the_proxy_caches_answers_serves_its_endpoints_and_stops_on_sigterm() {
+    let upstream = upstream();
+    let sandbox = Sandbox::new();
+    let target = format!("http://127.0.0.1:{}", upstream.port);
+    let mut proxy = sandbox.spawn(&["proxy", "--upstream", &target, "--listen", "127.0.0.1:0"]);
+    let (port, mut stderr) = listening(&mut proxy);
+
+    let (status, headers, body) = get(port, "/book.json");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, r#"{"title":"Dune"}"#);
+    assert_eq!(header(&headers, "x-cache"), Some("MISS"));
+    let (_, headers, body) = get(port, "/book.json");
+    assert_eq!(header(&headers, "x-cache"), Some("HIT"), "{headers:?}");
+    assert_eq!(body, r#"{"title":"Dune"}"#);
+    let (status, _, body) = get(port, "/_tierstack/health");
+    assert!(
+        status.contains("200") && body.contains(r#""status":"ok""#),
+        "{status} {body}"
+    );
+    let (_, _, body) = get(port, "/_tierstack/stats");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let source = format!("127.0.0.1:{}", upstream.port);
+    assert_eq!(stats["cache"]["sources"][&source]["hits"], 1, "{stats}");
+    assert_eq!(stats["cache"]["sources"][&source]["fetches"], 1, "{stats}");
+
+    let status = terminate(&mut proxy);
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.contains("proxied") && rest.contains("cache=HIT"),
+        "access log: {rest}"
+    );
+    assert!(rest.contains("tierstack proxy: stopped"), "{rest}");
+    assert!(
+        !rest.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal: {rest}"
+    );
+}
+
+#[test]
+fn the_config_proxy_section_routes_prefixes_and_bad_input_is_a_usage_error() {
+    let upstream = upstream();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "proxy.yaml",
+        &format!(
+            "cache:\n  tiers:\n    - kind: memory\nproxy:\n  listen: 127.0.0.1:0\n  upstreams:\n    - prefix: /files\n      url: http://127.0.0.1:{}\n  overrides:\n    - path: /\n      source: books\n      ttl: 1h\n",
+            upstream.port
+        ),
+    );
+    let config = config.to_str().unwrap();
+    let mut proxy = sandbox.spawn(&["--config", config, "proxy"]);
+    let (port, _stderr) = listening(&mut proxy);
+    let (_, headers, body) = get(port, "/files/book.json");
+    assert_eq!(body, r#"{"title":"Dune"}"#);
+    assert_eq!(header(&headers, "x-cache"), Some("MISS"));
+    let (status, ..) = get(port, "/elsewhere");
+    assert!(status.contains("404"), "no route: {status}");
+    let (_, _, body) = get(port, "/_tierstack/stats");
+    assert!(body.contains(r#""books""#), "the override's source: {body}");
+    assert!(terminate(&mut proxy).success());
+
+    let none = sandbox.run(&["proxy", "--listen", "127.0.0.1:0"]).expect(2);
+    assert!(none.stderr.contains("no upstream"), "{none:?}");
+    let bad = sandbox
+        .run(&["proxy", "--upstream", "ftp://example"])
+        .expect(2);
+    assert!(bad.stderr.contains("http or https"), "{bad:?}");
+    let listen = sandbox
+        .run(&[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            "here",
+        ])
+        .expect(2);
+    assert!(listen.stderr.contains("listen address"), "{listen:?}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let busy = sandbox
+        .run(&[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            &address,
+        ])
+        .expect(3);
+    assert!(busy.stderr.contains("cannot listen"), "{busy:?}");
+}
