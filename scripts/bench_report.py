@@ -45,6 +45,8 @@ ROWS = [
     ("Ecosystem", "hit: `#[tierstack::cached]` function returning `Arc<T>` vs a `CachedFn::call` hit", "ecosystem/hit", "cached_fn", "attribute_arc", 1.1, "lower"),
     ("Ecosystem", "hit: `#[tierstack::cached]` function returning `T` (a clone of the cached value) vs a `CachedFn::call` hit", "ecosystem/hit", "cached_fn", "attribute_clone", None, "lower"),
     ("Ecosystem", "L1 hit with a Prometheus recorder installed and a publisher every 100 ms vs no recorder (feature `metrics` on in both)", "ecosystem/metrics_hit", "no_recorder", "prometheus_recorder", 1.1, "lower"),
+    ("Proxy", "GET of a cached answer through `tierstack proxy` vs the same through a plain forwarding proxy (axum + reqwest, no cache), loopback", "proxy/get", "passthrough", "tierstack_hit", None, "lower"),
+    ("Proxy", "GET of a cached answer through `tierstack proxy` vs straight to the upstream (which answers at once), loopback", "proxy/get", "direct", "tierstack_hit", None, "lower"),
     ("SQLite", "get + decode", "sqlite/get", "raw_select_decode", "cache", 1.2, "lower"),
     ("SQLite", "set vs the raw autocommit UPSERT (rewrites the bytes the row holds)", "sqlite/set", "raw_upsert", "cache", 1.5, "lower"),
     ("SQLite", "set vs the raw UPSERT with a fresh expiry (what a cache writes)", "sqlite/set", "raw_upsert_fresh_expiry", "cache", None, "lower"),
