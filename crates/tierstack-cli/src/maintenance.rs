@@ -296,7 +296,7 @@ pub(crate) async fn prometheus(cache: &TieredCache) -> Outcome {
 /// The exporter's text in a stable order (it renders in hash order):
 /// metric families by name, series by labels, so that two runs over the
 /// same figures print the same bytes and diff cleanly.
-fn sorted_exposition(text: &str) -> String {
+pub(crate) fn sorted_exposition(text: &str) -> String {
     let mut families: Vec<(Vec<&str>, Vec<&str>)> = text
         .split("\n\n")
         .filter(|block| !block.trim().is_empty())

@@ -20,6 +20,16 @@ pub(crate) async fn proxy(config: &Config, cache: TieredCache, request: ProxyReq
         request.listen.as_deref(),
     )
     .map_err(Failure::usage)?;
+    // The cache's counters at /_tierstack/metrics, in Prometheus's format.
+    let proxy = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => proxy.with_metrics(std::sync::Arc::new(move || {
+            crate::maintenance::sorted_exposition(&handle.render())
+        })),
+        Err(e) => {
+            note(&format!("tierstack proxy: no /_tierstack/metrics ({e})"));
+            proxy
+        }
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Failure::unavailable(format!("cannot listen on {listen}: {e}")))?;

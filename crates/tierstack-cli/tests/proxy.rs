@@ -165,6 +165,11 @@ fn the_proxy_caches_answers_serves_its_endpoints_and_stops_on_sigterm() {
     let source = format!("127.0.0.1:{}", upstream.port);
     assert_eq!(stats["cache"]["sources"][&source]["hits"], 1, "{stats}");
     assert_eq!(stats["cache"]["sources"][&source]["fetches"], 1, "{stats}");
+    let (status, headers, body) = get(port, "/_tierstack/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(header(&headers, "content-type").is_some_and(|t| t.starts_with("text/plain")));
+    let hits = format!("tierstack_source_hits_total{{source=\"{source}\"}} 1");
+    assert!(body.lines().any(|l| l == hits), "no `{hits}` in:\n{body}");
 
     let status = terminate(&mut proxy);
     assert!(status.success(), "{status}");

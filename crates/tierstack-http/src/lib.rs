@@ -15,7 +15,9 @@ mod stored;
 
 pub use middleware::{HttpCache, HttpStats};
 pub use options::{DEFAULT_MAX_BODY, HttpCacheOptions, Override};
-pub use proxy::{CONTROL_PREFIX, DEFAULT_LISTEN, MAX_REQUEST_BODY, Proxy, Route, shutdown_signal};
+pub use proxy::{
+    CONTROL_PREFIX, DEFAULT_LISTEN, MAX_REQUEST_BODY, Proxy, RenderMetrics, Route, shutdown_signal,
+};
 
 /// The HTTP page of the guide, compiled.
 #[cfg(doctest)]

@@ -81,7 +81,11 @@ impl Route {
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
+    metrics: Option<RenderMetrics>,
 }
+
+/// Renders the installed `metrics` recorder's text (Prometheus's handle).
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 struct Inner {
     routes: Vec<Route>,
@@ -119,7 +123,18 @@ impl Proxy {
                 client,
                 http,
             }),
+            metrics: None,
         }
+    }
+
+    /// Serves `/_tierstack/metrics`: the cache's counters published to the
+    /// installed `metrics` recorder (`tierstack::metrics::Metrics`), then
+    /// `render`'s text (with `metrics-exporter-prometheus`:
+    /// `move || handle.render()`). Without it that path answers 404.
+    #[must_use]
+    pub fn with_metrics(mut self, render: RenderMetrics) -> Self {
+        self.metrics = Some(render);
+        self
     }
 
     /// The HTTP cache underneath.
@@ -132,6 +147,7 @@ impl Proxy {
         axum::Router::new()
             .route("/_tierstack/health", axum::routing::get(health))
             .route("/_tierstack/stats", axum::routing::get(stats))
+            .route("/_tierstack/metrics", axum::routing::get(metrics))
             .fallback(forward)
             .with_state(self.clone())
     }
@@ -182,6 +198,20 @@ async fn stats(State(proxy): State<Proxy>) -> Response {
         "http": { "too_large": http.too_large, "not_storable": http.not_storable, "bypassed": http.bypassed },
     }))
     .into_response()
+}
+
+async fn metrics(State(proxy): State<Proxy>) -> Response {
+    let Some(render) = &proxy.metrics else {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled on this proxy\n",
+        )
+            .into_response();
+    };
+    tierstack::metrics::Metrics::new(proxy.inner.http.cache())
+        .publish_with_sizes()
+        .await;
+    ([("content-type", "text/plain; version=0.0.4")], render()).into_response()
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and `Host`, which the client sets
