@@ -197,8 +197,9 @@ fn the_sqlite3_shell_reads_the_json_column() -> Outcome {
 /// request is retried alone: the others are stored and acknowledged, only
 /// the one that does not fit fails, with `Full` naming the file. With
 /// `synchronous: full` every write goes through the writer thread, so the
-/// requests queue behind the busy one; the control round shows that they
-/// share a transaction when nothing fails.
+/// requests queue behind the busy one (held by another connection's write
+/// lock until all are queued); the control round shows that they share a
+/// transaction when nothing fails.
 fn a_failing_batch_is_retried_request_by_request() -> Outcome {
     let disk = match SmallDisk::mount(2 << 20) {
         Ok(disk) => disk,
@@ -212,17 +213,24 @@ fn a_failing_batch_is_retried_request_by_request() -> Outcome {
             tierstack_conformance::cases::entry(k, &json!("x".repeat(len)), None)
         };
         // Behind a busy writer; returns each request's result and the
-        // transactions committed meanwhile.
+        // transactions committed meanwhile. The writer is held busy by
+        // another connection's write lock until every request is queued
+        // (a busy write alone can end before a loaded machine has queued
+        // them, which split the batches at random).
         let queue_behind_a_busy_writer = |requests: Vec<(Key, tierstack::Entry)>| {
             let tier = Arc::clone(&tier);
+            let path = path.clone();
             async move {
                 let before = tier.transactions();
+                let lock = rusqlite::Connection::open(&path).unwrap();
+                lock.execute_batch("BEGIN IMMEDIATE").unwrap();
                 let busy = {
                     let tier = Arc::clone(&tier);
                     let e = entry(&book_key("busy"), 512 << 10);
                     tokio::spawn(async move { tier.set(&book_key("busy"), e).await })
                 };
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                // The writer takes the busy write and waits on the lock.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 let mut handles = Vec::new();
                 for (k, e) in requests {
                     let tier = Arc::clone(&tier);
@@ -230,6 +238,10 @@ fn a_failing_batch_is_retried_request_by_request() -> Outcome {
                         async move { (k.clone(), tier.set(&k, e).await) },
                     ));
                 }
+                // Well within the tier's 5 s busy timeout.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                lock.execute_batch("ROLLBACK").unwrap();
+                drop(lock);
                 busy.await.unwrap().unwrap();
                 let mut results = Vec::new();
                 for handle in handles {
