@@ -451,6 +451,14 @@ impl HttpCache {
         let parts = response_parts(response.status(), response.headers().clone());
         let (policy, merged) = match old.policy.after_response(anonymous, &parts, now) {
             AfterResponse::NotModified(policy, merged) => (policy, merged),
+            // A 304 with other validators than the stored answer's is not
+            // for it (RFC 9111 §4.3.4): ask again.
+            AfterResponse::Modified(..)
+                if response.headers().contains_key(http::header::ETAG)
+                    || response.headers().contains_key(http::header::LAST_MODIFIED) =>
+            {
+                return None;
+            }
             // A 304 without validators answers the one stored response
             // this conditional request was made for (RFC 9111 §4.3.4):
             // its headers update that one.

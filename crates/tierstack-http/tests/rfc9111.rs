@@ -43,6 +43,9 @@ impl Script {
 
 #[derive(Default)]
 struct Log {
+    /// A path whose next request is answered `304` with this `ETag`,
+    /// whatever it asked.
+    force_304: HashMap<String, String>,
     /// Full answers and 304s, by path.
     full: HashMap<String, u32>,
     not_modified: HashMap<String, u32>,
@@ -67,6 +70,14 @@ impl Server {
         server.base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         server
+    }
+
+    fn force_304_once(&self, path: &str, etag: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .force_304
+            .insert(path.to_owned(), etag.to_owned());
     }
 
     fn script(&self, path: &str, script: Script) {
@@ -108,6 +119,17 @@ impl Server {
         let mut headers = HeaderMap::new();
         for (name, value) in &script.headers {
             headers.append(*name, value.parse().unwrap());
+        }
+        let forced = self.log.lock().unwrap().force_304.remove(path);
+        if let Some(etag) = forced {
+            *self
+                .log
+                .lock()
+                .unwrap()
+                .not_modified
+                .entry(path.to_owned())
+                .or_default() += 1;
+            return (StatusCode::NOT_MODIFIED, [("etag", etag)]).into_response();
         }
         if script.bare_304 && request.contains_key("if-modified-since") {
             *self
@@ -818,6 +840,29 @@ async fn a_refused_connection_is_the_clients_own_error_or_a_502(kind: Kind) {
     }
 }
 
+async fn a_304_naming_another_etag_is_not_taken_for_the_stored_answer(kind: Kind) {
+    let server = Server::start().await;
+    server.script(
+        "/w",
+        Script::ok("v1", &[("cache-control", "max-age=1"), ("etag", "\"1\"")]),
+    );
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/w"), &[]).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // A contradictory server: 304 to If-None-Match "1", naming "2".
+    server.script(
+        "/w",
+        Script::ok("v2", &[("cache-control", "max-age=60"), ("etag", "\"2\"")]),
+    );
+    server.force_304_once("/w", "\"2\"");
+    let (status, served, body, _) = get(&http, &http.url("/w"), &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("v2 "),
+        "asked again, not the stored body: {body} ({served})"
+    );
+}
+
 /// Each case through the middleware and through the proxy.
 macro_rules! through_both {
     ($($name:ident),* $(,)?) => {
@@ -856,4 +901,5 @@ through_both!(
     a_private_cache_and_a_shared_one_over_the_same_tiers_keep_apart,
     an_answer_not_stored_replaces_no_stale_one_and_is_no_fetch_error,
     a_refused_connection_is_the_clients_own_error_or_a_502,
+    a_304_naming_another_etag_is_not_taken_for_the_stored_answer,
 );
