@@ -1,11 +1,12 @@
 //! The `reqwest-middleware` adapter.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
 use reqwest::{Request, Response, ResponseBuilderExt as _, Url};
@@ -48,6 +49,10 @@ pub struct HttpCache {
     cache: TieredCache,
     options: Arc<HttpCacheOptions>,
     counts: Arc<Counts>,
+    /// What revalidates in the background (`stale-while-revalidate`):
+    /// the request that served stale has gone on with its answer, and
+    /// the client it came through is only borrowed for that request.
+    background: Arc<OnceLock<Option<reqwest::Client>>>,
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +113,57 @@ impl HttpCache {
             cache,
             options: Arc::new(options),
             counts: Arc::default(),
+            background: Arc::default(),
         }
+    }
+
+    /// Sends background revalidations (of answers served stale under
+    /// `stale-while-revalidate`) through `client`, so they share its
+    /// settings (timeouts, TLS roots, proxy). Without it they go through a
+    /// plain `reqwest::Client` made at the first one. They do not pass
+    /// through the middleware stack of the request that served stale: that
+    /// request has been answered.
+    #[must_use]
+    pub fn with_background_client(mut self, client: reqwest::Client) -> Self {
+        self.background = Arc::new(OnceLock::from(Some(client)));
+        self
+    }
+
+    fn background_client(&self) -> Option<reqwest::Client> {
+        self.background
+            .get_or_init(|| reqwest::Client::builder().build().ok())
+            .clone()
+    }
+
+    /// The background revalidation of `stale`, when it may be served while
+    /// it is revalidated (inside its `stale-while-revalidate` window) and
+    /// there is a client and a request to revalidate with.
+    fn revalidate_in_background(
+        &self,
+        stale: &StoredResponse,
+        request: Option<Request>,
+    ) -> Option<impl FnOnce(FetchContext) -> BoxFuture<'static, FetchResult> + Send + use<>> {
+        if stale.revalidate_until? < SystemTime::now() {
+            return None;
+        }
+        let request = request?;
+        let client = self.background_client()?;
+        let this = self.clone();
+        Some(
+            move |context: FetchContext| -> BoxFuture<'static, FetchResult> {
+                Box::pin(async move {
+                    let options = Arc::clone(&this.options);
+                    let rule = options.rule_for(request.url());
+                    let (mut passed, mut failed) = (None, None);
+                    let slots = Slots {
+                        passed: &mut passed,
+                        failed: &mut failed,
+                    };
+                    this.fetch(context, request, Upstream::Client(client), slots, rule)
+                        .await
+                })
+            },
+        )
     }
 
     /// What was passed on without storing.
@@ -175,7 +230,7 @@ impl HttpCache {
         extensions: &mut http::Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        let Some(fetched) = request.try_clone() else {
+        let (Some(fetched), background) = (request.try_clone(), request.try_clone()) else {
             return self.bypass(request, extensions, next).await;
         };
         let method = request.method().clone();
@@ -217,10 +272,17 @@ impl HttpCache {
             passed: &mut passed,
             failed: &mut failed,
         };
-        let outcome = Box::pin(self.cache.get_or_revalidate_with(
+        let outcome = Box::pin(self.cache.get_stale_while_revalidate(
             &variant,
             self.options.fetch,
-            |context| self.fetch(context, fetched, extensions, next.clone(), slots, rule),
+            |stale: &StoredResponse| self.revalidate_in_background(stale, background),
+            |context| {
+                let upstream = Upstream::Next {
+                    next: next.clone(),
+                    extensions: &mut *extensions,
+                };
+                self.fetch(context, fetched, upstream, slots, rule)
+            },
         ))
         .await;
         let head = method == Method::HEAD;
@@ -325,32 +387,20 @@ impl HttpCache {
         &self,
         context: FetchContext,
         mut request: Request,
-        extensions: &mut http::Extensions,
-        next: Next<'_>,
+        mut upstream: Upstream<'_>,
         slots: Slots<'_>,
         rule: Option<&Override>,
-    ) -> Result<Revalidated<StoredResponse>, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> FetchResult {
         let passed = slots.passed;
         // Sent again without validators if the 304 cannot be used.
         let plain = request.try_clone();
         if let Some(kept) = context.kept() {
-            let headers = request.headers_mut();
-            if let Some(etag) = kept
-                .etag_bytes()
-                .and_then(|e| HeaderValue::from_bytes(e).ok())
-            {
-                headers.insert(http::header::IF_NONE_MATCH, etag);
-            }
-            if let Some(at) = kept.last_modified_at() {
-                if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
-                    headers.insert(http::header::IF_MODIFIED_SINCE, value);
-                }
-            }
+            ask_if_modified(request.headers_mut(), kept);
         }
         let full = request_parts(&request, false);
         let anonymous = request_parts(&request, true);
         let conditional = context.kept().is_some();
-        let mut response = send(next.clone(), request, extensions, slots.failed).await?;
+        let mut response = send(&mut upstream, request, slots.failed).await?;
         let mut status = response.status();
         let now = SystemTime::now();
         let forced_ttl = rule.and_then(|r| r.ttl);
@@ -364,7 +414,7 @@ impl HttpCache {
             // Nothing to update (it went since the lookup): ask again,
             // unconditionally, so the caller gets a whole answer.
             if let Some(plain) = plain {
-                response = send(next, plain, extensions, slots.failed).await?;
+                response = send(&mut upstream, plain, slots.failed).await?;
                 status = response.status();
             }
         }
@@ -416,7 +466,7 @@ impl HttpCache {
         };
         // Stored without the request's credentials.
         let policy = CachePolicy::new_options(&anonymous, &parts, now, self.policy_options());
-        let meta = response_meta(
+        let (meta, revalidate_until) = response_meta(
             &policy,
             &headers,
             self.options.shared,
@@ -428,6 +478,7 @@ impl HttpCache {
             StoredResponse {
                 policy,
                 status: status.as_u16(),
+                revalidate_until,
                 headers: stored_headers(&headers),
                 body,
             },
@@ -479,7 +530,7 @@ impl HttpCache {
                 (policy, merged)
             }
         };
-        let meta = response_meta(
+        let (meta, revalidate_until) = response_meta(
             &policy,
             &merged.headers,
             self.options.shared,
@@ -490,6 +541,7 @@ impl HttpCache {
         let updated = StoredResponse {
             policy,
             status: old.status,
+            revalidate_until,
             headers: stored_headers(&merged.headers),
             body: old.body.clone(),
         };
@@ -590,6 +642,21 @@ impl Middleware for HttpCache {
     }
 }
 
+/// Makes a request conditional on the kept answer's validators.
+fn ask_if_modified(headers: &mut HeaderMap, kept: &tierstack::ResponseMeta) {
+    if let Some(etag) = kept
+        .etag_bytes()
+        .and_then(|e| HeaderValue::from_bytes(e).ok())
+    {
+        headers.insert(http::header::IF_NONE_MATCH, etag);
+    }
+    if let Some(at) = kept.last_modified_at() {
+        if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            headers.insert(http::header::IF_MODIFIED_SINCE, value);
+        }
+    }
+}
+
 /// The request head the policy crate reads; without credentials for the
 /// policy that is stored.
 fn request_parts(request: &Request, anonymous: bool) -> http::request::Parts {
@@ -628,15 +695,37 @@ fn new_generation() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// What a fetch answers the cache.
+type FetchResult = Result<Revalidated<StoredResponse>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Where a fetch sends its requests: on through the middleware stack of
+/// the request being answered, or (in the background, after that request
+/// was answered) through a client of the cache's own.
+enum Upstream<'a> {
+    Next {
+        next: Next<'a>,
+        extensions: &'a mut http::Extensions,
+    },
+    Client(reqwest::Client),
+}
+
+impl Upstream<'_> {
+    async fn run(&mut self, request: Request) -> reqwest_middleware::Result<Response> {
+        match self {
+            Self::Next { next, extensions } => next.clone().run(request, extensions).await,
+            Self::Client(client) => client.execute(request).await.map_err(Into::into),
+        }
+    }
+}
+
 /// Sends `request` on; a failure is kept for this caller (its own error
 /// type) and handed to the cache as a fetch error.
 async fn send(
-    next: Next<'_>,
+    upstream: &mut Upstream<'_>,
     request: Request,
-    extensions: &mut http::Extensions,
     failed: &mut Option<reqwest_middleware::Error>,
 ) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
-    match next.run(request, extensions).await {
+    match upstream.run(request).await {
         Ok(response) => Ok(response),
         Err(e) => {
             let message = e.to_string();

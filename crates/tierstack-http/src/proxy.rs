@@ -104,17 +104,17 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     /// A proxy of `routes` (the longest matching prefix wins) over `cache`.
     pub fn new(cache: TieredCache, routes: Vec<Route>, options: HttpCacheOptions) -> Self {
-        let http = HttpCache::new(cache, options);
-        let client = reqwest_middleware::ClientBuilder::new(
-            reqwest::Client::builder()
-                // The client's own `Host` and redirects are the upstream's
-                // business: pass 3xx on as they came.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
-        )
-        .with(http.clone())
-        .build();
+        let upstream = reqwest::Client::builder()
+            // The client's own `Host` and redirects are the upstream's
+            // business: pass 3xx on as they came.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        // Background revalidations go to the upstream the same way.
+        let http = HttpCache::new(cache, options).with_background_client(upstream.clone());
+        let client = reqwest_middleware::ClientBuilder::new(upstream)
+            .with(http.clone())
+            .build();
         let mut routes = routes;
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Self {

@@ -14,6 +14,10 @@ use tierstack::ResponseMeta;
 pub(crate) struct StoredResponse {
     pub(crate) policy: CachePolicy,
     pub(crate) status: u16,
+    /// Until when, once stale, it may be served while it is revalidated
+    /// in the background (`stale-while-revalidate`); `None`: never.
+    #[serde(default)]
+    pub(crate) revalidate_until: Option<SystemTime>,
     pub(crate) headers: Vec<(String, Bytes)>,
     pub(crate) body: Bytes,
 }
@@ -104,9 +108,10 @@ fn has(directives: &[(String, Option<String>)], name: &str) -> bool {
 
 /// What a response says about itself, for the cache underneath: its
 /// validators, its freshness (`ttl` from the policy unless an override
-/// forces one), `stale-if-error` as the stale window (RFC 5861, which
-/// http-cache-semantics does not read), and whether it must never be
-/// served stale.
+/// forces one), the stale window (`stale-if-error` and
+/// `stale-while-revalidate`, RFC 5861, which http-cache-semantics does not
+/// read), and whether it must never be served stale; and until when it
+/// may be served stale while it is revalidated.
 pub(crate) fn response_meta(
     policy: &CachePolicy,
     headers: &HeaderMap,
@@ -114,9 +119,10 @@ pub(crate) fn response_meta(
     forced_ttl: Option<Duration>,
     ignore_no_cache: bool,
     now: SystemTime,
-) -> ResponseMeta {
+) -> (ResponseMeta, Option<SystemTime>) {
     let cc = directives(headers);
-    let mut meta = ResponseMeta::none().ttl(forced_ttl.unwrap_or_else(|| policy.time_to_live(now)));
+    let ttl = forced_ttl.unwrap_or_else(|| policy.time_to_live(now));
+    let mut meta = ResponseMeta::none().ttl(ttl);
     if let Some(etag) = headers.get(http::header::ETAG) {
         meta = meta.etag(etag.as_bytes());
     }
@@ -127,14 +133,22 @@ pub(crate) fn response_meta(
     {
         meta = meta.last_modified(at);
     }
-    if let Some(window) = seconds(&cc, "stale-if-error") {
+    let no_cache = has(&cc, "no-cache") && !ignore_no_cache;
+    let must_revalidate =
+        has(&cc, "must-revalidate") || no_cache || (shared && has(&cc, "proxy-revalidate"));
+    if must_revalidate {
+        // Never served stale: no window, whatever it says.
+        return (meta.must_revalidate(), None);
+    }
+    let if_error = seconds(&cc, "stale-if-error");
+    let while_revalidating = seconds(&cc, "stale-while-revalidate");
+    // Stale-if-error past the revalidation window as well: a stale answer
+    // may be served inside either.
+    if let Some(window) = if_error.max(while_revalidating) {
         meta = meta.stale_for(window);
     }
-    let no_cache = has(&cc, "no-cache") && !ignore_no_cache;
-    if has(&cc, "must-revalidate") || no_cache || (shared && has(&cc, "proxy-revalidate")) {
-        meta = meta.must_revalidate();
-    }
-    meta
+    let revalidate_until = while_revalidating.map(|window| now + ttl + window);
+    (meta, revalidate_until)
 }
 
 /// A response head for the policy crate.

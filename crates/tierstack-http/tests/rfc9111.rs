@@ -55,6 +55,9 @@ struct Log {
 struct Server {
     scripts: Arc<Mutex<HashMap<String, Script>>>,
     log: Arc<Mutex<Log>>,
+    /// Every request waits for a read lock: a test holding the write lock
+    /// holds the upstream's answers back.
+    hold: Arc<tokio::sync::RwLock<()>>,
     base: String,
 }
 
@@ -64,7 +67,10 @@ impl Server {
         let handler = server.clone();
         let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
             let server = handler.clone();
-            async move { server.answer(uri.path(), &headers) }
+            async move {
+                let _pass = server.hold.read().await;
+                server.answer(uri.path(), &headers)
+            }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         server.base = format!("http://{}", listener.local_addr().unwrap());
@@ -433,6 +439,83 @@ async fn stale_if_error_is_honoured(kind: Kind) {
     );
     let (status, ..) = get(&http, &http.url("/f"), &[]).await;
     assert_eq!(status, 500);
+}
+
+async fn stale_while_revalidate_serves_stale_at_once_and_revalidates_in_the_background(kind: Kind) {
+    let server = Server::start().await;
+    let swr = "max-age=1, stale-while-revalidate=60";
+    server.script(
+        "/swr",
+        Script::ok("v1", &[("cache-control", swr), ("etag", "\"v1\"")]),
+    );
+    server.script("/new", Script::ok("n1", &[("cache-control", swr)]));
+    server.script(
+        "/short",
+        Script::ok(
+            "s",
+            &[("cache-control", "max-age=1, stale-while-revalidate=1")],
+        ),
+    );
+    server.script(
+        "/mr",
+        Script::ok(
+            "m",
+            &[
+                (
+                    "cache-control",
+                    "max-age=1, stale-while-revalidate=60, must-revalidate",
+                ),
+                ("etag", "\"m\""),
+            ],
+        ),
+    );
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    for path in ["/swr", "/new", "/short", "/mr"] {
+        get(&http, &http.url(path), &[]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    server.script("/new", Script::ok("n2", &[("cache-control", swr)]));
+    // The upstream holds its answers back: a stale answer that arrives
+    // meanwhile did not wait for it.
+    let held = Arc::clone(&server.hold).write_owned().await;
+    for path in ["/swr", "/swr", "/new"] {
+        let (status, served, body, _) =
+            tokio::time::timeout(Duration::from_secs(5), get(&http, &http.url(path), &[]))
+                .await
+                .expect("the stale answer waited for the upstream");
+        assert_eq!((status, served.as_str()), (200, "STALE"), "{path}");
+        let old = if path == "/new" { "n1 " } else { "v1 " };
+        assert!(body.starts_with(old), "{path}: {body}");
+    }
+    drop(held);
+    // One revalidation each, in the background; then fresh.
+    for (path, body) in [("/swr", "v1 "), ("/new", "n2 ")] {
+        let mut last = String::new();
+        for _ in 0..50 {
+            let (_, served, text, _) = get(&http, &http.url(path), &[]).await;
+            if served == "HIT" {
+                last = text;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(last.starts_with(body), "{path} fresh again: {last:?}");
+    }
+    assert_eq!(
+        (server.full("/swr"), server.not_modified("/swr")),
+        (1, 1),
+        "one conditional request, answered 304"
+    );
+    assert_eq!(server.full("/new"), 2, "one new answer, no more");
+    // Past its window, the answer is fetched before it is served.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, served, ..) = get(&http, &http.url("/short"), &[]).await;
+    assert_eq!(served, "MISS");
+    assert_eq!(server.full("/short"), 2);
+    // `must-revalidate` wins: never served stale.
+    let (_, served, ..) = get(&http, &http.url("/mr"), &[]).await;
+    assert_eq!(served, "REVALIDATED");
+    assert_eq!(server.not_modified("/mr"), 1);
 }
 
 async fn age_is_correct(kind: Kind) {
@@ -888,6 +971,7 @@ through_both!(
     vary_accept_encoding_keeps_two_variants,
     must_revalidate_is_never_served_stale,
     stale_if_error_is_honoured,
+    stale_while_revalidate_serves_stale_at_once_and_revalidates_in_the_background,
     age_is_correct,
     a_post_invalidates_the_url,
     authorization_requests_are_not_shared_across_clients,

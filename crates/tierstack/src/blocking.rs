@@ -72,7 +72,7 @@ use tierstack_core::{ClearScope, Error, ErrorKind, Key, Result};
 
 use crate::cache::{CacheValue, Ttl};
 use crate::config_file::Config;
-use crate::fetch::{BoxError, FetchContext, FetchOptions};
+use crate::fetch::{BoxError, FetchContext, FetchOptions, Fetched};
 use crate::stats::CacheStats;
 
 /// How long the runtime thread waits, when the last handle is dropped, for
@@ -247,6 +247,42 @@ impl TieredCache {
                 std::future::ready(Fetching::run(key, || fetch(context)))
             })
         })
+    }
+
+    /// [`crate::TieredCache::get_stale_while_revalidate`] with plain
+    /// closures: `background`, when `revalidate` returns one, runs on a
+    /// blocking thread of the cache's runtime after the stale value is
+    /// answered.
+    pub fn get_stale_while_revalidate<V, R, B, F, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        revalidate: R,
+        fetch: F,
+    ) -> Result<Fetched<V>>
+    where
+        V: CacheValue,
+        R: FnOnce(&V) -> Option<B> + Send,
+        B: FnOnce(FetchContext) -> std::result::Result<crate::Revalidated<V>, E> + Send + 'static,
+        F: FnOnce(FetchContext) -> std::result::Result<crate::Revalidated<V>, E>,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let background = |stale: &V| {
+            revalidate(stale).map(|background| {
+                move |context: FetchContext| async move {
+                    match tokio::task::spawn_blocking(move || background(context)).await {
+                        Ok(answer) => answer.map_err(Into::into),
+                        Err(panicked) => Err(BoxError::from(panicked)),
+                    }
+                }
+            })
+        };
+        self.runtime.block_on(self.cache.get_stale_while_revalidate(
+            key,
+            options,
+            background,
+            |context| std::future::ready(Fetching::run(key, || fetch(context)).map_err(Into::into)),
+        ))
     }
 
     /// Turns offline mode on or off (see

@@ -315,7 +315,7 @@ pub mod __macro {
         F: Future + Send + 'static,
     {
         if let Ok(cache) = cache.tiered() {
-            cache.refresh_in_background(None, key, options, move |_| async move {
+            cache.refresh_in_background(None, key, options, None, move |_| async move {
                 stored(body.await).map_err(Into::into)
             });
         }
@@ -339,7 +339,7 @@ pub mod __macro {
             let on = Some(cache.runtime());
             cache
                 .as_async()
-                .refresh_in_background(on, key, options, move |_| async move {
+                .refresh_in_background(on, key, options, None, move |_| async move {
                     // On the cache's runtime: the task was spawned there.
                     match tokio::task::spawn_blocking(body).await {
                         Ok(outcome) => stored(outcome).map_err(Into::into),

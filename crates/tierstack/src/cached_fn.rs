@@ -32,10 +32,11 @@ use std::sync::Arc;
 
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use tierstack_core::{Header, Key, Result, Timestamp};
+use tierstack_core::{Entry, Header, Key, Result, Timestamp};
 
 use crate::cache::{CacheValue, TieredCache, Ttl};
 use crate::fetch::{BoxError, FetchContext, FetchOptions, Fetched};
+use crate::revalidate::IntoAnswered;
 use crate::stats::bump;
 
 type Loader<A, V> =
@@ -174,7 +175,7 @@ where
         let mut header = None;
         let outcome = self
             .cache
-            .resolve(&key, self.options, false, &mut header, fetch)
+            .resolve(&key, self.options, false, &mut header, None, fetch)
             .await?;
         if let Some(header) = header {
             self.refresh_if_due(&header, key.clone(), args);
@@ -184,30 +185,37 @@ where
 
     fn refresh_in_background(&self, key: Key, args: A) {
         let load = Arc::clone(&self.load);
-        self.cache
-            .refresh_in_background(None, key, self.options, move |context| async move {
-                load(args, context).await.map(Some)
-            });
+        self.cache.refresh_in_background(
+            None,
+            key,
+            self.options,
+            None,
+            move |context| async move { load(args, context).await.map(Some) },
+        );
     }
 }
 
 impl TieredCache {
     /// Refreshes `key` in a task of its own, unless a refresh of it runs
     /// already: `load` answers a value (`None`: a negative entry), which
-    /// replaces the current one in every tier. The current value stays
+    /// replaces the current one in every tier, or, offered the expired
+    /// entry `kept` (with validators), "not modified" for it
+    /// ([`Revalidated`](crate::Revalidated)). The current value stays
     /// whatever the refresh does. The task runs on `on`, else on the
     /// caller's Tokio runtime; with neither, nothing is refreshed (said at
     /// DEBUG) and the entry expires as it would have.
-    pub(crate) fn refresh_in_background<V, L, Fut>(
+    pub(crate) fn refresh_in_background<V, L, Fut, A>(
         &self,
         on: Option<&tokio::runtime::Handle>,
         key: Key,
         options: FetchOptions,
+        kept: Option<Entry>,
         load: L,
     ) where
         V: CacheValue,
         L: FnOnce(FetchContext) -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, BoxError>> + Send + 'static,
+        Fut: Future<Output = std::result::Result<A, BoxError>> + Send + 'static,
+        A: IntoAnswered<V> + Send,
     {
         let Some(runtime) = on
             .cloned()
@@ -246,12 +254,24 @@ impl TieredCache {
                     return;
                 }
             };
-            match load(FetchContext::new(&key, true, Some(budget.clone()))).await {
-                Ok(value) => {
+            let context = FetchContext::new(&key, true, Some(budget.clone()))
+                .keeping(kept.as_ref(), &cache);
+            match load(context).await {
+                Ok(answer) => {
                     budget.answered(None, probe).await;
-                    cache
-                        .store_fetched(&key, value.map(Arc::new).as_ref(), options)
-                        .await;
+                    let source = cache.inner.sources.get(key.source());
+                    let mut kept = kept.map(Box::new);
+                    if let Err(e) = cache
+                        .store_answer(&key, &source, &mut kept, answer.into_answered(), options)
+                        .await
+                    {
+                        tracing::warn!(key = %key, error = %e.report(), "background refresh not stored; the current value stays");
+                    }
+                }
+                // An answer not to store: the current value stays.
+                Err(e) if crate::FetchError::is_not_stored(&*e) => {
+                    budget.answered(None, probe).await;
+                    tracing::debug!(key = %key, error = %tierstack_core::Report::of(&*e), "background refresh not stored; the current value stays");
                 }
                 Err(e) => {
                     budget.answered(crate::fetch::slow_down(&*e), probe).await;

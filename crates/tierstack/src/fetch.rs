@@ -199,6 +199,19 @@ impl FetchContext {
         }
     }
 
+    /// This context, offering `retained` (an expired entry with
+    /// validators) for a revalidation.
+    pub(crate) fn keeping(mut self, retained: Option<&Entry>, cache: &TieredCache) -> Self {
+        self.kept = retained.and_then(|entry| {
+            Some(Kept {
+                meta: ResponseMeta::of(entry)?,
+                entry: Arc::new(entry.clone()),
+                cache: cache.clone(),
+            })
+        });
+        self
+    }
+
     /// The validators of the expired entry the tiers keep for this key,
     /// for a conditional request (`If-None-Match`, `If-Modified-Since`);
     /// `None` when no such entry is kept. A fetch of
@@ -285,6 +298,11 @@ impl BatchContext {
 }
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Asked, before anything is fetched, about an expired value inside its
+/// stale window (and the entry kept for its revalidation, if any):
+/// `true` answers it at once.
+pub(crate) type AcceptStale<'a, V> = dyn FnMut(&Arc<V>, Option<&Entry>) -> bool + Send + 'a;
 
 /// The outcome of the shared fetch path; `None` values are "not found".
 pub(crate) enum Outcome<V> {
@@ -390,7 +408,7 @@ impl TieredCache {
     {
         let fetch = |context| async { fetch(context).await.map(Some) };
         let outcome = self
-            .resolve(key, options.into(), false, &mut None, fetch)
+            .resolve(key, options.into(), false, &mut None, None, fetch)
             .await?;
         outcome.into_fetched(key)
     }
@@ -412,7 +430,7 @@ impl TieredCache {
         E: Into<BoxError>,
     {
         match self
-            .resolve(key, options.into(), true, &mut None, fetch)
+            .resolve(key, options.into(), true, &mut None, None, fetch)
             .await?
         {
             Outcome::Cached(v)
@@ -450,6 +468,7 @@ impl TieredCache {
         options: FetchOptions,
         negatives: bool,
         cached_header: &mut Option<Header>,
+        accept_stale: Option<&mut AcceptStale<'_, V>>,
         fetch: F,
     ) -> Result<Outcome<V>>
     where
@@ -496,6 +515,12 @@ impl TieredCache {
         };
         // Fetched for the miss only: a hit counts through `lookup`.
         let source = self.inner.sources.get(key.source());
+        if let (Some(accept), Some(Some(value))) = (accept_stale, &stale) {
+            if accept(value, retained.as_deref()) {
+                bump(&source.local().stale_served);
+                return Ok(Outcome::Stale(Some(Arc::clone(value))));
+            }
+        }
         if self.is_offline() {
             return offline_answer(key, stale, &source.local().stale_served);
         }
@@ -631,14 +656,8 @@ impl TieredCache {
             .await?;
         bump(&source.local().fetches);
         let has_stale = miss.stale.is_some();
-        let mut context = FetchContext::new(key, has_stale, Some(self.budget(policy, key)));
-        context.kept = miss.retained.as_deref().and_then(|entry| {
-            Some(Kept {
-                meta: ResponseMeta::of(entry)?,
-                entry: Arc::new(entry.clone()),
-                cache: self.clone(),
-            })
-        });
+        let context = FetchContext::new(key, has_stale, Some(self.budget(policy, key)))
+            .keeping(miss.retained.as_deref(), self);
         let run = AssertUnwindSafe(fetch(context)).catch_unwind();
         #[cfg(feature = "metrics")]
         let sources = [key.source()];
@@ -649,7 +668,13 @@ impl TieredCache {
             Some(Ok(Ok(answer))) => {
                 group.answered(None, probe, shared, &source).await;
                 return self
-                    .store_answer(miss, answer.into_answered(), options)
+                    .store_answer(
+                        key,
+                        &miss.source,
+                        &mut miss.retained,
+                        answer.into_answered(),
+                        options,
+                    )
                     .await;
             }
             Some(Ok(Err(e))) => {
@@ -686,15 +711,16 @@ impl TieredCache {
         Err(error)
     }
 
-    /// Stores what the leader's fetch answered: a value (with what its
-    /// response said), or "not modified" for the kept entry.
-    async fn store_answer<V: CacheValue>(
+    /// Stores what a fetch answered: a value (with what its response
+    /// said), or "not modified" for the kept entry `retained`.
+    pub(crate) async fn store_answer<V: CacheValue>(
         &self,
-        miss: &mut Miss<'_, V>,
+        key: &Key,
+        source: &SourceCounters,
+        retained: &mut Option<Box<Entry>>,
         answer: Answered<V>,
         options: FetchOptions,
     ) -> Result<Outcome<V>> {
-        let key = miss.key;
         match answer {
             Answered::Value {
                 value,
@@ -702,7 +728,7 @@ impl TieredCache {
                 revalidated,
             } => {
                 // An update keeps the validators it does not replace.
-                let meta = match (revalidated, miss.retained.as_deref()) {
+                let meta = match (revalidated, retained.as_deref()) {
                     (true, Some(kept)) => {
                         ResponseMeta::of(kept).unwrap_or_default().updated_by(meta)
                     }
@@ -713,17 +739,17 @@ impl TieredCache {
                     .store_answered(key, value.as_ref(), &meta, meta.applied_to(options))
                     .await;
                 if revalidated {
-                    bump(&miss.source.local().revalidated);
+                    bump(&source.local().revalidated);
                     return Ok(Outcome::Revalidated(value));
                 }
                 Ok(Outcome::fetched(value, stored))
             }
             Answered::NotModified(meta) => {
-                let retained = miss.retained.take().ok_or_else(|| nothing_retained(key))?;
+                let retained = retained.take().ok_or_else(|| nothing_retained(key))?;
                 let value = self
                     .store_revalidated::<V>(key, *retained, meta, options)
                     .await?;
-                bump(&miss.source.local().revalidated);
+                bump(&source.local().revalidated);
                 Ok(Outcome::Revalidated(Some(value)))
             }
         }
@@ -858,20 +884,9 @@ impl TieredCache {
         }
     }
 
-    /// Writes a fetched value, or a negative entry for "not found"; `true`
-    /// if some tier now holds it.
-    pub(crate) async fn store_fetched<V: CacheValue>(
-        &self,
-        key: &Key,
-        value: Option<&Arc<V>>,
-        options: FetchOptions,
-    ) -> bool {
-        self.store_answered(key, value, &ResponseMeta::none(), options)
-            .await
-    }
-
-    /// [`TieredCache::store_fetched`], with the validators of the response
-    /// the value came from (ignored for "not found").
+    /// Writes a fetched value with the validators of the response it came
+    /// from, or a negative entry for "not found"; `true` if some tier now
+    /// holds it.
     async fn store_answered<V: CacheValue>(
         &self,
         key: &Key,

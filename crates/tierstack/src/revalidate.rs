@@ -309,8 +309,94 @@ impl TieredCache {
         E: Into<BoxError>,
     {
         let outcome = self
-            .resolve(key, options.into(), false, &mut None, fetch)
+            .resolve(key, options.into(), false, &mut None, None, fetch)
             .await?;
+        outcome.into_fetched(key)
+    }
+
+    /// [`TieredCache::get_or_revalidate_with`] for an upstream that lets a
+    /// stale answer be served while it is revalidated (HTTP
+    /// `stale-while-revalidate`, RFC 5861): when no tier holds `key` fresh
+    /// but one holds it expired inside its stale window, `revalidate` is
+    /// asked about that value before anything is fetched or waited for.
+    /// `Some(background)` answers the value at once ([`Fetched::Stale`],
+    /// counted as stale served) and runs `background`, an owned fetch, in a
+    /// task of its own: one per key at a time, spending the source's
+    /// budget like any fetch (skipped when the budget would make it wait
+    /// past the call's timeouts), offered the kept entry's validators, its
+    /// answer stored as `fetch`'s would be. `None` goes on as
+    /// `get_or_revalidate_with` with `fetch`.
+    ///
+    /// The background task runs on the caller's Tokio runtime; with none,
+    /// nothing is revalidated and the stale value is still answered.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierstack::Result<()> {
+    /// use std::time::Duration;
+    /// use tierstack::{FetchOptions, Key, MemoryConfig, MemoryTier, ResponseMeta, Revalidated, TieredCache};
+    ///
+    /// let cache = TieredCache::builder()
+    ///     .tier(MemoryTier::new(&MemoryConfig::with_max_entries(100))?)
+    ///     .build();
+    /// let key = Key::new("quotes", [("symbol", "ACME")]);
+    /// let options = FetchOptions::ttl(Duration::from_secs(60)).stale_for(Duration::from_secs(30));
+    /// let quote = cache
+    ///     .get_stale_while_revalidate(
+    ///         &key,
+    ///         options,
+    ///         // Any stale quote will do while a new one is asked for.
+    ///         |_stale: &u32| {
+    ///             Some(|_| async { Ok::<_, std::io::Error>(Revalidated::Modified(43, ResponseMeta::none())) })
+    ///         },
+    ///         |_| async { Ok::<_, std::io::Error>(Revalidated::Modified(42, ResponseMeta::none())) },
+    ///     )
+    ///     .await?;
+    /// assert_eq!(**quote.value(), 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_stale_while_revalidate<V, R, B, BFut, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        revalidate: R,
+        fetch: F,
+    ) -> Result<Fetched<V>>
+    where
+        V: CacheValue,
+        R: FnOnce(&V) -> Option<B> + Send,
+        B: FnOnce(FetchContext) -> BFut + Send + 'static,
+        BFut: Future<Output = std::result::Result<Revalidated<V>, E>> + Send + 'static,
+        F: FnOnce(FetchContext) -> Fut,
+        Fut: Future<Output = std::result::Result<Revalidated<V>, E>>,
+        E: Into<BoxError> + 'static,
+    {
+        let options = options.into();
+        let mut revalidate = Some(revalidate);
+        let mut background = None;
+        let mut accept = |stale: &Arc<V>, kept: Option<&Entry>| match revalidate
+            .take()
+            .and_then(|ask| ask(stale))
+        {
+            Some(fetch) => {
+                background = Some((fetch, kept.cloned()));
+                true
+            }
+            None => false,
+        };
+        let outcome = self
+            .resolve(key, options, false, &mut None, Some(&mut accept), fetch)
+            .await?;
+        if let Some((fetch, kept)) = background {
+            self.refresh_in_background(
+                None,
+                key.clone(),
+                options,
+                kept,
+                move |context| async move { fetch(context).await.map_err(Into::into) },
+            );
+        }
         outcome.into_fetched(key)
     }
 }

@@ -130,7 +130,7 @@ impl TieredCache {
                         fetch(fetch_key).await
                     };
                     let counter = match self
-                        .resolve::<V, _, _, _, _>(&key, options.fetch, true, &mut None, fetch)
+                        .resolve::<V, _, _, _, _>(&key, options.fetch, true, &mut None, None, fetch)
                         .await
                     {
                         Ok(Outcome::Cached(_)) => &counts.fresh,

@@ -405,6 +405,63 @@ fn the_blocking_api_revalidates_with_a_plain_closure() {
     assert_eq!(cache.stats().sources["books"].revalidated, 1);
 }
 
+#[test]
+fn the_blocking_api_serves_stale_while_a_plain_closure_revalidates_on_a_thread_of_its_own() {
+    let cache = tierstack::blocking::TieredCache::build(|| async {
+        Ok(TieredCache::builder()
+            .tier(MemoryTier::new(&MemoryConfig::with_max_entries(10))?)
+            .build())
+    })
+    .unwrap();
+    let options = FetchOptions::ttl(Duration::from_millis(50)).stale_for(Duration::from_secs(60));
+    let modified = |value: &str| -> Result<Revalidated<String>, std::io::Error> {
+        Ok(Revalidated::Modified(
+            value.to_owned(),
+            ResponseMeta::none(),
+        ))
+    };
+    let first = cache
+        .get_stale_while_revalidate(
+            &key(2),
+            options,
+            |_: &String| None::<fn(FetchContext) -> _>,
+            |_| modified("first"),
+        )
+        .unwrap();
+    assert!(matches!(first, Fetched::Fetched(_)));
+    std::thread::sleep(Duration::from_millis(80));
+    let caller = std::thread::current().id();
+    let (ran_on, on_thread) = std::sync::mpsc::channel();
+    let stale = cache
+        .get_stale_while_revalidate(
+            &key(2),
+            options,
+            |_: &String| {
+                Some(move |_| {
+                    ran_on.send(std::thread::current().id()).unwrap();
+                    modified("second")
+                })
+            },
+            |_| panic!("a stale value was at hand"),
+        )
+        .unwrap();
+    assert!(
+        matches!(&stale, Fetched::Stale(v) if **v == "first"),
+        "{stale:?}"
+    );
+    let thread = on_thread.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_ne!(thread, caller);
+    let mut now = None;
+    for _ in 0..50 {
+        now = cache.get::<String>(&key(2));
+        if now.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(now.as_deref().map(String::as_str), Some("second"));
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("the API is down")]
 struct Down;
@@ -502,4 +559,67 @@ async fn an_updated_answer_made_from_the_kept_value_replaces_it_and_counts_as_re
     }
     let read = cache.get::<Vec<String>>(&key(1)).await.unwrap();
     assert_eq!(read[0], "date: tuesday");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_value_served_while_revalidating_is_made_fresh_in_every_tier_by_one_background_fetch()
+ {
+    let api = start_api().await;
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path()).await;
+    let options = FetchOptions::ttl(TTL).stale_for(Duration::from_secs(60));
+    let url = format!("{}/books/7", api.base);
+    let read = |accept: bool| {
+        let (cache, http, url) = (cache.clone(), http.clone(), url.clone());
+        async move {
+            let background = (http.clone(), url.clone());
+            cache
+                .get_stale_while_revalidate(
+                    &key(7),
+                    options,
+                    move |_stale: &String| {
+                        accept.then_some(move |context| {
+                            let (http, url) = background;
+                            fetch_book(http, url, context)
+                        })
+                    },
+                    |context| fetch_book(http, url, context),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(read(true).await, Fetched::Fetched(_)));
+    tokio::time::sleep(TTL + Duration::from_millis(150)).await;
+    // Declined: revalidated before it is answered.
+    assert!(matches!(read(false).await, Fetched::Revalidated(_)));
+    assert_eq!(api.counts.not_modified.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(TTL + Duration::from_millis(150)).await;
+    // Accepted, twice: answered stale at once; one revalidation behind them.
+    let before = Timestamp::now();
+    for _ in 0..2 {
+        match read(true).await {
+            Fetched::Stale(v) => assert_eq!(*v, "book 7 version 1"),
+            other => panic!("{other:?}"),
+        }
+    }
+    for _ in 0..50 {
+        if cache.stats().sources["books"].revalidated == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.sources["books"].revalidated, 2, "{stats:?}");
+    assert_eq!(stats.sources["books"].stale_served, 2);
+    assert_eq!(api.counts.not_modified.load(Ordering::SeqCst), 2);
+    assert_eq!(api.counts.full.load(Ordering::SeqCst), 1, "no body again");
+    let now = Timestamp::now();
+    for tier in cache.tiers() {
+        let entry = tier.get(&key(7)).await.unwrap().unwrap();
+        assert!(entry.header.is_fresh(now), "{}", tier.name());
+        assert!(entry.header.created_at >= before, "{}", tier.name());
+    }
+    assert!(matches!(read(true).await, Fetched::Cached(_)));
 }
