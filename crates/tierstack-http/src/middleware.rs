@@ -618,6 +618,11 @@ impl Middleware for HttpCache {
                 && (response.status().is_success() || response.status().is_redirection())
             {
                 self.invalidate(&url).await;
+                // And the URLs it names on the same origin (never another
+                // host's, which this answer cannot speak for).
+                for named in named_urls(&url, response.headers()) {
+                    self.invalidate(&named).await;
+                }
             }
             self.counts.bypassed.fetch_add(1, Ordering::Relaxed);
             return Ok(self.label(response, Served::Bypass));
@@ -670,6 +675,19 @@ fn request_parts(request: &Request, anonymous: bool) -> http::request::Parts {
         }
     }
     parts
+}
+
+/// The `Location` and `Content-Location` URLs of an answer to `target`
+/// that are on its origin (RFC 9111 §4.4), other than `target` itself.
+fn named_urls(target: &Url, headers: &HeaderMap) -> Vec<Url> {
+    let mut urls: Vec<Url> = [http::header::LOCATION, http::header::CONTENT_LOCATION]
+        .iter()
+        .filter_map(|name| headers.get(name)?.to_str().ok())
+        .filter_map(|value| target.join(value.trim()).ok())
+        .filter(|url| url.origin() == target.origin() && url != target)
+        .collect();
+    urls.dedup();
+    urls
 }
 
 /// The response's `Vary` names, lower case, sorted, without duplicates.
@@ -773,4 +791,49 @@ async fn read_capped(
         }
     }
     Ok(Ok(body.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(target: &str, location: &str, content_location: &str) -> Vec<String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::LOCATION, location.parse().unwrap());
+        headers.insert(
+            http::header::CONTENT_LOCATION,
+            content_location.parse().unwrap(),
+        );
+        named_urls(&target.parse().unwrap(), &headers)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn only_urls_on_the_targets_origin_are_invalidated() {
+        assert_eq!(
+            named(
+                "http://api.test/books",
+                "/books/1",
+                "http://api.test/books/2?x=1"
+            ),
+            ["http://api.test/books/1", "http://api.test/books/2?x=1"]
+        );
+        // Another host, scheme or port is another origin; the target
+        // itself is invalidated already.
+        assert!(
+            named(
+                "http://api.test/books",
+                "http://other.test/books/1",
+                "https://api.test/books/1"
+            )
+            .is_empty()
+        );
+        assert!(named("http://api.test/books", "http://api.test:8080/b", "/books").is_empty());
+        assert_eq!(
+            named("http://api.test/a/b", "c", "c"),
+            ["http://api.test/a/c"]
+        );
+    }
 }

@@ -567,6 +567,46 @@ async fn a_post_invalidates_the_url(kind: Kind) {
     assert!(body.starts_with("v2"), "{body}");
 }
 
+async fn a_post_invalidates_the_urls_it_names_on_its_origin_only(kind: Kind) {
+    let server = Server::start().await;
+    for path in ["/books/1", "/books/2", "/books/3"] {
+        server.script(path, Script::ok("v1", &[("cache-control", "max-age=600")]));
+    }
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let mut created = Script::ok("created", &[("location", "/books/1")]);
+    created.status = 201;
+    // Absolute, on the same origin.
+    created
+        .headers
+        .push(("content-location", format!("{}/books/2", server.base)));
+    server.script("/books", created);
+    // The same path on another host: not this answer's to invalidate.
+    let mut moved = Script::ok("moved", &[]);
+    moved.status = 201;
+    moved
+        .headers
+        .push(("location", format!("http://localhost:{port}/books/3")));
+    server.script("/elsewhere", moved);
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    for path in ["/books/1", "/books/2", "/books/3"] {
+        get(&http, &http.url(path), &[]).await;
+        let (_, served, ..) = get(&http, &http.url(path), &[]).await;
+        assert_eq!(served, "HIT", "{path}");
+    }
+    for path in ["/books", "/elsewhere"] {
+        let posted = http.client.post(http.url(path)).send().await.unwrap();
+        assert_eq!(posted.status(), 201, "{path}");
+    }
+    for (path, after) in [
+        ("/books/1", "MISS"),
+        ("/books/2", "MISS"),
+        ("/books/3", "HIT"),
+    ] {
+        let (_, served, ..) = get(&http, &http.url(path), &[]).await;
+        assert_eq!(served, after, "{path}");
+    }
+}
+
 async fn authorization_requests_are_not_shared_across_clients(kind: Kind) {
     let server = Server::start().await;
     server.script(
@@ -974,6 +1014,7 @@ through_both!(
     stale_while_revalidate_serves_stale_at_once_and_revalidates_in_the_background,
     age_is_correct,
     a_post_invalidates_the_url,
+    a_post_invalidates_the_urls_it_names_on_its_origin_only,
     authorization_requests_are_not_shared_across_clients,
     heuristic_freshness_from_last_modified,
     a_304_updates_stored_headers,
