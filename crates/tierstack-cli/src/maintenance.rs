@@ -235,16 +235,7 @@ pub(crate) async fn stats(cache: &TieredCache, json: bool) -> Outcome {
     if !json {
         print_counters(counters.as_ref());
     }
-    let failed: Vec<String> = tiers
-        .iter()
-        .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.tier)))
-        .chain(problems)
-        .collect();
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::unavailable(failed.join("; ")))
-    }
+    failed_reading(&tiers, problems)
 }
 
 /// `stats --prometheus`: the stats file's totals (every process that used
@@ -281,6 +272,12 @@ pub(crate) async fn prometheus(cache: &TieredCache) -> Outcome {
     });
     // `emit` adds the final newline; a closed pipe loses the text quietly.
     emit(&sorted_exposition(&rendered.render()));
+    failed_reading(&tiers, problems)
+}
+
+/// The outcome of a command that read every tier: unavailable, naming
+/// each tier that failed and each other problem, if any did.
+fn failed_reading(tiers: &[TierView], problems: Vec<String>) -> Outcome {
     let failed: Vec<String> = tiers
         .iter()
         .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.tier)))

@@ -14,6 +14,8 @@ use tierstack::{MemoryConfig, MemoryTier, RedisConfig, RedisTier, TieredCache, T
 use tierstack_conformance::redis_server::RedisServer;
 use tierstack_http::{HttpCache, HttpCacheOptions};
 
+mod support;
+
 const N: u64 = 10;
 
 async fn api(full: Arc<AtomicU64>, not_modified: Arc<AtomicU64>) -> String {
@@ -64,19 +66,11 @@ async fn fresh_answers(cache: &TieredCache) -> Vec<(String, usize)> {
     let now = Timestamp::now();
     let mut out = Vec::new();
     for tier in cache.tiers() {
-        let (mut fresh, mut cursor) = (0, None);
-        loop {
-            let page = tier.scan(cursor, 100).await.unwrap();
-            fresh += page
-                .entries
-                .iter()
-                .filter(|(k, e)| !k.source().ends_with(":index") && e.header.is_fresh(now))
-                .count();
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
+        let fresh = support::all_entries(&**tier)
+            .await
+            .iter()
+            .filter(|(k, e)| !k.source().ends_with(":index") && e.header.is_fresh(now))
+            .count();
         out.push((tier.name().to_owned(), fresh));
     }
     out

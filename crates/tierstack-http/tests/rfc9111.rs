@@ -12,6 +12,9 @@ use axum::response::IntoResponse;
 use tierstack::{FetchOptions, MemoryConfig, MemoryTier, SqliteConfig, SqliteTier, TieredCache};
 use tierstack_http::{HttpCache, HttpCacheOptions, Override, Proxy, Route};
 
+mod support;
+use support::all_entries;
+
 /// What the server answers on one path.
 #[derive(Clone, Default)]
 struct Script {
@@ -181,20 +184,11 @@ impl Server {
 /// Answers stored in the top tier (the URL indexes aside).
 async fn stored_answers(cache: &HttpCache) -> usize {
     let tier = cache.cache().tiers().next().unwrap();
-    let mut count = 0;
-    let mut cursor = None;
-    loop {
-        let page = tier.scan(cursor, 100).await.unwrap();
-        count += page
-            .entries
-            .iter()
-            .filter(|(k, _)| !k.source().ends_with(":index"))
-            .count();
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return count,
-        }
-    }
+    all_entries(&**tier)
+        .await
+        .iter()
+        .filter(|(k, _)| !k.source().ends_with(":index"))
+        .count()
 }
 
 fn memory() -> TieredCache {
@@ -641,21 +635,13 @@ async fn authorization_requests_are_not_shared_across_clients(kind: Kind) {
     // The credentials are not in what is stored (the body is the API's to
     // echo): no key holds them, no stored request header names them.
     for tier in http.http.cache().tiers() {
-        let mut cursor = None;
-        loop {
-            let page = tier.scan(cursor, 100).await.unwrap();
-            for (key, entry) in &page.entries {
-                assert!(
-                    !key.as_str().contains("alice") && !key.as_str().contains("bob"),
-                    "{key}"
-                );
-                let stored = String::from_utf8_lossy(&entry.body).to_lowercase();
-                assert!(!stored.contains("authorization"), "{stored}");
-            }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
+        for (key, entry) in all_entries(&**tier).await {
+            assert!(
+                !key.as_str().contains("alice") && !key.as_str().contains("bob"),
+                "{key}"
+            );
+            let stored = String::from_utf8_lossy(&entry.body).to_lowercase();
+            assert!(!stored.contains("authorization"), "{stored}");
         }
     }
 }
@@ -773,20 +759,11 @@ async fn expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_t
     // Fresh in every tier: each answers alone.
     let now = tierstack::Timestamp::now();
     for tier in http.http.cache().tiers() {
-        let mut fresh = 0;
-        let mut cursor = None;
-        loop {
-            let page = tier.scan(cursor, 100).await.unwrap();
-            fresh += page
-                .entries
-                .iter()
-                .filter(|(k, e)| k.as_str().contains("g=") && e.header.is_fresh(now))
-                .count();
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
+        let fresh = all_entries(&**tier)
+            .await
+            .iter()
+            .filter(|(k, e)| k.as_str().contains("g=") && e.header.is_fresh(now))
+            .count();
         assert_eq!(fresh, N, "{}", tier.name());
     }
 }
