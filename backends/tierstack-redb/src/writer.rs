@@ -197,7 +197,10 @@ fn apply<'a>(
         let mut removed = 0;
         for op in ops {
             match op {
-                WriteOp::Put(key, entry) => open.put(key.as_str(), entry)?,
+                // One value per key: a renewal writes it whole.
+                WriteOp::Put(key, entry) | WriteOp::Renew(key, entry) => {
+                    open.put(key.as_str(), entry)?;
+                }
                 WriteOp::Delete(key) => removed += u64::from(open.remove(key.as_str())?),
             }
         }

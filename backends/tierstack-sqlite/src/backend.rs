@@ -273,6 +273,10 @@ impl Tier for SqliteTier {
         self.writer.set(key, entry).await
     }
 
+    async fn renew(&self, key: &Key, entry: Entry) -> Result<()> {
+        self.writer.renew(key, entry).await
+    }
+
     async fn set_many(&self, entries: Vec<(Key, Entry)>) -> Result<()> {
         self.writer.set_many(entries).await
     }

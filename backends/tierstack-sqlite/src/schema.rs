@@ -185,6 +185,43 @@ pub(crate) fn data_as_text(entry: &Entry) -> Option<&str> {
     .then_some(text)
 }
 
+/// Rewrites a row's header columns, keeping its data, when it holds the
+/// body of the entry bound (the same checksum, codec and compression).
+pub(crate) const RENEW: &str = "
+UPDATE metadata_cache SET expires_at = ?3, created_at = ?4, negative = ?5, expires_ms = ?6,
+    retain_ms = ?7, size = ?8, header = ?9, last_access = ?10
+WHERE cache_key = ?1 AND schema_version = ?2 AND checksum = ?11 AND codec = ?12
+    AND compression = ?13 AND negative = 0";
+
+/// Binds one entry into the renewal statement; returns the rows changed
+/// (0: the row is gone or holds another body).
+pub(crate) fn renew(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    key: &Key,
+    entry: &Entry,
+    namespace: u32,
+    now: Timestamp,
+) -> rusqlite::Result<usize> {
+    let h = &entry.header;
+    let header = entry.header_bytes();
+    let (expires_at, created_at) = (SqlTime::new(h.expires_at), SqlTime::new(h.created_at));
+    stmt.execute(params![
+        key.as_str(),
+        namespace,
+        expires_at.to_sql(),
+        created_at.to_sql(),
+        h.is_negative(),
+        millis(h.expires_at),
+        millis(h.retain_until),
+        entry.encoded_len() as i64,
+        &header[..],
+        millis(now),
+        i64::from_ne_bytes(h.body_checksum.to_ne_bytes()),
+        h.codec.id(),
+        h.compression.id(),
+    ])
+}
+
 /// Binds one entry into the upsert statement.
 pub(crate) fn upsert(
     stmt: &mut rusqlite::CachedStatement<'_>,

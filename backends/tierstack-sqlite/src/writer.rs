@@ -13,7 +13,7 @@ use tierstack_core::group_commit::{CommitStore, WriteOp};
 use tierstack_core::{ClearScope, Error, Key, Operation, Timestamp};
 
 use crate::error::{is_busy, sqlite};
-use crate::schema::{UPSERT, millis, upsert};
+use crate::schema::{self, RENEW, UPSERT, millis, upsert};
 
 /// How long a transaction keeps retrying while other processes hold the
 /// write lock, on top of SQLite's own busy timeout.
@@ -125,7 +125,8 @@ fn written_bytes(requests: &[&[WriteOp]]) -> u64 {
         .map(|op| match op {
             // The entry, the key twice (row and index), the source, both
             // time texts and the integer columns.
-            WriteOp::Put(key, entry) => {
+            // A renewal that finds another body writes the entry whole.
+            WriteOp::Put(key, entry) | WriteOp::Renew(key, entry) => {
                 (entry.encoded_len() + 2 * key.as_str().len() + key.source().len() + 128) as u64
             }
             WriteOp::Delete(_) => 0,
@@ -373,6 +374,7 @@ fn apply(
     now: Timestamp,
 ) -> rusqlite::Result<Vec<u64>> {
     let mut put = conn.prepare_cached(UPSERT)?;
+    let mut renew = conn.prepare_cached(RENEW)?;
     let mut delete = conn.prepare_cached(
         "DELETE FROM metadata_cache WHERE cache_key = ?1 AND schema_version = ?2",
     )?;
@@ -383,6 +385,13 @@ fn apply(
             match op {
                 WriteOp::Put(key, entry) => {
                     upsert(&mut put, key, entry, namespace, now)?;
+                }
+                WriteOp::Renew(key, entry) => {
+                    // The header columns alone when the row holds this
+                    // body; else (gone, or another body) the whole entry.
+                    if schema::renew(&mut renew, key, entry, namespace, now)? == 0 {
+                        upsert(&mut put, key, entry, namespace, now)?;
+                    }
                 }
                 WriteOp::Delete(key) => {
                     removed += delete.execute(params![key.as_str(), namespace])? as u64;

@@ -832,3 +832,62 @@ async fn a_set_blocked_by_another_process_waits_off_the_runtime() {
         Some(&42)
     );
 }
+
+/// A renewal (a revalidation making an entry fresh again) rewrites the
+/// row's header columns and leaves `data` alone when the row holds that
+/// body; over another body it writes the row whole. Shown by changing
+/// `data` behind the tier's back: a renewal keeps the change, a write
+/// whole replaces it.
+#[tokio::test]
+async fn a_renewal_rewrites_the_header_columns_and_not_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("renew.db");
+    let tier = open(&path).await;
+    let cache = json_cache(Arc::new(open(&path).await));
+    let key = book_key("B002V1A0WE");
+    cache
+        .set(&key, dune(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let stored = tier.get(&key).await.unwrap().unwrap();
+    let raw = Connection::open(&path).unwrap();
+    raw.execute(
+        "UPDATE metadata_cache SET data = '\"left alone\"' WHERE cache_key = ?1",
+        [key.as_str()],
+    )
+    .unwrap();
+    let later = tierstack::Timestamp::now().saturating_add(Duration::from_secs(3600));
+    let renewed = stored.with_header(stored.header.with_expiry(later));
+    tier.renew(&key, renewed).await.unwrap();
+    let (data, expires_ms): (String, i64) = raw
+        .query_row(
+            "SELECT data, expires_ms FROM metadata_cache WHERE cache_key = ?1",
+            [key.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(data, "\"left alone\"", "the data was written again");
+    assert_eq!(expires_ms, i64::try_from(later.as_millis()).unwrap());
+    // Another body (another checksum): the row is written whole.
+    let mut other = dune();
+    other.title = "Dune Messiah".into();
+    let now = tierstack::Timestamp::now();
+    let meta = tierstack::EntryMeta::new(&key, 1, now).expiring(later, later);
+    let another = tierstack::Entry::encode(
+        &other,
+        tierstack::Codec::Json,
+        &Compression::None,
+        meta,
+        tierstack::DecodeLimits::default(),
+    )
+    .unwrap();
+    tier.renew(&key, another).await.unwrap();
+    let data: String = raw
+        .query_row(
+            "SELECT data FROM metadata_cache WHERE cache_key = ?1",
+            [key.as_str()],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(data.contains("Dune Messiah"), "{data}");
+}

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tierstack::{
-    Bytes, ClearScope, Codec, Compression, DecodeLimits, Dictionaries, Entry, EntryMeta, Health,
-    Key, MemoryConfig, MemoryTier, Readiness, SetReadiness, Tier, TieredCache, Timestamp, Ttl,
+    Bytes, ClearScope, Codec, Compression, DecodeLimits, Dictionaries, Entry, EntryMeta,
+    Extensions, Health, Key, MemoryConfig, MemoryTier, Readiness, SetReadiness, Tier, TieredCache,
+    Timestamp, Ttl,
 };
 
 use crate::Harness;
@@ -129,6 +130,32 @@ pub async fn set_then_get_returns_the_entry(h: Harness) {
     assert_eq!(got.header, e.header);
     assert_eq!(got.body, e.body);
     assert_eq!(value_of(&got), json!({"title": "Dune", "year": 1965}));
+}
+
+/// A renewal (what a revalidation writes: the stored body under a new
+/// header and extension area) replaces the header and extensions and keeps
+/// the body; over another body, or for a key not held, it stores the entry
+/// whole.
+pub async fn renew_replaces_the_header_and_keeps_the_body(h: Harness) {
+    let k = key("a");
+    let old = entry(&k, &json!({"v": 1}), Some(Duration::from_secs(1)));
+    h.tier.set(&k, old.clone()).await.unwrap();
+    let later = Timestamp::now().saturating_add(Duration::from_secs(600));
+    let extensions = old.extensions.with(Extensions::ETAG, b"\"v1\"").unwrap();
+    let renewed = old
+        .with_header(old.header.with_expiry(later))
+        .with_extensions(extensions);
+    h.tier.renew(&k, renewed.clone()).await.unwrap();
+    let got = h.tier.get(&k).await.unwrap().expect("present");
+    assert_eq!(got.header, renewed.header);
+    assert_eq!(got.extensions.etag(), Some(&b"\"v1\""[..]));
+    assert_eq!(value_of(&got), json!({"v": 1}));
+    let other = entry(&k, &json!({"v": 2}), Some(Duration::from_secs(60)));
+    h.tier.renew(&k, other).await.unwrap();
+    assert_eq!(read(&*h.tier, &k).await, Some(json!({"v": 2})));
+    let b = key("b");
+    h.tier.renew(&b, entry(&b, &json!(3), None)).await.unwrap();
+    assert_eq!(read(&*h.tier, &b).await, Some(json!(3)));
 }
 
 /// A second set replaces the first.

@@ -287,6 +287,7 @@ macro_rules! __with_conformance_cases {
             get_of_missing_key_is_none,
             set_then_get_returns_the_entry,
             set_overwrites_previous_value,
+            renew_replaces_the_header_and_keeps_the_body,
             delete_removes_the_entry,
             delete_of_missing_key_returns_false,
             empty_value_round_trips,

@@ -49,6 +49,11 @@ use crate::tier::ClearScope;
 pub enum WriteOp {
     /// Store an entry, replacing any previous one.
     Put(Key, Entry),
+    /// Store an entry that has the body of the stored one
+    /// ([`Tier::renew`](crate::Tier::renew)): a store that can rewrite the
+    /// header alone when the stored body is that one does; otherwise as
+    /// `Put`.
+    Renew(Key, Entry),
     /// Remove an entry.
     Delete(Key),
 }
@@ -148,6 +153,13 @@ impl GroupCommit {
     /// Stores one entry; returns after its commit.
     pub async fn set(&self, key: &Key, entry: Entry) -> Result<()> {
         let ops = vec![WriteOp::Put(key.clone(), entry)];
+        self.write(Operation::Set, ops).await.map(drop)
+    }
+
+    /// Stores an entry with the stored one's body ([`WriteOp::Renew`]);
+    /// returns after its commit.
+    pub async fn renew(&self, key: &Key, entry: Entry) -> Result<()> {
+        let ops = vec![WriteOp::Renew(key.clone(), entry)];
         self.write(Operation::Set, ops).await.map(drop)
     }
 

@@ -332,6 +332,16 @@ pub trait Tier: Send + Sync + fmt::Debug {
         SetReadiness::NeedsIo(entry)
     }
 
+    /// Stores `entry`, which a revalidation made from the entry this tier
+    /// may hold under `key`: the same body, a new header and extension
+    /// area (a new expiry, new validators). A tier that can rewrite those
+    /// alone keeps the stored body when it is that one (the same body
+    /// checksum), so a revalidation costs it no body write; otherwise, and
+    /// by default, this is [`Tier::set`].
+    async fn renew(&self, key: &Key, entry: Entry) -> Result<()> {
+        self.set(key, entry).await
+    }
+
     /// Stores several entries.
     async fn set_many(&self, entries: Vec<(Key, Entry)>) -> Result<()> {
         for (key, entry) in entries {

@@ -82,6 +82,16 @@ fn value(entry: Option<&Entry>) -> Option<String> {
     entry.map(decoded)
 }
 
+/// A tier that cannot rewrite a header alone renews by setting the entry.
+#[tokio::test]
+async fn renew_defaults_to_set() {
+    let tier = OnlyTheRequired::default();
+    let k = key("renewed");
+    tier.renew(&k, entry(&k)).await.unwrap();
+    let stored = tier.get(&k).await.unwrap().expect("stored");
+    assert_eq!(decoded(&stored), k.to_string());
+}
+
 #[tokio::test]
 async fn batches_default_to_one_call_per_key_in_order() {
     let tier = OnlyTheRequired::default();

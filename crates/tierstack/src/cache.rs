@@ -524,12 +524,35 @@ impl TieredCache {
         join_all(writes).await.into_iter().any(|stored| stored)
     }
 
+    /// [`TieredCache::write_through`] of an entry a revalidation made
+    /// fresh again: each tier is asked to renew it ([`Tier::renew`]), so
+    /// one that can keeps its stored body.
+    pub(crate) async fn renew_through(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        decoded: Option<Decoded>,
+        options: FetchOptions,
+    ) {
+        let now = Timestamp::now();
+        let writes = self.inner.layers.iter().map(|layer| {
+            let copy = self.entry_for(layer, key, entry, decoded.clone(), options, false, now);
+            self.write_one_as(layer, key, copy, Write::Renewal)
+        });
+        join_all(writes).await;
+    }
+
     /// Writes one tier's copy; `false` (counted and logged) if it failed.
     pub(crate) async fn write_one(&self, layer: &Layer, key: &Key, entry: Entry) -> bool {
+        self.write_one_as(layer, key, entry, Write::Whole).await
+    }
+
+    async fn write_one_as(&self, layer: &Layer, key: &Key, entry: Entry, how: Write) -> bool {
         let len = entry.encoded_len() as u64;
-        let result = match layer.tier.set_ready(key, entry) {
-            SetReadiness::Done(result) => result,
-            SetReadiness::NeedsIo(entry) => layer.tier.set(key, entry).await,
+        let result = match (how, layer.tier.set_ready(key, entry)) {
+            (_, SetReadiness::Done(result)) => result,
+            (Write::Whole, SetReadiness::NeedsIo(entry)) => layer.tier.set(key, entry).await,
+            (Write::Renewal, SetReadiness::NeedsIo(entry)) => layer.tier.renew(key, entry).await,
         };
         match result {
             Ok(()) => {
@@ -886,6 +909,14 @@ impl TieredCache {
         });
         join_all(writes).await;
     }
+}
+
+/// How a tier is written: the entry whole, or as a renewal of the one it
+/// holds ([`Tier::renew`]).
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    Whole,
+    Renewal,
 }
 
 fn tier_error(error: Error, tier: &str, op: Operation) -> Error {

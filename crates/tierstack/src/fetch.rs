@@ -953,8 +953,7 @@ impl TieredCache {
         header.created_at = Timestamp::now();
         let entry = retained.with_header(header).with_extensions(extensions);
         let decoded = Some(Decoded::new(Arc::clone(&value)));
-        self.write_through(key, &entry, decoded, options, false)
-            .await;
+        self.renew_through(key, &entry, decoded, options).await;
         Ok(value)
     }
 }

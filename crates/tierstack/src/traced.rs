@@ -106,6 +106,10 @@ impl Traced {
         self.traced("set", self.inner.set(key, entry))
     }
 
+    pub(crate) fn renew<'a>(&'a self, key: &'a Key, entry: Entry) -> Call<'a, Result<()>> {
+        self.traced("renew", self.inner.renew(key, entry))
+    }
+
     pub(crate) fn set_many(&self, entries: Vec<(Key, Entry)>) -> Call<'_, Result<()>> {
         self.traced("set_many", self.inner.set_many(entries))
     }

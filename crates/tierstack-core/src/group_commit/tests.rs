@@ -73,7 +73,7 @@ impl LedgerStore {
             let mut removed = 0;
             for op in *request {
                 match op {
-                    WriteOp::Put(k, e) => {
+                    WriteOp::Put(k, e) | WriteOp::Renew(k, e) => {
                         ledger.rows.insert(k.to_string(), e.clone());
                     }
                     WriteOp::Delete(k) => {
@@ -215,6 +215,19 @@ fn set_many_commits_its_entries_in_one_transaction() {
         let entries = keys.iter().map(|k| (k.clone(), entry(k))).collect();
         queue.set_many(entries).await.unwrap();
         assert!(keys.iter().all(|k| holds(&ledger, k)), "a row is missing");
+        assert_eq!(ledger.lock().unwrap().transactions, 1);
+    });
+}
+
+/// A renewal is committed like a set (the ledger, like a store that keeps
+/// one value per key, writes it whole) and answered after its commit.
+#[test]
+fn a_renewal_is_committed_before_it_is_answered() {
+    check(|| async {
+        let (queue, ledger) = queue(false);
+        let k = key("renewed");
+        queue.renew(&k, entry(&k)).await.unwrap();
+        assert!(holds(&ledger, &k), "the renewal was not committed");
         assert_eq!(ledger.lock().unwrap().transactions, 1);
     });
 }
