@@ -11,6 +11,7 @@ mod key;
 mod middleware;
 mod options;
 mod proxy;
+mod request;
 mod stored;
 
 pub use middleware::{HttpCache, HttpStats};

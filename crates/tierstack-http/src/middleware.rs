@@ -15,6 +15,7 @@ use tierstack::{FetchContext, FetchError, Fetched, Revalidated, TieredCache, Ttl
 
 use crate::key;
 use crate::options::{HttpCacheOptions, Override};
+use crate::request::Wants;
 use crate::stored::{
     INDEX_TTL, StoredResponse, VaryIndex, header_map, response_meta, response_parts,
     stored_headers, without_no_cache,
@@ -238,25 +239,7 @@ impl HttpCache {
         let rule = self.options.rule_for(&url);
         let source = Self::source(&url, rule);
         let index_key = key::index_key(&source, &method, &url);
-        // Concurrent first requests for a URL share one new index, so they
-        // share one variant key and one fetch.
-        let index = self
-            .cache
-            .get_or_fetch(&index_key, Ttl::For(INDEX_TTL), |_| async {
-                Ok::<_, std::convert::Infallible>(VaryIndex {
-                    vary: Vec::new(),
-                    generation: new_generation(),
-                })
-            })
-            .await
-            .map_or_else(
-                // Offline, or no tier can hold it: this request alone.
-                |_| VaryIndex {
-                    vary: Vec::new(),
-                    generation: 0,
-                },
-                |index| (*index).clone(),
-            );
+        let index = self.url_index(&index_key).await;
         let variant = key::variant_key(
             &source,
             &method,
@@ -266,25 +249,44 @@ impl HttpCache {
             request.headers(),
             self.options.shared,
         );
+        let wants = Wants::of(request.headers());
+        if wants.only_if_cached {
+            return Ok(self
+                .only_if_cached(&variant, method == Method::HEAD, &url)
+                .await);
+        }
         let mut passed = None;
         let mut failed = None;
         let slots = Slots {
             passed: &mut passed,
             failed: &mut failed,
         };
-        let outcome = Box::pin(self.cache.get_stale_while_revalidate(
-            &variant,
-            self.options.fetch,
-            |stale: &StoredResponse| self.revalidate_in_background(stale, background),
-            |context| {
-                let upstream = Upstream::Next {
-                    next: next.clone(),
-                    extensions: &mut *extensions,
-                };
-                self.fetch(context, fetched, upstream, slots, rule)
-            },
-        ))
-        .await;
+        let fetch = |context| {
+            let upstream = Upstream::Next {
+                next: next.clone(),
+                extensions: &mut *extensions,
+            };
+            self.fetch(context, fetched, upstream, slots, rule)
+        };
+        let outcome = if wants.takes_any_fresh() {
+            Box::pin(self.cache.get_stale_while_revalidate(
+                &variant,
+                self.options.fetch,
+                |stale: &StoredResponse| self.revalidate_in_background(stale, background),
+                fetch,
+            ))
+            .await
+        } else {
+            // The request's own demands: a stored answer that does not
+            // meet them is revalidated first; none is served stale.
+            Box::pin(self.cache.get_or_revalidate_accepting(
+                &variant,
+                self.options.fetch,
+                |stored: &StoredResponse, header| wants.accepts(stored, header, SystemTime::now()),
+                fetch,
+            ))
+            .await
+        };
         let head = method == Method::HEAD;
         match outcome {
             Ok(answer) => {
@@ -322,6 +324,27 @@ impl HttpCache {
                 None => Err(failed.unwrap_or_else(|| reqwest_middleware::Error::middleware(error))),
             },
         }
+    }
+
+    /// The index of a URL's answers. Concurrent first requests for a URL
+    /// share one new index, so they share one variant key and one fetch.
+    async fn url_index(&self, index_key: &tierstack::Key) -> VaryIndex {
+        self.cache
+            .get_or_fetch(index_key, Ttl::For(INDEX_TTL), |_| async {
+                Ok::<_, std::convert::Infallible>(VaryIndex {
+                    vary: Vec::new(),
+                    generation: new_generation(),
+                })
+            })
+            .await
+            .map_or_else(
+                // Offline, or no tier can hold it: this request alone.
+                |_| VaryIndex {
+                    vary: Vec::new(),
+                    generation: 0,
+                },
+                |index| (*index).clone(),
+            )
     }
 
     /// Records the `Vary` names of a response whose URL had none (or
@@ -546,6 +569,21 @@ impl HttpCache {
             body: old.body.clone(),
         };
         Some(Revalidated::Updated(updated, meta))
+    }
+
+    /// A request with `only-if-cached`: a fresh stored answer, else a
+    /// `504` (RFC 9111 §5.2.1.7); the upstream is never asked.
+    async fn only_if_cached(&self, variant: &tierstack::Key, head: bool, url: &Url) -> Response {
+        if let Some(stored) = self.cache.get::<StoredResponse>(variant).await {
+            return self.respond(&stored, Served::Hit, head, url);
+        }
+        let mut response = http::Response::builder()
+            .status(StatusCode::GATEWAY_TIMEOUT)
+            .url(url.clone());
+        if let (Some(headers), Some(name)) = (response.headers_mut(), &self.options.status_header) {
+            headers.insert(name.clone(), HeaderValue::from_static(Served::Miss.label()));
+        }
+        Response::from(response.body(Bytes::new()).unwrap_or_default())
     }
 
     async fn bypass(

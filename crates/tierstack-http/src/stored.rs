@@ -94,7 +94,7 @@ pub(crate) fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-fn seconds(directives: &[(String, Option<String>)], name: &str) -> Option<Duration> {
+pub(crate) fn seconds(directives: &[(String, Option<String>)], name: &str) -> Option<Duration> {
     directives
         .iter()
         .find(|(n, _)| n == name)
@@ -102,7 +102,7 @@ fn seconds(directives: &[(String, Option<String>)], name: &str) -> Option<Durati
         .map(Duration::from_secs)
 }
 
-fn has(directives: &[(String, Option<String>)], name: &str) -> bool {
+pub(crate) fn has(directives: &[(String, Option<String>)], name: &str) -> bool {
     directives.iter().any(|(n, _)| n == name)
 }
 

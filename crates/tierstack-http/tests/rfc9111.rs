@@ -512,6 +512,64 @@ async fn stale_while_revalidate_serves_stale_at_once_and_revalidates_in_the_back
     assert_eq!(server.not_modified("/mr"), 1);
 }
 
+async fn the_requests_own_cache_control_is_honoured(kind: Kind) {
+    let server = Server::start().await;
+    server.script(
+        "/rc",
+        Script::ok(
+            "r",
+            &[
+                ("cache-control", "max-age=600"),
+                ("age", "30"),
+                ("etag", "\"r1\""),
+            ],
+        ),
+    );
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    let url = http.url("/rc");
+    let (_, served, ..) = get(&http, &url, &[]).await;
+    assert_eq!(served, "MISS");
+    // Each demand the stored answer (30 s old, 570 s left) does not meet
+    // revalidates it; each it meets is a hit.
+    for (name, value, expected) in [
+        ("cache-control", "no-cache", "REVALIDATED"),
+        ("pragma", "no-cache", "REVALIDATED"),
+        ("cache-control", "max-age=10", "REVALIDATED"),
+        ("cache-control", "max-age=3600", "HIT"),
+        ("cache-control", "min-fresh=700", "REVALIDATED"),
+        ("cache-control", "min-fresh=60", "HIT"),
+        ("cache-control", "max-stale=60", "HIT"),
+    ] {
+        let (status, served, body, _) = get(&http, &url, &[(name, value)]).await;
+        assert_eq!(
+            (status, served.as_str()),
+            (200, expected),
+            "{name}: {value}"
+        );
+        assert!(body.starts_with("r "), "{name}: {value}: {body}");
+    }
+    assert_eq!(
+        (server.full("/rc"), server.not_modified("/rc")),
+        (1, 4),
+        "a conditional request per refusal, no body"
+    );
+    // only-if-cached: the stored answer, or a 504 without asking.
+    let (status, served, ..) = get(&http, &url, &[("cache-control", "only-if-cached")]).await;
+    assert_eq!((status, served.as_str()), (200, "HIT"));
+    server.script(
+        "/never",
+        Script::ok("n", &[("cache-control", "max-age=600")]),
+    );
+    let (status, ..) = get(
+        &http,
+        &http.url("/never"),
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(status, 504);
+    assert_eq!(server.full("/never"), 0, "the upstream was asked");
+}
+
 async fn age_is_correct(kind: Kind) {
     let server = Server::start().await;
     server.script(
@@ -989,6 +1047,7 @@ through_both!(
     must_revalidate_is_never_served_stale,
     stale_if_error_is_honoured,
     stale_while_revalidate_serves_stale_at_once_and_revalidates_in_the_background,
+    the_requests_own_cache_control_is_honoured,
     age_is_correct,
     a_post_invalidates_the_url,
     a_post_invalidates_the_urls_it_names_on_its_origin_only,

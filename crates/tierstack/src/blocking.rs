@@ -249,6 +249,30 @@ impl TieredCache {
         })
     }
 
+    /// [`crate::TieredCache::get_or_revalidate_accepting`] with a plain
+    /// closure.
+    pub fn get_or_revalidate_accepting<V, A, F, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        accept: A,
+        fetch: F,
+    ) -> Result<Fetched<V>>
+    where
+        V: CacheValue,
+        A: FnOnce(&V, &tierstack_core::Header) -> bool + Send,
+        F: FnOnce(FetchContext) -> std::result::Result<crate::Revalidated<V>, E>,
+        E: Into<BoxError>,
+    {
+        self.runtime
+            .block_on(
+                self.cache
+                    .get_or_revalidate_accepting(key, options, accept, |context| {
+                        std::future::ready(Fetching::run(key, || fetch(context)))
+                    }),
+            )
+    }
+
     /// [`crate::TieredCache::get_stale_while_revalidate`] with plain
     /// closures: `background`, when `revalidate` returns one, runs on a
     /// blocking thread of the cache's runtime after the stale value is

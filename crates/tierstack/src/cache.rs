@@ -836,6 +836,24 @@ impl TieredCache {
         }
     }
 
+    /// The first entry of `key` a tier holds that a revalidation can make
+    /// fresh again (fresh or expired; see [`TieredCache::revalidatable`]),
+    /// read quietly: for a fresh value the caller refused.
+    pub(crate) async fn held_for_revalidation(&self, key: &Key) -> Option<Entry> {
+        let now = Timestamp::now();
+        for layer in &self.inner.layers {
+            let Ok(Some(entry)) = layer.tier.get(key).await else {
+                continue;
+            };
+            if entry.check_key(key).is_ok() {
+                if let Some(entry) = self.revalidatable(&entry, now) {
+                    return Some(entry);
+                }
+            }
+        }
+        None
+    }
+
     /// `entry` if a revalidation can make it fresh again: retained, not
     /// "not found", of this schema, and with validators to send.
     fn revalidatable(&self, entry: &Entry, now: Timestamp) -> Option<Entry> {

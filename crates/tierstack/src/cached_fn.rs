@@ -175,7 +175,14 @@ where
         let mut header = None;
         let outcome = self
             .cache
-            .resolve(&key, self.options, false, &mut header, None, fetch)
+            .resolve(
+                &key,
+                self.options,
+                false,
+                &mut header,
+                crate::fetch::Judge::none(),
+                fetch,
+            )
             .await?;
         if let Some(header) = header {
             self.refresh_if_due(&header, key.clone(), args);

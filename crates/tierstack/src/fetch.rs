@@ -304,6 +304,26 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `true` answers it at once.
 pub(crate) type AcceptStale<'a, V> = dyn FnMut(&Arc<V>, Option<&Entry>) -> bool + Send + 'a;
 
+/// Asked about a fresh value before it is answered: `false` revalidates it
+/// as if it had expired.
+pub(crate) type AcceptFresh<'a, V> = dyn FnMut(&Arc<V>, &Header) -> bool + Send + 'a;
+
+/// What a caller of the shared fetch path is asked about what the tiers
+/// hold (both `None` for the plain entry points).
+pub(crate) struct Judge<'a, 'b, V> {
+    pub(crate) fresh: Option<&'a mut AcceptFresh<'b, V>>,
+    pub(crate) stale: Option<&'a mut AcceptStale<'b, V>>,
+}
+
+impl<V> Judge<'_, '_, V> {
+    pub(crate) fn none() -> Self {
+        Self {
+            fresh: None,
+            stale: None,
+        }
+    }
+}
+
 /// The outcome of the shared fetch path; `None` values are "not found".
 pub(crate) enum Outcome<V> {
     Cached(Option<Arc<V>>),
@@ -408,7 +428,7 @@ impl TieredCache {
     {
         let fetch = |context| async { fetch(context).await.map(Some) };
         let outcome = self
-            .resolve(key, options.into(), false, &mut None, None, fetch)
+            .resolve(key, options.into(), false, &mut None, Judge::none(), fetch)
             .await?;
         outcome.into_fetched(key)
     }
@@ -430,7 +450,7 @@ impl TieredCache {
         E: Into<BoxError>,
     {
         match self
-            .resolve(key, options.into(), true, &mut None, None, fetch)
+            .resolve(key, options.into(), true, &mut None, Judge::none(), fetch)
             .await?
         {
             Outcome::Cached(v)
@@ -468,7 +488,7 @@ impl TieredCache {
         options: FetchOptions,
         negatives: bool,
         cached_header: &mut Option<Header>,
-        accept_stale: Option<&mut AcceptStale<'_, V>>,
+        judge: Judge<'_, '_, V>,
         fetch: F,
     ) -> Result<Outcome<V>>
     where
@@ -504,10 +524,17 @@ impl TieredCache {
                 }
             };
         }
+        let mut refused = false;
         let (stale, retained) = match self.lookup(key).await {
             Lookup::Found(v, header) => {
-                *cached_header = Some(header);
-                return Ok(Outcome::Cached(Some(v)));
+                if judge.fresh.is_some_and(|accept| !accept(&v, &header)) {
+                    // Refused: revalidated with the validators it carries.
+                    refused = true;
+                    (None, self.held_for_revalidation(key).await.map(Box::new))
+                } else {
+                    *cached_header = Some(header);
+                    return Ok(Outcome::Cached(Some(v)));
+                }
             }
             Lookup::Absent if negatives => return Ok(Outcome::Cached(None)),
             Lookup::Absent => (None, None),
@@ -515,7 +542,7 @@ impl TieredCache {
         };
         // Fetched for the miss only: a hit counts through `lookup`.
         let source = self.inner.sources.get(key.source());
-        if let (Some(accept), Some(Some(value))) = (accept_stale, &stale) {
+        if let (Some(accept), Some(Some(value))) = (judge.stale, &stale) {
             if accept(value, retained.as_deref()) {
                 bump(&source.local().stale_served);
                 return Ok(Outcome::Stale(Some(Arc::clone(value))));
@@ -554,6 +581,7 @@ impl TieredCache {
             leader,
             stale,
             retained,
+            refused,
             lease: None,
         };
         let ended = self
@@ -838,6 +866,8 @@ impl TieredCache {
         negatives: bool,
     ) -> Option<Outcome<V>> {
         match self.look_through::<V>(miss.key, Tally::Quiet).await {
+            // The value the caller refused is there still: fetch.
+            Lookup::Found(..) if miss.refused => None,
             Lookup::Found(v, _) => Some(Outcome::Cached(Some(v))),
             Lookup::Absent if negatives => Some(Outcome::Cached(None)),
             Lookup::Absent => None,
@@ -979,6 +1009,9 @@ struct Miss<'a, V> {
     stale: Option<Option<Arc<V>>>,
     /// An expired entry with validators, for the fetch to revalidate.
     retained: Option<Box<Entry>>,
+    /// The caller refused the fresh value the tiers hold: a fresh value
+    /// found again is no answer.
+    refused: bool,
     lease: Option<Lease>,
 }
 

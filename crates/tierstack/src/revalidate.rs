@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tierstack_core::{EncodeError, Entry, Extensions, Key, Result, Timestamp};
+use tierstack_core::{EncodeError, Entry, Extensions, Header, Key, Result, Timestamp};
 
 use crate::cache::{CacheValue, TieredCache};
 use crate::fetch::{BoxError, FetchContext, FetchOptions, Fetched};
@@ -309,7 +309,79 @@ impl TieredCache {
         E: Into<BoxError>,
     {
         let outcome = self
-            .resolve(key, options.into(), false, &mut None, None, fetch)
+            .resolve(
+                key,
+                options.into(),
+                false,
+                &mut None,
+                crate::fetch::Judge::none(),
+                fetch,
+            )
+            .await?;
+        outcome.into_fetched(key)
+    }
+
+    /// [`TieredCache::get_or_revalidate_with`] for a caller with its own
+    /// demands on a fresh value (HTTP request directives: `no-cache`,
+    /// `max-age`, `min-fresh`): a fresh value is answered only if `accept`
+    /// says so, given the value and its header (its age, its expiry);
+    /// refused, it is revalidated as if it had expired: `fetch` is offered
+    /// its validators ([`FetchContext::kept`]) and its answer is stored as
+    /// `get_or_revalidate`'s would be. The lookup still counts the refused
+    /// value as a hit of its tier and source; the fetch counts as a fetch.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierstack::Result<()> {
+    /// use std::time::Duration;
+    /// use tierstack::{Fetched, Key, MemoryConfig, MemoryTier, ResponseMeta, Revalidated, TieredCache};
+    ///
+    /// let cache = TieredCache::builder()
+    ///     .tier(MemoryTier::new(&MemoryConfig::with_max_entries(100))?)
+    ///     .build();
+    /// let key = Key::new("books", [("id", "1")]);
+    /// let fetch = |_| async { Ok::<_, std::io::Error>(Revalidated::Modified("Dune".to_owned(), ResponseMeta::none().etag("\"v1\""))) };
+    /// cache.get_or_revalidate_with(&key, Duration::from_secs(60), fetch).await?;
+    /// // Refuse anything, however fresh: asked again, with its ETag.
+    /// let again = cache
+    ///     .get_or_revalidate_accepting(&key, Duration::from_secs(60), |_, _| false, |context| async move {
+    ///         assert_eq!(context.kept().and_then(|m| m.etag_str()), Some("\"v1\""));
+    ///         Ok::<_, std::io::Error>(Revalidated::NotModified(ResponseMeta::none()))
+    ///     })
+    ///     .await?;
+    /// assert!(matches!(again, Fetched::Revalidated(_)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_or_revalidate_accepting<V, A, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: impl Into<FetchOptions>,
+        accept: A,
+        fetch: F,
+    ) -> Result<Fetched<V>>
+    where
+        V: CacheValue,
+        A: FnOnce(&V, &Header) -> bool + Send,
+        F: FnOnce(FetchContext) -> Fut,
+        Fut: Future<Output = std::result::Result<Revalidated<V>, E>>,
+        E: Into<BoxError>,
+    {
+        let mut accept = Some(accept);
+        let mut judge =
+            |value: &Arc<V>, header: &Header| accept.take().is_none_or(|a| a(value, header));
+        let outcome = self
+            .resolve(
+                key,
+                options.into(),
+                false,
+                &mut None,
+                crate::fetch::Judge {
+                    fresh: Some(&mut judge),
+                    stale: None,
+                },
+                fetch,
+            )
             .await?;
         outcome.into_fetched(key)
     }
@@ -386,7 +458,17 @@ impl TieredCache {
             None => false,
         };
         let outcome = self
-            .resolve(key, options, false, &mut None, Some(&mut accept), fetch)
+            .resolve(
+                key,
+                options,
+                false,
+                &mut None,
+                crate::fetch::Judge {
+                    fresh: None,
+                    stale: Some(&mut accept),
+                },
+                fetch,
+            )
             .await?;
         if let Some((fetch, kept)) = background {
             self.refresh_in_background(

@@ -130,7 +130,14 @@ impl TieredCache {
                         fetch(fetch_key).await
                     };
                     let counter = match self
-                        .resolve::<V, _, _, _, _>(&key, options.fetch, true, &mut None, None, fetch)
+                        .resolve::<V, _, _, _, _>(
+                            &key,
+                            options.fetch,
+                            true,
+                            &mut None,
+                            crate::fetch::Judge::none(),
+                            fetch,
+                        )
                         .await
                     {
                         Ok(Outcome::Cached(_)) => &counts.fresh,

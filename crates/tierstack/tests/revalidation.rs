@@ -403,6 +403,12 @@ fn the_blocking_api_revalidates_with_a_plain_closure() {
         "first"
     );
     assert_eq!(cache.stats().sources["books"].revalidated, 1);
+    // Fresh, but refused: revalidated again.
+    let again = cache
+        .get_or_revalidate_accepting(&key(1), short, |_: &String, _| false, fetch)
+        .unwrap();
+    assert!(matches!(again, Fetched::Revalidated(_)), "{again:?}");
+    assert_eq!(cache.stats().sources["books"].revalidated, 2);
 }
 
 #[test]
@@ -622,4 +628,50 @@ async fn a_stale_value_served_while_revalidating_is_made_fresh_in_every_tier_by_
         assert!(entry.header.created_at >= before, "{}", tier.name());
     }
     assert!(matches!(read(true).await, Fetched::Cached(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_value_the_caller_refuses_is_revalidated_in_every_tier_and_one_it_accepts_is_answered()
+ {
+    let api = start_api().await;
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = stack(dir.path()).await;
+    let url = format!("{}/books/9", api.base);
+    let long = FetchOptions::ttl(Duration::from_secs(600));
+    let read = |refuse: bool| {
+        let (cache, http, url) = (cache.clone(), http.clone(), url.clone());
+        async move {
+            cache
+                .get_or_revalidate_accepting(
+                    &key(9),
+                    long,
+                    move |value: &String, header: &tierstack::Header| {
+                        assert_eq!(value, "book 9 version 1");
+                        assert!(header.is_fresh(Timestamp::now()));
+                        !refuse
+                    },
+                    |context| fetch_book(http, url, context),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(read(false).await, Fetched::Fetched(_)));
+    assert!(matches!(read(false).await, Fetched::Cached(_)));
+    let before = Timestamp::now();
+    match read(true).await {
+        Fetched::Revalidated(v) => assert_eq!(*v, "book 9 version 1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(api.counts.not_modified.load(Ordering::SeqCst), 1);
+    assert_eq!(api.counts.full.load(Ordering::SeqCst), 1);
+    for tier in cache.tiers() {
+        let entry = tier.get(&key(9)).await.unwrap().unwrap();
+        assert!(
+            entry.header.created_at >= before,
+            "{} not renewed",
+            tier.name()
+        );
+    }
 }
