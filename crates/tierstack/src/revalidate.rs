@@ -344,7 +344,7 @@ impl TieredCache {
     /// cache.get_or_revalidate_with(&key, Duration::from_secs(60), fetch).await?;
     /// // Refuse anything, however fresh: asked again, with its ETag.
     /// let again = cache
-    ///     .get_or_revalidate_accepting(&key, Duration::from_secs(60), |_, _| false, |context| async move {
+    ///     .get_or_revalidate_accepting(&key, Duration::from_secs(60), |_: &String, _| false, |context| async move {
     ///         assert_eq!(context.kept().and_then(|m| m.etag_str()), Some("\"v1\""));
     ///         Ok::<_, std::io::Error>(Revalidated::NotModified(ResponseMeta::none()))
     ///     })
