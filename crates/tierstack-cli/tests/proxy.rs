@@ -193,7 +193,7 @@ fn the_config_proxy_section_routes_prefixes_and_bad_input_is_a_usage_error() {
     let config = sandbox.write(
         "proxy.yaml",
         &format!(
-            "cache:\n  tiers:\n    - kind: memory\nproxy:\n  listen: 127.0.0.1:0\n  upstreams:\n    - prefix: /files\n      url: http://127.0.0.1:{}\n  overrides:\n    - path: /\n      source: books\n      ttl: 1h\n",
+            "cache:\n  tiers:\n    - kind: memory\nproxy:\n  listen: 127.0.0.1:0\n  upstreams:\n    - prefix: /files\n      url: http://127.0.0.1:{}\n  routes:\n    - /{{name}}\n  overrides:\n    - path: /book\n      source: books\n      ttl: 1h\n",
             upstream.port
         ),
     );
@@ -205,9 +205,25 @@ fn the_config_proxy_section_routes_prefixes_and_bad_input_is_a_usage_error() {
     assert_eq!(header(&headers, "x-cache"), Some("MISS"));
     let (status, ..) = get(port, "/elsewhere");
     assert!(status.contains("404"), "no route: {status}");
+    // Not on the upstream (a 404, not stored), but looked up under its route.
+    get(port, "/files/other.json");
     let (_, _, body) = get(port, "/_tierstack/stats");
     assert!(body.contains(r#""books""#), "the override's source: {body}");
+    // Overrides and routes match the upstream's path (the prefix replaced).
+    assert!(body.contains("/{name}"), "the route's source: {body}");
     assert!(terminate(&mut proxy).success());
+
+    let routes = sandbox.write(
+        "routes.yaml",
+        "cache:\n  tiers:\n    - kind: memory\nproxy:\n  upstreams:\n    - url: http://127.0.0.1:1\n  routes:\n    - books/{asin}\n",
+    );
+    let bad_route = sandbox
+        .run(&["--config", routes.to_str().unwrap(), "proxy"])
+        .expect(2);
+    assert!(
+        bad_route.stderr.contains("proxy.routes") && bad_route.stderr.contains("starts with '/'"),
+        "{bad_route:?}"
+    );
 
     let none = sandbox.run(&["proxy", "--listen", "127.0.0.1:0"]).expect(2);
     assert!(none.stderr.contains("no upstream"), "{none:?}");

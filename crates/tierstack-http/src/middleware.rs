@@ -190,14 +190,19 @@ impl HttpCache {
         }
     }
 
-    /// The key source of `url`'s entries: the override's, else the host.
-    fn source(url: &Url, rule: Option<&Override>) -> String {
+    /// The key source of `url`'s entries: the override's, else the host
+    /// and the route template the path matches, else the host.
+    fn source(&self, url: &Url, rule: Option<&Override>) -> String {
         rule.and_then(|r| r.source.clone()).unwrap_or_else(|| {
             let host = url.host_str().unwrap_or("http");
             // A port other than the scheme's default names another API.
-            match url.port() {
+            let host = match url.port() {
                 Some(port) => format!("{host}:{port}"),
                 None => host.to_owned(),
+            };
+            match self.options.route_for(url) {
+                Some(route) => format!("{host}{route}"),
+                None => host,
             }
         })
     }
@@ -206,7 +211,7 @@ impl HttpCache {
     /// variants stored so far are no longer reached.
     async fn invalidate(&self, url: &Url) {
         let rule = self.options.rule_for(url);
-        let source = Self::source(url, rule);
+        let source = self.source(url, rule);
         for method in [Method::GET, Method::HEAD] {
             let index_key = key::index_key(&source, &method, url);
             let vary = self
@@ -237,7 +242,7 @@ impl HttpCache {
         let method = request.method().clone();
         let url = request.url().clone();
         let rule = self.options.rule_for(&url);
-        let source = Self::source(&url, rule);
+        let source = self.source(&url, rule);
         let index_key = key::index_key(&source, &method, &url);
         let index = self.url_index(&index_key).await;
         let variant = key::variant_key(

@@ -36,6 +36,12 @@ pub struct HttpCacheOptions {
     /// Departures from the response's own headers, by host and path; the
     /// first that matches a request applies.
     pub overrides: Vec<Override>,
+    /// Route templates (`/books/{asin}`): a request whose path matches one
+    /// is stored under key source `{host}{template}`, so `tierstack stats`
+    /// shows each endpoint and a source policy (rate limit, retention)
+    /// applies to it. The first match wins; an override's `source` wins
+    /// over them; a path that matches none keeps the host as its source.
+    pub routes: Vec<String>,
 }
 
 impl Default for HttpCacheOptions {
@@ -47,6 +53,7 @@ impl Default for HttpCacheOptions {
             heuristic: 0.1,
             fetch: FetchOptions::default(),
             overrides: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -86,6 +93,25 @@ impl HttpCacheOptions {
     pub fn with_override(mut self, rule: Override) -> Self {
         self.overrides.push(rule);
         self
+    }
+
+    /// Adds a route template: `/`-separated segments, each a literal or a
+    /// `{name}` that matches any one non-empty segment (`/books/{asin}`,
+    /// `/authors/{id}/books`). A template that does not start with `/` is
+    /// an error.
+    pub fn route(mut self, template: impl Into<String>) -> Result<Self, String> {
+        let template = template.into();
+        check_template(&template)?;
+        self.routes.push(template);
+        Ok(self)
+    }
+
+    /// The first route template `url`'s path matches.
+    pub(crate) fn route_for(&self, url: &Url) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|template| template_matches(template, url.path()))
+            .map(String::as_str)
     }
 
     /// The first override that matches `url`.
@@ -165,5 +191,67 @@ impl Override {
             .as_deref()
             .is_none_or(|host| url.host_str() == Some(host))
             && url.path().starts_with(&self.path_prefix)
+    }
+}
+
+/// Refuses a route template that cannot match a path.
+pub(crate) fn check_template(template: &str) -> Result<(), String> {
+    if !template.starts_with('/') {
+        return Err(format!(
+            "route {template:?}: a route starts with '/' (/books/{{asin}})"
+        ));
+    }
+    for segment in template.split('/').skip(1) {
+        let braces = segment.matches(['{', '}']).count();
+        let whole = segment.len() > 2 && segment.starts_with('{') && segment.ends_with('}');
+        if braces != 0 && !(braces == 2 && whole) {
+            return Err(format!(
+                "route {template:?}: segment {segment:?} is neither a literal nor one {{name}}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` matches `template` segment by segment.
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut path = path.split('/');
+    let mut template = template.split('/');
+    loop {
+        match (template.next(), path.next()) {
+            (None, None) => return true,
+            (Some(t), Some(p)) if t.starts_with('{') => {
+                if p.is_empty() {
+                    return false;
+                }
+            }
+            (Some(t), Some(p)) if t == p => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_whole_segments_and_bad_ones_are_refused() {
+        assert!(template_matches("/books/{asin}", "/books/B002V1A0WE"));
+        assert!(template_matches("/authors/{id}/books", "/authors/7/books"));
+        assert!(!template_matches("/books/{asin}", "/books/"));
+        assert!(!template_matches("/books/{asin}", "/books/a/b"));
+        assert!(!template_matches("/books/{asin}", "/bookshelf/a"));
+        assert!(!template_matches("/books", "/books/a"));
+        assert!(template_matches("/", "/"));
+        assert!(check_template("/books/{asin}").is_ok());
+        for bad in [
+            "books/{asin}",
+            "/books/{asin",
+            "/books/x{asin}",
+            "/books/{}",
+        ] {
+            assert!(check_template(bad).is_err(), "{bad}");
+        }
     }
 }

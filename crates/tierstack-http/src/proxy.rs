@@ -359,6 +359,11 @@ impl Proxy {
                 )
             };
         }
+        for template in &section.routes {
+            options = options
+                .route(template.clone())
+                .map_err(|e| format!("proxy.routes: {e}"))?;
+        }
         for rule in &section.overrides {
             let mut o = crate::Override::path(rule.path.clone());
             if let Some(host) = &rule.host {

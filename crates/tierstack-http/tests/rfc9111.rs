@@ -570,6 +570,41 @@ async fn the_requests_own_cache_control_is_honoured(kind: Kind) {
     assert_eq!(server.full("/never"), 0, "the upstream was asked");
 }
 
+async fn route_templates_give_each_endpoint_its_own_source(kind: Kind) {
+    let server = Server::start().await;
+    for path in ["/books/1", "/books/2", "/authors/3/books", "/other"] {
+        server.script(path, Script::ok("x", &[("cache-control", "max-age=600")]));
+    }
+    let options = HttpCacheOptions::default()
+        .route("/books/{asin}")
+        .unwrap()
+        .route("/authors/{id}/books")
+        .unwrap();
+    let http = front(kind, &server, memory(), options).await;
+    for path in [
+        "/books/1",
+        "/books/2",
+        "/books/1",
+        "/authors/3/books",
+        "/other",
+    ] {
+        get(&http, &http.url(path), &[]).await;
+    }
+    let host = server.base.trim_start_matches("http://");
+    let sources = http.http.cache().stats().sources;
+    let counted = |source: &str| sources.get(source).map(|s| (s.hits, s.misses));
+    assert_eq!(
+        counted(&format!("{host}/books/{{asin}}")),
+        Some((1, 2)),
+        "{sources:?}"
+    );
+    assert_eq!(
+        counted(&format!("{host}/authors/{{id}}/books")),
+        Some((0, 1))
+    );
+    assert_eq!(counted(host), Some((0, 1)), "a path no route matches");
+}
+
 async fn age_is_correct(kind: Kind) {
     let server = Server::start().await;
     server.script(
@@ -1048,6 +1083,7 @@ through_both!(
     stale_if_error_is_honoured,
     stale_while_revalidate_serves_stale_at_once_and_revalidates_in_the_background,
     the_requests_own_cache_control_is_honoured,
+    route_templates_give_each_endpoint_its_own_source,
     age_is_correct,
     a_post_invalidates_the_url,
     a_post_invalidates_the_urls_it_names_on_its_origin_only,

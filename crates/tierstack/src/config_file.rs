@@ -181,6 +181,11 @@ pub struct ProxyConfig {
     /// match wins).
     #[serde(default)]
     pub overrides: Vec<OverrideConfig>,
+    /// Route templates (`/books/{asin}`): answers to matching paths are
+    /// stored under key source `{host}{template}`, one per endpoint in
+    /// `tierstack stats` (first match wins).
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// One upstream of the proxy.
