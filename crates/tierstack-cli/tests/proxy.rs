@@ -36,19 +36,47 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[allow(clippy::zombie_processes)] // `Upstream`'s drop kills and waits for it
+/// Files ten days old, served.
 fn upstream() -> Upstream {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("book.json");
-    std::fs::write(&file, r#"{"title":"Dune"}"#).unwrap();
     let ten_days_ago = SystemTime::now() - Duration::from_secs(10 * 86_400);
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_modified(ten_days_ago)
-        .unwrap();
+    for (name, body) in [
+        ("book.json", r#"{"title":"Dune"}"#),
+        ("stale.json", r#"{"title":"Emma"}"#),
+        ("other.json", r#"{"title":"Ubik"}"#),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, body).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(ten_days_ago)
+            .unwrap();
+    }
     let port = free_port();
+    Upstream {
+        child: serve(dir.path(), port),
+        port,
+        _dir: dir,
+    }
+}
+
+impl Upstream {
+    /// Kills the server (`kill -9`: its connections die with it).
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Serves the same directory on the same port again.
+    fn restart(&mut self) {
+        self.child = serve(self._dir.path(), self.port);
+    }
+}
+
+#[allow(clippy::zombie_processes)] // `Upstream`'s drop kills and waits for it
+fn serve(dir: &std::path::Path, port: u16) -> Child {
     let mut child = Command::new("python3")
         .args([
             "-m",
@@ -57,18 +85,14 @@ fn upstream() -> Upstream {
             "--bind",
             "127.0.0.1",
         ])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("python3");
     for _ in 0..100 {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Upstream {
-                child,
-                port,
-                _dir: dir,
-            };
+            return child;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -253,4 +277,106 @@ fn the_config_proxy_section_routes_prefixes_and_bad_input_is_a_usage_error() {
         ])
         .expect(3);
     assert!(busy.stderr.contains("cannot listen"), "{busy:?}");
+}
+
+/// With its upstream killed, the proxy still serves fresh answers, and
+/// stale ones inside the stale window; the rest fail at once (the
+/// connection is refused: a `502`); once the upstream is back it is used
+/// again at the next request.
+#[test]
+fn with_the_upstream_down_fresh_and_stale_answers_are_served_and_it_is_used_again_when_back() {
+    let mut upstream = upstream();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "down.yaml",
+        &format!(
+            "cache:\n  stale_for: 1h\n  tiers:\n    - kind: memory\nproxy:\n  listen: 127.0.0.1:0\n  timeout: 5s\n  upstreams:\n    - url: http://127.0.0.1:{}\n  overrides:\n    - path: /stale.json\n      ttl: 1s\n",
+            upstream.port
+        ),
+    );
+    let mut proxy = sandbox.spawn(&["--config", config.to_str().unwrap(), "proxy"]);
+    let (port, _stderr) = listening(&mut proxy);
+    for path in ["/book.json", "/stale.json"] {
+        let (status, headers, _) = get(port, path);
+        assert!(status.contains("200"), "{path}: {status}");
+        assert_eq!(header(&headers, "x-cache"), Some("MISS"), "{path}");
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    upstream.kill();
+    let (status, headers, body) = get(port, "/book.json");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        (header(&headers, "x-cache"), body.as_str()),
+        (Some("HIT"), r#"{"title":"Dune"}"#)
+    );
+    let (status, headers, body) = get(port, "/stale.json");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        (header(&headers, "x-cache"), body.as_str()),
+        (Some("STALE"), r#"{"title":"Emma"}"#)
+    );
+    let asked = std::time::Instant::now();
+    let (status, ..) = get(port, "/other.json");
+    assert!(status.contains("502"), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "not within the timeout: {:?}",
+        asked.elapsed()
+    );
+    upstream.restart();
+    let back = std::time::Instant::now();
+    let (status, headers, body) = get(port, "/other.json");
+    assert!(status.contains("200"), "not used again at once: {status}");
+    assert_eq!(
+        (header(&headers, "x-cache"), body.as_str()),
+        (Some("MISS"), r#"{"title":"Ubik"}"#)
+    );
+    assert!(
+        back.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        back.elapsed()
+    );
+    assert!(terminate(&mut proxy).success());
+}
+
+/// An upstream that takes connections and never answers is a `504` once
+/// `proxy.timeout` has passed.
+#[test]
+fn a_hung_upstream_is_a_504_after_the_configured_timeout() {
+    let port = free_port();
+    // Listens, never accepts: connections wait in its backlog unanswered.
+    let mut hung = Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys, time\ns = socket.socket()\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen(64)\ntime.sleep(120)",
+            &port.to_string(),
+        ])
+        .spawn()
+        .expect("python3");
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sandbox = Sandbox::new();
+    let config = sandbox.write(
+        "hung.yaml",
+        &format!(
+            "cache:\n  tiers:\n    - kind: memory\nproxy:\n  listen: 127.0.0.1:0\n  timeout: 1s\n  upstreams:\n    - url: http://127.0.0.1:{port}\n"
+        ),
+    );
+    let mut proxy = sandbox.spawn(&["--config", config.to_str().unwrap(), "proxy"]);
+    let (listen, _stderr) = listening(&mut proxy);
+    let asked = std::time::Instant::now();
+    let (status, ..) = get(listen, "/anything");
+    let waited = asked.elapsed();
+    let _ = hung.kill();
+    let _ = hung.wait();
+    assert!(status.contains("504"), "{status}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
+        "answered after {waited:?}, the timeout is 1 s"
+    );
+    assert!(terminate(&mut proxy).success());
 }

@@ -17,7 +17,8 @@ mod stored;
 pub use middleware::{HttpCache, HttpStats};
 pub use options::{DEFAULT_MAX_BODY, HttpCacheOptions, Override};
 pub use proxy::{
-    CONTROL_PREFIX, DEFAULT_LISTEN, MAX_REQUEST_BODY, Proxy, RenderMetrics, Route, shutdown_signal,
+    CONTROL_PREFIX, DEFAULT_LISTEN, DEFAULT_UPSTREAM_TIMEOUT, MAX_REQUEST_BODY, Proxy,
+    RenderMetrics, Route, shutdown_signal,
 };
 
 /// The HTTP page of the guide, compiled.

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -22,6 +22,10 @@ pub const CONTROL_PREFIX: &str = "/_tierstack/";
 
 /// Largest request body forwarded (a POST to the upstream).
 pub const MAX_REQUEST_BODY: usize = 16 << 20;
+
+/// How long the proxy waits for an upstream (connect, answer and body)
+/// unless the config's `proxy.timeout` says otherwise.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Requests whose path starts with `prefix` go to `upstream`, with the
 /// prefix replaced by the upstream URL's path.
@@ -228,6 +232,22 @@ const NOT_FORWARDED: [&str; 9] = [
     "host",
 ];
 
+/// Whether the upstream did not answer in time (a `504`), rather than
+/// failing (a `502`): the client's own timeout, or the cache's.
+fn timed_out(error: &reqwest_middleware::Error) -> bool {
+    match error {
+        reqwest_middleware::Error::Reqwest(e) => e.is_timeout(),
+        reqwest_middleware::Error::Middleware(e) => e.chain().any(|cause| {
+            cause
+                .downcast_ref::<tierstack::Error>()
+                .is_some_and(|e| e.kind() == tierstack::ErrorKind::Timeout)
+                || cause
+                    .downcast_ref::<reqwest::Error>()
+                    .is_some_and(reqwest::Error::is_timeout)
+        }),
+    }
+}
+
 fn forwarded(headers: &HeaderMap) -> HeaderMap {
     let mut out = headers.clone();
     for name in NOT_FORWARDED {
@@ -258,7 +278,12 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         Ok(response) => response,
         Err(e) => {
             tracing::warn!(method = %parts.method, path = %path, error = %e, "upstream failed");
-            return (StatusCode::BAD_GATEWAY, format!("upstream failed: {e}\n")).into_response();
+            let status = if timed_out(&e) {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            return (status, format!("upstream failed: {e}\n")).into_response();
         }
     };
     let status = response.status();
@@ -342,7 +367,10 @@ impl Proxy {
         let address: SocketAddr = listen
             .parse()
             .map_err(|e| format!("listen address {listen:?}: {e} (write it as 127.0.0.1:8787)"))?;
-        let mut options = HttpCacheOptions::default();
+        let mut options = HttpCacheOptions::default().fetch(
+            tierstack::FetchOptions::default()
+                .hard_timeout(section.timeout.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT)),
+        );
         if let Some(shared) = section.shared {
             options.shared = shared;
         }

@@ -181,6 +181,11 @@ pub struct ProxyConfig {
     /// match wins).
     #[serde(default)]
     pub overrides: Vec<OverrideConfig>,
+    /// How long a request may wait for the upstream (connect, answer and
+    /// body) before the proxy answers `504` (default
+    /// 30 s; a stale answer is served instead where one is at hand).
+    #[serde(default, with = "units::duration_opt")]
+    pub timeout: Option<Duration>,
     /// Route templates (`/books/{asin}`): answers to matching paths are
     /// stored under key source `{host}{template}`, one per endpoint in
     /// `tierstack stats` (first match wins).
