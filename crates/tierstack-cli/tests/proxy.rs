@@ -18,7 +18,7 @@ use support::Sandbox;
 struct Upstream {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Upstream {
@@ -58,7 +58,7 @@ fn upstream() -> Upstream {
     Upstream {
         child: serve(dir.path(), port),
         port,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -71,7 +71,7 @@ impl Upstream {
 
     /// Serves the same directory on the same port again.
     fn restart(&mut self) {
-        self.child = serve(self._dir.path(), self.port);
+        self.child = serve(self.dir.path(), self.port);
     }
 }
 
