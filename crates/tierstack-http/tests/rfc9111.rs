@@ -739,6 +739,98 @@ async fn authorization_requests_are_not_shared_across_clients(kind: Kind) {
     }
 }
 
+async fn private_answers_never_reach_another_client_concurrently_or_in_turn(kind: Kind) {
+    let server = Server::start().await;
+    server.script(
+        "/secret",
+        Script::ok("s", &[("cache-control", "private, max-age=600")]),
+    );
+    // A private cache stores them: the case where mixing them up could happen.
+    for options in [
+        HttpCacheOptions::default().private(),
+        HttpCacheOptions::default(),
+    ] {
+        let http = front(kind, &server, memory(), options).await;
+        let url = http.url("/secret");
+        let mut clients = Vec::new();
+        for i in 0..40 {
+            let (http, url) = (http.clone(), url.clone());
+            let who = if i % 2 == 0 { "alice" } else { "bob" };
+            clients.push(tokio::spawn(async move {
+                let bearer = format!("Bearer {who}");
+                let (status, _, body, _) = get(&http, &url, &[("authorization", &bearer)]).await;
+                (who, status, body)
+            }));
+        }
+        for client in clients {
+            let (who, status, body) = client.await.unwrap();
+            assert_eq!(status, 200);
+            assert!(
+                body.contains(&format!("[auth Bearer {who}]")),
+                "{who} got {body}"
+            );
+        }
+        for who in ["alice", "bob", "alice", "bob"] {
+            let bearer = format!("Bearer {who}");
+            let (_, _, body, _) = get(&http, &url, &[("authorization", &bearer)]).await;
+            assert!(
+                body.contains(&format!("[auth Bearer {who}]")),
+                "{who} got {body}"
+            );
+        }
+    }
+}
+
+async fn malformed_cache_control_and_a_64_kib_header_are_answered_and_nothing_poisoned(kind: Kind) {
+    let server = Server::start().await;
+    server.script(
+        "/odd",
+        Script::ok(
+            "odd",
+            &[(
+                "cache-control",
+                "max-age=\"soon\", ,,=, no-store=maybe, s-maxage=-5",
+            )],
+        ),
+    );
+    let big = "x".repeat(64 * 1024);
+    server.script(
+        "/big",
+        Script::ok(
+            "big",
+            &[("cache-control", "max-age=600"), ("x-big", big.as_str())],
+        ),
+    );
+    server.script(
+        "/plain",
+        Script::ok("plain", &[("cache-control", "max-age=600")]),
+    );
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    for _ in 0..2 {
+        let (status, _, body, _) = get(&http, &http.url("/odd"), &[]).await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("odd "), "{body}");
+    }
+    // A 64 KiB answer header: stored and replayed whole, or refused with a
+    // status; never a panic or another URL's body.
+    for _ in 0..2 {
+        let (status, _, body, headers) = get(&http, &http.url("/big"), &[]).await;
+        match status {
+            200 => {
+                assert!(body.starts_with("big "), "{body}");
+                assert_eq!(headers["x-big"].len(), 64 * 1024);
+            }
+            other => assert!((400..600).contains(&other), "{other}"),
+        }
+    }
+    // A 64 KiB request header: answered with a status.
+    let (status, ..) = get(&http, &http.url("/plain"), &[("x-big", big.as_str())]).await;
+    assert!(status == 200 || status == 431 || status == 502, "{status}");
+    let (status, _, body, _) = get(&http, &http.url("/plain"), &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("plain "), "{body}");
+}
+
 async fn heuristic_freshness_from_last_modified(kind: Kind) {
     let server = Server::start().await;
     let ten_days_ago =
@@ -1088,6 +1180,8 @@ through_both!(
     a_post_invalidates_the_url,
     a_post_invalidates_the_urls_it_names_on_its_origin_only,
     authorization_requests_are_not_shared_across_clients,
+    private_answers_never_reach_another_client_concurrently_or_in_turn,
+    malformed_cache_control_and_a_64_kib_header_are_answered_and_nothing_poisoned,
     heuristic_freshness_from_last_modified,
     a_304_updates_stored_headers,
     expired_answers_are_revalidated_with_no_body_and_fresh_again_in_every_tier,
@@ -1100,3 +1194,77 @@ through_both!(
     a_refused_connection_is_the_clients_own_error_or_a_502,
     a_304_naming_another_etag_is_not_taken_for_the_stored_answer,
 );
+
+/// Writes `raw` to the proxy as it is and reads what comes back, until the
+/// proxy closes the connection or 2 s pass.
+async fn raw_exchange(base: &str, raw: &[u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let address = base.trim_start_matches("http://").to_owned();
+    let raw = raw.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        stream.write_all(&raw).unwrap();
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+/// A request with both `Content-Length` and `Transfer-Encoding` (the
+/// request-smuggling shape) never makes the upstream see a second,
+/// smuggled request, and an unparsable request target is a `400`; the
+/// proxy serves the next request as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_refuses_smuggled_requests_and_unparsable_targets() {
+    let server = Server::start().await;
+    server.script(
+        "/plain",
+        Script::ok("plain", &[("cache-control", "max-age=600")]),
+    );
+    server.script(
+        "/poison",
+        Script::ok("poison", &[("cache-control", "max-age=600")]),
+    );
+    let http = front(Kind::Proxy, &server, memory(), HttpCacheOptions::default()).await;
+    let smuggled = b"POST /plain HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /poison HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = raw_exchange(&http.base, smuggled).await;
+    // Refused, or answered as one request (the chunked body, empty) with
+    // the connection closed after it, so the rest is never read as a
+    // request of its own.
+    assert!(
+        answer.starts_with("HTTP/1.1 400")
+            || (answer.contains("connection: close") && !answer.contains("poison")),
+        "{answer}"
+    );
+    assert_eq!(
+        server.full("/poison"),
+        0,
+        "the smuggled request reached the upstream"
+    );
+    for target in ["http://[::1/", "/%zz%", "/a b"] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(&http.base, raw.as_bytes()).await;
+        let status: u16 = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        // 400 from the proxy's parser, or the upstream's 404 for a path
+        // it does not know: a clear status either way.
+        assert!((400..500).contains(&status), "{target}: {answer}");
+    }
+    let (status, _, body, _) = get(&http, &http.url("/plain"), &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("plain "), "{body}");
+    // Through the middleware an invalid URL is the client's error, before
+    // any request.
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(HttpCache::new(memory(), HttpCacheOptions::default()))
+        .build();
+    assert!(client.get("http://[::1/").send().await.is_err());
+}
