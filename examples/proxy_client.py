@@ -23,12 +23,27 @@ def served(path):
     return response.headers.get("x-cache"), book
 
 
+def upstream_calls():
+    """What the proxy asked the API so far (its fetches, all sources)."""
+    stats = requests.get(f"{BASE}/_tierstack/stats", timeout=10).json()
+    return sum(
+        source["fetches"]
+        for name, source in stats["cache"]["sources"].items()
+        if not name.endswith(":index")
+    )
+
+
 def main():
     seen = []
     for i in range(BOOKS):
         seen.append(served(f"/books/{i}")[0])
+    before = upstream_calls()
     for i in range(BOOKS):
         seen.append(served(f"/books/{i}")[0])
+    second = upstream_calls() - before
+    print("upstream calls of the second run:", second)
+    if second != 0:
+        return 1
     time.sleep(1.3)  # the API's answers live one second
     for i in range(BOOKS):
         how, book = served(f"/books/{i}")
