@@ -342,7 +342,7 @@ fn with_the_upstream_down_fresh_and_stale_answers_are_served_and_it_is_used_agai
 /// An upstream that takes connections and never answers is a `504` once
 /// `proxy.timeout` has passed.
 #[test]
-fn a_hung_upstream_is_a_504_after_the_configured_timeout() {
+fn a_hung_upstream_is_a_504_after_the_configured_timeout_and_sigterm_waits_for_it() {
     let port = free_port();
     // Listens, never accepts: connections wait in its backlog unanswered.
     let mut hung = Command::new("python3")
@@ -371,12 +371,22 @@ fn a_hung_upstream_is_a_504_after_the_configured_timeout() {
     let asked = std::time::Instant::now();
     let (status, ..) = get(listen, "/anything");
     let waited = asked.elapsed();
-    let _ = hung.kill();
-    let _ = hung.wait();
     assert!(status.contains("504"), "{status}");
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
         "answered after {waited:?}, the timeout is 1 s"
     );
-    assert!(terminate(&mut proxy).success());
+    // A SIGTERM while a request waits: that request is still answered
+    // (here, its 504 when the timeout ends), then the proxy stops.
+    let in_flight = std::thread::spawn(move || get(listen, "/in-flight").0);
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = terminate(&mut proxy);
+    let status = in_flight.join().unwrap();
+    let _ = hung.kill();
+    let _ = hung.wait();
+    assert!(
+        status.contains("504"),
+        "the request in flight was cut off: {status:?}"
+    );
+    assert!(stopped.success());
 }
