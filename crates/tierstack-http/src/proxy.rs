@@ -232,15 +232,17 @@ const NOT_FORWARDED: [&str; 9] = [
     "host",
 ];
 
-/// Whether the upstream did not answer in time (a `504`), rather than
-/// failing (a `502`): the client's own timeout, or the cache's.
+/// Whether no answer came from the upstream (a `504`), rather than a
+/// failure of it (a `502`): the client's own timeout, the cache's, or the
+/// cache being offline.
 fn timed_out(error: &reqwest_middleware::Error) -> bool {
+    use tierstack::ErrorKind;
     match error {
         reqwest_middleware::Error::Reqwest(e) => e.is_timeout(),
         reqwest_middleware::Error::Middleware(e) => e.chain().any(|cause| {
             cause
                 .downcast_ref::<tierstack::Error>()
-                .is_some_and(|e| e.kind() == tierstack::ErrorKind::Timeout)
+                .is_some_and(|e| matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable))
                 || cause
                     .downcast_ref::<reqwest::Error>()
                     .is_some_and(reqwest::Error::is_timeout)

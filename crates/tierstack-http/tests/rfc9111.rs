@@ -831,6 +831,35 @@ async fn malformed_cache_control_and_a_64_kib_header_are_answered_and_nothing_po
     assert!(body.starts_with("plain "), "{body}");
 }
 
+async fn offline_answers_come_from_the_cache_alone(kind: Kind) {
+    let server = Server::start().await;
+    server.script(
+        "/kept",
+        Script::ok("kept", &[("cache-control", "max-age=600")]),
+    );
+    server.script(
+        "/new",
+        Script::ok("new", &[("cache-control", "max-age=600")]),
+    );
+    let http = front(kind, &server, memory(), HttpCacheOptions::default()).await;
+    get(&http, &http.url("/kept"), &[]).await;
+    http.http.cache().set_offline(true);
+    let (status, served, body, _) = get(&http, &http.url("/kept"), &[]).await;
+    assert_eq!((status, served.as_str()), (200, "HIT"));
+    assert!(body.starts_with("kept "), "{body}");
+    match kind {
+        Kind::Middleware => {
+            let error = http.client.get(http.url("/new")).send().await.unwrap_err();
+            assert!(error.to_string().contains("offline"), "{error}");
+        }
+        Kind::Proxy => {
+            let (status, ..) = get(&http, &http.url("/new"), &[]).await;
+            assert_eq!(status, 504);
+        }
+    }
+    assert_eq!(server.full("/new"), 0, "offline, the upstream was asked");
+}
+
 async fn heuristic_freshness_from_last_modified(kind: Kind) {
     let server = Server::start().await;
     let ten_days_ago =
@@ -1181,6 +1210,7 @@ through_both!(
     a_post_invalidates_the_urls_it_names_on_its_origin_only,
     authorization_requests_are_not_shared_across_clients,
     private_answers_never_reach_another_client_concurrently_or_in_turn,
+    offline_answers_come_from_the_cache_alone,
     malformed_cache_control_and_a_64_kib_header_are_answered_and_nothing_poisoned,
     heuristic_freshness_from_last_modified,
     a_304_updates_stored_headers,
