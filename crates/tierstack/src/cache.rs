@@ -516,12 +516,8 @@ impl TieredCache {
         options: FetchOptions,
         negative: bool,
     ) -> bool {
-        let now = Timestamp::now();
-        let writes = self.inner.layers.iter().map(|layer| {
-            let copy = self.entry_for(layer, key, entry, decoded.clone(), options, negative, now);
-            self.write_one(layer, key, copy)
-        });
-        join_all(writes).await.into_iter().any(|stored| stored)
+        self.write_through_as(key, entry, decoded, options, negative, Write::Whole)
+            .await
     }
 
     /// [`TieredCache::write_through`] of an entry a revalidation made
@@ -534,12 +530,25 @@ impl TieredCache {
         decoded: Option<Decoded>,
         options: FetchOptions,
     ) {
+        self.write_through_as(key, entry, decoded, options, false, Write::Renewal)
+            .await;
+    }
+
+    async fn write_through_as(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        decoded: Option<Decoded>,
+        options: FetchOptions,
+        negative: bool,
+        how: Write,
+    ) -> bool {
         let now = Timestamp::now();
         let writes = self.inner.layers.iter().map(|layer| {
-            let copy = self.entry_for(layer, key, entry, decoded.clone(), options, false, now);
-            self.write_one_as(layer, key, copy, Write::Renewal)
+            let copy = self.entry_for(layer, key, entry, decoded.clone(), options, negative, now);
+            self.write_one_as(layer, key, copy, how)
         });
-        join_all(writes).await;
+        join_all(writes).await.into_iter().any(|stored| stored)
     }
 
     /// Writes one tier's copy; `false` (counted and logged) if it failed.
