@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTableMetadata};
 use tierstack_core::{
-    Bytes, Capabilities, ClearScope, Entry, Error, ErrorKind, Health, Key, Operation, Result,
-    ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
+    Bytes, Capabilities, ClearScope, Entry, Error, ErrorKind, Health, Key, Operation, Readiness,
+    Result, ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
 };
 
 use crate::error::redb as fail;
@@ -151,6 +151,15 @@ impl RedbTier {
         read(&table)
     }
 
+    /// One entry, read in its own read transaction on the calling thread,
+    /// for both `get` and `get_ready`.
+    fn read_entry(&self, key: &Key) -> Result<Option<Entry>> {
+        let now = Timestamp::now();
+        self.reading(Operation::Get, |table| {
+            self.read_one(table, key, Operation::Get, now)
+        })
+    }
+
     fn read_one(
         &self,
         table: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
@@ -184,10 +193,11 @@ impl Tier for RedbTier {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let now = Timestamp::now();
-        self.reading(Operation::Get, |table| {
-            self.read_one(table, key, Operation::Get, now)
-        })
+        self.read_entry(key)
+    }
+
+    fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
+        Readiness::lend(self.read_entry(key), read)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {

@@ -17,7 +17,8 @@ pub const CAPABILITIES: Capabilities = Capabilities::new()
     .with_persistent()
     .with_native_batch()
     .with_scan()
-    .with_size_limit();
+    .with_size_limit()
+    .with_reads_in_place();
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "redb",

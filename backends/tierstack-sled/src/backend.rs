@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tierstack_core::{
     Bytes, Capabilities, ClearScope, DecodeLimits, Entry, Error, ErrorKind, Header, Health, Key,
-    Operation, Result, ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
+    Operation, Readiness, Result, ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp,
+    async_trait,
 };
 
 use crate::error::sled as fail;
@@ -130,6 +131,19 @@ impl SledTier {
     /// Takes sled's value itself rather than a copy: an `IVec` is the
     /// value's own reference-counted buffer (sled copies on write when it
     /// is shared), so the entry keeps exactly its bytes alive.
+    /// One entry, read from the tree on the calling thread, for both `get`
+    /// and `get_ready`.
+    fn read_entry(&self, key: &Key) -> Result<Option<Entry>> {
+        let found = self
+            .tree
+            .get(key.as_str())
+            .map_err(|e| self.failed(e, Operation::Get))?;
+        match found {
+            Some(bytes) => self.decode(key.as_str(), bytes, Timestamp::now()),
+            None => Ok(None),
+        }
+    }
+
     fn decode(&self, key: &str, bytes: sled::IVec, now: Timestamp) -> Result<Option<Entry>> {
         let entry = Entry::from_bytes(Bytes::from_owner(bytes), STRUCTURE_ONLY).map_err(|e| {
             Error::new(
@@ -262,14 +276,11 @@ impl Tier for SledTier {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let found = self
-            .tree
-            .get(key.as_str())
-            .map_err(|e| self.failed(e, Operation::Get))?;
-        match found {
-            Some(bytes) => self.decode(key.as_str(), bytes, Timestamp::now()),
-            None => Ok(None),
-        }
+        self.read_entry(key)
+    }
+
+    fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
+        Readiness::lend(self.read_entry(key), read)
     }
 
     async fn set(&self, key: &Key, entry: Entry) -> Result<()> {

@@ -15,7 +15,8 @@ use tierstack_core::{BackendDescriptor, Capabilities};
 pub const CAPABILITIES: Capabilities = Capabilities::new()
     .with_persistent()
     .with_native_batch()
-    .with_scan();
+    .with_scan()
+    .with_reads_in_place();
 
 tierstack_core::register_backend!(BackendDescriptor {
     name: "sled",

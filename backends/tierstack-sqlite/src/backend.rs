@@ -7,7 +7,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use tierstack_core::{
     Capabilities, ClearScope, Compacted, Coordinator, Entry, Error, ErrorKind, Health, Key,
-    Operation, Result, ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp, async_trait,
+    Operation, Readiness, Result, ScanCursor, ScanPage, Tier, TierSize, TierStats, Timestamp,
+    async_trait,
 };
 
 use crate::coordinator::SqliteCoordinator;
@@ -206,6 +207,18 @@ impl SqliteTier {
         .optional()
     }
 
+    /// One entry, read on the calling thread from a pooled connection (WAL
+    /// readers wait for no writer), for both `get` and `get_ready`.
+    fn read_entry(&self, key: &Key) -> Result<Option<Entry>> {
+        let now = millis(Timestamp::now());
+        let row = self.read(Operation::Get, |conn| self.lookup(conn, key, now))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        self.touch(key);
+        self.to_entry(key, row).map(Some)
+    }
+
     fn to_entry(&self, key: &Key, row: Row) -> Result<Entry> {
         row.map_err(|e| {
             Error::new(
@@ -238,13 +251,11 @@ impl Tier for SqliteTier {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let now = millis(Timestamp::now());
-        let row = self.read(Operation::Get, |conn| self.lookup(conn, key, now))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        self.touch(key);
-        self.to_entry(key, row).map(Some)
+        self.read_entry(key)
+    }
+
+    fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
+        Readiness::lend(self.read_entry(key), read)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {

@@ -17,8 +17,9 @@
 //! Two deviations from pure delegation, the same for every fault (and for
 //! [`Fault::None`], the control that must pass every case):
 //!
-//! - [`Tier::get_ready`] is not offered (`answers_without_io` is cleared),
-//!   so that every read goes through the faulty [`Tier::get`].
+//! - [`Tier::get_ready`] is not offered (`answers_without_io` and
+//!   `reads_in_place` are cleared), so that every read goes through the
+//!   faulty [`Tier::get`].
 //! - [`Tier::scan`] honours `limit` by paging over the wrapped tier's
 //!   entries in key order (the memory tier answers a scan in one page), so
 //!   that the paging faults are observable.
@@ -93,6 +94,9 @@ pub enum Fault {
     /// False claim: declares `answers_without_io`, but `get_ready` and
     /// `set_ready` never answer (the trait's defaults).
     ClaimsAnswersWithoutIo,
+    /// False claim: declares `reads_in_place`, but `get_ready` never
+    /// answers (the trait's default).
+    ClaimsReadsInPlace,
     /// False claim: declares `shared_across_hosts` but not
     /// `shared_across_processes`, so the second-process case, which proves
     /// the sharing of both, would be skipped.
@@ -101,7 +105,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, [`Fault::None`] first.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::None,
         Self::DropsEveryWrite,
         Self::IgnoresTtl,
@@ -121,6 +125,7 @@ impl Fault {
         Self::ClaimsNativeTtl,
         Self::ForgetsDecoded,
         Self::ClaimsAnswersWithoutIo,
+        Self::ClaimsReadsInPlace,
         Self::ClaimsSharedAcrossHostsOnly,
     ];
 }
@@ -289,11 +294,13 @@ impl Tier for BrokenTier {
     fn capabilities(&self) -> Capabilities {
         let mut capabilities = self.inner.capabilities();
         capabilities.answers_without_io = false;
+        capabilities.reads_in_place = false;
         match self.fault {
             Fault::ClaimsPersistentButForgets => capabilities.persistent = true,
             Fault::ClaimsSharedAcrossProcesses => capabilities.shared_across_processes = true,
             Fault::ClaimsNativeTtl => capabilities.native_ttl = true,
             Fault::ClaimsAnswersWithoutIo => capabilities.answers_without_io = true,
+            Fault::ClaimsReadsInPlace => capabilities.reads_in_place = true,
             Fault::ClaimsSharedAcrossHostsOnly => capabilities.shared_across_hosts = true,
             _ => {}
         }

@@ -967,3 +967,30 @@ pub async fn get_ready_and_set_ready_answer_without_io(h: Harness) {
     }
     assert_eq!(read(&*h.tier, &k2).await, Some(json!("set at once")));
 }
+
+/// `reads_in_place`: `get_ready` answers at once with what `get` reads (the
+/// latest write's header and body, `None` for a key the tier does not
+/// hold), so the cache can read the tier without a future.
+pub async fn get_ready_reads_what_get_reads(h: Harness) {
+    require(&h, "reads_in_place", h.tier.capabilities().reads_in_place);
+    let k = key("in-place");
+    let first = entry(&k, &json!("first"), Some(Duration::from_secs(60)));
+    h.tier.set(&k, first).await.unwrap();
+    let second = entry(&k, &json!("second"), Some(Duration::from_secs(120)));
+    h.tier.set(&k, second.clone()).await.unwrap();
+    let mut seen = None;
+    let answered = h.tier.get_ready(&k, &mut |found| {
+        seen = Some(found.map(|f| (f.header, f.body.clone())));
+    });
+    assert_eq!(answered, Readiness::Answered, "get_ready of a held key");
+    let got = h.tier.get(&k).await.unwrap().expect("get of a held key");
+    assert_eq!(seen, Some(Some((got.header, got.body.clone()))));
+    assert_eq!(got.header, second.header);
+
+    let mut seen = None;
+    let answered = h.tier.get_ready(&key("not-held-in-place"), &mut |found| {
+        seen = Some(found.is_some());
+    });
+    assert_eq!(answered, Readiness::Answered, "get_ready of a missing key");
+    assert_eq!(seen, Some(false));
+}

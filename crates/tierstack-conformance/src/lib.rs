@@ -323,6 +323,7 @@ macro_rules! __with_conformance_cases {
             the_store_expires_entries_itself [native_ttl],
             hits_are_served_from_the_kept_decoded_value [keeps_decoded],
             get_ready_and_set_ready_answer_without_io [answers_without_io],
+            get_ready_reads_what_get_reads [reads_in_place],
         }
     };
 }

@@ -54,6 +54,13 @@ pub struct Capabilities {
     /// ([`Tier::get_ready`]): the cache asks it before it creates any
     /// future, so a hit in it costs no allocation.
     pub answers_without_io: bool,
+    /// The tier's reads never wait on anything outside the calling thread
+    /// (no network, no other thread): an embedded store that reads its own
+    /// file where it is called, as its `get` would. It answers
+    /// [`Tier::get_ready`] (writes still go through `set`), so the cache
+    /// reads it without creating a future; unlike `answers_without_io`, a
+    /// read may touch the disk.
+    pub reads_in_place: bool,
 }
 
 impl Capabilities {
@@ -68,6 +75,7 @@ impl Capabilities {
         size_limit: false,
         keeps_decoded: false,
         answers_without_io: false,
+        reads_in_place: false,
     };
 
     /// No capabilities, the start of a builder chain (the same as
@@ -139,6 +147,13 @@ impl Capabilities {
         self
     }
 
+    /// Sets [`reads_in_place`](Self::reads_in_place).
+    #[must_use]
+    pub const fn with_reads_in_place(mut self) -> Self {
+        self.reads_in_place = true;
+        self
+    }
+
     /// The names of the capabilities that are set.
     pub fn names(&self) -> Vec<&'static str> {
         let all = [
@@ -151,6 +166,7 @@ impl Capabilities {
             (self.size_limit, "size_limit"),
             (self.keeps_decoded, "keeps_decoded"),
             (self.answers_without_io, "answers_without_io"),
+            (self.reads_in_place, "reads_in_place"),
         ];
         all.into_iter()
             .filter(|(on, _)| *on)
@@ -229,9 +245,27 @@ pub enum Readiness {
     /// The tier answered: the reader was called, with the entry or with
     /// `None` for a key it does not hold.
     Answered,
-    /// The tier cannot answer without I/O; the reader was not called and
-    /// [`Tier::get`] must be asked.
+    /// The tier cannot answer at once (it needs I/O it must wait for, or
+    /// the read failed and [`Tier::get`] reports why); the reader was not
+    /// called and `get` must be asked.
     NeedsIo,
+}
+
+impl Readiness {
+    /// The answer of a tier that reads in place (capability
+    /// `reads_in_place`) from the outcome of its read: the entry (or its
+    /// absence) is lent to `read`; a failed read is left to [`Tier::get`],
+    /// which reports the error, so nothing is lost by answering
+    /// [`Readiness::NeedsIo`] for it.
+    pub fn lend(outcome: Result<Option<Entry>>, read: &mut dyn FnMut(Option<&Entry>)) -> Self {
+        match outcome {
+            Ok(entry) => {
+                read(entry.as_ref());
+                Self::Answered
+            }
+            Err(_) => Self::NeedsIo,
+        }
+    }
 }
 
 /// What [`Tier::set_ready`] did with an entry.
@@ -291,17 +325,22 @@ pub trait Tier: Send + Sync + fmt::Debug {
     async fn get(&self, key: &Key) -> Result<Option<Entry>>;
 
     /// Reads one entry at once, for tiers that hold their entries in memory
-    /// (capability `answers_without_io`): calls `read` with the entry, or
-    /// with `None` for a key the tier does not hold, and returns
-    /// [`Readiness::Answered`]. The entry is lent, so that the caller takes
-    /// only what it needs (for a hit, one `Arc` of the decoded value) and
-    /// the tier need not clone it; it may be past its retention, which the
-    /// caller reads from its header. Must not block or do I/O; a tier that
-    /// cannot answer so returns [`Readiness::NeedsIo`] without calling
-    /// `read` (the default).
+    /// (capability `answers_without_io`) or read them in place (capability
+    /// `reads_in_place`: an embedded store read on the calling thread):
+    /// calls `read` with the entry, or with `None` for a key the tier does
+    /// not hold, and returns [`Readiness::Answered`]. The entry is lent, so
+    /// that the caller takes only what it needs (for a hit, one `Arc` of the
+    /// decoded value) and the tier need not clone it; it may be past its
+    /// retention, which the caller reads from its header. Must not wait on
+    /// the network or on another thread; a tier that cannot answer so, or
+    /// whose read failed, returns [`Readiness::NeedsIo`] without calling
+    /// `read` (the default), and the caller asks [`Tier::get`].
     ///
-    /// The cache calls this on its top tier before anything else: a fresh
-    /// hit there is answered without creating a future or allocating.
+    /// The cache asks its tiers this way, in order, before it creates any
+    /// future, for as long as every tier above the one it asks is
+    /// `answers_without_io` (so that a hit can be copied up at once): a
+    /// fresh hit in the top tier is answered without allocating, and one in
+    /// an embedded store under it without a boxed future.
     fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
         let _ = (key, read);
         Readiness::NeedsIo

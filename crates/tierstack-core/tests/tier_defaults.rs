@@ -141,6 +141,10 @@ fn capability_names_list_what_is_set_in_declaration_order() {
     let caps = Capabilities::new()
         .with_persistent()
         .with_scan()
-        .with_answers_without_io();
-    assert_eq!(caps.names(), ["persistent", "scan", "answers_without_io"]);
+        .with_answers_without_io()
+        .with_reads_in_place();
+    assert_eq!(
+        caps.names(),
+        ["persistent", "scan", "answers_without_io", "reads_in_place"]
+    );
 }

@@ -264,8 +264,10 @@ impl TieredCacheBuilder {
                 name = format!("{base}#{n}");
             }
             let name: Arc<str> = name.into();
+            let capabilities = tier.capabilities();
             layers.push(Layer {
-                answers_without_io: tier.capabilities().answers_without_io,
+                answers_without_io: capabilities.answers_without_io,
+                reads_ready: capabilities.answers_without_io || capabilities.reads_in_place,
                 tier: traced(tier, &name, &metric_labels),
                 name,
                 counters: crate::stats::LayerCounters::default(),

@@ -61,6 +61,9 @@ pub(crate) struct Layer {
     pub(crate) counters: LayerCounters,
     /// The tier's `answers_without_io` capability, read once.
     pub(crate) answers_without_io: bool,
+    /// Whether the cache reads the tier through `get_ready`
+    /// (`answers_without_io` or `reads_in_place`), read once.
+    pub(crate) reads_ready: bool,
 }
 
 pub(crate) struct Inner {
@@ -155,17 +158,29 @@ enum HitOrElse<H, M, S, F> {
     Done,
 }
 
-/// What the top tier answered without I/O.
+/// Which tiers [`TieredCache::ask_ready`] may read.
+#[derive(Clone, Copy)]
+pub(crate) enum Reach {
+    /// Only tiers that answer without I/O: for callers that, on anything
+    /// but a hit, start a full lookup that reads the tiers again.
+    Memory,
+    /// Tiers that read in place too, for a lookup that goes on from the
+    /// answer.
+    InPlace,
+}
+
+/// What the tiers answered at once ([`Tier::get_ready`]), before any future.
 pub(crate) enum TopAnswer<V> {
-    /// A fresh hit, counted in the tier's counters (not yet the source's).
+    /// A fresh hit, counted in its tier's counters (not yet the source's)
+    /// and copied up into the tiers above it.
     Hit(Arc<V>, Header),
-    /// The top tier holds this entry, which is not a plain fresh hit
+    /// Tier `at` holds this entry, which is not a plain fresh hit (or could
+    /// not be copied up at once); the tiers above it missed, counted
     /// (boxed: the hit path moves this enum, and an entry is large).
-    Held(Box<Entry>),
-    /// The top tier does not hold the key.
-    Missing,
-    /// The top tier was not asked (it needs I/O, or the cache is off).
-    NotAsked,
+    Held { at: usize, entry: Box<Entry> },
+    /// The first `asked` tiers were read at once and do not hold the key
+    /// (counted as misses); the lookup goes on with the next one.
+    Missed { asked: usize },
 }
 
 /// What the tiers hold for a key.
@@ -224,7 +239,7 @@ impl TieredCache {
     /// the key's source; `None` for anything else (nothing is counted then:
     /// the caller's full lookup counts it).
     pub(crate) fn ready_hit<V: CacheValue>(&self, key: &Key) -> Option<(Arc<V>, Header)> {
-        match self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count) {
+        match self.ask_ready::<V>(key, Timestamp::now(), Tally::Count, Reach::Memory) {
             TopAnswer::Hit(value, header) => {
                 self.count_for_source(key, |source| &source.hits);
                 Some((value, header))
@@ -233,11 +248,11 @@ impl TieredCache {
         }
     }
 
-    /// A future that answers a fresh hit of the top tier at its first poll
-    /// (`hit`, counted as a hit of the key's source), and a miss of a cache
-    /// whose only tier answered "not held" (`miss`, when given: a plain
-    /// read has nothing else to do); otherwise it boxes `slow`, given what
-    /// the top tier said, and runs it. The box is paid only on that path,
+    /// A future that answers a fresh hit found at once (`hit`, counted as a
+    /// hit of the key's source), and a miss of a cache whose every tier
+    /// answered "not held" at once (`miss`, when given: a plain read has
+    /// nothing else to do); otherwise it boxes `slow`, given what the tiers
+    /// said, and runs it. The box is paid only on that path,
     /// where tier calls and fetches cost far more; the fast paths' future
     /// holds a few pointers instead of the whole lookup.
     pub(crate) fn hit_or_else<'a, V, T, H, M, S, F>(
@@ -259,19 +274,27 @@ impl TieredCache {
             loop {
                 match std::mem::replace(&mut state, HitOrElse::Done) {
                     HitOrElse::Start { hit, miss, slow } => {
-                        match self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count) {
+                        match self.ask_ready::<V>(
+                            key,
+                            Timestamp::now(),
+                            Tally::Count,
+                            Reach::InPlace,
+                        ) {
                             TopAnswer::Hit(value, header) => {
                                 self.count_for_source(key, |source| &source.hits);
                                 return Poll::Ready(hit(value, header));
                             }
-                            TopAnswer::Missing if self.inner.layers.len() == 1 => {
+                            TopAnswer::Missed { asked } if asked == self.inner.layers.len() => {
                                 if let Some(miss) = miss {
                                     // Counted as `classify` and `lookup` would.
-                                    bump(&self.inner.layers[0].counters.local().misses);
+                                    for layer in &self.inner.layers {
+                                        bump(&layer.counters.local().misses);
+                                    }
                                     self.count_for_source(key, |source| &source.misses);
                                     return Poll::Ready(miss());
                                 }
-                                state = HitOrElse::Slow(Box::pin(slow(TopAnswer::Missing)));
+                                state =
+                                    HitOrElse::Slow(Box::pin(slow(TopAnswer::Missed { asked })));
                             }
                             top => state = HitOrElse::Slow(Box::pin(slow(top))),
                         }
@@ -563,6 +586,12 @@ impl TieredCache {
             (Write::Whole, SetReadiness::NeedsIo(entry)) => layer.tier.set(key, entry).await,
             (Write::Renewal, SetReadiness::NeedsIo(entry)) => layer.tier.renew(key, entry).await,
         };
+        Self::count_write(layer, key, len, result)
+    }
+
+    /// Counts (and logs, if it failed) one tier's write of `len` bytes;
+    /// `true` if it stored them.
+    fn count_write(layer: &Layer, key: &Key, len: u64, result: Result<()>) -> bool {
         match result {
             Ok(()) => {
                 bump(&layer.counters.local().writes);
@@ -578,7 +607,7 @@ impl TieredCache {
     }
 
     pub(crate) async fn lookup<V: CacheValue>(&self, key: &Key) -> Lookup<V> {
-        let top = self.ask_top_ready::<V>(key, Timestamp::now(), Tally::Count);
+        let top = self.ask_ready::<V>(key, Timestamp::now(), Tally::Count, Reach::InPlace);
         self.finish_lookup(key, top).await
     }
 
@@ -614,45 +643,141 @@ impl TieredCache {
     /// Looks through the tiers without counting a per-source hit or miss;
     /// `tally` says whether the tiers' hits and misses are counted.
     pub(crate) async fn look_through<V: CacheValue>(&self, key: &Key, tally: Tally) -> Lookup<V> {
-        match self.ask_top_ready::<V>(key, Timestamp::now(), tally) {
+        match self.ask_ready::<V>(key, Timestamp::now(), tally, Reach::InPlace) {
             TopAnswer::Hit(value, header) => Lookup::Found(value, header),
             top => self.look_through_from(key, tally, top).await,
         }
     }
 
-    /// The answer of the top tier when it can give one without I/O
-    /// ([`Tier::get_ready`]): a fresh hit is finished here, counted, with
-    /// no future created and nothing allocated; anything else is handed to
-    /// [`TieredCache::look_through_from`], which does not ask again.
-    fn ask_top_ready<V: CacheValue>(
+    /// What the tiers answer at once ([`Tier::get_ready`]), asked in order
+    /// for as long as each answers "not held" and every tier above the
+    /// next is `answers_without_io` (so that a hit there is copied up at
+    /// once): a fresh hit is finished here, counted and copied up, with no
+    /// future created (and, in the top tier, nothing allocated); anything
+    /// else is handed to [`TieredCache::look_through_from`], which does not
+    /// ask those tiers again.
+    ///
+    /// Only a hit is counted here: whoever takes a `Missed` or `Held`
+    /// answer counts the misses of the tiers above it, so a caller that
+    /// drops the answer and looks again counts nothing twice.
+    fn ask_ready<V: CacheValue>(
         &self,
         key: &Key,
         now: Timestamp,
         tally: Tally,
+        reach: Reach,
     ) -> TopAnswer<V> {
-        let Some(layer) = self.inner.layers.first() else {
-            return TopAnswer::NotAsked;
-        };
-        if !self.inner.enabled || !layer.answers_without_io {
-            return TopAnswer::NotAsked;
+        if !self.inner.enabled {
+            return TopAnswer::Missed { asked: 0 };
         }
-        let mut answer = TopAnswer::NotAsked;
-        let readiness = layer.tier.get_ready(key, &mut |entry| {
-            answer = match entry {
-                None => TopAnswer::Missing,
-                Some(entry) => match self.fresh_decoded::<V>(key, entry, now) {
-                    Some(value) => {
-                        Self::count_hit(layer, entry, tally);
-                        TopAnswer::Hit(value, entry.header)
-                    }
-                    None => TopAnswer::Held(Box::new(entry.clone())),
-                },
+        for (index, layer) in self.inner.layers.iter().enumerate() {
+            let asks = match reach {
+                Reach::Memory => layer.answers_without_io,
+                Reach::InPlace => layer.reads_ready,
             };
-        });
-        match readiness {
-            Readiness::Answered => answer,
-            Readiness::NeedsIo => TopAnswer::NotAsked,
+            if !asks {
+                return TopAnswer::Missed { asked: index };
+            }
+            let mut answer = None;
+            let readiness = layer.tier.get_ready(key, &mut |entry| {
+                answer = Some(entry.map(|entry| self.answer_at(index, key, entry, now, tally)));
+            });
+            match (readiness, answer) {
+                (Readiness::Answered, Some(None)) => {
+                    if !layer.answers_without_io {
+                        // A hit below could not be copied up at once.
+                        return TopAnswer::Missed { asked: index + 1 };
+                    }
+                }
+                (Readiness::Answered, Some(Some(found))) => return found,
+                _ => return TopAnswer::Missed { asked: index },
+            }
         }
+        TopAnswer::Missed {
+            asked: self.inner.layers.len(),
+        }
+    }
+
+    /// What the entry tier `index` lent means, when every tier above it
+    /// missed: a plain fresh hit (counted, and copied up at once), or the
+    /// entry held for the full lookup.
+    fn answer_at<V: CacheValue>(
+        &self,
+        index: usize,
+        key: &Key,
+        entry: &Entry,
+        now: Timestamp,
+        tally: Tally,
+    ) -> TopAnswer<V> {
+        let layer = &self.inner.layers[index];
+        let value = self
+            .fresh_decoded::<V>(key, entry, now)
+            .or_else(|| self.fresh_undecoded::<V>(key, entry, now));
+        match value {
+            Some(value) if self.copy_up_at_once(key, entry, &value, index, now) => {
+                for above in &self.inner.layers[..index] {
+                    tally.bump(&above.counters.local().misses);
+                }
+                Self::count_hit(layer, entry, tally);
+                TopAnswer::Hit(value, entry.header)
+            }
+            _ => TopAnswer::Held {
+                at: index,
+                entry: Box::new(entry.clone()),
+            },
+        }
+    }
+
+    /// [`TieredCache::fresh_decoded`] for an entry a store read from its
+    /// bytes: decoded here, and `None` for anything `classify` must see
+    /// (it decodes again, to count and log a failure).
+    fn fresh_undecoded<V: CacheValue>(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        now: Timestamp,
+    ) -> Option<Arc<V>> {
+        let header = &entry.header;
+        if entry.decoded.is_some()
+            || !header.is_fresh(now)
+            || header.is_negative()
+            || !header.belongs_to(key)
+        {
+            return None;
+        }
+        self.decode::<V>(entry).ok()
+    }
+
+    /// Copies a hit of tier `index` into the tiers above it, all of which
+    /// answer without I/O; `false` if one of them handed its copy back,
+    /// and the full lookup copies it up instead.
+    fn copy_up_at_once<V: CacheValue>(
+        &self,
+        key: &Key,
+        entry: &Entry,
+        value: &Arc<V>,
+        index: usize,
+        now: Timestamp,
+    ) -> bool {
+        if index == 0 {
+            return true;
+        }
+        let decoded = Decoded::new(Arc::clone(value));
+        for layer in &self.inner.layers[..index] {
+            let copy = Self::copy_for(layer, entry, Some(decoded.clone()), now);
+            let len = copy.encoded_len() as u64;
+            match layer.tier.set_ready(key, copy) {
+                SetReadiness::Done(result) => {
+                    bump(&layer.counters.local().copy_ups);
+                    Self::count_write(layer, key, len, result);
+                }
+                // Only a tier that breaks its `answers_without_io` promise
+                // (the conformance suite checks it) gets here; the tiers
+                // written so far are written again.
+                SetReadiness::NeedsIo(_) => return false,
+            }
+        }
+        true
     }
 
     /// Asks the tiers in order, starting with what the top tier already
@@ -661,7 +786,7 @@ impl TieredCache {
         &self,
         key: &Key,
         tally: Tally,
-        mut top: TopAnswer<V>,
+        top: TopAnswer<V>,
     ) -> Lookup<V> {
         if !self.inner.enabled {
             return Lookup::Missing {
@@ -669,15 +794,21 @@ impl TieredCache {
                 retained: None,
             };
         }
+        let (start, mut held) = match top {
+            TopAnswer::Hit(value, header) => return Lookup::Found(value, header),
+            TopAnswer::Held { at, entry } => (at, Some(entry)),
+            TopAnswer::Missed { asked } => (asked, None),
+        };
+        for layer in &self.inner.layers[..start] {
+            tally.bump(&layer.counters.local().misses);
+        }
         let now = Timestamp::now();
         let mut stale: Option<Option<Arc<V>>> = None;
         let mut retained: Option<Box<Entry>> = None;
-        for (index, layer) in self.inner.layers.iter().enumerate() {
-            let result = match std::mem::replace(&mut top, TopAnswer::NotAsked) {
-                TopAnswer::Held(entry) => Ok(Some(*entry)),
-                TopAnswer::Missing => Ok(None),
-                TopAnswer::Hit(value, header) => return Lookup::Found(value, header),
-                TopAnswer::NotAsked => layer.tier.get(key).await,
+        for (index, layer) in self.inner.layers.iter().enumerate().skip(start) {
+            let result = match held.take() {
+                Some(entry) => Ok(Some(*entry)),
+                None => layer.tier.get(key).await,
             };
             let entry = match result {
                 Ok(entry) => entry,
@@ -917,24 +1048,30 @@ impl TieredCache {
         now: Timestamp,
     ) {
         let writes = self.inner.layers[..index].iter().map(|layer| {
-            let capped = layer
-                .tier
-                .max_ttl()
-                .map_or(Timestamp::NEVER, |cap| now.saturating_add(cap));
-            let header = entry
-                .header
-                .with_expiry(entry.header.expires_at.min(capped));
             bump(&layer.counters.local().copy_ups);
             self.write_one(
                 layer,
                 key,
-                Entry {
-                    decoded: decoded.clone(),
-                    ..entry.with_header(header)
-                },
+                Self::copy_for(layer, entry, decoded.clone(), now),
             )
         });
         join_all(writes).await;
+    }
+
+    /// The copy of a lower tier's hit that `layer` stores: the entry's
+    /// remaining TTL, capped by the tier's own.
+    fn copy_for(layer: &Layer, entry: &Entry, decoded: Option<Decoded>, now: Timestamp) -> Entry {
+        let capped = layer
+            .tier
+            .max_ttl()
+            .map_or(Timestamp::NEVER, |cap| now.saturating_add(cap));
+        let header = entry
+            .header
+            .with_expiry(entry.header.expires_at.min(capped));
+        Entry {
+            decoded,
+            ..entry.with_header(header)
+        }
     }
 }
 

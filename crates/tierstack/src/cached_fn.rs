@@ -181,6 +181,7 @@ where
                 false,
                 &mut header,
                 crate::fetch::Judge::none(),
+                None,
                 fetch,
             )
             .await?;

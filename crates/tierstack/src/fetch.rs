@@ -11,7 +11,7 @@ use futures_util::FutureExt as _;
 use tierstack_core::{Decoded, Entry, Error, ErrorKind, Header, Key, Operation, Result, Timestamp};
 
 use crate::budget::{self, Budget};
-use crate::cache::{CacheValue, Lookup, TieredCache, Ttl};
+use crate::cache::{CacheValue, Lookup, TieredCache, TopAnswer, Ttl};
 use crate::fetch_error::FetchError;
 use crate::flight::{self, Answer, Joined, LeaderGuard};
 use crate::lease::Lease;
@@ -404,8 +404,9 @@ impl TieredCache {
             key,
             |value, _| Ok(value),
             None::<fn() -> Result<Arc<V>>>,
-            move |_| async move {
-                self.get_or_fetch_with(key, options, fetch)
+            // The lookup goes on from what the tiers answered at once.
+            move |top| async move {
+                self.fetch_after(key, options, Some(top), fetch)
                     .await
                     .map(Fetched::into_value)
             },
@@ -426,9 +427,27 @@ impl TieredCache {
         Fut: Future<Output = std::result::Result<V, E>>,
         E: Into<BoxError>,
     {
+        self.fetch_after(key, options.into(), None, fetch).await
+    }
+
+    /// [`TieredCache::get_or_fetch_with`] after the tiers were asked at once
+    /// (`asked`), or from the start (`None`).
+    async fn fetch_after<V, F, Fut, E>(
+        &self,
+        key: &Key,
+        options: FetchOptions,
+        asked: Option<TopAnswer<V>>,
+        fetch: F,
+    ) -> Result<Fetched<V>>
+    where
+        V: CacheValue,
+        F: FnOnce(FetchContext) -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<BoxError>,
+    {
         let fetch = |context| async { fetch(context).await.map(Some) };
         let outcome = self
-            .resolve(key, options.into(), false, &mut None, Judge::none(), fetch)
+            .resolve(key, options, false, &mut None, Judge::none(), asked, fetch)
             .await?;
         outcome.into_fetched(key)
     }
@@ -450,7 +469,15 @@ impl TieredCache {
         E: Into<BoxError>,
     {
         match self
-            .resolve(key, options.into(), true, &mut None, Judge::none(), fetch)
+            .resolve(
+                key,
+                options.into(),
+                true,
+                &mut None,
+                Judge::none(),
+                None,
+                fetch,
+            )
             .await?
         {
             Outcome::Cached(v)
@@ -482,6 +509,9 @@ impl TieredCache {
     /// The shared path of every `get_or_fetch` flavour. `negatives`: whether
     /// cached "not found" answers count (callers that cannot return one
     /// fetch again instead).
+    // The one fetch path behind every public entry point; each argument is
+    // one of their differences.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn resolve<V, F, Fut, A, E>(
         &self,
         key: &Key,
@@ -489,6 +519,7 @@ impl TieredCache {
         negatives: bool,
         cached_header: &mut Option<Header>,
         judge: Judge<'_, '_, V>,
+        asked: Option<TopAnswer<V>>,
         fetch: F,
     ) -> Result<Outcome<V>>
     where
@@ -525,7 +556,11 @@ impl TieredCache {
             };
         }
         let mut refused = false;
-        let (stale, retained) = match self.lookup(key).await {
+        let found = match asked {
+            Some(top) => self.finish_lookup(key, top).await,
+            None => self.lookup(key).await,
+        };
+        let (stale, retained) = match found {
             Lookup::Found(v, header) => {
                 if judge.fresh.is_some_and(|accept| !accept(&v, &header)) {
                     // Refused: revalidated with the validators it carries.

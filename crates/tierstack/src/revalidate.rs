@@ -315,6 +315,7 @@ impl TieredCache {
                 false,
                 &mut None,
                 crate::fetch::Judge::none(),
+                None,
                 fetch,
             )
             .await?;
@@ -380,6 +381,7 @@ impl TieredCache {
                     fresh: Some(&mut judge),
                     stale: None,
                 },
+                None,
                 fetch,
             )
             .await?;
@@ -467,6 +469,7 @@ impl TieredCache {
                     fresh: None,
                     stale: Some(&mut accept),
                 },
+                None,
                 fetch,
             )
             .await?;

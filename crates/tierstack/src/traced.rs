@@ -5,8 +5,10 @@
 //!
 //! Spans are at TRACE level, named `tier`, with the fields `tier` (its name
 //! in the cache) and `op`. When no subscriber wants them they cost a cached
-//! level check per poll. `get_ready` and `set_ready`, the synchronous hot
-//! path, have none: they do no I/O, and their cost is what a span would be.
+//! level check per poll. `get_ready` and `set_ready` of a tier that answers
+//! without I/O, the synchronous hot path, have none: their cost is what a
+//! span would be. `get_ready` of a tier that reads in place (an embedded
+//! store's read on the calling thread) is a `get` and has its span.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +27,9 @@ pub(crate) struct Traced {
     inner: Arc<dyn Tier>,
     /// The tier's name in the cache (`memory`, or `memory#2` for a second one).
     label: Arc<str>,
+    /// The tier's `get_ready` reads its store (capability `reads_in_place`
+    /// without `answers_without_io`), so it is traced as a `get`.
+    reads_store_ready: bool,
     /// The cache's constant metric labels and `tier`, for sampled calls.
     #[cfg(feature = "metrics")]
     metric_labels: Vec<::metrics::Label>,
@@ -35,7 +40,9 @@ type Call<'a, T> =
 
 impl Traced {
     pub(crate) fn new(inner: Arc<dyn Tier>, label: Arc<str>) -> Self {
+        let capabilities = inner.capabilities();
         Self {
+            reads_store_ready: capabilities.reads_in_place && !capabilities.answers_without_io,
             #[cfg(feature = "metrics")]
             metric_labels: vec![::metrics::Label::new("tier", label.to_string())],
             inner,
@@ -87,6 +94,18 @@ impl Traced {
     }
 
     pub(crate) fn get_ready(&self, key: &Key, read: &mut dyn FnMut(Option<&Entry>)) -> Readiness {
+        if !self.reads_store_ready {
+            return self.inner.get_ready(key, read);
+        }
+        let _entered = tracing::trace_span!("tier", tier = %self.label, op = "get").entered();
+        #[cfg(feature = "metrics")]
+        if crate::metrics::sample_tier_call() {
+            let labels = crate::metrics::tier_call_labels(&self.metric_labels, "get");
+            let started = std::time::Instant::now();
+            let readiness = self.inner.get_ready(key, read);
+            crate::metrics::record_tier_call(&labels, started);
+            return readiness;
+        }
         self.inner.get_ready(key, read)
     }
 

@@ -136,6 +136,7 @@ impl TieredCache {
                             true,
                             &mut None,
                             crate::fetch::Judge::none(),
+                            None,
                             fetch,
                         )
                         .await

@@ -114,6 +114,59 @@ async fn a_miss_in_l1_is_not_answered_by_the_fast_path() {
     assert_eq!(cache.stats().layer("memory").expect("memory").hits, 1);
 }
 
+/// SQLite reads in place (ADR 0025): under a memory tier, a hit in it is
+/// answered at the first poll, copied up and counted as the async path
+/// would, and a key neither tier holds is a miss at the first poll.
+#[tokio::test(flavor = "current_thread")]
+async fn a_hit_in_sqlite_under_memory_is_answered_and_copied_up_at_the_first_poll() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = memory_over_sqlite(dir.path()).await;
+    let l2_only = TieredCache::builder()
+        .shared_tier(Arc::clone(cache.tiers().nth(1).expect("sqlite")))
+        .build();
+    let key = Key::new("books", [("id", "3")]);
+    let book = Book {
+        title: "Ulysses".into(),
+        pages: 730,
+    };
+    l2_only
+        .set(&key, book.clone(), Ttl::For(Duration::from_secs(60)))
+        .await
+        .expect("set");
+
+    match poll_once(cache.get::<Book>(&key)) {
+        Poll::Ready(Some(found)) => assert_eq!(*found, book),
+        Poll::Ready(None) => panic!("a hit in SQLite was answered as a miss"),
+        Poll::Pending => panic!("a hit in SQLite under memory waited"),
+    }
+    let stats = cache.stats();
+    let memory = stats.layer("memory").expect("memory");
+    let sqlite = stats.layer("sqlite").expect("sqlite");
+    assert_eq!((memory.misses, memory.hits), (1, 0));
+    assert_eq!((sqlite.hits, sqlite.misses), (1, 0));
+    assert_eq!((memory.copy_ups, memory.writes), (1, 1));
+    assert!(sqlite.bytes_read > 0 && memory.bytes_written > 0);
+    // The copy carries the remaining TTL, and is now an L1 hit.
+    let l1 = cache.tiers().next().expect("memory");
+    let copied = l1.get(&key).await.expect("read").expect("copied up");
+    let stored = l2_only.tiers().next().expect("sqlite");
+    let original = stored.get(&key).await.expect("read").expect("held");
+    assert_eq!(copied.header.expires_at, original.header.expires_at);
+    assert!(matches!(poll_once(cache.get::<Book>(&key)), Poll::Ready(Some(v)) if *v == book));
+    assert_eq!(cache.stats().layer("memory").expect("memory").hits, 1);
+    assert_eq!(cache.stats().sources["books"].hits, 2);
+
+    let absent = Key::new("books", [("id", "absent")]);
+    assert!(matches!(
+        poll_once(cache.get::<Book>(&absent)),
+        Poll::Ready(None)
+    ));
+    let stats = cache.stats();
+    assert_eq!(stats.layer("memory").expect("memory").misses, 2);
+    assert_eq!(stats.layer("sqlite").expect("sqlite").misses, 1);
+    assert_eq!(stats.sources["books"].misses, 1);
+}
+
 /// Hits from two threads at once, through the striped counters: the sums
 /// are exact. `TIERSTACK_HOT_PATH_HITS` sets the hits per thread (default
 /// 200,000; the figure is 1,000,000).
