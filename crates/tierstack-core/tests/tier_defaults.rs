@@ -148,3 +148,31 @@ fn capability_names_list_what_is_set_in_declaration_order() {
         ["persistent", "scan", "answers_without_io", "reads_in_place"]
     );
 }
+
+/// `Readiness::lend`: a read's entry (or its absence) is lent and answered;
+/// a failed read is left to `get` without calling the reader.
+#[test]
+fn lend_answers_a_read_and_leaves_a_failed_one_to_get() {
+    let key = Key::new("defaults", [("k", "lend")]);
+    let stored = entry(&key);
+    let mut seen = None;
+    let readiness = Readiness::lend(Ok(Some(stored.clone())), &mut |found| {
+        seen = Some(found.map(|e| e.header));
+    });
+    assert_eq!(readiness, Readiness::Answered);
+    assert_eq!(seen, Some(Some(stored.header)));
+
+    let mut seen = None;
+    let readiness = Readiness::lend(Ok(None), &mut |found| seen = Some(found.is_some()));
+    assert_eq!(readiness, Readiness::Answered);
+    assert_eq!(seen, Some(false));
+
+    let mut called = false;
+    let failed = Err(tierstack_core::Error::new(
+        tierstack_core::ErrorKind::Unavailable,
+        "the store is gone",
+    ));
+    let readiness = Readiness::lend(failed, &mut |_| called = true);
+    assert_eq!(readiness, Readiness::NeedsIo);
+    assert!(!called, "a failed read called the reader");
+}
