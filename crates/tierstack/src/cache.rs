@@ -169,6 +169,15 @@ pub(crate) enum Reach {
     InPlace,
 }
 
+impl Reach {
+    fn asks(self, layer: &Layer) -> bool {
+        match self {
+            Self::Memory => layer.answers_without_io,
+            Self::InPlace => layer.reads_ready,
+        }
+    }
+}
+
 /// What the tiers answered at once ([`Tier::get_ready`]), before any future.
 pub(crate) enum TopAnswer<V> {
     /// A fresh hit, counted in its tier's counters (not yet the source's)
@@ -670,12 +679,48 @@ impl TieredCache {
         if !self.inner.enabled {
             return TopAnswer::Missed { asked: 0 };
         }
-        for (index, layer) in self.inner.layers.iter().enumerate() {
-            let asks = match reach {
-                Reach::Memory => layer.answers_without_io,
-                Reach::InPlace => layer.reads_ready,
-            };
-            if !asks {
+        // The top tier first, on a path of its own: a plain hit there is
+        // the most common answer, and the walk below costs it instructions.
+        let Some(top) = self.inner.layers.first() else {
+            return TopAnswer::Missed { asked: 0 };
+        };
+        if !reach.asks(top) {
+            return TopAnswer::Missed { asked: 0 };
+        }
+        let mut answer = None;
+        let readiness = top.tier.get_ready(key, &mut |entry| {
+            answer = Some(
+                entry.map(|entry| match self.fresh_decoded::<V>(key, entry, now) {
+                    Some(value) => {
+                        Self::count_hit(top, entry, tally);
+                        TopAnswer::Hit(value, entry.header)
+                    }
+                    None => self.answer_at(0, key, entry, now, tally),
+                }),
+            );
+        });
+        match (readiness, answer) {
+            (Readiness::Answered, Some(Some(found))) => found,
+            (Readiness::Answered, Some(None)) if top.answers_without_io => {
+                self.ask_below(key, now, tally, reach)
+            }
+            (Readiness::Answered, Some(None)) => TopAnswer::Missed { asked: 1 },
+            _ => TopAnswer::Missed { asked: 0 },
+        }
+    }
+
+    /// [`TieredCache::ask_ready`] of the tiers under a top tier that
+    /// answers without I/O and does not hold the key.
+    #[inline(never)]
+    fn ask_below<V: CacheValue>(
+        &self,
+        key: &Key,
+        now: Timestamp,
+        tally: Tally,
+        reach: Reach,
+    ) -> TopAnswer<V> {
+        for (index, layer) in self.inner.layers.iter().enumerate().skip(1) {
+            if !reach.asks(layer) {
                 return TopAnswer::Missed { asked: index };
             }
             let mut answer = None;
