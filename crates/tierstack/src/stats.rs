@@ -7,7 +7,7 @@
 //! every hit. Adds are atomic, so threads that share a slot (more threads
 //! than slots) still count exactly.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -66,9 +66,19 @@ fn slot_count() -> usize {
 fn thread_slot() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Initialised by hand rather than lazily: a `const` thread-local
+        // without a destructor has no initialisation state to check on
+        // each read, and every counted hit reads it.
+        static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    SLOT.with(|slot| *slot)
+    SLOT.with(|slot| {
+        let mut taken = slot.get();
+        if taken == usize::MAX {
+            taken = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+            slot.set(taken);
+        }
+        taken
+    })
 }
 
 /// Counters of one tier as the cache sees it.
