@@ -782,12 +782,7 @@ impl TieredCache {
         entry: &Entry,
         now: Timestamp,
     ) -> Option<Arc<V>> {
-        let header = &entry.header;
-        if entry.decoded.is_some()
-            || !header.is_fresh(now)
-            || header.is_negative()
-            || !header.belongs_to(key)
-        {
+        if entry.decoded.is_some() || !self.is_plain_fresh(key, &entry.header, now) {
             return None;
         }
         self.decode::<V>(entry).ok()
@@ -912,15 +907,20 @@ impl TieredCache {
         entry: &Entry,
         now: Timestamp,
     ) -> Option<Arc<V>> {
-        let header = &entry.header;
-        if !header.is_fresh(now)
-            || header.is_negative()
-            || header.schema_version != self.inner.schema_version
-            || !header.belongs_to(key)
-        {
+        if !self.is_plain_fresh(key, &entry.header, now) {
             return None;
         }
         entry.decoded.as_ref().and_then(Decoded::downcast::<V>)
+    }
+
+    /// Whether an entry with this header is the most common answer, which
+    /// needs no `classify`: fresh, not negative, of this schema and bound
+    /// to `key`.
+    fn is_plain_fresh(&self, key: &Key, header: &Header, now: Timestamp) -> bool {
+        header.is_fresh(now)
+            && !header.is_negative()
+            && header.schema_version == self.inner.schema_version
+            && header.belongs_to(key)
     }
 
     /// Counts a hit as [`TieredCache::classify`] would.
